@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Starts the worker (gateway and worker in one process, in-memory store).
+# The first run creates .venv and installs the project into it.
+# Arguments go to `llm-worker serve`, e.g. ./run.sh --port 9000
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+EXTRAS=${EXTRAS:-yaml}
+source "$here/scripts/ensure-venv.sh"
+cd "$here"
+exec "$venv/bin/llm-worker" serve "$@"

@@ -1,0 +1,105 @@
+"""The ``llm-worker`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+from dotenv import load_dotenv
+from pydantic import ValidationError
+
+from llm_worker import __version__
+from llm_worker.config import Settings
+from llm_worker.logs import configure_logging
+from llm_worker.registry import RegistryError
+
+log = logging.getLogger("llm_worker")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-worker",
+        description="Runs LLM jobs from assistant templates and streams them over WebSockets.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the service")
+    serve.add_argument("--host", help="interface to bind (LISTEN_ADDRESS)")
+    serve.add_argument("--port", type=int, help="TCP port, 0 for any free one (LISTEN_PORT)")
+    serve.add_argument(
+        "--env-file", type=Path, default=Path(".env"), help="settings file (default: ./.env)"
+    )
+    return parser
+
+
+def _event_loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def serve(args: argparse.Namespace) -> int:
+    # Export the file's values so that everything reading the environment sees
+    # them (the key variables named in PROVIDERS_FILE, the openai SDK).
+    load_dotenv(args.env_file, override=False)
+    try:
+        settings = Settings(_env_file=args.env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            name = "_".join(str(p) for p in error["loc"]).upper()
+            print(f"llm-worker: bad setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    overrides = {}
+    if args.host is not None:
+        overrides["listen_address"] = args.host
+    if args.port is not None:
+        overrides["listen_port"] = args.port
+    settings = settings.model_copy(update=overrides)
+    configure_logging(settings)
+
+    from llm_worker.app import create_app
+
+    try:
+        app = create_app(settings)
+    except RegistryError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.listen_address,
+        port=settings.listen_port,
+        loop=_event_loop(),
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_frame_bytes,
+        # Token frames are tiny; compressing them costs CPU and ~100 KiB per connection.
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+    server = uvicorn.Server(config)
+    sock = config.bind_socket()
+    host, port = sock.getsockname()[:2]
+    log.info(
+        "llm-worker %s listening on ws://%s:%d/ws/ (pid %d)", __version__, host, port, os.getpid()
+    )
+    server.run(sockets=[sock])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Settings, from the environment and a ``.env`` file (the environment wins).
+
+Every setting is documented in ``.env.example`` and in the README's table; the
+names of the system we replace keep their meaning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # -- network ------------------------------------------------------------
+    listen_address: str = "127.0.0.1"
+    """Interface to bind. The old default, 0.0.0.0, exposed the worker to every network."""
+    listen_port: int = Field(8001, ge=0, le=65535)
+    """TCP port; 0 picks a free one (the log says which)."""
+
+    # -- logging ------------------------------------------------------------
+    log_level: LogLevel = "INFO"
+    log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    log_file: Path | None = None
+    log_stdout: bool = True
+
+    # -- providers ----------------------------------------------------------
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    vllm_uri: str | None = None
+    vllm_api_key: SecretStr | None = None
+    providers_file: Path | None = None
+    """TOML or YAML file naming further OpenAI-compatible endpoints."""
+    provider_timeout_seconds: float = Field(120.0, gt=0)
+    """Longest wait for the next bytes of a model's reply."""
+    provider_connect_timeout_seconds: float = Field(10.0, gt=0)
+    provider_retries: int = Field(2, ge=0, le=10)
+    """Further tries after a rate limit, server error or lost connection, before any output."""
+    provider_retry_base_seconds: float = Field(0.5, ge=0)
+    """First back-off delay; it doubles with each retry, with jitter."""
+
+    # -- registries ---------------------------------------------------------
+    extra_providers: str = ""
+    extra_inserts: str = ""
+    extra_pipelines: str = ""
+    """Comma-separated ``name=package.module:attribute`` plugins."""
+
+    # -- jobs ---------------------------------------------------------------
+    worker_concurrency: int = Field(16, ge=1)
+    queue_max: int = Field(10_000, ge=1)
+    job_ttl_seconds: float = Field(3600.0, gt=0)
+    max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    """How long running jobs may go on after a stop is asked for."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_file", "providers_file", "openai_base_url", "vllm_uri", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("openai_api_key", "vllm_api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def ws_max_frame_bytes(self) -> int:
+        """The transport's hard limit; frames between the two limits get an ``error``."""
+        return self.max_message_bytes * 4

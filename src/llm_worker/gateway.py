@@ -1,0 +1,227 @@
+"""The gateway: the WebSocket endpoint clients talk to, and the HTTP endpoints.
+
+Each connection reads requests one at a time and answers each; every job the
+connection follows gets a task that copies the job's log from the store to the
+socket. A job never depends on a connection: closing one stops its followers,
+never its jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from llm_worker import protocol
+from llm_worker.jobs import JobState, output_of
+from llm_worker.protocol import (
+    AddRequest,
+    CancelRequest,
+    ListenRequest,
+    PingRequest,
+    ProtocolError,
+    StatusRequest,
+)
+from llm_worker.runner import Runner
+from llm_worker.store import JobStore, StoreError, UnknownJob
+from llm_worker.templates import TemplateError
+
+log = logging.getLogger(__name__)
+
+# Several queue moves in this window make one ``pending`` update per listener.
+PENDING_COALESCE_SECONDS = 0.05
+# What sending to, or receiving from, a connection that went away raises.
+_GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
+
+
+class Gateway:
+    """What every connection shares: the store, the template checker, the limits."""
+
+    def __init__(self, store: JobStore, runner: Runner, *, max_message_bytes: int) -> None:
+        self.store = store
+        self.runner = runner
+        self.max_message_bytes = max_message_bytes
+        self.connections = 0
+
+    async def websocket_endpoint(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        self.connections += 1
+        try:
+            await Connection(self, websocket).serve()
+        finally:
+            self.connections -= 1
+
+    async def healthz(self, request: HTTPRequest) -> JSONResponse:
+        stats = await self.store.stats()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "queued": stats.pending,
+                "running": stats.running,
+                "connections": self.connections,
+            }
+        )
+
+
+class Connection:
+    """One client's WebSocket: its requests in, its replies and jobs' events out."""
+
+    def __init__(self, gateway: Gateway, websocket: WebSocket) -> None:
+        self.gateway = gateway
+        self.store = gateway.store
+        self.websocket = websocket
+        self.followers: dict[str, asyncio.Task[None]] = {}
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                await self.handle_frame(message.get("text"), message.get("bytes"))
+        except _GONE:
+            return
+        finally:
+            for task in self.followers.values():
+                task.cancel()
+            self.followers.clear()
+
+    async def send(self, frame: str) -> None:
+        # uvicorn's sans-I/O websockets protocol writes a whole frame per call,
+        # so frames from concurrent followers never interleave mid-frame.
+        await self.websocket.send_text(frame)
+
+    async def handle_frame(self, text: str | None, data: bytes | None) -> None:
+        if text is None:
+            size = len(data or b"")
+            if size > self.gateway.max_message_bytes:
+                await self._too_large(size)
+            else:
+                await self.send(protocol.error("binary frames are not accepted: send JSON as text"))
+            return
+        # A character takes at most 4 bytes in UTF-8: encode only when it could matter.
+        if len(text) * 4 > self.gateway.max_message_bytes:
+            size = len(text.encode())
+            if size > self.gateway.max_message_bytes:
+                await self._too_large(size)
+                return
+        try:
+            request = protocol.parse_request(text)
+        except ProtocolError as exc:
+            await self.send(protocol.error(exc.message, exc.ref))
+            return
+        try:
+            if isinstance(request, AddRequest):
+                await self.add(request)
+            elif isinstance(request, ListenRequest):
+                await self.listen(request)
+            elif isinstance(request, CancelRequest):
+                await self.cancel(request)
+            elif isinstance(request, StatusRequest):
+                await self.status(request)
+            elif isinstance(request, PingRequest):
+                await self.send(protocol.pong(request.id))
+        except StoreError as exc:
+            ref = getattr(request, "id", None) or getattr(request, "job_id", None)
+            await self.send(protocol.error(str(exc), ref))
+
+    async def _too_large(self, size: int) -> None:
+        await self.send(
+            protocol.error(
+                f"message too large: {size} bytes, the limit is "
+                f"{self.gateway.max_message_bytes} (MAX_MESSAGE_BYTES)"
+            )
+        )
+
+    # -- requests -----------------------------------------------------------
+
+    async def add(self, request: AddRequest) -> None:
+        spec = request.to_spec()
+        try:
+            self.gateway.runner.check(spec)
+        except TemplateError as exc:
+            await self.send(protocol.error(f"invalid assistant template: {exc}", request.id))
+            return
+        record = await self.store.submit(spec)
+        log.debug("job %s added", record.id)
+        await self.send(protocol.resp_add(request.id, record.id))
+        self.follow(record.id, after=0)
+
+    async def listen(self, request: ListenRequest) -> None:
+        if await self.store.get(request.job_id) is None:
+            raise UnknownJob(f"unknown job_id {request.job_id!r}")
+        if request.job_id in self.followers:
+            if request.after is None:
+                return  # already following: a second listen must not duplicate events
+            self.followers.pop(request.job_id).cancel()
+        self.follow(request.job_id, after=request.after or 0)
+
+    async def cancel(self, request: CancelRequest) -> None:
+        record = await self.store.cancel(request.job_id)
+        if record.state is not JobState.CANCELLED:
+            await self.send(
+                protocol.error(
+                    f"job {record.id} already ended ({record.state.value}); nothing to cancel",
+                    record.id,
+                )
+            )
+        elif request.job_id not in self.followers:
+            await self.send(protocol.cancelled(record.id))
+
+    async def status(self, request: StatusRequest) -> None:
+        record = await self.store.get(request.job_id)
+        if record is None:
+            raise UnknownJob(f"unknown job_id {request.job_id!r}")
+        position = await self.store.position(record.id)
+        output = output_of(await self.store.read(record.id))
+        await self.send(protocol.status(record, position, output))
+
+    # -- following jobs -----------------------------------------------------
+
+    def follow(self, job_id: str, after: int) -> None:
+        task = asyncio.create_task(self._follow(job_id, after), name=f"follow-{job_id}")
+        self.followers[job_id] = task
+        task.add_done_callback(lambda t: self._forget(job_id, t))
+
+    def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self.followers.get(job_id) is task:
+            del self.followers[job_id]
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, _GONE):
+            log.error("following job %s failed", job_id, exc_info=exc)
+
+    async def _follow(self, job_id: str, after: int) -> None:
+        positions: asyncio.Task[None] | None = None
+        if await self.store.position(job_id) is not None:
+            positions = asyncio.create_task(self._announce_positions(job_id))
+        try:
+            async for batch in self.store.follow(job_id, after):
+                if positions is not None:
+                    positions.cancel()
+                    positions = None
+                for event in batch:
+                    await self.send(protocol.event(job_id, event))
+        except UnknownJob:
+            await self.send(protocol.error(f"unknown job_id {job_id!r}", job_id))
+        finally:
+            if positions is not None:
+                positions.cancel()
+
+    async def _announce_positions(self, job_id: str) -> None:
+        """Send ``pending`` now and whenever the job moves up, until it leaves the queue."""
+        store = self.store
+        last: int | None = None
+        while True:
+            position = await store.position(job_id)
+            if position is None:
+                return
+            if position != last:
+                await self.send(protocol.pending(job_id, position))
+                last = position
+            await store.queue_moved()
+            await asyncio.sleep(PENDING_COALESCE_SECONDS)

@@ -1,0 +1,135 @@
+"""Inserts: template items ``{"insert": name, ...options}`` that expand into messages.
+
+Built in:
+
+``history``
+    The job's chat history. Option ``last``: keep only that many of its latest
+    messages.
+``history_summary``
+    A model call summarises the older part of the history; the summary (as a
+    system message) is followed by the latest ``keep_last`` messages (3). With
+    no more than ``keep_last`` messages there is nothing to summarise and no
+    call is made. Options: ``provider`` and ``settings`` (default: those of the
+    stream the insert is in), ``keep_last``, ``instructions``.
+
+A deployment adds its own by subclassing :class:`Insert` and registering it
+(entry point group ``llm_worker.inserts`` or ``EXTRA_INSERTS``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any
+
+from llm_worker.context import StreamContext
+from llm_worker.providers import Provider
+from llm_worker.registry import Registry
+from llm_worker.templates import ChatMessage, ModelStream, TemplateError
+
+
+class Insert(abc.ABC):
+    """Expands to messages when its stream runs."""
+
+    def check(
+        self, options: Mapping[str, Any], stream: ModelStream, providers: Registry[Provider]
+    ) -> None:
+        """Raise :class:`TemplateError` for options that cannot work; no I/O."""
+        if options:
+            raise TemplateError(f"takes no options, got {', '.join(sorted(options))}")
+
+    @abc.abstractmethod
+    async def expand(
+        self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
+    ) -> list[ChatMessage]:
+        """The messages that stand where the insert is."""
+
+
+def _non_negative_int(options: Mapping[str, Any], key: str, default: int) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TemplateError(f"option {key!r} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+class HistoryInsert(Insert):
+    def check(
+        self, options: Mapping[str, Any], stream: ModelStream, providers: Registry[Provider]
+    ) -> None:
+        unknown = set(options) - {"last"}
+        if unknown:
+            raise TemplateError(f"unknown option {sorted(unknown)[0]!r} (known: 'last')")
+        if "last" in options:
+            _non_negative_int(options, "last", 0)
+
+    async def expand(
+        self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
+    ) -> list[ChatMessage]:
+        history = context.history
+        if "last" in options:
+            last = options["last"]
+            return list(history[-last:]) if last else []
+        return list(history)
+
+
+DEFAULT_SUMMARY_INSTRUCTIONS = (
+    "Summarise the conversation you are given in a few sentences. Keep every fact, "
+    "name, number and decision that a reader would need to continue it. "
+    "Reply with the summary only."
+)
+
+
+class HistorySummaryInsert(Insert):
+    OPTIONS = frozenset({"provider", "settings", "keep_last", "instructions"})
+
+    def check(
+        self, options: Mapping[str, Any], stream: ModelStream, providers: Registry[Provider]
+    ) -> None:
+        unknown = set(options) - self.OPTIONS
+        if unknown:
+            known = ", ".join(repr(o) for o in sorted(self.OPTIONS))
+            raise TemplateError(f"unknown option {sorted(unknown)[0]!r} (known: {known})")
+        provider_name = options.get("provider", stream.provider)
+        if not isinstance(provider_name, str):
+            raise TemplateError(f"option 'provider' must be a string, not {provider_name!r}")
+        settings = options.get("settings", stream.settings)
+        if not isinstance(settings, dict):
+            raise TemplateError(f"option 'settings' must be an object, not {settings!r}")
+        providers.get(provider_name).check_settings(settings)
+        _non_negative_int(options, "keep_last", 3)
+        instructions = options.get("instructions", DEFAULT_SUMMARY_INSTRUCTIONS)
+        if not isinstance(instructions, str) or not instructions.strip():
+            raise TemplateError("option 'instructions' must be a non-empty string")
+
+    async def expand(
+        self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
+    ) -> list[ChatMessage]:
+        keep_last = options.get("keep_last", 3)
+        history = context.history
+        older = history[: len(history) - keep_last]
+        recent = history[len(history) - keep_last :] if keep_last else []
+        if not older:
+            return list(recent)
+        transcript = "\n\n".join(f"{m.role}: {m.content}" for m in older)
+        summary = await context.models.complete(
+            options.get("provider", stream.provider),
+            [
+                ChatMessage(
+                    role="system",
+                    content=options.get("instructions", DEFAULT_SUMMARY_INSTRUCTIONS),
+                ),
+                ChatMessage(role="user", content=transcript),
+            ],
+            options.get("settings", stream.settings),
+        )
+        return [
+            ChatMessage(role="system", content=f"Summary of the earlier conversation:\n{summary}"),
+            *recent,
+        ]
+
+
+def builtin_inserts() -> Registry[Insert]:
+    inserts: Registry[Insert] = Registry("insert")
+    inserts.register("history", HistoryInsert())
+    inserts.register("history_summary", HistorySummaryInsert())
+    return inserts

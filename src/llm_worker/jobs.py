@@ -1,0 +1,112 @@
+"""Jobs: their states, what a client asked for, and the events of their log.
+
+A job is born ``pending``, becomes ``running`` when a worker claims it and ends
+``done``, ``failed`` or ``cancelled``. Everything a listener sees of a running
+job is an :class:`Event` in the job's log, numbered ``seq`` = 1, 2, ...; the
+log is what late listeners replay and what reconnecting listeners resume from.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm_worker.templates import Assistant, ChatMessage
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED_STATES
+
+
+_FINISHED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+class EventKind(enum.StrEnum):
+    """The kinds of event in a job's log; each is also the ``type`` of its wire frame."""
+
+    RUNNING = "running"
+    """The job started (empty message) or produced a delta of text."""
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not EventKind.RUNNING
+
+    @property
+    def final_state(self) -> JobState:
+        """The state a job is in once this terminal event is in its log."""
+        return _STATE_AFTER[self]
+
+
+_STATE_AFTER = {
+    EventKind.DONE: JobState.DONE,
+    EventKind.FAILED: JobState.FAILED,
+    EventKind.CANCELLED: JobState.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a job's log.
+
+    ``message`` is the text delta of a ``running`` event and the reason of a
+    ``failed`` one; it is empty otherwise.
+    """
+
+    seq: int
+    kind: EventKind
+    message: str = ""
+
+
+def output_of(events: list[Event]) -> str:
+    """The text a job has produced, given its log (or the start of it)."""
+    return "".join(e.message for e in events if e.kind is EventKind.RUNNING)
+
+
+class JobSpec(BaseModel):
+    """What a client asked for: everything a worker needs to run the job.
+
+    Validated when the job is added, before it exists; it is plain data, so a
+    durable store can keep it as JSON.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    assistant: Assistant
+    query: str
+    history: list[ChatMessage] = Field(default_factory=list)
+    variables: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """What the store knows of a job besides its log."""
+
+    id: str
+    state: JobState
+    created_at: float
+    attempt: int = 0
+    """How many times a worker has claimed the job; 0 while it has never run."""
+    error: str | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A job handed to a worker: only events written under this attempt count."""
+
+    job_id: str
+    attempt: int
+    spec: JobSpec

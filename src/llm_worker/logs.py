@@ -1,0 +1,28 @@
+"""Logging as ``LOG_LEVEL``, ``LOG_FORMAT``, ``LOG_FILE`` and ``LOG_STDOUT`` say."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from llm_worker.config import Settings
+
+
+def configure_logging(settings: Settings) -> None:
+    handlers: list[logging.Handler] = []
+    if settings.log_stdout:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
+    if not handlers:
+        handlers.append(logging.NullHandler())
+    formatter = logging.Formatter(settings.log_format)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=settings.log_level, handlers=handlers, force=True)
+    # uvicorn's loggers propagate to ours instead of keeping handlers of their own.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True

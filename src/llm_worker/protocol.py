@@ -1,0 +1,230 @@
+"""The wire protocol: JSON text frames in, JSON text frames out. No I/O here.
+
+Requests (client to server): ``add``, ``listen``, ``cancel``, ``status``, ``ping``.
+Replies and events (server to client): ``resp_add``, ``pending``, ``running``,
+``done``, ``failed``, ``cancelled``, ``status``, ``error``, ``pong``.
+
+The seed's messages are kept exactly; everything else is additive, so a client
+of the old system ignores what it does not know. Unknown fields in a request
+are ignored for the same reason.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from llm_worker.jobs import Event, EventKind, JobRecord, JobSpec
+from llm_worker.templates import Assistant, ChatMessage
+
+RequestId = StrictStr | StrictInt
+Variable = Annotated[
+    StrictStr | StrictBool | StrictInt | StrictFloat, Field(union_mode="left_to_right")
+]
+
+
+class ProtocolError(ValueError):
+    """A request that cannot be honoured; ``ref`` is its ``id`` or ``job_id`` if known."""
+
+    def __init__(self, message: str, ref: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ref = ref
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class AddRequest(_Request):
+    type: Literal["add"]
+    id: RequestId | None = None
+    query: StrictStr
+    assistant: Assistant
+    history: list[ChatMessage] = Field(default_factory=list)
+    variables: dict[str, Variable] = Field(default_factory=dict)
+
+    def to_spec(self) -> JobSpec:
+        return JobSpec(
+            assistant=self.assistant,
+            query=self.query,
+            history=self.history,
+            variables={name: _variable_text(value) for name, value in self.variables.items()},
+        )
+
+
+def _variable_text(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class ListenRequest(_Request):
+    type: Literal["listen"]
+    job_id: StrictStr
+    after: StrictInt | None = Field(default=None, ge=0)
+
+
+class CancelRequest(_Request):
+    type: Literal["cancel"]
+    job_id: StrictStr
+
+
+class StatusRequest(_Request):
+    type: Literal["status"]
+    job_id: StrictStr
+
+
+class PingRequest(_Request):
+    type: Literal["ping"]
+    id: RequestId | None = None
+
+
+Request = AddRequest | ListenRequest | CancelRequest | StatusRequest | PingRequest
+
+_REQUEST_TYPES: dict[str, type[Request]] = {
+    "add": AddRequest,
+    "listen": ListenRequest,
+    "cancel": CancelRequest,
+    "status": StatusRequest,
+    "ping": PingRequest,
+}
+# Tags pydantic puts in error locations of tagged unions; they mean nothing to a client.
+_UNION_TAGS = frozenset({"message", "insert", "model", "pipeline"})
+_JSON_TYPE_NAMES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def parse_request(data: str | bytes) -> Request:
+    """The request a text frame holds; :class:`ProtocolError` saying what is wrong otherwise."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        kind = _JSON_TYPE_NAMES.get(type(obj), "something else")
+        raise ProtocolError(f"a request must be a JSON object, not {kind}")
+    ref = _ref_of(obj)
+    request_type = obj.get("type")
+    if request_type is None:
+        raise ProtocolError("missing field 'type'", ref)
+    model = _REQUEST_TYPES.get(request_type) if isinstance(request_type, str) else None
+    if model is None:
+        known = ", ".join(sorted(_REQUEST_TYPES))
+        raise ProtocolError(f"unknown type {request_type!r} (known: {known})", ref)
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid {request_type!r} request: {describe(exc)}", ref) from None
+
+
+def _ref_of(obj: dict[str, Any]) -> Any:
+    for key in ("id", "job_id"):
+        value = obj.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif isinstance(previous, int) and part in _UNION_TAGS:
+            pass
+        else:
+            text += f".{part}" if text else str(part)
+        previous = part
+    return text
+
+
+def describe(exc: ValidationError, limit: int = 3) -> str:
+    """A validation error in words a client can act on: which field, what is wrong."""
+    problems = []
+    errors = exc.errors(include_url=False)
+    for error in errors[:limit]:
+        where = _location(error["loc"])
+        if error["type"] == "missing":
+            problems.append(f"missing field '{where}'")
+        elif error["type"] == "extra_forbidden":
+            problems.append(f"unexpected field '{where}'")
+        elif where:
+            problems.append(f"field '{where}': {error['msg']}")
+        else:
+            problems.append(error["msg"])
+    if len(errors) > limit:
+        problems.append(f"and {len(errors) - limit} more")
+    return "; ".join(problems)
+
+
+# -- server to client ---------------------------------------------------------
+
+
+def _frame(obj: dict[str, Any]) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def resp_add(request_id: Any, job_id: str) -> str:
+    return _frame({"type": "resp_add", "id": request_id, "job_id": job_id})
+
+
+def pending(job_id: str, position: int) -> str:
+    return _frame({"type": "pending", "job_id": job_id, "position": position})
+
+
+def event(job_id: str, event: Event) -> str:
+    """The frame of one log event: ``running``, ``done``, ``failed`` or ``cancelled``."""
+    kind = event.kind
+    if kind is EventKind.RUNNING or kind is EventKind.FAILED:
+        return _frame(
+            {"type": kind.value, "job_id": job_id, "message": event.message, "seq": event.seq}
+        )
+    return _frame({"type": kind.value, "job_id": job_id, "seq": event.seq})
+
+
+def cancelled(job_id: str) -> str:
+    """Acknowledges a ``cancel`` to a client that does not follow the job."""
+    return _frame({"type": "cancelled", "job_id": job_id})
+
+
+def status(record: JobRecord, position: int | None, output: str) -> str:
+    body: dict[str, Any] = {"type": "status", "job_id": record.id, "state": record.state.value}
+    if position is not None:
+        body["position"] = position
+    body["output"] = output
+    if record.error is not None:
+        body["error"] = record.error
+    return _frame(body)
+
+
+def error(message: str, ref: Any = None) -> str:
+    body: dict[str, Any] = {"type": "error", "message": message}
+    if ref is not None:
+        body["ref"] = ref
+    return _frame(body)
+
+
+def pong(request_id: Any = None) -> str:
+    body: dict[str, Any] = {"type": "pong"}
+    if request_id is not None:
+        body["id"] = request_id
+    return _frame(body)

@@ -1,0 +1,58 @@
+"""The provider seam: given messages and settings, yield text deltas.
+
+A provider is whatever turns a rendered list of chat messages into text: an
+OpenAI-compatible server, a model in this process, anything a plugin adds.
+Cancelling the task that iterates :meth:`Provider.stream` must stop the work
+upstream (for a remote model: close the HTTP stream so the server stops
+generating); an implementation does that by releasing its resources in a
+``finally`` block of the generator.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from llm_worker.templates import ChatMessage
+
+
+class ProviderError(Exception):
+    """A model call that failed; the message is shown to the job's listeners.
+
+    ``retryable`` marks failures worth another try (rate limits, server errors,
+    lost connections); the runner retries them only while nothing of the
+    call's output has reached a listener. ``retry_after`` is the delay the
+    server asked for, in seconds, when it said.
+    """
+
+    def __init__(
+        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Provider(abc.ABC):
+    """Turns chat messages into a stream of text deltas."""
+
+    def check_settings(self, settings: Mapping[str, Any]) -> None:  # noqa: B027
+        """Raise :class:`~llm_worker.templates.TemplateError` for settings that cannot work.
+
+        Called when a job is added, before it exists; must not do I/O.
+        """
+
+    @abc.abstractmethod
+    def stream(
+        self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        """Yield the model's reply as non-empty text deltas.
+
+        Ends normally only when the model finished its reply; raises
+        :class:`ProviderError` otherwise, a stream cut short included.
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release shared resources (connections, models) at shutdown."""

@@ -1,0 +1,137 @@
+"""The providers a deployment offers, built from its settings.
+
+Built in: ``openai`` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``) and ``vllm``
+(``VLLM_URI``, ``VLLM_API_KEY``). ``PROVIDERS_FILE`` names more
+OpenAI-compatible endpoints, in TOML::
+
+    [providers.ollama]
+    base_url = "http://127.0.0.1:11434/v1"
+    settings = { model = "llama3.2" }       # defaults under each template's settings
+
+    [providers.my-vllm]
+    base_url = "http://gpu-box:8000/v1"
+    api_key_env = "MY_VLLM_KEY"              # the variable that holds its key
+
+or the same structure in YAML. Plugins come from entry points
+(``llm_worker.providers``) and ``EXTRA_PROVIDERS``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llm_worker.config import Settings
+from llm_worker.providers.base import Provider
+from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider
+from llm_worker.registry import Registry, RegistryError
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Servers that check no key still need the SDK to send one.
+NO_KEY = "no-key"
+
+
+class EndpointConfig(BaseModel):
+    """One entry of ``PROVIDERS_FILE``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["openai"] = "openai"
+    base_url: str
+    api_key_env: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProvidersFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    providers: dict[str, EndpointConfig] = Field(default_factory=dict)
+
+
+def load_providers_file(path: Path) -> ProvidersFile:
+    """Parse and validate a providers file; any problem is a :class:`RegistryError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"PROVIDERS_FILE {path}: {exc.strerror or exc}") from exc
+    try:
+        if path.suffix.lower() in {".yaml", ".yml"}:
+            try:
+                import yaml
+            except ImportError:
+                raise RegistryError(
+                    f"PROVIDERS_FILE {path} is YAML: install llm-worker[yaml] to read it"
+                ) from None
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise RegistryError(f"PROVIDERS_FILE {path} is not valid: {exc}") from exc
+    try:
+        return ProvidersFile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise RegistryError(f"PROVIDERS_FILE {path}: {problems}") from None
+
+
+def vllm_base_url(uri: str | None) -> str | None:
+    """``VLLM_URI`` as an API base: a bare ``http://host:8000`` gets vLLM's ``/v1``."""
+    if not uri:
+        return None
+    uri = uri.rstrip("/")
+    return uri + "/v1" if urlsplit(uri).path in {"", "/"} else uri
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provider]:
+    """Every provider this deployment offers, by name."""
+    providers: Registry[Provider] = Registry("provider")
+    providers.register(
+        "openai",
+        OpenAICompatibleProvider(
+            "openai",
+            clients=clients,
+            base_url=settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
+            api_key=_secret(settings.openai_api_key),
+            missing_key="provider 'openai' needs an API key: set OPENAI_API_KEY",
+        ),
+    )
+    providers.register(
+        "vllm",
+        OpenAICompatibleProvider(
+            "vllm",
+            clients=clients,
+            base_url=vllm_base_url(settings.vllm_uri),
+            api_key=_secret(settings.vllm_api_key) or NO_KEY,
+            missing_base_url="provider 'vllm' needs VLLM_URI, such as http://127.0.0.1:8000/v1",
+        ),
+    )
+    if settings.providers_file is not None:
+        for name, endpoint in load_providers_file(settings.providers_file).providers.items():
+            api_key: str | None = NO_KEY
+            if endpoint.api_key_env:
+                api_key = os.environ.get(endpoint.api_key_env) or None
+            providers.register(
+                name,
+                OpenAICompatibleProvider(
+                    name,
+                    clients=clients,
+                    base_url=endpoint.base_url,
+                    api_key=api_key,
+                    missing_key=f"provider {name!r} needs an API key: set {endpoint.api_key_env}",
+                    defaults=endpoint.settings,
+                ),
+            )
+    providers.load_entry_points("llm_worker.providers")
+    providers.load_specs(settings.extra_providers)
+    return providers

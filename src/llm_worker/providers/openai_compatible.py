@@ -1,0 +1,233 @@
+"""Chat completions over HTTP with the official ``openai`` SDK.
+
+Serves OpenAI itself and every server that speaks its API: vLLM, Ollama,
+llama.cpp's server, LM Studio. Clients are shared per (base URL, key) so that
+jobs reuse warm connections instead of paying a TLS and TCP handshake each.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from numbers import Real
+from typing import Any
+
+import openai
+from openai.resources.chat.completions import AsyncCompletions
+
+from llm_worker.providers.base import Provider, ProviderError
+from llm_worker.templates import ChatMessage, TemplateError
+
+log = logging.getLogger(__name__)
+
+# Settings the SDK takes as keyword arguments; anything else is sent in the
+# request body as is (``top_k`` for vLLM, ``num_ctx`` for Ollama, ...).
+_SDK_PARAMETERS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
+    "self",
+    "messages",
+    "stream",
+    "extra_headers",
+    "extra_query",
+    "extra_body",
+    "timeout",
+}
+# Owned by the worker: the messages come from the template, the reply must stream,
+# and one job has one reply.
+_RESERVED_SETTINGS = {
+    "messages": "messages come from the template",
+    "stream": "replies are always streamed",
+    "extra_body": "put extra parameters directly in settings",
+}
+_RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+_MAX_RETRY_AFTER = 60.0
+
+
+def _check_type(settings: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str) -> None:
+    value = settings.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TemplateError(f"settings.{key} must be {what}, not {value!r}")
+
+
+class ClientPool:
+    """One ``AsyncOpenAI`` client per (base URL, API key), created on first use."""
+
+    def __init__(self, *, timeout: float, connect_timeout: float) -> None:
+        self._timeout = openai.Timeout(timeout, connect=connect_timeout)
+        self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+
+    def get(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
+        key = (base_url, api_key)
+        client = self._clients.get(key)
+        if client is None:
+            # Retries are the runner's: it knows whether output already reached listeners.
+            client = openai.AsyncOpenAI(
+                base_url=base_url, api_key=api_key, max_retries=0, timeout=self._timeout
+            )
+            self._clients[key] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+
+class OpenAICompatibleProvider(Provider):
+    """A chat-completions endpoint at ``base_url``.
+
+    ``api_key`` is ``None`` when the deployment configured none; ``missing_key``
+    then says how to set one, and jobs fail with that message. Endpoints that
+    take no key (a local vLLM or Ollama) get a placeholder key instead.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        clients: ClientPool,
+        base_url: str | None,
+        api_key: str | None,
+        missing_key: str | None = None,
+        missing_base_url: str | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url
+        self._clients = clients
+        self._api_key = api_key
+        self._missing_key = missing_key
+        self._missing_base_url = missing_base_url
+        self.defaults = dict(defaults or {})
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} at {self.base_url}>"
+
+    def check_settings(self, settings: Mapping[str, Any]) -> None:
+        for key, why in _RESERVED_SETTINGS.items():
+            if key in settings:
+                raise TemplateError(f"settings.{key} is not allowed: {why}")
+        merged = {**self.defaults, **settings}
+        model = merged.get("model")
+        if not isinstance(model, str) or not model:
+            raise TemplateError(
+                f"settings.model must name a model of provider {self.name!r}"
+                + ("" if model is None else f", not {model!r}")
+            )
+        if merged.get("n", 1) != 1:
+            raise TemplateError("settings.n must be 1: a job streams one reply")
+        _check_type(merged, "temperature", (Real,), "a number")
+        _check_type(merged, "top_p", (Real,), "a number")
+        _check_type(merged, "presence_penalty", (Real,), "a number")
+        _check_type(merged, "frequency_penalty", (Real,), "a number")
+        _check_type(merged, "max_tokens", (int,), "an integer")
+        _check_type(merged, "max_completion_tokens", (int,), "an integer")
+        _check_type(merged, "seed", (int,), "an integer")
+        for key in ("max_tokens", "max_completion_tokens"):
+            if merged.get(key) is not None and merged[key] < 1:
+                raise TemplateError(f"settings.{key} must be at least 1, not {merged[key]!r}")
+        stop = merged.get("stop")
+        if stop is not None and not (
+            isinstance(stop, str)
+            or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+        ):
+            raise TemplateError(
+                f"settings.stop must be a string or a list of strings, not {stop!r}"
+            )
+
+    def _client(self) -> openai.AsyncOpenAI:
+        if not self.base_url:
+            raise ProviderError(
+                self._missing_base_url or f"provider {self.name!r} has no base URL configured"
+            )
+        if self._api_key is None:
+            raise ProviderError(
+                self._missing_key or f"provider {self.name!r} has no API key configured"
+            )
+        return self._clients.get(self.base_url, self._api_key)
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        client = self._client()
+        params = {**self.defaults, **settings}
+        extra_body = {k: params.pop(k) for k in list(params) if k not in _SDK_PARAMETERS}
+        try:
+            response = await client.chat.completions.create(
+                messages=[m.to_openai() for m in messages],  # type: ignore[misc]
+                stream=True,
+                extra_body=extra_body or None,
+                **params,
+            )
+        except openai.APIError as exc:
+            raise self._translate(exc) from exc
+
+        finished = False
+        try:
+            async for chunk in response:
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                content = choice.delta.content if choice.delta is not None else None
+                if content:
+                    yield content
+                if choice.finish_reason is not None:
+                    finished = True
+        except openai.APIError as exc:
+            raise self._translate(exc) from exc
+        finally:
+            await response.close()
+        if not finished:
+            raise ProviderError(
+                f"the reply from {self._where()} ended before the model finished "
+                "(no finish_reason): the stream was cut",
+                retryable=True,
+            )
+
+    def _where(self) -> str:
+        return f"provider {self.name!r} at {self.base_url}"
+
+    def _translate(self, exc: openai.APIError) -> ProviderError:
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            detail = _error_detail(exc.body) or exc.response.reason_phrase or ""
+            return ProviderError(
+                f"{self._where()} answered HTTP {status}" + (f": {detail}" if detail else ""),
+                retryable=status in _RETRYABLE_STATUS,
+                retry_after=_retry_after(exc.response.headers.get("retry-after")),
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderError(f"{self._where()} timed out", retryable=True)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc.__context__
+            reason = f": {cause}" if cause and str(cause) else ""
+            return ProviderError(f"cannot reach {self._where()}{reason}", retryable=True)
+        return ProviderError(f"{self._where()} reported an error: {exc.message}")
+
+
+def _error_detail(body: object) -> str | None:
+    """The human part of an error body: ``{"error": {"message": ...}}`` and its variants."""
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping):
+            message = inner.get("message")
+            return str(message) if message else None
+        if isinstance(inner, str):
+            return inner
+        message = body.get("message")
+        return str(message) if message else None
+    if isinstance(body, str):
+        return body[:500]
+    return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)

@@ -1,0 +1,218 @@
+"""Runs one job: its template's streams in order, the last one's deltas out.
+
+The runner is also where a template is checked against what this deployment
+offers (providers, inserts, pipelines, placeholders), so that a job that cannot
+run is refused when it is added rather than failing later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from llm_worker.context import StreamContext
+from llm_worker.inserts import Insert
+from llm_worker.jobs import JobSpec
+from llm_worker.pipelines import Pipeline
+from llm_worker.providers import Provider, ProviderError
+from llm_worker.registry import Registry
+from llm_worker.templates import (
+    BUILTIN_PLACEHOLDERS,
+    PREVIOUS_STREAM_OUTPUT,
+    QUERY,
+    ChatMessage,
+    InsertItem,
+    ModelStream,
+    PipelineStream,
+    TemplateError,
+    check_placeholders,
+    render,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a retryable provider failure is tried again."""
+
+    retries: int = 2
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def delay(self, retry: int, error: ProviderError) -> float:
+        """Seconds to wait before retry number ``retry`` (1, 2, ...)."""
+        if error.retry_after is not None:
+            return min(error.retry_after, self.max_delay)
+        backoff = self.base_delay * 2 ** (retry - 1)
+        return min(backoff * random.uniform(0.8, 1.2), self.max_delay)
+
+
+def _exhausted(error: ProviderError, tries: int) -> ProviderError:
+    if tries <= 1:
+        return error
+    return ProviderError(f"{error.message} (gave up after {tries} tries)")
+
+
+class Runner:
+    """Checks and runs assistant templates with this deployment's registries."""
+
+    def __init__(
+        self,
+        providers: Registry[Provider],
+        inserts: Registry[Insert],
+        pipelines: Registry[Pipeline],
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.providers = providers
+        self.inserts = inserts
+        self.pipelines = pipelines
+        self.retry = retry or RetryPolicy()
+
+    # -- checking -----------------------------------------------------------
+
+    def check(self, spec: JobSpec) -> None:
+        """Raise :class:`TemplateError` naming the first thing that would stop ``spec``."""
+        reserved = sorted(BUILTIN_PLACEHOLDERS & spec.variables.keys())
+        if reserved:
+            raise TemplateError(f"variables: {reserved[0]!r} is reserved for the worker")
+        for index, stream in enumerate(spec.assistant.streams):
+            where = f"assistant.streams[{index}]"
+            known = {QUERY, *spec.variables}
+            if index:
+                known.add(PREVIOUS_STREAM_OUTPUT)
+            if isinstance(stream, PipelineStream):
+                self._prefixed(where, self._check_pipeline, stream)
+            else:
+                self._prefixed(where, self._check_model_stream, stream, known, where)
+
+    @staticmethod
+    def _prefixed(where: str, check: Any, *args: Any) -> None:
+        try:
+            check(*args)
+        except TemplateError as exc:
+            message = str(exc)
+            if not message.startswith("assistant."):
+                message = f"{where}: {message}"
+            raise TemplateError(message) from None
+
+    def _check_pipeline(self, stream: PipelineStream) -> None:
+        pipeline = self.pipelines.get(stream.pipeline)
+        try:
+            pipeline.check(stream.options, self.providers)
+        except TemplateError as exc:
+            raise TemplateError(f"pipeline {stream.pipeline!r} {exc}") from None
+
+    def _check_model_stream(self, stream: ModelStream, known: set[str], where: str) -> None:
+        self.providers.get(stream.provider).check_settings(stream.settings)
+        for position, item in enumerate(stream.messages):
+            item_where = f"{where}.messages[{position}]"
+            if isinstance(item, InsertItem):
+                insert = self.inserts.get(item.insert)
+                try:
+                    insert.check(item.options, stream, self.providers)
+                except TemplateError as exc:
+                    raise TemplateError(f"{item_where}: insert {item.insert!r} {exc}") from None
+            else:
+                check_placeholders(item.content, known, f"{item_where}.content")
+
+    # -- running ------------------------------------------------------------
+
+    async def run(self, spec: JobSpec) -> AsyncIterator[str]:
+        """Yield the text deltas of the job's last stream.
+
+        Raises :class:`ProviderError` or :class:`TemplateError` when the job
+        cannot complete; the message is meant for the job's listeners.
+        """
+        streams = spec.assistant.streams
+        previous_output = ""
+        for index, stream in enumerate(streams):
+            context = StreamContext(spec, index, previous_output, self)
+            deltas = self._run_stream(stream, context)
+            if index < len(streams) - 1:
+                # Nothing of an inner stream reaches listeners; only its whole text matters.
+                async with aclosing(deltas):
+                    previous_output = "".join([delta async for delta in deltas])
+            else:
+                async with aclosing(deltas):
+                    async for delta in deltas:
+                        yield delta
+
+    async def _run_stream(
+        self, stream: ModelStream | PipelineStream, context: StreamContext
+    ) -> AsyncIterator[str]:
+        if isinstance(stream, PipelineStream):
+            deltas = self.pipelines.get(stream.pipeline).run(stream.options, context)
+        else:
+            messages = await self.build_messages(stream, context)
+            deltas = self.stream(stream.provider, messages, stream.settings)
+        async with aclosing(deltas):
+            async for delta in deltas:
+                if delta:
+                    yield delta
+
+    async def build_messages(
+        self, stream: ModelStream, context: StreamContext
+    ) -> list[ChatMessage]:
+        """The stream's messages: literals rendered, inserts expanded."""
+        values = {
+            **context.variables,
+            QUERY: context.query,
+            PREVIOUS_STREAM_OUTPUT: context.previous_output,
+        }
+        messages: list[ChatMessage] = []
+        for item in stream.messages:
+            if isinstance(item, InsertItem):
+                insert = self.inserts.get(item.insert)
+                messages.extend(await insert.expand(item.options, stream, context))
+            else:
+                messages.append(item.model_copy(update={"content": render(item.content, values)}))
+        return messages
+
+    # -- model calls (the ModelCalls protocol of inserts and pipelines) ------
+
+    async def stream(
+        self, provider: str, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        """The reply as deltas, retried while none has been yielded."""
+        chosen = self.providers.get(provider)
+        tries = 0
+        while True:
+            tries += 1
+            started = False
+            try:
+                async with aclosing(chosen.stream(messages, settings)) as deltas:
+                    async for delta in deltas:
+                        started = True
+                        yield delta
+                return
+            except ProviderError as error:
+                if started or not error.retryable or tries > self.retry.retries:
+                    raise _exhausted(error, tries) from error
+                await self._pause(tries, error)
+
+    async def complete(
+        self, provider: str, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
+    ) -> str:
+        """The whole reply; a retryable failure starts it again from scratch."""
+        chosen = self.providers.get(provider)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                async with aclosing(chosen.stream(messages, settings)) as deltas:
+                    return "".join([delta async for delta in deltas])
+            except ProviderError as error:
+                if not error.retryable or tries > self.retry.retries:
+                    raise _exhausted(error, tries) from error
+                await self._pause(tries, error)
+
+    async def _pause(self, tries: int, error: ProviderError) -> None:
+        delay = self.retry.delay(tries, error)
+        log.warning("%s; trying again in %.2fs (retry %d)", error.message, delay, tries)
+        await asyncio.sleep(delay)

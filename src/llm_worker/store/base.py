@@ -1,0 +1,118 @@
+"""The job store: the one seam between the gateway and the workers.
+
+The gateway submits jobs, follows their logs, cancels and queries them; workers
+claim jobs and append to their logs. Neither talks to the other except through
+a store, so one process or many run the same code. A store guarantees:
+
+* a job is claimed by one worker at a time; events are accepted only from the
+  attempt that holds the claim (:class:`NotOwner` otherwise), so nothing is
+  written to a job after it was cancelled or finished;
+* events get consecutive ``seq`` numbers and every follower sees each of them
+  once, in order, whether it joined before, during or after the job ran;
+* a finished job and its log stay readable for the store's TTL, then vanish.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec
+
+
+class StoreError(Exception):
+    """A request the store cannot honour; the message is meant for the client."""
+
+
+class QueueFull(StoreError):
+    pass
+
+
+class UnknownJob(StoreError):
+    pass
+
+
+class NotOwner(StoreError):
+    """The attempt no longer holds the job: it was cancelled, finished or reclaimed."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    pending: int
+    running: int
+
+
+class JobStore(abc.ABC):
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections and start background work."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release everything :meth:`start` took."""
+
+    # -- gateway side -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def submit(self, spec: JobSpec) -> JobRecord:
+        """Queue a new job; :class:`QueueFull` when the queue is at its limit."""
+
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job's record, or ``None`` for an unknown or expired job."""
+
+    @abc.abstractmethod
+    async def read(self, job_id: str, after: int = 0) -> list[Event]:
+        """The events of the job's log with ``seq > after``, as they stand."""
+
+    @abc.abstractmethod
+    def follow(self, job_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        """Every event with ``seq > after``, in batches, live, until the terminal one.
+
+        A batch holds whatever accumulated since the last one. On a finished
+        job whose log holds nothing after ``after`` it ends at once.
+        Raises :class:`UnknownJob` when iteration starts on an unknown job.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a pending or running job; returns its record as it now stands.
+
+        A finished job is returned unchanged. Raises :class:`UnknownJob`.
+        """
+
+    @abc.abstractmethod
+    async def position(self, job_id: str) -> int | None:
+        """The job's place in the queue (1 = next), or ``None`` if it is not pending."""
+
+    @abc.abstractmethod
+    async def queue_moved(self) -> None:
+        """Return once pending jobs may have moved up (a job left the queue)."""
+
+    @abc.abstractmethod
+    async def stats(self) -> StoreStats:
+        """How many jobs wait and how many run."""
+
+    # -- worker side --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(self, max_wait: float) -> Claim | None:
+        """Take the oldest pending job, waiting up to ``max_wait`` seconds for one."""
+
+    @abc.abstractmethod
+    async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
+        """Add an event to the job's log; a terminal kind ends the job.
+
+        Raises :class:`NotOwner` when ``attempt`` no longer holds the job.
+        """
+
+    @abc.abstractmethod
+    async def release(self, job_id: str, attempt: int, reason: str) -> None:
+        """Give up a claimed job this worker cannot finish (it is shutting down).
+
+        A store that outlives the process queues the job again; one that does
+        not ends it as failed with ``reason``.
+        """
+
+    @abc.abstractmethod
+    def on_cancel(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the job is cancelled; returns a function that stops it."""

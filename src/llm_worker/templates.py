@@ -1,0 +1,209 @@
+"""Assistant templates: their shape, and the safe rendering of their placeholders.
+
+An assistant is a list of *streams* run one after the other. A stream is either
+a model call (``provider``, ``settings``, ``messages``) or a named server-side
+``pipeline``. A model call's messages are literal ``{role, content}`` messages,
+whose content may hold placeholders such as ``{query}``, or ``{insert: name}``
+items that a registered insert expands (``history`` is the chat history).
+
+Rendering replaces ``{name}`` with a value and ``{{``/``}}`` with literal braces,
+in one pass and nothing more: attribute access, indexing and positional fields
+(``{query.__class__}``, ``{history[0]}``, ``{0}``) are rejected, and the values
+themselves -- text that clients send -- are never rendered again.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+Role = Literal["system", "user", "assistant", "function", "tool"]
+
+QUERY = "query"
+PREVIOUS_STREAM_OUTPUT = "previous_stream_output"
+BUILTIN_PLACEHOLDERS = frozenset({QUERY, PREVIOUS_STREAM_OUTPUT})
+
+
+class TemplateError(ValueError):
+    """A template that cannot run; the message says what is wrong and where."""
+
+
+class ChatMessage(BaseModel):
+    """A message of the chat history, or one sent to a model."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    role: Role
+    content: str
+    name: str | None = None
+    tool_call_id: str | None = None
+
+    def to_openai(self) -> dict[str, str]:
+        """The message as the chat-completions API takes it."""
+        message = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            message["name"] = self.name
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class TemplateMessage(ChatMessage):
+    """A literal message of a template; its content may hold placeholders."""
+
+
+class InsertItem(BaseModel):
+    """``{"insert": name, ...options}``: messages produced by a registered insert."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    insert: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _message_kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "insert" if "insert" in value else "message"
+    return "insert" if isinstance(value, InsertItem) else "message"
+
+
+MessageItem = Annotated[
+    Annotated[TemplateMessage, Tag("message")] | Annotated[InsertItem, Tag("insert")],
+    Discriminator(_message_kind),
+]
+
+
+class ModelStream(BaseModel):
+    """A model call: messages rendered and sent to ``provider`` with ``settings``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    messages: list[MessageItem] = Field(min_length=1)
+
+
+class PipelineStream(BaseModel):
+    """``{"pipeline": name, ...options}``: a stream implemented on the server."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    pipeline: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _stream_kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "pipeline" if "pipeline" in value else "model"
+    return "pipeline" if isinstance(value, PipelineStream) else "model"
+
+
+Stream = Annotated[
+    Annotated[ModelStream, Tag("model")] | Annotated[PipelineStream, Tag("pipeline")],
+    Discriminator(_stream_kind),
+]
+
+
+class Assistant(BaseModel):
+    """An assistant template: streams run in order; the last one's output is the job's."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    streams: list[Stream] = Field(min_length=1)
+
+
+# -- placeholders -------------------------------------------------------------
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Placeholder:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledText:
+    """Template text split into literal parts and placeholders."""
+
+    parts: tuple[str | Placeholder, ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.parts if isinstance(p, Placeholder))
+
+    def render(self, values: Mapping[str, str]) -> str:
+        """The text with every placeholder replaced; values are inserted verbatim."""
+        return "".join(p if isinstance(p, str) else values[p.name] for p in self.parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_text(text: str) -> CompiledText:
+    """Split ``text`` into literals and ``{name}`` placeholders.
+
+    Raises :class:`TemplateError` for anything inside braces that is not a plain
+    name, and for a lone ``{`` or ``}`` (write ``{{`` or ``}}`` for a literal one).
+    """
+    parts: list[str | Placeholder] = []
+    literal: list[str] = []
+    position = 0
+    for match in _TOKEN.finditer(text):
+        literal.append(text[position : match.start()])
+        token = match.group(0)
+        if token == "{{":
+            literal.append("{")
+        elif token == "}}":
+            literal.append("}")
+        elif match.group(1) is not None:
+            name = match.group(1)
+            if not _PLAIN_NAME.match(name):
+                raise TemplateError(
+                    f"invalid placeholder {token!r}: only plain names such as {{query}} "
+                    "are replaced (write {{ and }} for literal braces)"
+                )
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            parts.append(Placeholder(name))
+        else:
+            raise TemplateError(
+                f"unmatched {token!r} at character {match.start()}: "
+                f"write {token * 2} for a literal brace"
+            )
+        position = match.end()
+    literal.append(text[position:])
+    tail = "".join(literal)
+    if tail:
+        parts.append(tail)
+    return CompiledText(tuple(parts))
+
+
+def check_placeholders(text: str, known: Iterable[str], where: str) -> None:
+    """Raise :class:`TemplateError` if ``text`` is malformed or names an unknown value."""
+    try:
+        compiled = compile_text(text)
+    except TemplateError as exc:
+        raise TemplateError(f"{where}: {exc}") from None
+    unknown = sorted(compiled.names - frozenset(known))
+    if unknown:
+        known_list = ", ".join("{" + name + "}" for name in sorted(known))
+        raise TemplateError(
+            f"{where}: unknown placeholder {{{unknown[0]}}} (known here: {known_list})"
+        )
+
+
+def render(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with its placeholders replaced by ``values`` (checked beforehand)."""
+    return compile_text(text).render(values)

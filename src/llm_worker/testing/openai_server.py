@@ -1,0 +1,307 @@
+"""A loopback OpenAI-compatible server that streams chat completions.
+
+For tests and benchmarks: it speaks HTTP/1.1 with keep-alive and the
+chat-completions SSE format, records every request, and does what a
+:class:`Reply` says -- answer slowly, fail with a status, or cut the stream.
+It also counts TCP connections and notices clients that hang up mid-reply,
+which is how tests see connection reuse and cancellation from the outside.
+
+Run it by hand to try the worker without an API key::
+
+    python -m llm_worker.testing.openai_server --port 8100 --delay 0.05
+
+then point a provider at ``http://127.0.0.1:8100/v1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+_WORD = re.compile(r"\s*\S+")
+
+
+@dataclass
+class Reply:
+    """What the server does with one chat-completions request."""
+
+    tokens: list[str] = field(default_factory=list)
+    """The content deltas, one SSE event each."""
+    status: int = 200
+    error: str = "simulated failure"
+    """The error message of a non-200 reply."""
+    headers: dict[str, str] = field(default_factory=dict)
+    first_delay: float = 0.0
+    """Seconds before the response head (time to first byte)."""
+    delay: float = 0.0
+    """Seconds before each token."""
+    cut_after: int | None = None
+    """Stop after this many tokens, without a finish marker."""
+    cut_mode: Literal["abort", "clean"] = "abort"
+    """``abort``: drop the connection mid-body. ``clean``: end the body properly,
+    but with neither ``finish_reason`` nor ``[DONE]``."""
+    finish_reason: str = "stop"
+
+
+def echo_reply(body: dict[str, Any]) -> Reply:
+    """The default: ``Echo: <last user message>``, a word per token."""
+    last_user = next(
+        (m.get("content", "") for m in reversed(body.get("messages", [])) if m["role"] == "user"),
+        "",
+    )
+    return Reply(tokens=_WORD.findall(f"Echo: {last_user}"))
+
+
+Handler = Callable[[dict[str, Any]], "Reply | Awaitable[Reply]"]
+
+
+@dataclass
+class RecordedRequest:
+    """A request the server received, and what became of its reply."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    received_at: float
+    tokens_sent: int = 0
+    completed: bool = False
+    """The whole reply, finish marker included, was written."""
+    client_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the client hung up before the reply was complete."""
+
+
+class OpenAIServer:
+    """``async with OpenAIServer() as server:`` serves at ``server.base_url``."""
+
+    def __init__(
+        self, handler: Handler | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.handler: Handler = handler or echo_reply
+        self.host = host
+        self.port = port
+        self.requests: list[RecordedRequest] = []
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve_connection, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> OpenAIServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    # -- HTTP ---------------------------------------------------------------
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            while True:
+                request = await self._read_request(reader)
+                if request is None:
+                    return
+                keep_alive = await self._respond(request, reader, writer)
+                if not keep_alive:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> RecordedRequest | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        raw = await reader.readexactly(length) if length else b""
+        body = orjson.loads(raw) if raw else {}
+        recorded = RecordedRequest(method, path, headers, body, time.monotonic())
+        self.requests.append(recorded)
+        return recorded
+
+    async def _respond(
+        self, request: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        if request.method == "GET" and request.path.rstrip("/").endswith("/models"):
+            self._write_json(writer, 200, {"object": "list", "data": []}, {})
+            return True
+        if request.method != "POST" or not request.path.endswith("/chat/completions"):
+            self._write_json(writer, 404, {"error": {"message": "not found"}}, {})
+            return True
+        reply = self.handler(request.body)
+        if inspect.isawaitable(reply):
+            reply = await reply
+        if reply.first_delay:
+            await asyncio.sleep(reply.first_delay)
+        if reply.status != 200:
+            error = {"error": {"message": reply.error, "type": "simulated", "code": reply.status}}
+            self._write_json(writer, reply.status, error, reply.headers)
+            return True
+        return await self._stream(request, reply, reader, writer)
+
+    @staticmethod
+    def _write_json(
+        writer: asyncio.StreamWriter, status: int, body: Any, headers: dict[str, str]
+    ) -> None:
+        payload = orjson.dumps(body)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        writer.write(
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+            f"{extra}\r\n".encode()
+            + payload
+        )
+
+    async def _stream(
+        self,
+        request: RecordedRequest,
+        reply: Reply,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        model = request.body.get("model", "fake")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        # A hang-up shows as EOF on the read side while we write.
+        watcher = asyncio.create_task(_wait_for_eof(reader, request.client_gone))
+        try:
+            writer.write(_chunk(_event(model, {"role": "assistant", "content": ""}, None)))
+            for index, token in enumerate(reply.tokens):
+                if reply.cut_after is not None and index >= reply.cut_after:
+                    if reply.cut_mode == "abort":
+                        writer.transport.abort()
+                        return False
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                    return True
+                if reply.delay:
+                    await asyncio.sleep(reply.delay)
+                if request.client_gone.is_set():
+                    return False
+                writer.write(_chunk(_event(model, {"content": token}, None)))
+                request.tokens_sent += 1
+                await writer.drain()
+            # Stop watching before the reply ends: the client's next request may follow it.
+            await _stop(watcher)
+            if request.client_gone.is_set():
+                return False
+            writer.write(
+                _chunk(_event(model, {}, reply.finish_reason))
+                + _chunk(b"data: [DONE]\n\n")
+                + b"0\r\n\r\n"
+            )
+            await writer.drain()
+            request.completed = True
+            return True
+        except ConnectionError:
+            request.client_gone.set()
+            return False
+        finally:
+            await _stop(watcher)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _wait_for_eof(reader: asyncio.StreamReader, gone: asyncio.Event) -> None:
+    with contextlib.suppress(ConnectionError):
+        # Mid-reply the client sends nothing more, so a read that returns means
+        # the connection closed.
+        await reader.read(1)
+    gone.set()
+
+
+def _event(model: str, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+    body = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+async def _main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each token")
+    args = parser.parse_args()
+
+    def handler(body: dict[str, Any]) -> Reply:
+        reply = echo_reply(body)
+        reply.delay = args.delay
+        return reply
+
+    async with OpenAIServer(handler, host=args.host, port=args.port) as server:
+        print(f"OpenAI-compatible test server at {server.base_url}", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main())

@@ -1,0 +1,138 @@
+"""The worker: claims jobs from the store, runs up to N at once, honours cancels.
+
+Its loop takes a free slot, then a job, then starts the job in a task of its
+own; a slot is taken before a job is claimed so that a busy worker leaves
+waiting jobs to others. A job's text goes to the store delta by delta as the
+provider produces it; the store fans it out to listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from contextlib import aclosing
+
+from llm_worker.jobs import Claim, EventKind
+from llm_worker.providers import ProviderError
+from llm_worker.runner import Runner
+from llm_worker.store import JobStore, NotOwner
+from llm_worker.templates import TemplateError
+
+log = logging.getLogger(__name__)
+
+CLAIM_WAIT_SECONDS = 5.0
+STORE_ERROR_BACKOFF_SECONDS = 1.0
+
+
+class Worker:
+    def __init__(
+        self,
+        store: JobStore,
+        runner: Runner,
+        *,
+        concurrency: int,
+        shutdown_grace: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.concurrency = concurrency
+        self.shutdown_grace = shutdown_grace
+        self._slots = asyncio.Semaphore(concurrency)
+        self._jobs: dict[asyncio.Task[None], Claim] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> int:
+        """Jobs this worker is running now."""
+        return len(self._jobs)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._claim_forever(), name="worker-claim-loop")
+
+    async def stop(self) -> None:
+        """Stop claiming; let running jobs finish within the grace period, then give them up."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if not self._jobs:
+            return
+        log.info("waiting up to %.0fs for %d running jobs", self.shutdown_grace, len(self._jobs))
+        _, unfinished = await asyncio.wait(list(self._jobs), timeout=self.shutdown_grace)
+        for task in unfinished:
+            task.cancel()
+        for task in unfinished:
+            claim = self._jobs.get(task)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if claim is not None:
+                await self.store.release(
+                    claim.job_id, claim.attempt, "the worker stopped before the job finished"
+                )
+
+    async def _claim_forever(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                claim = await self.store.claim(max_wait=CLAIM_WAIT_SECONDS)
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            except Exception:
+                self._slots.release()
+                log.exception("claiming a job failed; trying again shortly")
+                await asyncio.sleep(STORE_ERROR_BACKOFF_SECONDS)
+                continue
+            if claim is None:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._execute(claim), name=f"job-{claim.job_id}")
+            self._jobs[task] = claim
+            task.add_done_callback(self._job_finished)
+
+    def _job_finished(self, task: asyncio.Task[None]) -> None:
+        self._jobs.pop(task, None)
+        self._slots.release()
+
+    async def _execute(self, claim: Claim) -> None:
+        job_id, attempt, store = claim.job_id, claim.attempt, self.store
+        task = asyncio.current_task()
+        assert task is not None
+        cancelled = False
+
+        def on_cancel() -> None:
+            nonlocal cancelled
+            cancelled = True
+            task.cancel()
+
+        stop_watching = store.on_cancel(job_id, on_cancel)
+        started = time.perf_counter()
+        log.info("job %s started (attempt %d)", job_id, attempt)
+        try:
+            await store.append(job_id, attempt, EventKind.RUNNING)
+            async with aclosing(self.runner.run(claim.spec)) as deltas:
+                async for delta in deltas:
+                    await store.append(job_id, attempt, EventKind.RUNNING, delta)
+            await store.append(job_id, attempt, EventKind.DONE)
+            log.info("job %s done in %.3fs", job_id, time.perf_counter() - started)
+        except (ProviderError, TemplateError) as exc:
+            log.info("job %s failed: %s", job_id, exc)
+            await self._fail(claim, str(exc))
+        except NotOwner:
+            log.info("job %s ended elsewhere (cancelled or taken over)", job_id)
+        except asyncio.CancelledError:
+            if not cancelled:
+                raise  # the worker is stopping; stop() gives the job up
+            log.info("job %s cancelled after %.3fs", job_id, time.perf_counter() - started)
+        except Exception as exc:
+            log.exception("job %s crashed", job_id)
+            await self._fail(claim, f"internal error while running the job: {exc!r}")
+        finally:
+            stop_watching()
+
+    async def _fail(self, claim: Claim, message: str) -> None:
+        with contextlib.suppress(NotOwner):
+            await self.store.append(claim.job_id, claim.attempt, EventKind.FAILED, message)
