@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
@@ -84,3 +85,30 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.worker = worker
     app.state.gateway = gateway
     return app
+
+
+def _event_loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def server_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves the app: the same for the command and for the tests."""
+    return uvicorn.Config(
+        app,
+        host=settings.listen_address,
+        port=settings.listen_port,
+        loop=_event_loop(),
+        http="httptools",
+        # Writes each frame in one call, which the gateway relies on (see Connection.send).
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_frame_bytes,
+        # Token frames are tiny; compressing them costs CPU and ~100 KiB per connection.
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )

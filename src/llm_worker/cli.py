@@ -13,6 +13,7 @@ from dotenv import load_dotenv
 from pydantic import ValidationError
 
 from llm_worker import __version__
+from llm_worker.app import create_app, server_config
 from llm_worker.config import Settings
 from llm_worker.logs import configure_logging
 from llm_worker.registry import RegistryError
@@ -36,14 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _event_loop() -> str:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
-
-
 def serve(args: argparse.Namespace) -> int:
     # Export the file's values so that everything reading the environment sees
     # them (the key variables named in PROVIDERS_FILE, the openai SDK).
@@ -63,27 +56,12 @@ def serve(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update=overrides)
     configure_logging(settings)
 
-    from llm_worker.app import create_app
-
     try:
         app = create_app(settings)
     except RegistryError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    config = uvicorn.Config(
-        app,
-        host=settings.listen_address,
-        port=settings.listen_port,
-        loop=_event_loop(),
-        http="httptools",
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_max_frame_bytes,
-        # Token frames are tiny; compressing them costs CPU and ~100 KiB per connection.
-        ws_per_message_deflate=False,
-        lifespan="on",
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-    )
+    config = server_config(app, settings)
     server = uvicorn.Server(config)
     sock = config.bind_socket()
     host, port = sock.getsockname()[:2]

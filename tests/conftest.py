@@ -1,0 +1,120 @@
+"""Fixtures: a real worker on an ephemeral port, a loopback OpenAI-compatible server,
+and WebSocket clients talking to them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from llm_worker.app import create_app, server_config
+from llm_worker.config import Settings
+from llm_worker.testing.openai_server import OpenAIServer
+from tests.wsclient import WSClient
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings from the arguments alone: no .env, defaults fit for tests."""
+    values: dict[str, Any] = {
+        "listen_address": "127.0.0.1",
+        "listen_port": 0,
+        "log_level": "DEBUG",
+        "provider_retry_base_seconds": 0.01,
+        "shutdown_grace_seconds": 1.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@dataclass
+class RunningWorker:
+    app: Starlette
+    settings: Settings
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[RunningWorker]:
+    """The worker as ``llm-worker serve`` runs it, on a free port of this loop."""
+    app = create_app(settings)
+    config = server_config(app, settings)
+    server = uvicorn.Server(config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.005)
+        yield RunningWorker(app, settings, port)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[OpenAIServer]:
+    """A loopback OpenAI-compatible server; set ``upstream.handler`` to script it."""
+    async with OpenAIServer() as server:
+        yield server
+
+
+StartWorker = Callable[..., Awaitable[RunningWorker]]
+
+
+@pytest.fixture
+async def start_worker(upstream: OpenAIServer) -> AsyncIterator[StartWorker]:
+    """Starts workers whose ``openai`` provider is the loopback server."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> RunningWorker:
+            values = {"openai_api_key": "sk-test", "openai_base_url": upstream.base_url}
+            values.update(overrides)
+            return await stack.enter_async_context(serve(make_settings(**values)))
+
+        yield start
+
+
+@pytest.fixture
+async def worker(start_worker: StartWorker) -> RunningWorker:
+    return await start_worker()
+
+
+ConnectClient = Callable[..., Awaitable[WSClient]]
+
+
+@pytest.fixture
+async def connect(worker: RunningWorker) -> AsyncIterator[ConnectClient]:
+    """Opens WebSocket clients to ``worker`` (or to the URL given)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_client(url: str | None = None, **kwargs: Any) -> WSClient:
+            return await stack.enter_async_context(WSClient(url or worker.ws_url, **kwargs))
+
+        yield open_client
+
+
+@pytest.fixture
+async def client(connect: ConnectClient) -> WSClient:
+    return await connect()

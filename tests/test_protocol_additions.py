@@ -1,0 +1,310 @@
+"""The additions to the seed protocol, over a real connection: pending, cancel,
+status, seq, listen with and without ``after``, ping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from llm_worker.testing.openai_server import OpenAIServer, Reply
+from tests.conftest import ConnectClient, RunningWorker, StartWorker
+from tests.wsclient import WSClient, assistant, text_of
+
+TOKENS = [f" t{i}" for i in range(20)]
+
+
+def slow(delay: float, tokens: list[str] = TOKENS, **kwargs: object) -> Reply:
+    return Reply(tokens=list(tokens), delay=delay, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_running_frames_carry_consecutive_seq(
+    upstream: OpenAIServer, client: WSClient
+) -> None:
+    upstream.handler = lambda body: Reply(tokens=TOKENS)
+    _, messages = await client.run()
+    events = [m for m in messages if m["type"] != "pending"]
+    assert [m["seq"] for m in events] == list(range(1, len(TOKENS) + 3))
+    assert events[-1] == {"type": "done", "job_id": events[0]["job_id"], "seq": len(TOKENS) + 2}
+
+
+async def test_pending_positions_count_down_as_the_queue_moves(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(worker_concurrency=1)
+    upstream.handler = lambda body: slow(0.05, TOKENS[:4])
+    client = await connect(worker.ws_url)
+    first = await client.add("first")
+    second = await client.add("second")
+    third = await client.add("third")
+
+    third_messages = await client.job_messages(third)
+    positions = [m["position"] for m in third_messages if m["type"] == "pending"]
+    # Announced on add, then each time a job ahead left the queue; never repeated.
+    assert positions[0] == 2
+    assert positions == sorted(set(positions), reverse=True)
+    assert positions[-1] == 1
+    # Nothing pending after the job started.
+    started = next(i for i, m in enumerate(third_messages) if m["type"] == "running")
+    assert all(m["type"] != "pending" for m in third_messages[started:])
+
+    for job_id in (first, second):
+        assert (await client.job_messages(job_id))[-1]["type"] == "done"
+
+
+async def test_listen_on_a_pending_job_announces_its_position(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(worker_concurrency=1)
+    upstream.handler = lambda body: slow(0.05, TOKENS[:6])
+    adder = await connect(worker.ws_url)
+    await adder.add("running")
+    queued = await adder.add("queued")
+
+    listener = await connect(worker.ws_url)
+    await listener.send({"type": "listen", "job_id": queued})
+    assert await listener.recv() == {"type": "pending", "job_id": queued, "position": 1}
+
+
+async def test_cancel_a_queued_job(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(worker_concurrency=1)
+    upstream.handler = lambda body: slow(0.05, TOKENS[:6])
+    client = await connect(worker.ws_url)
+    running = await client.add("running")
+    queued = await client.add("queued")
+    await client.send({"type": "cancel", "job_id": queued})
+
+    messages = await client.job_messages(queued)
+    assert messages[-1]["type"] == "cancelled"
+    assert all(m["type"] in {"pending", "cancelled"} for m in messages)
+    assert (await client.job_messages(running))[-1]["type"] == "done"
+    # The cancelled job never reached the provider.
+    assert len(upstream.chat_requests) == 1
+
+    await client.send({"type": "status", "job_id": queued})
+    status = await client.expect("status")
+    assert status == {"type": "status", "job_id": queued, "state": "cancelled", "output": ""}
+
+
+async def test_cancel_a_running_job_closes_the_upstream_stream(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: slow(0.05, [f" w{i}" for i in range(200)])
+    listener_a = await connect()
+    listener_b = await connect()
+    job_id = await listener_a.add()
+    await listener_b.send({"type": "listen", "job_id": job_id})
+    # Let a few tokens through, then cancel from a third connection.
+    for _ in range(4):
+        await listener_a.wait_for("running", job_id)
+    canceller = await connect()
+    await canceller.send({"type": "cancel", "job_id": job_id})
+    assert await canceller.recv() == {"type": "cancelled", "job_id": job_id}
+
+    for listener in (listener_a, listener_b):
+        messages = await listener.job_messages(job_id)
+        assert messages[-1]["type"] == "cancelled"
+        assert sum(m["type"] == "cancelled" for m in messages) == 1
+    (request,) = upstream.chat_requests
+    await asyncio.wait_for(request.client_gone.wait(), 2)
+    sent_at_cancel = request.tokens_sent
+    await asyncio.sleep(0.3)
+    # The provider stopped generating: no token written after the hang-up.
+    assert request.tokens_sent == sent_at_cancel < 200
+    assert not request.completed
+    await listener_a.silent(0.2)
+
+
+async def test_cancel_of_a_finished_job_is_an_error(
+    upstream: OpenAIServer, client: WSClient
+) -> None:
+    job_id, _ = await client.run()
+    await client.send({"type": "cancel", "job_id": job_id})
+    error = await client.expect("error")
+    assert error["ref"] == job_id
+    assert "already ended (done)" in error["message"]
+
+
+async def test_status_of_a_running_and_a_finished_job(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: slow(0.04, TOKENS)
+    client = await connect()
+    job_id = await client.add()
+    seen = [await client.wait_for("running", job_id) for _ in range(3)]
+    observer = await connect()
+    await observer.send({"type": "status", "job_id": job_id})
+    status = await observer.expect("status")
+    assert status["state"] == "running"
+    assert status["output"].startswith(" t0 t1")
+    assert "position" not in status and "error" not in status
+
+    messages = seen + await client.job_messages(job_id)
+    await observer.send({"type": "status", "job_id": job_id})
+    status = await observer.expect("status")
+    assert status == {
+        "type": "status",
+        "job_id": job_id,
+        "state": "done",
+        "output": "".join(TOKENS),
+    }
+    assert text_of(messages) == status["output"]
+
+
+async def test_status_of_a_failed_and_a_pending_job(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(worker_concurrency=1)
+    client = await connect(worker.ws_url)
+    upstream.handler = lambda body: Reply(status=400, error="no such model")
+    failed_id, _ = await client.run()
+    await client.send({"type": "status", "job_id": failed_id})
+    status = await client.expect("status")
+    assert status["state"] == "failed"
+    assert "no such model" in status["error"]
+
+    upstream.handler = lambda body: slow(0.05, TOKENS[:6])
+    await client.add("blocker")
+    queued = await client.add("queued")
+    await client.send({"type": "status", "job_id": queued})
+    status = await client.wait_for("status")
+    assert status == {
+        "type": "status",
+        "job_id": queued,
+        "state": "pending",
+        "position": 1,
+        "output": "",
+    }
+
+
+async def test_listen_after_resumes_without_gap_or_duplicate(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: slow(0.02, TOKENS)
+    first = await connect()
+    job_id = await first.add()
+    seen = []
+    while len(seen) < 6:
+        message = await first.wait_for("running", job_id)
+        seen.append(message)
+    await first.ws.close()  # the client drops mid-stream...
+
+    second = await connect()  # ...and comes back on a new connection
+    await second.send({"type": "listen", "job_id": job_id, "after": seen[-1]["seq"]})
+    rest = await second.job_messages(job_id)
+    combined = seen + rest
+    assert [m["seq"] for m in combined] == list(range(1, len(TOKENS) + 3))
+    assert text_of(combined) == "".join(TOKENS)
+
+
+async def test_listen_without_after_replays_from_the_start_then_goes_live(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: slow(0.03, TOKENS)
+    adder = await connect()
+    job_id = await adder.add()
+    for _ in range(5):
+        await adder.wait_for("running", job_id)
+    late = await connect()
+    await late.send({"type": "listen", "job_id": job_id})
+    messages = await late.job_messages(job_id)
+    assert [m["seq"] for m in messages] == list(range(1, len(TOKENS) + 3))
+    assert text_of(messages) == "".join(TOKENS)
+
+
+async def test_listen_on_a_finished_job_replays_and_ends(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    client = await connect()
+    job_id, live = await client.run()
+    late = await connect()
+    await late.send({"type": "listen", "job_id": job_id})
+    assert await late.job_messages(job_id) == live
+    await late.silent(0.2)
+
+    # Resuming after the last event of a finished job sends nothing more.
+    await late.send({"type": "listen", "job_id": job_id, "after": live[-1]["seq"]})
+    await late.silent(0.2)
+    # Resuming after an earlier event sends the rest.
+    await late.send({"type": "listen", "job_id": job_id, "after": live[-3]["seq"]})
+    assert await late.job_messages(job_id) == live[-2:]
+
+
+async def test_a_second_listen_on_the_same_connection_does_not_duplicate(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: slow(0.01, TOKENS)
+    client = await connect()
+    job_id = await client.add()
+    # A seed client may listen to a job it added; it must not hear it twice.
+    await client.send({"type": "listen", "job_id": job_id})
+    messages = await client.job_messages(job_id)
+    seqs = [m["seq"] for m in messages if m["type"] != "pending"]
+    assert seqs == list(range(1, len(TOKENS) + 3))
+    await client.silent(0.2)
+
+
+async def test_ping_pong(client: WSClient) -> None:
+    await client.send({"type": "ping"})
+    assert await client.recv() == {"type": "pong"}
+    await client.send({"type": "ping", "id": 7})
+    assert await client.recv() == {"type": "pong", "id": 7}
+
+
+async def test_both_ws_paths_serve_the_protocol(
+    worker: RunningWorker, connect: ConnectClient
+) -> None:
+    for url in (f"ws://127.0.0.1:{worker.port}/ws/", f"ws://127.0.0.1:{worker.port}/ws"):
+        client = await connect(url)
+        await client.send({"type": "ping"})
+        assert await client.recv() == {"type": "pong"}
+
+
+async def test_healthz_reports_queue_and_running(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(worker_concurrency=1)
+    upstream.handler = lambda body: slow(0.05, TOKENS[:10])
+    client = await connect(worker.ws_url)
+    await client.add("a")
+    await client.add("b")
+    await client.add("c")
+    await client.wait_for("running")
+    async with httpx.AsyncClient(base_url=worker.http_url) as http:
+        response = await http.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["running"] == 1
+    assert body["queued"] == 2
+    assert body["connections"] == 1
+
+
+async def test_jobs_outlive_the_client_that_added_them(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: slow(0.02, TOKENS)
+    adder = await connect()
+    job_id = await adder.add()
+    await adder.wait_for("running", job_id)
+    await adder.ws.close()
+    await asyncio.sleep(0.6)
+    later = await connect()
+    await later.send({"type": "listen", "job_id": job_id})
+    messages = await later.job_messages(job_id)
+    assert messages[-1]["type"] == "done"
+    assert text_of(messages) == "".join(TOKENS)
+    assert upstream.chat_requests[0].completed
+
+
+async def test_assistant_template_with_assistant_helper_reaches_provider(
+    upstream: OpenAIServer, client: WSClient
+) -> None:
+    _, messages = await client.run(
+        query="Hi", history=[], assistant=assistant(temperature=0.2, seed=7)
+    )
+    body = upstream.chat_requests[0].body
+    assert body["temperature"] == 0.2 and body["seed"] == 7
+    assert text_of(messages) == "Echo: Hi"

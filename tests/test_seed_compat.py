@@ -1,0 +1,127 @@
+"""The seed README's example, verbatim: an existing client keeps working unchanged."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from llm_worker.testing.openai_server import OpenAIServer, Reply
+from tests.conftest import ConnectClient, RunningWorker
+
+# Copied from the seed README, whitespace and all.
+SEED_ADD_REQUEST = """{
+  "type": "add",
+  "id": "my-custom-id",
+  "query": "How tall is it?",
+  "assistant": {
+    "streams": [
+      {
+        "provider": "openai",
+        "settings": {
+          "model": "gpt-3.5-turbo"
+        },
+        "messages": [
+          {
+            "role": "system",
+            "content": "You are a helpful assistant."
+          },
+          {
+            "insert": "history"
+          },
+          {
+            "role": "user",
+            "content": "{query}"
+          }
+        ]
+      }
+    ]
+  },
+  "history": [
+    {
+      "role": "user",
+      "content": "Where is the eiffel tower?"
+    },
+    {
+      "role": "system",
+      "content": "The Eiffel Tower is located in Paris, France."
+    }
+  ]
+}"""
+
+SEED_TOKENS = [
+    "The", " E", "iff", "el", " Tower", " is", " approximately", " ", "1", ",", "063",
+    " feet", " (", "324", " meters", ")", " tall", ",", " including", " antennas", " at",
+    " the", " top", ".",
+]  # fmt: skip
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+async def test_seed_example_streams_exactly_as_documented(
+    worker: RunningWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: Reply(tokens=SEED_TOKENS)
+    client = await connect()
+    await client.send(SEED_ADD_REQUEST)
+
+    resp_add = await client.recv()
+    assert set(resp_add) == {"type", "id", "job_id"}
+    assert resp_add["type"] == "resp_add"
+    assert resp_add["id"] == "my-custom-id"
+    assert UUID.match(resp_add["job_id"])
+    job_id = resp_add["job_id"]
+
+    messages = await client.job_messages(job_id)
+    # A seed client reads type, job_id and message; pending frames may come first.
+    stream = [m for m in messages if m["type"] != "pending"]
+    assert all(m["job_id"] == job_id for m in stream)
+    assert stream[0]["type"] == "running" and stream[0]["message"] == ""
+    deltas = [m["message"] for m in stream[1:-1]]
+    assert deltas == SEED_TOKENS
+    assert all(m["type"] == "running" for m in stream[1:-1])
+    assert stream[-1]["type"] == "done"
+    assert "".join(deltas) == (
+        "The Eiffel Tower is approximately 1,063 feet (324 meters) tall, "
+        "including antennas at the top."
+    )
+
+    # The provider got the template rendered in order: system, history, query.
+    (request,) = upstream.chat_requests
+    assert request.headers["authorization"] == "Bearer sk-test"
+    assert request.body["model"] == "gpt-3.5-turbo"
+    assert request.body["stream"] is True
+    assert request.body["messages"] == [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Where is the eiffel tower?"},
+        {"role": "system", "content": "The Eiffel Tower is located in Paris, France."},
+        {"role": "user", "content": "How tall is it?"},
+    ]
+
+
+async def test_seed_failed_message_shape(
+    worker: RunningWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: Reply(status=400, error="model not found")
+    client = await connect()
+    await client.send(SEED_ADD_REQUEST)
+    job_id = (await client.expect("resp_add"))["job_id"]
+    failed = (await client.job_messages(job_id))[-1]
+    assert failed["type"] == "failed"
+    assert failed["job_id"] == job_id
+    assert "HTTP 400" in failed["message"] and "model not found" in failed["message"]
+
+
+async def test_seed_listen_on_another_connection(
+    worker: RunningWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: Reply(tokens=SEED_TOKENS, delay=0.01)
+    adder = await connect()
+    await adder.send(SEED_ADD_REQUEST)
+    job_id = (await adder.expect("resp_add"))["job_id"]
+
+    listener = await connect()
+    await listener.send(json.dumps({"type": "listen", "job_id": job_id}))
+    heard = [m for m in await listener.job_messages(job_id) if m["type"] == "running"]
+    assert "".join(m["message"] for m in heard) == "".join(SEED_TOKENS)
+    added = [m for m in await adder.job_messages(job_id) if m["type"] == "running"]
+    assert added == heard
