@@ -18,8 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
-    StrictFloat,
+    PlainValidator,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -28,10 +27,27 @@ from pydantic import (
 from llm_worker.jobs import Event, EventKind, JobRecord, JobSpec
 from llm_worker.templates import Assistant, ChatMessage
 
-RequestId = StrictStr | StrictInt
-Variable = Annotated[
-    StrictStr | StrictBool | StrictInt | StrictFloat, Field(union_mode="left_to_right")
-]
+
+
+def _request_id(value: Any) -> str | int:
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError("must be a string or an integer")
+
+
+def _variable_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise ValueError("must be a string, a number or a boolean")
+
+
+# Plain validators rather than unions: one clear error instead of one per member.
+RequestId = Annotated[str | int, PlainValidator(_request_id)]
+VariableText = Annotated[str, PlainValidator(_variable_text)]
 
 
 class ProtocolError(ValueError):
@@ -53,21 +69,15 @@ class AddRequest(_Request):
     query: StrictStr
     assistant: Assistant
     history: list[ChatMessage] = Field(default_factory=list)
-    variables: dict[str, Variable] = Field(default_factory=dict)
+    variables: dict[str, VariableText] = Field(default_factory=dict)
 
     def to_spec(self) -> JobSpec:
         return JobSpec(
             assistant=self.assistant,
             query=self.query,
             history=self.history,
-            variables={name: _variable_text(value) for name, value in self.variables.items()},
+            variables=self.variables,
         )
-
-
-def _variable_text(value: str | int | float | bool) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 class ListenRequest(_Request):
@@ -167,10 +177,9 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
             problems.append(f"missing field '{where}'")
         elif error["type"] == "extra_forbidden":
             problems.append(f"unexpected field '{where}'")
-        elif where:
-            problems.append(f"field '{where}': {error['msg']}")
         else:
-            problems.append(error["msg"])
+            text = error["msg"].removeprefix("Value error, ")
+            problems.append(f"field '{where}': {text}" if where else text)
     if len(errors) > limit:
         problems.append(f"and {len(errors) - limit} more")
     return "; ".join(problems)
