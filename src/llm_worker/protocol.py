@@ -28,7 +28,6 @@ from llm_worker.jobs import Event, EventKind, JobRecord, JobSpec
 from llm_worker.templates import Assistant, ChatMessage
 
 
-
 def _request_id(value: Any) -> str | int:
     if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return value
