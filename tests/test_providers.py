@@ -1,0 +1,308 @@
+"""OpenAI-compatible providers through the real ``openai`` SDK against a loopback server:
+retries, errors, cut streams, keys, client reuse, named endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_worker.app import create_app
+from llm_worker.registry import RegistryError
+from llm_worker.testing.openai_server import OpenAIServer, Reply
+from tests.conftest import ConnectClient, StartWorker, make_settings
+from tests.wsclient import assistant, text_of
+
+TOKENS = [" alpha", " beta", " gamma", " delta", " epsilon"]
+
+
+def scripted(*replies: Reply) -> Any:
+    """A handler that plays ``replies`` in order, then repeats the last one."""
+    queue = list(replies)
+
+    def handler(body: dict[str, Any]) -> Reply:
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return handler
+
+
+async def run_job(connect: ConnectClient, url: str | None = None, **fields: Any) -> list[dict]:
+    client = await connect(url)
+    _, messages = await client.run(**fields)
+    return messages
+
+
+async def test_rate_limit_is_retried_before_any_output(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = scripted(
+        Reply(status=429, error="slow down", headers={"retry-after": "0.05"}),
+        Reply(status=503, error="warming up"),
+        Reply(tokens=TOKENS),
+    )
+    messages = await run_job(connect)
+    assert messages[-1]["type"] == "done"
+    assert text_of(messages) == "".join(TOKENS)
+    assert len(upstream.chat_requests) == 3
+    # The retry honoured Retry-After.
+    first, second, _ = upstream.chat_requests
+    assert second.received_at - first.received_at >= 0.05
+
+
+async def test_server_errors_fail_the_job_after_the_retries(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: Reply(status=500, error="kaput")
+    messages = await run_job(connect)
+    assert [m["type"] for m in messages] == ["running", "failed"]
+    failed = messages[-1]["message"]
+    assert failed.startswith(f"provider 'openai' at {upstream.base_url} answered HTTP 500: kaput")
+    assert failed.endswith("(gave up after 3 tries)")
+    assert len(upstream.chat_requests) == 3  # PROVIDER_RETRIES=2 retries
+
+
+@pytest.mark.parametrize(("status", "error"), [(400, "bad request body"), (401, "invalid key")])
+async def test_client_errors_are_not_retried(
+    upstream: OpenAIServer, connect: ConnectClient, status: int, error: str
+) -> None:
+    upstream.handler = lambda body: Reply(status=status, error=error)
+    messages = await run_job(connect)
+    assert messages[-1]["type"] == "failed"
+    assert messages[-1]["message"].endswith(f"answered HTTP {status}: {error}")
+    assert len(upstream.chat_requests) == 1
+
+
+async def test_a_stream_cut_after_output_fails_and_is_not_retried(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: Reply(tokens=TOKENS, cut_after=2)
+    messages = await run_job(connect)
+    assert messages[-1]["type"] == "failed"
+    assert "cannot reach provider 'openai'" in messages[-1]["message"]
+    # Listeners got the first two deltas, once, and no retry duplicated them.
+    assert text_of(messages) == "".join(TOKENS[:2])
+    assert len(upstream.chat_requests) == 1
+
+
+async def test_a_stream_ending_without_finish_marker_is_a_failure_not_done(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: Reply(tokens=TOKENS, cut_after=3, cut_mode="clean")
+    messages = await run_job(connect)
+    assert messages[-1]["type"] == "failed"
+    assert "ended before the model finished (no finish_reason)" in messages[-1]["message"]
+    assert all(m["type"] != "done" for m in messages)
+
+
+async def test_a_stream_cut_before_any_output_is_retried(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = scripted(Reply(tokens=TOKENS, cut_after=0), Reply(tokens=TOKENS))
+    messages = await run_job(connect)
+    assert messages[-1]["type"] == "done"
+    assert text_of(messages) == "".join(TOKENS)
+    assert len(upstream.chat_requests) == 2
+
+
+async def test_refused_connections_fail_with_a_clear_message(
+    start_worker: StartWorker, connect: ConnectClient
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    worker = await start_worker(openai_base_url=f"http://127.0.0.1:{dead_port}/v1")
+    messages = await run_job(connect, worker.ws_url)
+    assert messages[-1]["type"] == "failed"
+    assert messages[-1]["message"].startswith(
+        f"cannot reach provider 'openai' at http://127.0.0.1:{dead_port}/v1"
+    )
+    assert "gave up after 3 tries" in messages[-1]["message"]
+
+
+async def test_a_silent_server_times_out(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(provider_timeout_seconds=0.2, provider_retries=1)
+    upstream.handler = lambda body: Reply(tokens=TOKENS, first_delay=2)
+    started = asyncio.get_running_loop().time()
+    messages = await run_job(connect, worker.ws_url)
+    assert messages[-1]["type"] == "failed"
+    assert "timed out" in messages[-1]["message"]
+    assert asyncio.get_running_loop().time() - started < 1.5
+    assert len(upstream.chat_requests) == 2
+
+
+async def test_a_stall_mid_stream_times_out(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(provider_timeout_seconds=0.2)
+    upstream.handler = lambda body: Reply(tokens=TOKENS, delay=1.0)
+    messages = await run_job(connect, worker.ws_url)
+    assert messages[-1]["type"] == "failed"
+    assert "timed out" in messages[-1]["message"]
+
+
+async def test_no_api_key_fails_the_job_saying_so(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(openai_api_key=None)
+    messages = await run_job(connect, worker.ws_url)
+    assert messages[-1] == {
+        "type": "failed",
+        "job_id": messages[-1]["job_id"],
+        "message": "provider 'openai' needs an API key: set OPENAI_API_KEY",
+        "seq": 2,
+    }
+    assert upstream.chat_requests == []
+
+
+async def test_settings_pass_through_to_the_api(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    settings = {
+        "model": "my-model",
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "max_tokens": 12,
+        "stop": ["\n\n"],
+        "seed": 42,
+        "top_k": 20,  # not an OpenAI parameter: vLLM and others take it in the body
+        "repetition_penalty": 1.1,
+    }
+    await run_job(connect, assistant=assistant(**settings))
+    body = upstream.chat_requests[0].body
+    for key, value in settings.items():
+        assert body[key] == value, key
+    assert body["stream"] is True
+
+
+async def test_one_client_serves_every_job(upstream: OpenAIServer, connect: ConnectClient) -> None:
+    client = await connect()
+    for index in range(8):
+        _, messages = await client.run(request_id=f"r{index}")
+        assert messages[-1]["type"] == "done"
+    # Eight jobs, one TCP connection: the shared client keeps it alive.
+    assert len(upstream.chat_requests) == 8
+    assert upstream.connections == 1
+
+
+async def test_named_endpoints_from_a_toml_providers_file(
+    start_worker: StartWorker,
+    upstream: OpenAIServer,
+    connect: ConnectClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCAL_LLM_KEY", "sk-local")
+    providers_file = tmp_path / "providers.toml"
+    providers_file.write_text(
+        f"""
+[providers.ollama]
+base_url = "{upstream.base_url}"
+settings = {{ model = "llama3.2", temperature = 0.0 }}
+
+[providers.my-vllm]
+base_url = "{upstream.base_url}"
+api_key_env = "LOCAL_LLM_KEY"
+
+[providers.locked]
+base_url = "{upstream.base_url}"
+api_key_env = "UNSET_KEY_VARIABLE"
+settings = {{ model = "m" }}
+"""
+    )
+    worker = await start_worker(providers_file=providers_file)
+    client = await connect(worker.ws_url)
+
+    # Defaults come from the file; the template's settings override them.
+    ollama = {"streams": [{"provider": "ollama", "messages": [{"role": "user", "content": "hi"}]}]}
+    _, messages = await client.run(request_id="a", assistant=ollama)
+    assert messages[-1]["type"] == "done"
+    request = upstream.chat_requests[-1]
+    assert request.body["model"] == "llama3.2"
+    assert request.body["temperature"] == 0.0
+    assert request.headers["authorization"] == "Bearer no-key"
+
+    _, messages = await client.run(
+        request_id="b", assistant=assistant(provider="my-vllm", model="qwen")
+    )
+    assert messages[-1]["type"] == "done"
+    request = upstream.chat_requests[-1]
+    assert request.body["model"] == "qwen"
+    assert request.headers["authorization"] == "Bearer sk-local"
+
+    locked = {"streams": [{"provider": "locked", "messages": [{"role": "user", "content": "x"}]}]}
+    _, messages = await client.run(request_id="c", assistant=locked)
+    assert messages[-1]["message"] == ("provider 'locked' needs an API key: set UNSET_KEY_VARIABLE")
+
+    # With no model in the file, the template must name one.
+    no_model = {"streams": [{"provider": "my-vllm", "messages": [{"insert": "history"}]}]}
+    await client.send({"type": "add", "id": "d", "query": "q", "assistant": no_model})
+    error = await client.wait_for("error")
+    assert "settings.model must name a model of provider 'my-vllm'" in error["message"]
+
+
+async def test_named_endpoints_from_a_yaml_providers_file(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient, tmp_path: Path
+) -> None:
+    providers_file = tmp_path / "providers.yaml"
+    providers_file.write_text(
+        f"providers:\n  lmstudio:\n    base_url: {upstream.base_url}\n"
+        "    settings:\n      model: phi-4\n"
+    )
+    worker = await start_worker(providers_file=providers_file)
+    template = {
+        "streams": [{"provider": "lmstudio", "messages": [{"role": "user", "content": "x"}]}]
+    }
+    messages = await run_job(connect, worker.ws_url, assistant=template)
+    assert messages[-1]["type"] == "done"
+    assert upstream.chat_requests[-1].body["model"] == "phi-4"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[providers.x]\n", "providers.x.base_url: Field required"),
+        ('[providers.x]\nbase_url = "http://h"\nkey = 1\n', "providers.x.key"),
+        ("[providers.x\n", "is not valid"),
+        ('[providers.x]\nbase_url = "http://h"\ntype = "grpc"\n', "providers.x.type"),
+    ],
+)
+def test_a_bad_providers_file_stops_start_up_with_a_clear_message(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    providers_file = tmp_path / "providers.toml"
+    providers_file.write_text(content)
+    with pytest.raises(RegistryError, match="PROVIDERS_FILE") as raised:
+        create_app(make_settings(providers_file=providers_file))
+    assert problem in str(raised.value)
+
+
+def test_a_missing_providers_file_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="No such file"):
+        create_app(make_settings(providers_file=tmp_path / "absent.toml"))
+
+
+async def test_vllm_provider_uses_vllm_uri(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    # A bare host:port gets vLLM's /v1 path; no key is needed.
+    worker = await start_worker(vllm_uri=f"http://127.0.0.1:{upstream.port}")
+    messages = await run_job(connect, worker.ws_url, assistant=assistant(provider="vllm"))
+    assert messages[-1]["type"] == "done"
+    request = upstream.chat_requests[-1]
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer no-key"
+
+
+async def test_vllm_provider_without_uri_fails_saying_so(
+    start_worker: StartWorker, connect: ConnectClient
+) -> None:
+    worker = await start_worker(vllm_uri=None)
+    messages = await run_job(connect, worker.ws_url, assistant=assistant(provider="vllm"))
+    assert messages[-1]["message"] == (
+        "provider 'vllm' needs VLLM_URI, such as http://127.0.0.1:8000/v1"
+    )
