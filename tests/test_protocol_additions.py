@@ -117,6 +117,20 @@ async def test_cancel_a_running_job_closes_the_upstream_stream(
     await listener_a.silent(0.2)
 
 
+async def test_cancel_closes_the_upstream_stream_at_once_not_at_the_next_token(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: slow(1.0, TOKENS[:5])
+    client = await connect()
+    job_id = await client.add()
+    await client.wait_for("running", job_id)  # started; the first token is a second away
+    await client.send({"type": "cancel", "job_id": job_id})
+    assert (await client.job_messages(job_id))[-1]["type"] == "cancelled"
+    (request,) = upstream.chat_requests
+    await asyncio.wait_for(request.client_gone.wait(), 0.5)
+    assert request.tokens_sent == 0
+
+
 async def test_cancel_of_a_finished_job_is_an_error(
     upstream: OpenAIServer, client: WSClient
 ) -> None:

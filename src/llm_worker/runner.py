@@ -133,28 +133,26 @@ class Runner:
         previous_output = ""
         for index, stream in enumerate(streams):
             context = StreamContext(spec, index, previous_output, self)
-            deltas = self._run_stream(stream, context)
-            if index < len(streams) - 1:
-                # Nothing of an inner stream reaches listeners; only its whole text matters.
-                async with aclosing(deltas):
-                    previous_output = "".join([delta async for delta in deltas])
+            last = index == len(streams) - 1
+            if isinstance(stream, PipelineStream):
+                deltas = self.pipelines.get(stream.pipeline).run(stream.options, context)
             else:
-                async with aclosing(deltas):
+                messages = await self.build_messages(stream, context)
+                if not last:
+                    # Nothing of an inner stream reaches listeners: it may be retried
+                    # from scratch even after part of it arrived.
+                    previous_output = await self.complete(
+                        stream.provider, messages, stream.settings
+                    )
+                    continue
+                deltas = self.stream(stream.provider, messages, stream.settings)
+            async with aclosing(deltas):
+                if last:
                     async for delta in deltas:
-                        yield delta
-
-    async def _run_stream(
-        self, stream: ModelStream | PipelineStream, context: StreamContext
-    ) -> AsyncIterator[str]:
-        if isinstance(stream, PipelineStream):
-            deltas = self.pipelines.get(stream.pipeline).run(stream.options, context)
-        else:
-            messages = await self.build_messages(stream, context)
-            deltas = self.stream(stream.provider, messages, stream.settings)
-        async with aclosing(deltas):
-            async for delta in deltas:
-                if delta:
-                    yield delta
+                        if delta:
+                            yield delta
+                else:
+                    previous_output = "".join([delta async for delta in deltas])
 
     async def build_messages(
         self, stream: ModelStream, context: StreamContext

@@ -144,8 +144,8 @@ class MemoryStore(JobStore):
             self._running -= 1
         else:
             return record
-        self._record(job, EventKind.CANCELLED, "")
         callbacks, job.cancel_callbacks = job.cancel_callbacks, []
+        self._record(job, EventKind.CANCELLED, "")
         for callback in callbacks:
             try:
                 callback()

@@ -1,0 +1,62 @@
+"""Plugins a deployment might register, loaded by import path in the tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from llm_worker.context import StreamContext
+from llm_worker.inserts import Insert
+from llm_worker.pipelines import Pipeline
+from llm_worker.providers import Provider, ProviderError
+from llm_worker.templates import ChatMessage, ModelStream, TemplateError
+
+
+class ShoutPipeline(Pipeline):
+    """Upper-cases the previous stream's output, word by word."""
+
+    async def run(self, options: Mapping[str, Any], context: StreamContext) -> AsyncIterator[str]:
+        for word in context.previous_output.split(" "):
+            yield word.upper() + " "
+
+
+class SummarisePipeline(Pipeline):
+    """Asks a model, through the context, for a one-line summary of the query."""
+
+    def check(self, options: Mapping[str, Any], providers: Any) -> None:
+        if "provider" not in options:
+            raise TemplateError("needs option 'provider'")
+        providers.get(options["provider"])
+
+    async def run(self, options: Mapping[str, Any], context: StreamContext) -> AsyncIterator[str]:
+        messages = [ChatMessage(role="user", content=f"Summarise: {context.query}")]
+        async for delta in context.models.stream(
+            options["provider"], messages, {"model": "summariser"}
+        ):
+            yield delta
+
+
+class FactsInsert(Insert):
+    """Inserts a system message listing the job's variables."""
+
+    async def expand(
+        self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
+    ) -> list[ChatMessage]:
+        facts = ", ".join(f"{k}={v}" for k, v in sorted(context.variables.items()))
+        return [ChatMessage(role="system", content=f"Facts: {facts}")]
+
+
+class CannedProvider(Provider):
+    """Replies with the reversed last message, a character per delta."""
+
+    def check_settings(self, settings: Mapping[str, Any]) -> None:
+        if settings.get("fail") not in (None, True, False):
+            raise TemplateError("settings.fail must be a boolean")
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        if settings.get("fail"):
+            raise ProviderError("canned failure")
+        for char in reversed(messages[-1].content):
+            yield char

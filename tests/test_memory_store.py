@@ -1,0 +1,196 @@
+"""The job store contract, on the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llm_worker.jobs import EventKind, JobSpec, JobState
+from llm_worker.store import MemoryStore, NotOwner, QueueFull, UnknownJob
+from llm_worker.templates import Assistant
+
+SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def store() -> MemoryStore:
+    return MemoryStore(queue_max=100, job_ttl=60)
+
+
+async def test_claim_is_fifo_and_counts_attempts(store: MemoryStore) -> None:
+    ids = [(await store.submit(SPEC)).id for _ in range(3)]
+    assert [await store.position(i) for i in ids] == [1, 2, 3]
+    claim = await store.claim(max_wait=0)
+    assert claim is not None
+    assert claim.job_id == ids[0]
+    assert claim.attempt == 1
+    assert (await store.get(ids[0])).state is JobState.RUNNING  # type: ignore[union-attr]
+    assert [await store.position(i) for i in ids] == [None, 1, 2]
+    assert (await store.stats()).pending == 2
+    assert (await store.stats()).running == 1
+
+
+async def test_claim_waits_for_work_and_times_out(store: MemoryStore) -> None:
+    assert await store.claim(max_wait=0.05) is None
+    waiting = asyncio.create_task(store.claim(max_wait=5))
+    await asyncio.sleep(0.01)
+    record = await store.submit(SPEC)
+    claim = await asyncio.wait_for(waiting, 1)
+    assert claim is not None
+    assert claim.job_id == record.id
+
+
+async def test_queue_max(store: MemoryStore) -> None:
+    small = MemoryStore(queue_max=2, job_ttl=60)
+    await small.submit(SPEC)
+    await small.submit(SPEC)
+    with pytest.raises(QueueFull):
+        await small.submit(SPEC)
+    await small.claim(max_wait=0)  # running jobs do not count against the queue
+    await small.submit(SPEC)
+
+
+async def test_events_get_consecutive_seq_and_end_the_job(store: MemoryStore) -> None:
+    job_id = (await store.submit(SPEC)).id
+    claim = await store.claim(max_wait=0)
+    assert claim is not None
+    first = await store.append(job_id, 1, EventKind.RUNNING)
+    second = await store.append(job_id, 1, EventKind.RUNNING, "hi")
+    done = await store.append(job_id, 1, EventKind.DONE)
+    assert [first.seq, second.seq, done.seq] == [1, 2, 3]
+    assert (await store.get(job_id)).state is JobState.DONE  # type: ignore[union-attr]
+    with pytest.raises(NotOwner):
+        await store.append(job_id, 1, EventKind.RUNNING, "late")
+    assert [e.seq for e in await store.read(job_id, after=1)] == [2, 3]
+
+
+async def test_only_the_current_attempt_may_append(store: MemoryStore) -> None:
+    job_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    with pytest.raises(NotOwner):
+        await store.append(job_id, 2, EventKind.RUNNING)
+    with pytest.raises(NotOwner):
+        await store.append("nope", 1, EventKind.RUNNING)
+
+
+async def test_follow_replays_then_goes_live_then_ends(store: MemoryStore) -> None:
+    job_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    await store.append(job_id, 1, EventKind.RUNNING)
+    await store.append(job_id, 1, EventKind.RUNNING, "a")
+
+    batches: list[list[int]] = []
+
+    async def follow(after: int) -> None:
+        async for batch in store.follow(job_id, after):
+            batches.append([e.seq for e in batch])
+
+    follower = asyncio.create_task(follow(0))
+    await asyncio.sleep(0.01)
+    assert batches == [[1, 2]]
+    await store.append(job_id, 1, EventKind.RUNNING, "b")
+    await store.append(job_id, 1, EventKind.RUNNING, "c")
+    await asyncio.sleep(0.01)
+    # A listener that falls behind gets what accumulated as one batch.
+    assert batches == [[1, 2], [3, 4]]
+    await store.append(job_id, 1, EventKind.DONE)
+    await asyncio.wait_for(follower, 1)
+    assert batches == [[1, 2], [3, 4], [5]]
+
+    # Following a finished job replays what is after `after`, or ends at once.
+    batches.clear()
+    await asyncio.wait_for(follow(3), 1)
+    assert batches == [[4, 5]]
+    batches.clear()
+    await asyncio.wait_for(follow(5), 1)
+    assert batches == []
+
+
+async def test_follow_an_unknown_job(store: MemoryStore) -> None:
+    with pytest.raises(UnknownJob):
+        async for _ in store.follow("nope"):
+            pass
+
+
+async def test_cancel_pending_and_running_jobs(store: MemoryStore) -> None:
+    running_id = (await store.submit(SPEC)).id
+    pending_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    fired: list[str] = []
+    store.on_cancel(running_id, lambda: fired.append("running"))
+
+    record = await store.cancel(pending_id)
+    assert record.state is JobState.CANCELLED
+    assert [e.kind for e in await store.read(pending_id)] == [EventKind.CANCELLED]
+    assert await store.claim(max_wait=0) is None  # it left the queue
+
+    await store.append(running_id, 1, EventKind.RUNNING)
+    record = await store.cancel(running_id)
+    assert record.state is JobState.CANCELLED
+    assert fired == ["running"]
+    with pytest.raises(NotOwner):
+        await store.append(running_id, 1, EventKind.RUNNING, "after cancel")
+    assert [e.kind for e in await store.read(running_id)] == [
+        EventKind.RUNNING,
+        EventKind.CANCELLED,
+    ]
+    assert (await store.stats()).running == 0
+
+    # Cancelling again changes nothing.
+    assert (await store.cancel(running_id)).state is JobState.CANCELLED
+    assert len(await store.read(running_id)) == 2
+    with pytest.raises(UnknownJob):
+        await store.cancel("nope")
+
+
+async def test_queue_moved_fires_when_a_job_leaves_the_queue(store: MemoryStore) -> None:
+    first = (await store.submit(SPEC)).id
+    await store.submit(SPEC)
+    moved = asyncio.create_task(store.queue_moved())
+    await asyncio.sleep(0.01)
+    await store.submit(SPEC)  # joining at the back moves nobody up
+    await asyncio.sleep(0.01)
+    assert not moved.done()
+    await store.cancel(first)
+    await asyncio.wait_for(moved, 1)
+
+
+async def test_finished_jobs_expire_after_their_ttl() -> None:
+    clock = Clock()
+    store = MemoryStore(queue_max=10, job_ttl=60, clock=clock)
+    done_id = (await store.submit(SPEC)).id
+    pending_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    await store.append(done_id, 1, EventKind.DONE)
+    clock.now += 59
+    assert await store.get(done_id) is not None
+    clock.now += 2
+    assert await store.get(done_id) is None
+    with pytest.raises(UnknownJob):
+        await store.read(done_id)
+    assert store.sweep() == 1
+    # Unfinished jobs never expire.
+    clock.now += 10_000
+    assert await store.get(pending_id) is not None
+    assert store.sweep() == 0
+
+
+async def test_release_fails_the_job_because_nothing_survives_the_process(
+    store: MemoryStore,
+) -> None:
+    job_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    await store.release(job_id, 1, "worker stopped")
+    record = await store.get(job_id)
+    assert record is not None
+    assert record.state is JobState.FAILED
+    assert record.error == "worker stopped"
