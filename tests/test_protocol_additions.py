@@ -322,3 +322,20 @@ async def test_assistant_template_with_assistant_helper_reaches_provider(
     body = upstream.chat_requests[0].body
     assert body["temperature"] == 0.2 and body["seed"] == 7
     assert text_of(messages) == "Echo: Hi"
+
+
+async def test_finished_jobs_expire_after_job_ttl(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(job_ttl_seconds=0.3)
+    client = await connect(worker.ws_url)
+    job_id, _ = await client.run()
+    await client.send({"type": "status", "job_id": job_id})
+    assert (await client.expect("status"))["state"] == "done"
+    await asyncio.sleep(0.5)
+    await client.send({"type": "listen", "job_id": job_id})
+    assert await client.recv() == {
+        "type": "error",
+        "message": f"unknown job_id {job_id!r}",
+        "ref": job_id,
+    }
