@@ -60,3 +60,24 @@ class CannedProvider(Provider):
             raise ProviderError("canned failure")
         for char in reversed(messages[-1].content):
             yield char
+
+
+class BuggyCheckInsert(Insert):
+    """A plugin with a bug in its check."""
+
+    def check(self, options: Mapping[str, Any], stream: ModelStream, providers: Any) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    async def expand(
+        self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
+    ) -> list[ChatMessage]:
+        return []
+
+
+class BuggyExpandInsert(Insert):
+    """A plugin with a bug that shows only when a job runs."""
+
+    async def expand(
+        self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
+    ) -> list[ChatMessage]:
+        raise KeyError("missing")

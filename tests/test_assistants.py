@@ -295,3 +295,27 @@ async def test_plugins_from_import_paths(
     }
     _, messages = await client.run(request_id="f", assistant=failing)
     assert messages[-1]["message"] == "canned failure"
+
+
+async def test_a_buggy_plugin_costs_one_request_or_one_job_nothing_more(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    worker = await start_worker(
+        extra_inserts="bad_check=tests.plugins:BuggyCheckInsert,"
+        "bad_expand=tests.plugins:BuggyExpandInsert"
+    )
+    client = await connect(worker.ws_url)
+    bad_check = {"streams": [model_stream({"insert": "bad_check"})]}
+    await client.send({"type": "add", "id": "x", "query": "q", "assistant": bad_check})
+    assert await client.recv() == {
+        "type": "error",
+        "message": "internal error while handling 'add'",
+        "ref": "x",
+    }
+    bad_expand = {"streams": [model_stream({"insert": "bad_expand"})]}
+    _, messages = await client.run(request_id="y", assistant=bad_expand)
+    assert messages[-1]["type"] == "failed"
+    assert messages[-1]["message"] == ("internal error while running the job: KeyError('missing')")
+    # The connection and the worker carry on.
+    _, messages = await client.run(request_id="z")
+    assert messages[-1]["type"] == "done"

@@ -125,8 +125,15 @@ class Connection:
             elif isinstance(request, PingRequest):
                 await self.send(protocol.pong(request.id))
         except StoreError as exc:
-            ref = getattr(request, "id", None) or getattr(request, "job_id", None)
-            await self.send(protocol.error(str(exc), ref))
+            await self.send(protocol.error(str(exc), _ref(request)))
+        except _GONE:
+            raise
+        except Exception:
+            # A bug of ours must cost this one request, not the connection.
+            log.exception("request %s failed", request.type)
+            await self.send(
+                protocol.error(f"internal error while handling {request.type!r}", _ref(request))
+            )
 
     async def _too_large(self, size: int) -> None:
         await self.send(
@@ -225,3 +232,7 @@ class Connection:
                 last = position
             await store.queue_moved()
             await asyncio.sleep(PENDING_COALESCE_SECONDS)
+
+
+def _ref(request: protocol.Request) -> str | int | None:
+    return getattr(request, "id", None) or getattr(request, "job_id", None)

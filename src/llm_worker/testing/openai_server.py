@@ -93,6 +93,7 @@ class OpenAIServer:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def base_url(self) -> str:
@@ -107,6 +108,9 @@ class OpenAIServer:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            for handler in list(self._handlers):
+                handler.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
@@ -128,6 +132,9 @@ class OpenAIServer:
     ) -> None:
         self.connections += 1
         self._writers.add(writer)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         try:
             while True:
                 request = await self._read_request(reader)
@@ -139,6 +146,7 @@ class OpenAIServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self._handlers.discard(handler)
             self._writers.discard(writer)
             writer.close()
 
