@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
@@ -37,7 +39,7 @@ class Settings(BaseSettings):
 
     # -- providers ----------------------------------------------------------
     openai_api_key: SecretStr | None = None
-    openai_base_url: str | None = None
+    openai_base_url: str = OPENAI_DEFAULT_BASE_URL
     vllm_uri: str | None = None
     vllm_api_key: SecretStr | None = None
     providers_file: Path | None = None
@@ -69,10 +71,15 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_file", "providers_file", "openai_base_url", "vllm_uri", mode="before")
+    @field_validator("log_file", "providers_file", "vllm_uri", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("openai_base_url", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return OPENAI_DEFAULT_BASE_URL if value in ("", None) else value
 
     @field_validator("openai_api_key", "vllm_api_key", mode="before")
     @classmethod

@@ -31,7 +31,6 @@ from llm_worker.providers.base import Provider
 from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider
 from llm_worker.registry import Registry, RegistryError
 
-OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Servers that check no key still need the SDK to send one.
 NO_KEY = "no-key"
 
@@ -101,7 +100,7 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
         OpenAICompatibleProvider(
             "openai",
             clients=clients,
-            base_url=settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
+            base_url=settings.openai_base_url,
             api_key=_secret(settings.openai_api_key),
             missing_key="provider 'openai' needs an API key: set OPENAI_API_KEY",
         ),
