@@ -26,3 +26,8 @@ def configure_logging(settings: Settings) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
+    # The HTTP client logs a line per provider request at INFO; the worker's own
+    # job lines say more. Keep them for DEBUG.
+    if settings.log_level != "DEBUG":
+        for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
