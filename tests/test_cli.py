@@ -123,31 +123,30 @@ async def test_the_environment_wins_over_the_env_file(
     assert upstream.chat_requests[0].headers["authorization"] == "Bearer sk-env"
 
 
-async def test_bad_settings_stop_start_up_with_a_clear_message(tmp_path: Path) -> None:
+async def failed_start(env: dict[str, str], cwd: Path) -> tuple[int | None, bytes]:
+    """Start the command expecting it to refuse; its exit code and all it printed."""
     process = await asyncio.create_subprocess_exec(
-        *COMMAND,
-        env=clean_env(WORKER_CONCURRENCY="0", LISTEN_PORT="http"),
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        *COMMAND, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), 20)
-    assert process.returncode == 2
-    assert b"bad setting LISTEN_PORT" in stderr
-    assert b"bad setting WORKER_CONCURRENCY: Input should be greater than or equal to 1" in stderr
+    output, _ = await asyncio.wait_for(process.communicate(), 20)
+    return process.returncode, output
+
+
+async def test_bad_settings_stop_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    code, output = await failed_start(
+        clean_env(WORKER_CONCURRENCY="0", LISTEN_PORT="http"), tmp_path
+    )
+    assert code == 2
+    assert b"bad setting LISTEN_PORT" in output
+    assert b"bad setting WORKER_CONCURRENCY: Input should be greater than or equal to 1" in output
 
 
 async def test_a_bad_providers_file_stops_start_up(tmp_path: Path) -> None:
     (tmp_path / "providers.toml").write_text("[providers.x]\nbase_url = 3\n")
-    process = await asyncio.create_subprocess_exec(
-        *COMMAND,
-        env=clean_env(PROVIDERS_FILE="providers.toml", LISTEN_PORT="0"),
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    code, output = await failed_start(
+        clean_env(PROVIDERS_FILE="providers.toml", LISTEN_PORT="0"), tmp_path
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 20)
-    assert process.returncode == 2
+    assert code == 2
     assert b"cannot start: PROVIDERS_FILE providers.toml: providers.x.base_url" in output
 
 

@@ -57,27 +57,42 @@ class TemplateMessage(ChatMessage):
     """A literal message of a template; its content may hold placeholders."""
 
 
-class InsertItem(BaseModel):
-    """``{"insert": name, ...options}``: messages produced by a registered insert."""
+class _Named(BaseModel):
+    """A template item named by one key; its other keys are options for it."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
-
-    insert: str
 
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
-def _message_kind(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "insert" if "insert" in value else "message"
-    return "insert" if isinstance(value, InsertItem) else "message"
+class InsertItem(_Named):
+    """``{"insert": name, ...options}``: messages produced by a registered insert."""
+
+    insert: str
+
+
+class PipelineStream(_Named):
+    """``{"pipeline": name, ...options}``: a stream implemented on the server."""
+
+    pipeline: str
+
+
+def _tag_by_key(key: str, keyed: type[BaseModel], tag: str, otherwise: str) -> Discriminator:
+    """Tells union members apart by the presence of ``key``."""
+
+    def kind(value: Any) -> str:
+        if isinstance(value, Mapping):
+            return tag if key in value else otherwise
+        return tag if isinstance(value, keyed) else otherwise
+
+    return Discriminator(kind)
 
 
 MessageItem = Annotated[
     Annotated[TemplateMessage, Tag("message")] | Annotated[InsertItem, Tag("insert")],
-    Discriminator(_message_kind),
+    _tag_by_key("insert", InsertItem, "insert", "message"),
 ]
 
 
@@ -91,27 +106,9 @@ class ModelStream(BaseModel):
     messages: list[MessageItem] = Field(min_length=1)
 
 
-class PipelineStream(BaseModel):
-    """``{"pipeline": name, ...options}``: a stream implemented on the server."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    pipeline: str
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-def _stream_kind(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "pipeline" if "pipeline" in value else "model"
-    return "pipeline" if isinstance(value, PipelineStream) else "model"
-
-
 Stream = Annotated[
     Annotated[ModelStream, Tag("model")] | Annotated[PipelineStream, Tag("pipeline")],
-    Discriminator(_stream_kind),
+    _tag_by_key("pipeline", PipelineStream, "pipeline", "model"),
 ]
 
 
