@@ -8,7 +8,7 @@ import asyncio
 import httpx
 
 from llm_worker.testing.openai_server import OpenAIServer, Reply
-from tests.conftest import ConnectClient, RunningWorker, StartWorker
+from tests.conftest import ConnectClient, RunningWorker, StartWorker, make_settings, serve
 from tests.wsclient import WSClient, assistant, text_of
 
 TOKENS = [f" t{i}" for i in range(20)]
@@ -339,3 +339,27 @@ async def test_finished_jobs_expire_after_job_ttl(
         "message": f"unknown job_id {job_id!r}",
         "ref": job_id,
     }
+
+
+async def test_stopping_gives_running_jobs_a_grace_period_then_fails_them(
+    upstream: OpenAIServer,
+) -> None:
+    upstream.handler = lambda body: (
+        slow(0.1, TOKENS[:3]) if body["model"] == "quick" else slow(0.5, TOKENS)
+    )
+    settings = make_settings(
+        openai_api_key="k", openai_base_url=upstream.base_url, shutdown_grace_seconds=0.5
+    )
+    async with serve(settings) as worker:
+        async with WSClient(worker.ws_url) as client:
+            quick = await client.add("quick", assistant=assistant(model="quick"))
+            endless = await client.add("endless", assistant=assistant(model="endless"))
+            await client.wait_for("running", endless)
+            await client.wait_for("running", quick)
+        store = worker.app.state.store
+        assert (await store.get(quick)).state.value == "running"
+    # Stopped: the quick job finished within the grace period, the other was failed.
+    assert (await store.get(quick)).state.value == "done"
+    record = await store.get(endless)
+    assert record.state.value == "failed"
+    assert record.error == "the worker stopped before the job finished"

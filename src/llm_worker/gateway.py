@@ -235,4 +235,6 @@ class Connection:
 
 
 def _ref(request: protocol.Request) -> str | int | None:
-    return getattr(request, "id", None) or getattr(request, "job_id", None)
+    """What an ``error`` about ``request`` refers to: its ``id``, else its ``job_id``."""
+    request_id = getattr(request, "id", None)
+    return request_id if request_id is not None else getattr(request, "job_id", None)
