@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ from llm_worker.config import Settings
 from llm_worker.testing.openai_server import OpenAIServer
 from tests.wsclient import WSClient
 
+pytest_plugins = ["tests.stores"]
+
 
 def make_settings(**overrides: Any) -> Settings:
     """Settings from the arguments alone: no .env, defaults fit for tests."""
@@ -28,6 +32,7 @@ def make_settings(**overrides: Any) -> Settings:
         "log_level": "DEBUG",
         "provider_retry_base_seconds": 0.01,
         "shutdown_grace_seconds": 1.0,
+        "store_url": "memory://",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -84,33 +89,75 @@ StartWorker = Callable[..., Awaitable[RunningWorker]]
 
 
 @pytest.fixture
-async def start_worker(upstream: OpenAIServer) -> AsyncIterator[StartWorker]:
-    """Starts workers whose ``openai`` provider is the loopback server."""
+def store_kind() -> str:
+    """The store the workers of a test use; a module overrides this to try them all."""
+    return "memory"
+
+
+StoreUrls = Callable[[], str]
+
+
+@pytest.fixture
+def new_store_url(store_kind: str, tmp_path: Path) -> StoreUrls:
+    """Makes the URL of a new, empty store of the kind this test uses."""
+    count = itertools.count(1)
+
+    def make() -> str:
+        if store_kind == "sqlite":
+            return f"sqlite:///{tmp_path}/jobs-{next(count)}.db"
+        return "memory://"
+
+    return make
+
+
+@pytest.fixture
+async def start_worker(
+    upstream: OpenAIServer, new_store_url: StoreUrls
+) -> AsyncIterator[StartWorker]:
+    """Starts workers whose ``openai`` provider is the loopback server, each with a
+    store of its own unless ``store_url`` is given."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningWorker:
             values = {"openai_api_key": "sk-test", "openai_base_url": upstream.base_url}
             values.update(overrides)
+            values.setdefault("store_url", new_store_url())
             return await stack.enter_async_context(serve(make_settings(**values)))
 
         yield start
 
 
 @pytest.fixture
-async def worker(start_worker: StartWorker) -> RunningWorker:
-    return await start_worker()
+def default_worker(start_worker: StartWorker) -> Callable[[], Awaitable[RunningWorker]]:
+    """The test's worker with default settings, started on first use."""
+    started: list[RunningWorker] = []
+
+    async def get() -> RunningWorker:
+        if not started:
+            started.append(await start_worker())
+        return started[0]
+
+    return get
+
+
+@pytest.fixture
+async def worker(default_worker: Callable[[], Awaitable[RunningWorker]]) -> RunningWorker:
+    return await default_worker()
 
 
 ConnectClient = Callable[..., Awaitable[WSClient]]
 
 
 @pytest.fixture
-async def connect(worker: RunningWorker) -> AsyncIterator[ConnectClient]:
-    """Opens WebSocket clients to ``worker`` (or to the URL given)."""
+async def connect(
+    default_worker: Callable[[], Awaitable[RunningWorker]],
+) -> AsyncIterator[ConnectClient]:
+    """Opens WebSocket clients to the URL given, or to the test's default worker."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def open_client(url: str | None = None, **kwargs: Any) -> WSClient:
-            return await stack.enter_async_context(WSClient(url or worker.ws_url, **kwargs))
+            url = url or (await default_worker()).ws_url
+            return await stack.enter_async_context(WSClient(url, **kwargs))
 
         yield open_client
 

@@ -6,9 +6,18 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import ConnectClient, StartWorker
+from tests.stores import STORE_KINDS
 from tests.wsclient import text_of
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on each store."""
+    return request.param
 
 
 class Gauge:

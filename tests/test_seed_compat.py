@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import ConnectClient, RunningWorker
+from tests.stores import STORE_KINDS
 
 # Copied from the seed README, whitespace and all.
 SEED_ADD_REQUEST = """{
@@ -55,6 +58,12 @@ SEED_TOKENS = [
 ]  # fmt: skip
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on each store."""
+    return request.param
 
 
 async def test_seed_example_streams_exactly_as_documented(

@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         store,
         runner,
         concurrency=settings.worker_concurrency,
+        max_attempts=settings.job_max_attempts,
         shutdown_grace=settings.shutdown_grace_seconds,
     )
 

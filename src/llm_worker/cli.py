@@ -14,9 +14,8 @@ from pydantic import ValidationError
 
 from llm_worker import __version__
 from llm_worker.app import create_app, server_config
-from llm_worker.config import Settings
+from llm_worker.config import ConfigError, Settings
 from llm_worker.logs import configure_logging
-from llm_worker.registry import RegistryError
 
 log = logging.getLogger("llm_worker")
 
@@ -58,7 +57,7 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         app = create_app(settings)
-    except RegistryError as exc:
+    except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return 2
     config = server_config(app, settings)

@@ -14,6 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
+
+class ConfigError(RuntimeError):
+    """Settings that cannot work, found at start-up; the message says which and why."""
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
@@ -58,13 +62,35 @@ class Settings(BaseSettings):
     extra_pipelines: str = ""
     """Comma-separated ``name=package.module:attribute`` plugins."""
 
+    # -- store --------------------------------------------------------------
+    store_url: str = "sqlite:///llm-worker.db"
+    """Where jobs live: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+    ``redis://host:6379/0`` or ``memory://``."""
+    sqlite_flush_ms: float = Field(5.0, ge=0)
+    """Longest time a token delta waits to be committed to SQLite."""
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """SQLite's sync level: FULL survives power loss, NORMAL only process crashes."""
+    redis_prefix: str = Field("llmw", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Prefix of every Redis key and channel, to share one Redis between deployments."""
+    worker_heartbeat_timeout_seconds: float = Field(15.0, gt=0)
+    """Silence after which a worker counts as dead and its jobs run elsewhere (Redis)."""
+    redis_outage_grace_seconds: float = Field(10.0, ge=0)
+    """How long Redis may be unreachable before listeners are told."""
+
     # -- jobs ---------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1)
     queue_max: int = Field(10_000, ge=1)
     job_ttl_seconds: float = Field(3600.0, gt=0)
     max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    job_max_attempts: int = Field(3, ge=1)
+    """Runs of a job whose worker keeps dying, before it fails."""
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     """How long running jobs may go on after a stop is asked for."""
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper_sync(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

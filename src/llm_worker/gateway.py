@@ -167,6 +167,8 @@ class Connection:
         self.follow(request.job_id, after=request.after or 0)
 
     async def cancel(self, request: CancelRequest) -> None:
+        # Asked before cancelling: a follower ends as soon as it relays `cancelled`.
+        following = request.job_id in self.followers
         record = await self.store.cancel(request.job_id)
         if record.state is not JobState.CANCELLED:
             await self.send(
@@ -175,7 +177,7 @@ class Connection:
                     record.id,
                 )
             )
-        elif request.job_id not in self.followers:
+        elif not following:
             await self.send(protocol.cancelled(record.id))
 
     async def status(self, request: StatusRequest) -> None:

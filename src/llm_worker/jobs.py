@@ -36,13 +36,15 @@ class EventKind(enum.StrEnum):
 
     RUNNING = "running"
     """The job started (empty message) or produced a delta of text."""
+    RESET = "reset"
+    """A new attempt starts from scratch: what earlier attempts produced is void."""
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self is not EventKind.RUNNING
+        return self in _STATE_AFTER
 
     @property
     def final_state(self) -> JobState:
@@ -62,12 +64,14 @@ class Event:
     """One entry of a job's log.
 
     ``message`` is the text delta of a ``running`` event and the reason of a
-    ``failed`` one; it is empty otherwise.
+    ``failed`` one; it is empty otherwise. ``attempt`` is the attempt that
+    wrote it (0 for a job cancelled before it ever ran).
     """
 
     seq: int
     kind: EventKind
     message: str = ""
+    attempt: int = 0
 
 
 def output_of(events: list[Event]) -> str:

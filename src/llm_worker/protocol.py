@@ -200,11 +200,15 @@ def pending(job_id: str, position: int) -> str:
 
 
 def event(job_id: str, event: Event) -> str:
-    """The frame of one log event: ``running``, ``done``, ``failed`` or ``cancelled``."""
+    """The frame of one log event: ``running``, ``reset``, ``done``, ``failed`` or ``cancelled``."""
     kind = event.kind
     if kind is EventKind.RUNNING or kind is EventKind.FAILED:
         return _frame(
             {"type": kind.value, "job_id": job_id, "message": event.message, "seq": event.seq}
+        )
+    if kind is EventKind.RESET:
+        return _frame(
+            {"type": "reset", "job_id": job_id, "attempt": event.attempt, "seq": event.seq}
         )
     return _frame({"type": kind.value, "job_id": job_id, "seq": event.seq})
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from llm_worker.config import ConfigError
 from llm_worker.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ConfigError):
     """A plugin that cannot be loaded: a configuration error, found at start-up."""
 
 

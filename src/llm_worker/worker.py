@@ -33,11 +33,13 @@ class Worker:
         runner: Runner,
         *,
         concurrency: int,
+        max_attempts: int = 3,
         shutdown_grace: float = 30.0,
     ) -> None:
         self.store = store
         self.runner = runner
         self.concurrency = concurrency
+        self.max_attempts = max_attempts
         self.shutdown_grace = shutdown_grace
         self._slots = asyncio.Semaphore(concurrency)
         self._jobs: dict[asyncio.Task[None], Claim] = {}
@@ -99,6 +101,14 @@ class Worker:
 
     async def _execute(self, claim: Claim) -> None:
         job_id, attempt, store = claim.job_id, claim.attempt, self.store
+        if attempt > self.max_attempts:
+            log.warning("job %s given up after %d attempts", job_id, attempt - 1)
+            await self._fail(
+                claim,
+                f"gave up after {attempt - 1} attempts: the worker running the job "
+                "stopped each time before it finished (JOB_MAX_ATTEMPTS)",
+            )
+            return
         task = asyncio.current_task()
         assert task is not None
         cancelled = False

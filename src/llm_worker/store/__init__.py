@@ -1,6 +1,8 @@
 """Job stores: the seam between gateways and workers (see :mod:`.base`)."""
 
-from llm_worker.config import Settings
+from pathlib import Path
+
+from llm_worker.config import ConfigError, Settings
 from llm_worker.store.base import (
     JobStore,
     NotOwner,
@@ -24,5 +26,23 @@ __all__ = [
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The store the settings ask for."""
-    return MemoryStore(queue_max=settings.queue_max, job_ttl=settings.job_ttl_seconds)
+    """The store ``STORE_URL`` names (not started yet)."""
+    url = settings.store_url
+    scheme, sep, rest = url.partition("://")
+    common = {"queue_max": settings.queue_max, "job_ttl": settings.job_ttl_seconds}
+    if scheme == "memory" and sep:
+        return MemoryStore(**common)
+    if scheme == "sqlite" and sep and rest.startswith("/") and len(rest) > 1:
+        from llm_worker.store.sqlite import SQLiteStore
+
+        # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
+        return SQLiteStore(
+            Path(rest[1:]),
+            flush_ms=settings.sqlite_flush_ms,
+            synchronous=settings.sqlite_synchronous,
+            **common,
+        )
+    raise ConfigError(
+        f"STORE_URL {url!r} is not one of sqlite:///relative/path.db, "
+        "sqlite:////absolute/path.db, redis://host:port/db or memory://"
+    )

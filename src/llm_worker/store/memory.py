@@ -1,7 +1,8 @@
 """A job store in this process's memory: for tests and throwaway runs.
 
-Jobs are lost with the process. Everything here runs on the event loop's
-thread, so each method body up to its first ``await`` is atomic.
+Everything here runs on the event loop's thread, so each method body up to its
+first ``await`` is atomic. :class:`~llm_worker.store.sqlite.SQLiteStore` adds
+durability to the same logic through the ``_write_*`` and ``_commit`` hooks.
 """
 
 from __future__ import annotations
@@ -17,26 +18,23 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState
-from llm_worker.store.base import (
-    JobStore,
-    NotOwner,
-    QueueFull,
-    StoreStats,
-    UnknownJob,
-)
+from llm_worker.store.base import JobStore, NotOwner, QueueFull, StoreStats, UnknownJob
+from llm_worker.store.eventlog import EventLog
 
 log = logging.getLogger(__name__)
 
 
-class _Job:
-    __slots__ = ("cancel_callbacks", "events", "record", "spec", "ticket", "waiters")
+class StoredJob:
+    """A job as the store holds it: record, request, place in the queue, log."""
+
+    __slots__ = ("cancel_callbacks", "log", "record", "spec", "ticket")
 
     def __init__(self, record: JobRecord, spec: JobSpec, ticket: int) -> None:
         self.record = record
         self.spec = spec
         self.ticket = ticket
-        self.events: list[Event] = []
-        self.waiters: list[asyncio.Future[None]] = []
+        """Order of submission: the queue is sorted by it."""
+        self.log = EventLog()
         self.cancel_callbacks: list[Callable[[], None]] = []
 
 
@@ -58,11 +56,11 @@ class MemoryStore(JobStore):
         self.queue_max = queue_max
         self.job_ttl = job_ttl
         self._clock = clock
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, StoredJob] = {}
         # Pending jobs in FIFO order: tickets grow with each submit, so the
         # list stays sorted and a job's position is a binary search.
         self._pending: list[int] = []
-        self._pending_jobs: dict[int, _Job] = {}
+        self._pending_jobs: dict[int, StoredJob] = {}
         self._tickets = itertools.count(1)
         self._running = 0
         self._claim_waiters: list[asyncio.Future[None]] = []
@@ -71,7 +69,7 @@ class MemoryStore(JobStore):
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-store-sweeper")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="store-sweeper")
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -80,23 +78,43 @@ class MemoryStore(JobStore):
                 await self._sweeper
             self._sweeper = None
 
+    # -- persistence hooks: a durable store writes through these -------------
+
+    def _write_job(self, job: StoredJob, *, new: bool = False) -> None:
+        """The job was added (``new``), or its record changed."""
+
+    def _write_event(self, job_id: str, event: Event) -> None:
+        """An event joined the job's log."""
+
+    def _delete_job(self, job_id: str) -> None:
+        """The job expired."""
+
+    async def _commit(self) -> None:
+        """Return once everything written so far is durable."""
+
     # -- gateway side -------------------------------------------------------
 
     async def submit(self, spec: JobSpec) -> JobRecord:
         if len(self._pending) >= self.queue_max:
             raise QueueFull(f"the queue is full ({self.queue_max} jobs waiting); try again later")
         record = JobRecord(id=str(uuid.uuid4()), state=JobState.PENDING, created_at=self._clock())
-        job = _Job(record, spec, next(self._tickets))
+        job = StoredJob(record, spec, next(self._tickets))
         self._jobs[record.id] = job
-        self._pending.append(job.ticket)
-        self._pending_jobs[job.ticket] = job
-        _wake(self._claim_waiters)
+        self._enqueue(job)
+        self._write_job(job, new=True)
+        await self._commit()
         return record
 
-    def _job(self, job_id: str) -> _Job | None:
+    def _job(self, job_id: str) -> StoredJob | None:
         job = self._jobs.get(job_id)
         if job is not None and self._expired(job.record):
             return None
+        return job
+
+    def _known(self, job_id: str) -> StoredJob:
+        job = self._job(job_id)
+        if job is None:
+            raise UnknownJob(f"unknown job_id {job_id!r}")
         return job
 
     def _expired(self, record: JobRecord) -> bool:
@@ -107,36 +125,14 @@ class MemoryStore(JobStore):
         return job.record if job is not None else None
 
     async def read(self, job_id: str, after: int = 0) -> list[Event]:
-        job = self._job(job_id)
-        if job is None:
-            raise UnknownJob(f"unknown job_id {job_id!r}")
-        return job.events[after:]
+        return self._known(job_id).log.since(after)
 
     async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
-        job = self._job(job_id)
-        if job is None:
-            raise UnknownJob(f"unknown job_id {job_id!r}")
-        seen = max(after, 0)
-        loop = asyncio.get_running_loop()
-        while True:
-            events = job.events
-            if len(events) > seen:
-                batch = events[seen:]
-                seen = len(events)
-                yield batch
-                if batch[-1].kind.terminal:
-                    return
-            elif job.record.state.finished:
-                return
-            else:
-                waiter = loop.create_future()
-                job.waiters.append(waiter)
-                await waiter
+        async for batch in self._known(job_id).log.follow(after):
+            yield batch
 
     async def cancel(self, job_id: str) -> JobRecord:
-        job = self._job(job_id)
-        if job is None:
-            raise UnknownJob(f"unknown job_id {job_id!r}")
+        job = self._known(job_id)
         record = job.record
         if record.state is JobState.PENDING:
             self._leave_queue(job)
@@ -145,7 +141,9 @@ class MemoryStore(JobStore):
         else:
             return record
         callbacks, job.cancel_callbacks = job.cancel_callbacks, []
-        self._record(job, EventKind.CANCELLED, "")
+        self._record(job, EventKind.CANCELLED, "", wake=False)
+        await self._commit()
+        job.log.wake()
         for callback in callbacks:
             try:
                 callback()
@@ -184,18 +182,29 @@ class MemoryStore(JobStore):
                 return None
         job = self._pending_jobs[self._pending[0]]
         self._leave_queue(job)
-        job.record.state = JobState.RUNNING
-        job.record.attempt += 1
+        record = job.record
+        record.state = JobState.RUNNING
+        record.attempt += 1
         self._running += 1
-        return Claim(job_id=job.record.id, attempt=job.record.attempt, spec=job.spec)
+        self._write_job(job)
+        if record.attempt > 1:
+            # What an earlier attempt wrote is void: listeners start over.
+            self._record(job, EventKind.RESET, "")
+        await self._commit()
+        return Claim(job_id=record.id, attempt=record.attempt, spec=job.spec)
 
     async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
         job = self._jobs.get(job_id)
         if job is None or job.record.state is not JobState.RUNNING or job.record.attempt != attempt:
             raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
-        if kind.terminal:
-            self._running -= 1
-        return self._record(job, kind, message)
+        if not kind.terminal:
+            return self._record(job, kind, message)
+        self._running -= 1
+        # Listeners hear that a job ended only once that is durable.
+        event = self._record(job, kind, message, wake=False)
+        await self._commit()
+        job.log.wake()
+        return event
 
     async def release(self, job_id: str, attempt: int, reason: str) -> None:
         # Nothing outlives this process, so nobody could run the job again.
@@ -216,21 +225,40 @@ class MemoryStore(JobStore):
 
     # -- internals ----------------------------------------------------------
 
-    def _record(self, job: _Job, kind: EventKind, message: str) -> Event:
-        event = Event(len(job.events) + 1, kind, message)
-        job.events.append(event)
+    def _record(self, job: StoredJob, kind: EventKind, message: str, *, wake: bool = True) -> Event:
+        record = job.record
+        event = Event(job.log.last_seq + 1, kind, message, record.attempt)
+        job.log.add(event)
+        self._write_event(record.id, event)
         if kind.terminal:
-            record = job.record
             record.state = kind.final_state
             record.finished_at = self._clock()
             if kind is EventKind.FAILED:
                 record.error = message
             job.cancel_callbacks = []
-            heapq.heappush(self._expiry, (record.finished_at + self.job_ttl, record.id))
-        _wake(job.waiters)
+            self._schedule_expiry(record)
+            self._write_job(job)
+        if wake:
+            job.log.wake()
         return event
 
-    def _leave_queue(self, job: _Job) -> None:
+    def _schedule_expiry(self, record: JobRecord) -> None:
+        assert record.finished_at is not None
+        heapq.heappush(self._expiry, (record.finished_at + self.job_ttl, record.id))
+
+    def _requeue(self, job: StoredJob) -> None:
+        """A running job goes back to its place in the queue, to run again."""
+        job.record.state = JobState.PENDING
+        self._running -= 1
+        self._enqueue(job)
+        self._write_job(job)
+
+    def _enqueue(self, job: StoredJob) -> None:
+        bisect.insort(self._pending, job.ticket)
+        self._pending_jobs[job.ticket] = job
+        _wake(self._claim_waiters)
+
+    def _leave_queue(self, job: StoredJob) -> None:
         index = bisect.bisect_left(self._pending, job.ticket)
         del self._pending[index]
         del self._pending_jobs[job.ticket]
@@ -245,6 +273,7 @@ class MemoryStore(JobStore):
             job = self._jobs.get(job_id)
             if job is not None and self._expired(job.record):
                 del self._jobs[job_id]
+                self._delete_job(job_id)
                 removed += 1
         return removed
 

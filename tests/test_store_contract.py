@@ -1,4 +1,4 @@
-"""The job store contract, on the in-memory store."""
+"""The job store contract, on every store: memory, SQLite (and Redis when present)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,26 @@ import asyncio
 import pytest
 
 from llm_worker.jobs import EventKind, JobSpec, JobState
-from llm_worker.store import MemoryStore, NotOwner, QueueFull, UnknownJob
+from llm_worker.store import JobStore, NotOwner, QueueFull, UnknownJob
 from llm_worker.templates import Assistant
+from tests.stores import DURABLE_STORE_KINDS, STORE_KINDS, StoreFactory
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture(params=STORE_KINDS)
+def make_store(
+    request: pytest.FixtureRequest, store_factories: dict[str, StoreFactory]
+) -> StoreFactory:
+    return store_factories[request.param]
 
 
 @pytest.fixture
-async def store() -> MemoryStore:
-    return MemoryStore(queue_max=100, job_ttl=60)
+async def store(make_store: StoreFactory) -> JobStore:
+    return await make_store(queue_max=100, job_ttl=60)
 
 
-async def test_claim_is_fifo_and_counts_attempts(store: MemoryStore) -> None:
+async def test_claim_is_fifo_and_counts_attempts(store: JobStore) -> None:
     ids = [(await store.submit(SPEC)).id for _ in range(3)]
     assert [await store.position(i) for i in ids] == [1, 2, 3]
     claim = await store.claim(max_wait=0)
@@ -39,7 +39,7 @@ async def test_claim_is_fifo_and_counts_attempts(store: MemoryStore) -> None:
     assert (await store.stats()).running == 1
 
 
-async def test_claim_waits_for_work_and_times_out(store: MemoryStore) -> None:
+async def test_claim_waits_for_work_and_times_out(store: JobStore) -> None:
     assert await store.claim(max_wait=0.05) is None
     waiting = asyncio.create_task(store.claim(max_wait=5))
     await asyncio.sleep(0.01)
@@ -49,8 +49,8 @@ async def test_claim_waits_for_work_and_times_out(store: MemoryStore) -> None:
     assert claim.job_id == record.id
 
 
-async def test_queue_max(store: MemoryStore) -> None:
-    small = MemoryStore(queue_max=2, job_ttl=60)
+async def test_queue_max(make_store: StoreFactory) -> None:
+    small = await make_store(queue_max=2, job_ttl=60)
     await small.submit(SPEC)
     await small.submit(SPEC)
     with pytest.raises(QueueFull):
@@ -59,7 +59,7 @@ async def test_queue_max(store: MemoryStore) -> None:
     await small.submit(SPEC)
 
 
-async def test_events_get_consecutive_seq_and_end_the_job(store: MemoryStore) -> None:
+async def test_events_get_consecutive_seq_and_end_the_job(store: JobStore) -> None:
     job_id = (await store.submit(SPEC)).id
     claim = await store.claim(max_wait=0)
     assert claim is not None
@@ -73,7 +73,7 @@ async def test_events_get_consecutive_seq_and_end_the_job(store: MemoryStore) ->
     assert [e.seq for e in await store.read(job_id, after=1)] == [2, 3]
 
 
-async def test_only_the_current_attempt_may_append(store: MemoryStore) -> None:
+async def test_only_the_current_attempt_may_append(store: JobStore) -> None:
     job_id = (await store.submit(SPEC)).id
     await store.claim(max_wait=0)
     with pytest.raises(NotOwner):
@@ -82,7 +82,7 @@ async def test_only_the_current_attempt_may_append(store: MemoryStore) -> None:
         await store.append("nope", 1, EventKind.RUNNING)
 
 
-async def test_follow_replays_then_goes_live_then_ends(store: MemoryStore) -> None:
+async def test_follow_replays_then_goes_live_then_ends(store: JobStore) -> None:
     job_id = (await store.submit(SPEC)).id
     await store.claim(max_wait=0)
     await store.append(job_id, 1, EventKind.RUNNING)
@@ -115,13 +115,13 @@ async def test_follow_replays_then_goes_live_then_ends(store: MemoryStore) -> No
     assert batches == []
 
 
-async def test_follow_an_unknown_job(store: MemoryStore) -> None:
+async def test_follow_an_unknown_job(store: JobStore) -> None:
     with pytest.raises(UnknownJob):
         async for _ in store.follow("nope"):
             pass
 
 
-async def test_cancel_pending_and_running_jobs(store: MemoryStore) -> None:
+async def test_cancel_pending_and_running_jobs(store: JobStore) -> None:
     running_id = (await store.submit(SPEC)).id
     pending_id = (await store.submit(SPEC)).id
     await store.claim(max_wait=0)
@@ -152,7 +152,7 @@ async def test_cancel_pending_and_running_jobs(store: MemoryStore) -> None:
         await store.cancel("nope")
 
 
-async def test_queue_moved_fires_when_a_job_leaves_the_queue(store: MemoryStore) -> None:
+async def test_queue_moved_fires_when_a_job_leaves_the_queue(store: JobStore) -> None:
     first = (await store.submit(SPEC)).id
     await store.submit(SPEC)
     moved = asyncio.create_task(store.queue_moved())
@@ -164,29 +164,59 @@ async def test_queue_moved_fires_when_a_job_leaves_the_queue(store: MemoryStore)
     await asyncio.wait_for(moved, 1)
 
 
-async def test_finished_jobs_expire_after_their_ttl() -> None:
-    clock = Clock()
-    store = MemoryStore(queue_max=10, job_ttl=60, clock=clock)
+async def test_finished_jobs_expire_after_their_ttl(make_store: StoreFactory) -> None:
+    store = await make_store(queue_max=10, job_ttl=0.3)
     done_id = (await store.submit(SPEC)).id
     pending_id = (await store.submit(SPEC)).id
     await store.claim(max_wait=0)
     await store.append(done_id, 1, EventKind.DONE)
-    clock.now += 59
     assert await store.get(done_id) is not None
-    clock.now += 2
+    await asyncio.sleep(0.5)
     assert await store.get(done_id) is None
     with pytest.raises(UnknownJob):
         await store.read(done_id)
-    assert store.sweep() == 1
     # Unfinished jobs never expire.
-    clock.now += 10_000
     assert await store.get(pending_id) is not None
-    assert store.sweep() == 0
 
 
-async def test_release_fails_the_job_because_nothing_survives_the_process(
-    store: MemoryStore,
+@pytest.mark.parametrize("kind", DURABLE_STORE_KINDS)
+async def test_a_new_attempt_resets_the_log(
+    kind: str, store_factories: dict[str, StoreFactory]
 ) -> None:
+    # release() is how a worker hands a job back (as when it stops); stores that
+    # outlive a worker then run it again.
+    store = await store_factories[kind](queue_max=10, job_ttl=60)
+    job_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    await store.append(job_id, 1, EventKind.RUNNING)
+    await store.append(job_id, 1, EventKind.RUNNING, "first try")
+    await store.release(job_id, 1, "stopping")
+    record = await store.get(job_id)
+    assert record is not None
+    assert record.state is JobState.PENDING
+    assert await store.position(job_id) == 1
+    claim = await store.claim(max_wait=0)
+    assert claim is not None
+    assert claim.attempt == 2
+    with pytest.raises(NotOwner):
+        await store.append(job_id, 1, EventKind.RUNNING, "stale attempt")
+    await store.append(job_id, 2, EventKind.RUNNING)
+    await store.append(job_id, 2, EventKind.RUNNING, "second try")
+    # Replays show the last attempt only, starting with its reset.
+    events = await store.read(job_id)
+    assert [(e.seq, e.kind, e.attempt) for e in events] == [
+        (3, EventKind.RESET, 2),
+        (4, EventKind.RUNNING, 2),
+        (5, EventKind.RUNNING, 2),
+    ]
+    assert [e.seq for e in await store.read(job_id, after=1)] == [3, 4, 5]
+    assert [e.seq for e in await store.read(job_id, after=4)] == [5]
+
+
+async def test_release_in_memory_fails_the_job_because_nothing_survives_the_process(
+    memory_store_factory: StoreFactory,
+) -> None:
+    store = await memory_store_factory(queue_max=10, job_ttl=60)
     job_id = (await store.submit(SPEC)).id
     await store.claim(max_wait=0)
     await store.release(job_id, 1, "worker stopped")

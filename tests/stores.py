@@ -1,0 +1,55 @@
+"""Fixtures that make started job stores of each kind, closed after the test."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_worker.store import JobStore, MemoryStore
+from llm_worker.store.sqlite import SQLiteStore
+
+STORE_KINDS = ["memory", "sqlite"]
+DURABLE_STORE_KINDS = ["sqlite"]
+
+StoreFactory = Callable[..., Awaitable[JobStore]]
+
+
+@pytest.fixture
+async def memory_store_factory() -> AsyncIterator[StoreFactory]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(**options: Any) -> JobStore:
+            store = MemoryStore(**options)
+            await store.start()
+            stack.push_async_callback(store.close)
+            return store
+
+        yield make
+
+
+@pytest.fixture
+async def sqlite_store_factory(tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    async with contextlib.AsyncExitStack() as stack:
+        count = 0
+
+        async def make(**options: Any) -> JobStore:
+            nonlocal count
+            count += 1
+            options.setdefault("path", tmp_path / f"jobs-{count}.db")
+            store = SQLiteStore(**options)
+            await store.start()
+            stack.push_async_callback(store.close)
+            return store
+
+        yield make
+
+
+@pytest.fixture
+def store_factories(
+    memory_store_factory: StoreFactory, sqlite_store_factory: StoreFactory
+) -> dict[str, StoreFactory]:
+    return {"memory": memory_store_factory, "sqlite": sqlite_store_factory}
