@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from llm_worker.app import create_app, server_config
 from llm_worker.config import Settings
 from llm_worker.testing.openai_server import OpenAIServer
+from tests.redis_server import unique_prefix
 from tests.wsclient import WSClient
 
 pytest_plugins = ["tests.stores"]
@@ -94,34 +95,36 @@ def store_kind() -> str:
     return "memory"
 
 
-StoreUrls = Callable[[], str]
+NewStore = Callable[[], dict[str, Any]]
 
 
 @pytest.fixture
-def new_store_url(store_kind: str, tmp_path: Path) -> StoreUrls:
-    """Makes the URL of a new, empty store of the kind this test uses."""
+def new_store(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> NewStore:
+    """Makes the settings of a new, empty store of the kind this test uses."""
     count = itertools.count(1)
 
-    def make() -> str:
+    def make() -> dict[str, Any]:
         if store_kind == "sqlite":
-            return f"sqlite:///{tmp_path}/jobs-{next(count)}.db"
-        return "memory://"
+            return {"store_url": f"sqlite:///{tmp_path}/jobs-{next(count)}.db"}
+        if store_kind == "redis":
+            server = request.getfixturevalue("redis_server")
+            return {"store_url": server.url, "redis_prefix": unique_prefix()}
+        return {"store_url": "memory://"}
 
     return make
 
 
 @pytest.fixture
-async def start_worker(
-    upstream: OpenAIServer, new_store_url: StoreUrls
-) -> AsyncIterator[StartWorker]:
+async def start_worker(upstream: OpenAIServer, new_store: NewStore) -> AsyncIterator[StartWorker]:
     """Starts workers whose ``openai`` provider is the loopback server, each with a
     store of its own unless ``store_url`` is given."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningWorker:
             values = {"openai_api_key": "sk-test", "openai_base_url": upstream.base_url}
+            if "store_url" not in overrides:
+                values.update(new_store())
             values.update(overrides)
-            values.setdefault("store_url", new_store_url())
             return await stack.enter_async_context(serve(make_settings(**values)))
 
         yield start

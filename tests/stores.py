@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llm_worker.store import JobStore, MemoryStore
+from llm_worker.store.redis import RedisStore
 from llm_worker.store.sqlite import SQLiteStore
+from tests.redis_server import RedisServer, unique_prefix
 
-STORE_KINDS = ["memory", "sqlite"]
-DURABLE_STORE_KINDS = ["sqlite"]
+STORE_KINDS = ["memory", "sqlite", "redis"]
+DURABLE_STORE_KINDS = ["sqlite", "redis"]
 
 StoreFactory = Callable[..., Awaitable[JobStore]]
 
@@ -48,8 +50,38 @@ async def sqlite_store_factory(tmp_path: Path) -> AsyncIterator[StoreFactory]:
         yield make
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the session; tests keep apart by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_store_factory(redis_server: RedisServer) -> AsyncIterator[StoreFactory]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(**options: Any) -> JobStore:
+            options.setdefault("prefix", unique_prefix())
+            options.setdefault("url", redis_server.url)
+            store = RedisStore(**options)
+            await store.start()
+            stack.push_async_callback(store.close)
+            return store
+
+        yield make
+
+
 @pytest.fixture
 def store_factories(
-    memory_store_factory: StoreFactory, sqlite_store_factory: StoreFactory
+    memory_store_factory: StoreFactory,
+    sqlite_store_factory: StoreFactory,
+    redis_store_factory: StoreFactory,
 ) -> dict[str, StoreFactory]:
-    return {"memory": memory_store_factory, "sqlite": sqlite_store_factory}
+    return {
+        "memory": memory_store_factory,
+        "sqlite": sqlite_store_factory,
+        "redis": redis_store_factory,
+    }

@@ -12,9 +12,9 @@ from llm_worker.store import open_store
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import (
     ConnectClient,
+    NewStore,
     RunningWorker,
     StartWorker,
-    StoreUrls,
     make_settings,
     serve,
 )
@@ -358,7 +358,7 @@ async def test_finished_jobs_expire_after_job_ttl(
 
 
 async def test_stopping_gives_running_jobs_a_grace_period_then_gives_them_up(
-    upstream: OpenAIServer, store_kind: str, new_store_url: StoreUrls
+    upstream: OpenAIServer, store_kind: str, new_store: NewStore
 ) -> None:
     upstream.handler = lambda body: (
         slow(0.1, TOKENS[:3]) if body["model"] == "quick" else slow(0.5, TOKENS)
@@ -367,7 +367,7 @@ async def test_stopping_gives_running_jobs_a_grace_period_then_gives_them_up(
         openai_api_key="k",
         openai_base_url=upstream.base_url,
         shutdown_grace_seconds=0.5,
-        store_url=new_store_url(),
+        **new_store(),
     )
     async with serve(settings) as worker:
         async with WSClient(worker.ws_url) as client:

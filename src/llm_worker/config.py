@@ -18,6 +18,7 @@ OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 class ConfigError(RuntimeError):
     """Settings that cannot work, found at start-up; the message says which and why."""
 
+
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 

@@ -9,6 +9,7 @@ from llm_worker.store.base import (
     QueueFull,
     StoreError,
     StoreStats,
+    StoreUnavailable,
     UnknownJob,
 )
 from llm_worker.store.memory import MemoryStore
@@ -20,6 +21,7 @@ __all__ = [
     "QueueFull",
     "StoreError",
     "StoreStats",
+    "StoreUnavailable",
     "UnknownJob",
     "open_store",
 ]
@@ -40,6 +42,16 @@ def open_store(settings: Settings) -> JobStore:
             Path(rest[1:]),
             flush_ms=settings.sqlite_flush_ms,
             synchronous=settings.sqlite_synchronous,
+            **common,
+        )
+    if scheme in ("redis", "rediss", "unix") and sep:
+        from llm_worker.store.redis import RedisStore
+
+        return RedisStore(
+            url,
+            prefix=settings.redis_prefix,
+            heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
+            outage_grace=settings.redis_outage_grace_seconds,
             **common,
         )
     raise ConfigError(

@@ -15,6 +15,7 @@ a store, so one process or many run the same code. A store guarantees:
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -115,4 +116,23 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def on_cancel(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` when the job is cancelled; returns a function that stops it."""
+        """Call ``callback`` when the job is cancelled (or lost to another worker).
+
+        Returns the function the worker calls when it is done with the job,
+        however the job ended: it stops the watch and lets go of the claim.
+        """
+
+    # -- health -------------------------------------------------------------
+
+    async def outage(self) -> str:
+        """Return, with a message for listeners, once the store has been unreachable
+        for longer than its grace period. An in-process store never is."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def recovered(self) -> None:  # noqa: B027 - nothing to wait for by default
+        """Return once the outage :meth:`outage` reported is over."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached for longer than the caller could wait."""

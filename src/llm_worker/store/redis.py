@@ -1,0 +1,808 @@
+"""A job store in Redis, shared by any number of gateways and workers.
+
+Key layout (``P`` is ``REDIS_PREFIX``; ``{...}`` are Redis Cluster hash tags,
+so each Lua script touches one slot):
+
+``P:{queue}:jobs``      stream, one entry per queued job; consumer group ``workers``
+``P:{queue}:pending``   sorted set of waiting job ids by ticket: positions
+``P:{queue}:tickets``   counter: the order of submission
+``P:job:{ID}``          hash: state, attempt, seq, start, spec, times, error, owner
+``P:events:{ID}``       stream: the job's log, entry ``0-SEQ`` per event
+
+Channels: ``P:ev:ID`` (the job's log grew; payload the last seq), ``P:cancel``
+(a running job was cancelled; payload its id), ``P:queue-moved``.
+
+A worker claims a job by reading its entry through the consumer group; the
+entry stays in the worker's pending list until the job ends. The worker
+re-claims its own entries every ``heartbeat_timeout / 3`` seconds, which keeps
+them fresh; entries idle for ``heartbeat_timeout`` belong to a worker that
+died, and another worker takes them over with ``XAUTOCLAIM``. Each start of a
+job increments its ``attempt``, and events are accepted only from the current
+attempt: a worker that lost its job (it was cancelled, or taken over after a
+long pause) is refused at its next event and stops.
+
+Every call that fails for want of Redis is retried with back-off: requests of
+clients for up to ``outage_grace`` seconds, a worker's events until they get
+through. Retried writes are idempotent (an append carries its number within
+the attempt; a start, the name of the worker and the entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState
+from llm_worker.store.base import (
+    JobStore,
+    NotOwner,
+    QueueFull,
+    StoreStats,
+    StoreUnavailable,
+    UnknownJob,
+)
+from llm_worker.store.eventlog import EventLog
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+GROUP = "workers"
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_REFRESH_BATCH = 1000
+_POLL_SECONDS = 1.0
+
+# KEYS: jobs stream, pending zset, tickets. ARGV: job id, queue max.
+_SUBMIT = """
+local max = tonumber(ARGV[2])
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return -2 end
+if redis.call('ZCARD', KEYS[2]) >= max then return -1 end
+local ticket = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+redis.call('ZADD', KEYS[2], ticket, ARGV[1])
+return ticket
+"""
+
+# KEYS: job, events. ARGV: owner (worker + entry), takeover (0|1), channel.
+# Returns {attempt, ''} or {0, state that forbids starting}.
+_START = """
+local state, attempt, owner = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'owner'))
+if not state then return {0, 'missing'} end
+if state == 'running' and owner == ARGV[1] then return {tonumber(attempt), ''} end
+if state ~= (ARGV[2] == '1' and 'running' or 'pending') then return {0, state} end
+attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1], 'op', 0)
+if attempt > 1 then
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[2], '0-' .. seq, 'k', 'reset', 'm', '', 'a', attempt)
+  redis.call('HSET', KEYS[1], 'start', seq - 1)
+  redis.call('PUBLISH', ARGV[3], seq)
+end
+return {attempt, ''}
+"""
+
+# KEYS: job, events. ARGV: attempt, op, kind, message, ttl (ms), channel, now.
+# Returns the event's seq, or -1 when the attempt no longer holds the job.
+_APPEND = """
+local state, attempt, op, seq =
+  unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'op', 'seq'))
+if state ~= 'running' or attempt ~= ARGV[1] then
+  if attempt == ARGV[1] and tonumber(op) >= tonumber(ARGV[2]) then return tonumber(seq) end
+  return -1
+end
+if tonumber(op) >= tonumber(ARGV[2]) then return tonumber(seq) end
+seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], '0-' .. seq, 'k', ARGV[3], 'm', ARGV[4], 'a', ARGV[1])
+redis.call('HSET', KEYS[1], 'op', ARGV[2])
+if ARGV[3] == 'done' or ARGV[3] == 'failed' then
+  redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[7])
+  if ARGV[3] == 'failed' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('PUBLISH', ARGV[6], seq)
+return seq
+"""
+
+# KEYS: job, events. ARGV: ttl (ms), channel, now. Returns the state before.
+_CANCEL = """
+local state, attempt = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt'))
+if not state then return 'missing' end
+if state ~= 'pending' and state ~= 'running' then return state end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], '0-' .. seq, 'k', 'cancelled', 'm', '', 'a', attempt)
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], seq)
+return state
+"""
+
+# KEYS: job. ARGV: attempt. Returns the job's ticket, or -1 if the attempt lost it.
+_RELEASE = """
+local state, attempt, ticket = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'ticket'))
+if state ~= 'running' or attempt ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'state', 'pending', 'owner', '')
+return tonumber(ticket)
+"""
+
+# KEYS: jobs stream, pending zset. ARGV: job id, ticket.
+_REQUEUE = """
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(slots=True)
+class _Held:
+    """A job this worker claimed: its queue entry and its appends so far."""
+
+    entry: str
+    attempt: int
+    ops: int = 0
+
+
+class _Feed:
+    """This process's mirror of one job's log, shared by its local followers."""
+
+    __slots__ = ("dirty", "job_id", "log", "refreshing", "users")
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.log = EventLog()
+        self.users = 0
+        self.refreshing = False
+        self.dirty = False
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStore(JobStore):
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_max: int,
+        job_ttl: float,
+        prefix: str = "llmw",
+        heartbeat_timeout: float = 15.0,
+        outage_grace: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.queue_max = queue_max
+        self.job_ttl = job_ttl
+        self.prefix = prefix
+        self.heartbeat_timeout = heartbeat_timeout
+        self.outage_grace = outage_grace
+        self.worker_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.jobs_key = f"{prefix}:{{queue}}:jobs"
+        self.pending_key = f"{prefix}:{{queue}}:pending"
+        self.tickets_key = f"{prefix}:{{queue}}:tickets"
+        self.cancel_channel = f"{prefix}:cancel"
+        self.moved_channel = f"{prefix}:queue-moved"
+        self._redis: aioredis.Redis | None = None
+        self._blocking: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._held: dict[str, _Held] = {}
+        self._cancel_callbacks: dict[str, list[Callable[[], None]]] = {}
+        self._feeds: dict[str, _Feed] = {}
+        self._subscribed: dict[str, asyncio.Future[None]] = {}
+        self._queue_waiters: list[asyncio.Future[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._next_takeover_check = 0.0
+        self._down_since: float | None = None
+        self._outage_waiters: list[asyncio.Future[str]] = []
+        self._recovery_waiters: list[asyncio.Future[None]] = []
+        self._outage_announced = False
+
+    # -- keys ---------------------------------------------------------------
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{{{job_id}}}"
+
+    def _events_key(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{{{job_id}}}"
+
+    def _channel(self, job_id: str) -> str:
+        return f"{self.prefix}:ev:{job_id}"
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        self._redis = aioredis.Redis.from_url(self.url, decode_responses=False)
+        # Blocking reads of the queue get their own connection pool.
+        self._blocking = aioredis.Redis.from_url(self.url, decode_responses=False)
+        redis = self._redis
+        for name, source in (
+            ("submit", _SUBMIT),
+            ("start", _START),
+            ("append", _APPEND),
+            ("cancel", _CANCEL),
+            ("release", _RELEASE),
+            ("requeue", _REQUEUE),
+        ):
+            self._scripts[name] = redis.register_script(source)
+        await self._retry(self._create_group, deadline=self.outage_grace)
+        self._pubsub = redis.pubsub()
+        await self._pubsub.subscribe(self.cancel_channel, self.moved_channel)
+        self._tasks = [
+            asyncio.create_task(self._read_notifications(), name="redis-notifications"),
+            asyncio.create_task(self._heartbeat_forever(), name="redis-heartbeat"),
+            asyncio.create_task(self._poll_feeds_forever(), name="redis-feed-poll"),
+        ]
+        log.info(
+            "job store: Redis at %s, keys %s:*, worker %s",
+            self._safe_url(),
+            self.prefix,
+            self.worker_name,
+        )
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._pubsub is not None:
+            with contextlib.suppress(*_UNREACHABLE):
+                await self._pubsub.aclose()
+        for client in (self._redis, self._blocking):
+            if client is not None:
+                with contextlib.suppress(*_UNREACHABLE):
+                    await client.aclose()
+
+    def _safe_url(self) -> str:
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    async def _create_group(self) -> None:
+        try:
+            await self._client.xgroup_create(self.jobs_key, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @property
+    def _client(self) -> aioredis.Redis:
+        assert self._redis is not None, "the store was not started"
+        return self._redis
+
+    # -- resilience ---------------------------------------------------------
+
+    async def _retry(self, call: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
+        """``call()``, tried again with back-off while Redis cannot be reached.
+
+        Gives up with :class:`StoreUnavailable` after ``deadline`` seconds;
+        without a deadline, tries until it gets through.
+        """
+        delay = 0.05
+        started = time.monotonic()
+        while True:
+            try:
+                result = await call()
+            except _UNREACHABLE as exc:
+                self._went_down(exc)
+                if deadline is not None and time.monotonic() - started >= deadline:
+                    raise StoreUnavailable(f"the job store (Redis) is unreachable: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            else:
+                if self._down_since is not None:
+                    self._came_back()
+                return result
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("lost contact with Redis at %s: %s; retrying", self._safe_url(), exc)
+            asyncio.get_running_loop().call_later(self.outage_grace, self._outage_check)
+
+    def _outage_check(self) -> None:
+        if self._down_since is None or self._outage_announced:
+            return
+        self._outage_announced = True
+        seconds = time.monotonic() - self._down_since
+        message = (
+            f"the job store (Redis) has been unreachable for {seconds:.0f}s; still trying. "
+            "Events resume where they stopped once it is back."
+        )
+        log.error("%s", message)
+        waiters, self._outage_waiters = self._outage_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(message)
+
+    def _came_back(self) -> None:
+        seconds = time.monotonic() - (self._down_since or time.monotonic())
+        self._down_since = None
+        log.warning("Redis is reachable again after %.1fs", seconds)
+        if self._outage_announced:
+            self._outage_announced = False
+            waiters, self._recovery_waiters = self._recovery_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def outage(self) -> str:
+        waiter = asyncio.get_running_loop().create_future()
+        self._outage_waiters.append(waiter)
+        return await waiter
+
+    async def recovered(self) -> None:
+        if not self._outage_announced:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._recovery_waiters.append(waiter)
+        await waiter
+
+    def _for_client(self, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """A client's request waits out an outage up to the grace period."""
+        return self._retry(call, deadline=self.outage_grace)
+
+    # -- gateway side -------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> JobRecord:
+        job_id = str(uuid.uuid4())
+        now = time.time()
+        job_key = self._job_key(job_id)
+        fields = {
+            "state": JobState.PENDING.value,
+            "attempt": 0,
+            "seq": 0,
+            "start": 0,
+            "op": 0,
+            "spec": spec.model_dump_json(),
+            "created_at": repr(now),
+        }
+        await self._for_client(lambda: self._client.hset(job_key, mapping=fields))
+        ticket = await self._for_client(
+            lambda: self._scripts["submit"](
+                keys=[self.jobs_key, self.pending_key, self.tickets_key],
+                args=[job_id, self.queue_max],
+            )
+        )
+        if ticket == -1:
+            await self._for_client(lambda: self._client.delete(job_key))
+            raise QueueFull(f"the queue is full ({self.queue_max} jobs waiting); try again later")
+        if ticket > 0:
+            await self._for_client(lambda: self._client.hset(job_key, "ticket", ticket))
+        return JobRecord(id=job_id, state=JobState.PENDING, created_at=now)
+
+    async def _fields(self, job_id: str) -> dict[str, str] | None:
+        raw = await self._for_client(lambda: self._client.hgetall(self._job_key(job_id)))
+        if not raw:
+            return None
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    @staticmethod
+    def _record(job_id: str, fields: dict[str, str]) -> JobRecord:
+        finished_at = fields.get("finished_at")
+        return JobRecord(
+            id=job_id,
+            state=JobState(fields["state"]),
+            created_at=float(fields.get("created_at", 0)),
+            attempt=int(fields.get("attempt", 0)),
+            error=fields.get("error"),
+            finished_at=float(finished_at) if finished_at else None,
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        fields = await self._fields(job_id)
+        return self._record(job_id, fields) if fields is not None else None
+
+    async def read(self, job_id: str, after: int = 0) -> list[Event]:
+        fields = await self._fields(job_id)
+        if fields is None:
+            raise UnknownJob(f"unknown job_id {job_id!r}")
+        start = max(after, int(fields.get("start", 0)))
+        return await self._for_client(lambda: self._events(job_id, start))
+
+    async def _events(self, job_id: str, after: int, count: int | None = None) -> list[Event]:
+        entries = await self._client.xrange(
+            self._events_key(job_id), min=f"0-{after + 1}", count=count
+        )
+        events = []
+        for entry_id, fields in entries:
+            seq = int(_text(entry_id).partition("-")[2])
+            events.append(
+                Event(
+                    seq,
+                    EventKind(_text(fields[b"k"])),
+                    _text(fields[b"m"]),
+                    int(fields[b"a"]),
+                )
+            )
+        return events
+
+    async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        feed = await self._open_feed(job_id)
+        try:
+            async for batch in feed.log.follow(after):
+                yield batch
+        finally:
+            await self._close_feed(feed)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        before = _text(
+            await self._for_client(
+                lambda: self._scripts["cancel"](
+                    keys=[self._job_key(job_id), self._events_key(job_id)],
+                    args=[self._ttl, self._channel(job_id), repr(time.time())],
+                )
+            )
+        )
+        if before == "missing":
+            raise UnknownJob(f"unknown job_id {job_id!r}")
+        if before in ("pending", "cancelled"):
+            removed = await self._for_client(lambda: self._client.zrem(self.pending_key, job_id))
+            if removed:
+                await self._for_client(lambda: self._client.publish(self.moved_channel, job_id))
+        elif before == "running":
+            await self._for_client(lambda: self._client.publish(self.cancel_channel, job_id))
+        record = await self.get(job_id)
+        if record is None:
+            raise UnknownJob(f"unknown job_id {job_id!r}")
+        return record
+
+    async def position(self, job_id: str) -> int | None:
+        rank = await self._for_client(lambda: self._client.zrank(self.pending_key, job_id))
+        return None if rank is None else rank + 1
+
+    async def queue_moved(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._queue_waiters.append(waiter)
+        await waiter
+
+    async def stats(self) -> StoreStats:
+        pending = await self._for_client(lambda: self._client.zcard(self.pending_key))
+        summary = await self._for_client(lambda: self._client.xpending(self.jobs_key, GROUP))
+        return StoreStats(pending=int(pending), running=int(summary["pending"]))
+
+    @property
+    def _ttl(self) -> int:
+        """The TTL of a finished job, in milliseconds."""
+        return max(1, round(self.job_ttl * 1000))
+
+    # -- feeds: local mirrors of logs that local listeners follow -----------
+
+    async def _open_feed(self, job_id: str) -> _Feed:
+        feed = self._feeds.get(job_id)
+        if feed is not None:
+            feed.users += 1
+            return feed
+        feed = self._feeds[job_id] = _Feed(job_id)
+        feed.users = 1
+        try:
+            if not await self._for_client(lambda: self._client.exists(self._job_key(job_id))):
+                raise UnknownJob(f"unknown job_id {job_id!r}")
+            # Subscribed before the first read: nothing appended in between is missed.
+            await self._subscribe(self._channel(job_id))
+            await self._refresh(feed, deadline=self.outage_grace)
+        except BaseException:
+            await self._close_feed(feed)
+            raise
+        return feed
+
+    async def _close_feed(self, feed: _Feed) -> None:
+        feed.users -= 1
+        if feed.users > 0 or self._feeds.get(feed.job_id) is not feed:
+            return
+        del self._feeds[feed.job_id]
+        channel = self._channel(feed.job_id)
+        self._subscribed.pop(channel, None)
+        if self._pubsub is not None:
+            with contextlib.suppress(*_UNREACHABLE):
+                await self._pubsub.unsubscribe(channel)
+
+    async def _subscribe(self, channel: str) -> None:
+        confirmed = self._subscribed.get(channel)
+        if confirmed is None:
+            confirmed = self._subscribed[channel] = asyncio.get_running_loop().create_future()
+            await self._for_client(lambda: self._pubsub.subscribe(channel))
+        await asyncio.wait_for(asyncio.shield(confirmed), self.outage_grace + 5)
+
+    async def _refresh(self, feed: _Feed, *, deadline: float | None = None) -> None:
+        """Bring the mirror up to date; one refresh at a time per feed."""
+        if feed.refreshing:
+            feed.dirty = True
+            return
+        feed.refreshing = True
+        try:
+            while True:
+                feed.dirty = False
+                events = await self._retry(
+                    lambda: self._events(feed.job_id, feed.log.last_seq, _REFRESH_BATCH),
+                    deadline=deadline,
+                )
+                for event in events:
+                    if event.seq == feed.log.last_seq + 1:
+                        feed.log.add(event)
+                if events:
+                    feed.log.wake()
+                if not feed.dirty and len(events) < _REFRESH_BATCH:
+                    return
+        finally:
+            feed.refreshing = False
+
+    def _refresh_later(self, feed: _Feed) -> None:
+        if feed.refreshing:
+            feed.dirty = True
+        else:
+            asyncio.create_task(self._refresh(feed))  # noqa: RUF006 - refresh is self-contained
+
+    async def _poll_feeds_forever(self) -> None:
+        # A safety net under the notifications: a message lost to a reconnect
+        # costs a listener at most this long.
+        while True:
+            await asyncio.sleep(_POLL_SECONDS)
+            for feed in list(self._feeds.values()):
+                if not feed.log.finished:
+                    self._refresh_later(feed)
+
+    async def _read_notifications(self) -> None:
+        pubsub = self._pubsub
+        delay = 0.05
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except _UNREACHABLE as exc:
+                self._went_down(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except Exception:
+                log.exception("reading Redis notifications failed")
+                await asyncio.sleep(delay)
+                continue
+            if delay > 0.05:
+                delay = 0.05
+                self._reconnected()
+            if message is None:
+                continue
+            kind = _text(message["type"])
+            channel = _text(message["channel"])
+            if kind == "subscribe":
+                confirmed = self._subscribed.get(channel)
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
+            elif kind == "message":
+                self._notified(channel, _text(message["data"]))
+
+    def _notified(self, channel: str, data: str) -> None:
+        if channel == self.moved_channel:
+            waiters, self._queue_waiters = self._queue_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        elif channel == self.cancel_channel:
+            self._cancelled(data)
+        else:
+            feed = self._feeds.get(channel.rpartition(":")[2])
+            if feed is not None and int(data) > feed.log.last_seq:
+                self._refresh_later(feed)
+
+    def _reconnected(self) -> None:
+        """Notifications may have been lost while the connection was down."""
+        if self._down_since is not None:
+            self._came_back()
+        for feed in list(self._feeds.values()):
+            self._refresh_later(feed)
+        self._notified(self.moved_channel, "")
+        if self._held:
+            asyncio.create_task(self._check_held_jobs())  # noqa: RUF006
+
+    def _cancelled(self, job_id: str) -> None:
+        for callback in self._cancel_callbacks.pop(job_id, []):
+            try:
+                callback()
+            except Exception:
+                log.exception("cancel callback of job %s failed", job_id)
+
+    # -- worker side --------------------------------------------------------
+
+    async def claim(self, max_wait: float) -> Claim | None:
+        deadline = time.monotonic() + max_wait
+        while True:
+            taken_over = False
+            entry = None
+            if time.monotonic() >= self._next_takeover_check:
+                self._next_takeover_check = time.monotonic() + self.heartbeat_timeout / 3
+                entry = await self._take_over_one()
+                taken_over = entry is not None
+            if entry is None:
+                entry = await self._read_one(deadline - time.monotonic())
+                if entry is None:
+                    return None
+            claim = await self._start(*entry, takeover=taken_over)
+            if claim is not None:
+                return claim
+
+    async def _read_one(self, wait: float) -> tuple[str, str] | None:
+        assert self._blocking is not None
+        # Wake at least every heartbeat interval to look for jobs to take over.
+        block_ms = int(min(wait, self.heartbeat_timeout / 3) * 1000)
+        response = await self._retry(
+            lambda: self._blocking.xreadgroup(
+                GROUP,
+                self.worker_name,
+                {self.jobs_key: ">"},
+                count=1,
+                block=block_ms if block_ms > 0 else None,
+            ),
+            deadline=self.outage_grace,
+        )
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                return _text(entry_id), _text(fields[b"job"])
+        return None
+
+    async def _take_over_one(self) -> tuple[str, str] | None:
+        """An entry of a worker silent for ``heartbeat_timeout``: its job runs here now."""
+        result = await self._retry(
+            lambda: self._client.xautoclaim(
+                self.jobs_key,
+                GROUP,
+                self.worker_name,
+                min_idle_time=int(self.heartbeat_timeout * 1000),
+                count=1,
+            ),
+            deadline=self.outage_grace,
+        )
+        for entry_id, fields in result[1]:
+            if fields:
+                job_id = _text(fields[b"job"])
+                log.warning("taking over job %s from a worker that stopped answering", job_id)
+                return _text(entry_id), job_id
+            # Deleted from the stream while pending: nothing to run.
+            await self._client.xack(self.jobs_key, GROUP, entry_id)
+        return None
+
+    async def _start(self, entry_id: str, job_id: str, *, takeover: bool) -> Claim | None:
+        async def leave_queue() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.pending_key, job_id)
+                pipe.publish(self.moved_channel, job_id)
+                await pipe.execute()
+
+        await self._retry(leave_queue)
+        attempt, state = await self._retry(
+            lambda: self._scripts["start"](
+                keys=[self._job_key(job_id), self._events_key(job_id)],
+                args=[f"{self.worker_name}/{entry_id}", int(takeover), self._channel(job_id)],
+            )
+        )
+        if not attempt:
+            log.debug("queue entry of job %s skipped: the job is %s", job_id, _text(state))
+            await self._forget_entry(entry_id)
+            return None
+        spec = await self._retry(lambda: self._client.hget(self._job_key(job_id), "spec"))
+        self._held[job_id] = _Held(entry_id, int(attempt))
+        return Claim(job_id=job_id, attempt=int(attempt), spec=JobSpec.model_validate_json(spec))
+
+    async def _forget_entry(self, entry_id: str) -> None:
+        async def ack_and_delete() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xack(self.jobs_key, GROUP, entry_id)
+                pipe.xdel(self.jobs_key, entry_id)
+                await pipe.execute()
+
+        await self._retry(ack_and_delete)
+
+    async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
+        held = self._held.get(job_id)
+        if held is None or held.attempt != attempt:
+            raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
+        held.ops += 1
+        op = held.ops
+        seq = await self._retry(
+            lambda: self._scripts["append"](
+                keys=[self._job_key(job_id), self._events_key(job_id)],
+                args=[
+                    attempt,
+                    op,
+                    kind.value,
+                    message,
+                    self._ttl,
+                    self._channel(job_id),
+                    repr(time.time()),
+                ],
+            )
+        )
+        if seq == -1:
+            self._held.pop(job_id, None)
+            await self._forget_entry(held.entry)
+            raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
+        if kind.terminal:
+            self._held.pop(job_id, None)
+            await self._forget_entry(held.entry)
+        return Event(int(seq), kind, message, attempt)
+
+    async def release(self, job_id: str, attempt: int, reason: str) -> None:
+        held = self._held.pop(job_id, None)
+        ticket = await self._retry(
+            lambda: self._scripts["release"](keys=[self._job_key(job_id)], args=[attempt]),
+            deadline=self.outage_grace,
+        )
+        if held is not None:
+            await self._forget_entry(held.entry)
+        if ticket == -1:
+            return
+        log.info("job %s queued again: %s", job_id, reason)
+        await self._retry(
+            lambda: self._scripts["requeue"](
+                keys=[self.jobs_key, self.pending_key], args=[job_id, ticket]
+            ),
+            deadline=self.outage_grace,
+        )
+
+    def on_cancel(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        callbacks = self._cancel_callbacks.setdefault(job_id, [])
+        callbacks.append(callback)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                callbacks.remove(callback)
+            if not callbacks and self._cancel_callbacks.get(job_id) is callbacks:
+                del self._cancel_callbacks[job_id]
+            held = self._held.pop(job_id, None)
+            if held is not None:
+                # The job ended without a last event from this worker (it was
+                # cancelled, or taken over): its queue entry is done with.
+                asyncio.create_task(self._forget_entry(held.entry))  # noqa: RUF006
+
+        return stop
+
+    async def _heartbeat_forever(self) -> None:
+        interval = self.heartbeat_timeout / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self._held:
+                continue
+            held = dict(self._held)
+            try:
+                kept = await self._client.xclaim(
+                    self.jobs_key,
+                    GROUP,
+                    self.worker_name,
+                    min_idle_time=0,
+                    message_ids=[h.entry for h in held.values()],
+                    justid=True,
+                )
+            except _UNREACHABLE as exc:
+                self._went_down(exc)
+                continue
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            kept_ids = {_text(entry) for entry in kept}
+            for job_id, h in held.items():
+                if h.entry not in kept_ids and self._held.get(job_id) is h:
+                    log.warning("job %s was taken over by another worker", job_id)
+                    self._cancelled(job_id)
+
+    async def _check_held_jobs(self) -> None:
+        """After a reconnect: cancels may have been missed while we were away."""
+        for job_id in list(self._held):
+            with contextlib.suppress(*_UNREACHABLE):
+                state = await self._client.hget(self._job_key(job_id), "state")
+                if state is None or _text(state) != JobState.RUNNING.value:
+                    self._cancelled(job_id)
