@@ -1,23 +1,36 @@
-"""Puts the pieces together: one ASGI application from the settings."""
+"""Puts the pieces together for each role a process can play.
+
+``all`` (the default) runs the gateway and a worker around one store;
+``gateway`` serves clients only and ``worker`` runs jobs only, both around a
+store they share with other processes (Redis).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from llm_worker.config import Settings
+from llm_worker.config import ConfigError, Settings
 from llm_worker.gateway import Gateway
 from llm_worker.inserts import builtin_inserts
 from llm_worker.pipelines import builtin_pipelines
 from llm_worker.providers.catalog import build_providers
 from llm_worker.providers.openai_compatible import ClientPool
 from llm_worker.runner import RetryPolicy, Runner
-from llm_worker.store import open_store
+from llm_worker.store import JobStore, open_store
 from llm_worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+Role = Literal["all", "gateway", "worker"]
+ROLES: tuple[Role, ...] = ("all", "gateway", "worker")
 
 
 def build_runner(settings: Settings, clients: ClientPool) -> Runner:
@@ -38,40 +51,76 @@ def build_runner(settings: Settings, clients: ClientPool) -> Runner:
     )
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The gateway and a worker sharing one store, started and stopped with the app.
+class Service:
+    """The parts one process runs for its role, started and stopped together.
 
     Configuration errors (a bad providers file, a plugin that does not
-    import) are raised here, before anything listens.
+    import, a store the role cannot share) are raised here, before anything
+    listens or runs.
     """
-    settings = settings or Settings()
-    clients = ClientPool(
-        timeout=settings.provider_timeout_seconds,
-        connect_timeout=settings.provider_connect_timeout_seconds,
-    )
-    runner = build_runner(settings, clients)
-    store = open_store(settings)
-    gateway = Gateway(store, runner, max_message_bytes=settings.max_message_bytes)
-    worker = Worker(
-        store,
-        runner,
-        concurrency=settings.worker_concurrency,
-        max_attempts=settings.job_max_attempts,
-        shutdown_grace=settings.shutdown_grace_seconds,
-    )
+
+    def __init__(self, settings: Settings, role: Role = "all") -> None:
+        self.settings = settings
+        self.role = role
+        self.store: JobStore = open_store(settings)
+        if role != "all" and not self.store.shared:
+            raise ConfigError(
+                f"--role {role} needs a store shared between processes: STORE_URL "
+                f"{settings.store_url!r} keeps jobs in one process; use redis://"
+            )
+        self.clients = ClientPool(
+            timeout=settings.provider_timeout_seconds,
+            connect_timeout=settings.provider_connect_timeout_seconds,
+        )
+        self.runner = build_runner(settings, self.clients)
+        self.gateway = (
+            Gateway(self.store, self.runner, max_message_bytes=settings.max_message_bytes)
+            if role in ("all", "gateway")
+            else None
+        )
+        self.worker = (
+            Worker(
+                self.store,
+                self.runner,
+                concurrency=settings.worker_concurrency,
+                max_attempts=settings.job_max_attempts,
+                shutdown_grace=settings.shutdown_grace_seconds,
+            )
+            if role in ("all", "worker")
+            else None
+        )
+
+    async def start(self) -> None:
+        await self.store.start()
+        if self.worker is not None:
+            self.worker.start()
+        if self.gateway is not None:
+            self.gateway.start()
+
+    async def stop(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()
+        if self.worker is not None:
+            await self.worker.stop()
+        for _, provider in self.runner.providers.items():
+            await provider.aclose()
+        await self.clients.aclose()
+        await self.store.close()
+
+
+def create_app(settings: Settings | None = None, role: Role = "all") -> Starlette:
+    """The ASGI app of a gateway (with a worker, for role ``all``)."""
+    service = Service(settings or Settings(), role)
+    assert service.gateway is not None, "a worker-only process serves no app"
+    gateway = service.gateway
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.start()
-        worker.start()
+        await service.start()
         try:
             yield
         finally:
-            await worker.stop()
-            for _, provider in runner.providers.items():
-                await provider.aclose()
-            await clients.aclose()
-            await store.close()
+            await service.stop()
 
     app = Starlette(
         routes=[
@@ -81,14 +130,32 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.store = store
-    app.state.worker = worker
+    app.state.service = service
+    app.state.settings = service.settings
+    app.state.store = service.store
     app.state.gateway = gateway
+    app.state.worker = service.worker
     return app
 
 
-def _event_loop() -> str:
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    """A worker-only process: runs jobs from the shared store until ``stop`` is set."""
+    service = Service(settings, "worker")
+    await service.start()
+    assert service.worker is not None
+    log.info(
+        "worker ready: up to %d jobs at once from %s",
+        settings.worker_concurrency,
+        settings.store_url.rpartition("@")[2],
+    )
+    try:
+        await stop.wait()
+        log.info("stopping: waiting up to %.0fs for running jobs", settings.shutdown_grace_seconds)
+    finally:
+        await service.stop()
+
+
+def event_loop_name() -> str:
     try:
         import uvloop  # noqa: F401
     except ImportError:
@@ -102,7 +169,7 @@ def server_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.listen_address,
         port=settings.listen_port,
-        loop=_event_loop(),
+        loop=event_loop_name(),
         http="httptools",
         # Writes each frame in one call, which the gateway relies on (see Connection.send).
         ws="websockets-sansio",

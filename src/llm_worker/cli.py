@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from dotenv import load_dotenv
 from pydantic import ValidationError
 
 from llm_worker import __version__
-from llm_worker.app import create_app, server_config
+from llm_worker.app import ROLES, create_app, event_loop_name, run_worker, server_config
 from llm_worker.config import ConfigError, Settings
 from llm_worker.logs import configure_logging
 
@@ -28,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the service")
+    serve.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="all: gateway and worker in one process (default); gateway: WebSocket and "
+        "HTTP only; worker: runs jobs only. Split roles share a redis:// STORE_URL.",
+    )
     serve.add_argument("--host", help="interface to bind (LISTEN_ADDRESS)")
     serve.add_argument("--port", type=int, help="TCP port, 0 for any free one (LISTEN_PORT)")
     serve.add_argument(
@@ -54,9 +63,10 @@ def serve(args: argparse.Namespace) -> int:
         overrides["listen_port"] = args.port
     settings = settings.model_copy(update=overrides)
     configure_logging(settings)
-
     try:
-        app = create_app(settings)
+        if args.role == "worker":
+            return _serve_worker(settings)
+        app = create_app(settings, args.role)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -65,9 +75,34 @@ def serve(args: argparse.Namespace) -> int:
     sock = config.bind_socket()
     host, port = sock.getsockname()[:2]
     log.info(
-        "llm-worker %s listening on ws://%s:%d/ws/ (pid %d)", __version__, host, port, os.getpid()
+        "llm-worker %s (%s) listening on ws://%s:%d/ws/ (pid %d)",
+        __version__,
+        args.role,
+        host,
+        port,
+        os.getpid(),
     )
     server.run(sockets=[sock])
+    return 0
+
+
+def _serve_worker(settings: Settings) -> int:
+    """Runs jobs until SIGINT or SIGTERM, then stops as gracefully as a gateway does."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_worker(settings, stop)
+
+    log.info("llm-worker %s (worker) starting (pid %d)", __version__, os.getpid())
+    if event_loop_name() == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
     return 0
 
 

@@ -9,6 +9,7 @@ never its jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from starlette.requests import Request as HTTPRequest
@@ -44,15 +45,34 @@ class Gateway:
         self.store = store
         self.runner = runner
         self.max_message_bytes = max_message_bytes
-        self.connections = 0
+        self.connections: set[Connection] = set()
+        self._health_watch: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._health_watch = asyncio.create_task(self._watch_store(), name="store-health")
+
+    async def stop(self) -> None:
+        if self._health_watch is not None:
+            self._health_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_watch
+
+    async def _watch_store(self) -> None:
+        """Tell listeners when the store has been away longer than its grace period."""
+        while True:
+            message = await self.store.outage()
+            for connection in list(self.connections):
+                connection.announce(message)
+            await self.store.recovered()
 
     async def websocket_endpoint(self, websocket: WebSocket) -> None:
         await websocket.accept()
-        self.connections += 1
+        connection = Connection(self, websocket)
+        self.connections.add(connection)
         try:
-            await Connection(self, websocket).serve()
+            await connection.serve()
         finally:
-            self.connections -= 1
+            self.connections.discard(connection)
 
     async def healthz(self, request: HTTPRequest) -> JSONResponse:
         stats = await self.store.stats()
@@ -61,7 +81,7 @@ class Gateway:
                 "status": "ok",
                 "queued": stats.pending,
                 "running": stats.running,
-                "connections": self.connections,
+                "connections": len(self.connections),
             }
         )
 
@@ -88,6 +108,15 @@ class Connection:
             for task in self.followers.values():
                 task.cancel()
             self.followers.clear()
+
+    def announce(self, message: str) -> None:
+        """An ``error`` about each job this connection follows, sent in the background."""
+        for job_id in list(self.followers):
+            asyncio.create_task(self._send_quietly(protocol.error(message, job_id)))  # noqa: RUF006
+
+    async def _send_quietly(self, frame: str) -> None:
+        with contextlib.suppress(*_GONE):
+            await self.send(frame)
 
     async def send(self, frame: str) -> None:
         # uvicorn's sans-I/O websockets protocol writes a whole frame per call,

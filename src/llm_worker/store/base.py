@@ -45,6 +45,9 @@ class StoreStats:
 
 
 class JobStore(abc.ABC):
+    shared: bool = False
+    """Whether processes other than this one can use the same jobs."""
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections and start background work."""
 

@@ -8,17 +8,24 @@ work the same whatever the store.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import AsyncIterator
 
 from llm_worker.jobs import Event, EventKind
 
 
+def _seq(event: Event) -> int:
+    return event.seq
+
+
 class EventLog:
-    """Events in ``seq`` order, from 1 with no gap; readers see the current attempt only.
+    """Events in ``seq`` order; readers see the current attempt only.
 
     When a job is run again after its worker died, the new attempt's ``reset``
     event voids what earlier attempts wrote: replays start at the latest
-    ``reset``, so a listener never mixes two attempts' text.
+    ``reset``, so a listener never mixes two attempts' text. Seqs grow by one,
+    except that a ``reset`` may skip some: after a crash, past any seq a
+    listener could have seen before it.
     """
 
     __slots__ = ("_waiters", "attempt_start", "events")
@@ -31,7 +38,7 @@ class EventLog:
 
     @property
     def last_seq(self) -> int:
-        return len(self.events)
+        return self.events[-1].seq if self.events else 0
 
     @property
     def finished(self) -> bool:
@@ -39,8 +46,8 @@ class EventLog:
 
     def add(self, event: Event) -> None:
         """Append ``event`` (the next seq) without waking followers; see :meth:`wake`."""
-        if event.seq != len(self.events) + 1:
-            raise ValueError(f"event {event.seq} does not follow {len(self.events)}")
+        if event.seq <= self.last_seq:
+            raise ValueError(f"event {event.seq} does not follow {self.last_seq}")
         self.events.append(event)
         if event.kind is EventKind.RESET:
             self.attempt_start = len(self.events) - 1
@@ -52,9 +59,13 @@ class EventLog:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _index_after(self, after: int) -> int:
+        """Index of the first event with ``seq > after``."""
+        return bisect.bisect_right(self.events, after, key=_seq)
+
     def since(self, after: int = 0) -> list[Event]:
         """The current attempt's events with ``seq > after``."""
-        return self.events[max(after, self.attempt_start) :]
+        return self.events[max(self._index_after(after), self.attempt_start) :]
 
     def output(self) -> str:
         """The text the current attempt has produced."""
@@ -67,7 +78,7 @@ class EventLog:
         that falls behind catches up in one step. On a finished log with
         nothing after ``after``, ends at once.
         """
-        seen = max(after, 0)
+        seen = self._index_after(after)
         while True:
             events = self.events
             if len(events) > seen:

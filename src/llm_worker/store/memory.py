@@ -92,6 +92,20 @@ class MemoryStore(JobStore):
     async def _commit(self) -> None:
         """Return once everything written so far is durable."""
 
+    def _claimed(self, job: StoredJob) -> None:
+        """The job is about to start an attempt (its record is written next)."""
+
+    def _must_reserve(self, job: StoredJob) -> bool:
+        """Whether the job's next event needs :meth:`_reserve` before anyone sees it."""
+        return False
+
+    async def _reserve(self, job: StoredJob) -> None:
+        """Make the job's next seq safe to show: never reused after a crash."""
+
+    def _reset_seq(self, job: StoredJob) -> int:
+        """The seq of a new attempt's ``reset`` event."""
+        return job.log.last_seq + 1
+
     # -- gateway side -------------------------------------------------------
 
     async def submit(self, spec: JobSpec) -> JobRecord:
@@ -186,18 +200,27 @@ class MemoryStore(JobStore):
         record.state = JobState.RUNNING
         record.attempt += 1
         self._running += 1
+        self._claimed(job)
         self._write_job(job)
         if record.attempt > 1:
             # What an earlier attempt wrote is void: listeners start over.
-            self._record(job, EventKind.RESET, "")
+            self._record(job, EventKind.RESET, "", wake=False)
         await self._commit()
+        job.log.wake()
         return Claim(job_id=record.id, attempt=record.attempt, spec=job.spec)
 
-    async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
+    def _held(self, job_id: str, attempt: int) -> StoredJob:
         job = self._jobs.get(job_id)
         if job is None or job.record.state is not JobState.RUNNING or job.record.attempt != attempt:
             raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
+        return job
+
+    async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
+        job = self._held(job_id, attempt)
         if not kind.terminal:
+            if self._must_reserve(job):
+                await self._reserve(job)
+                job = self._held(job_id, attempt)
             return self._record(job, kind, message)
         self._running -= 1
         # Listeners hear that a job ended only once that is durable.
@@ -227,7 +250,8 @@ class MemoryStore(JobStore):
 
     def _record(self, job: StoredJob, kind: EventKind, message: str, *, wake: bool = True) -> Event:
         record = job.record
-        event = Event(job.log.last_seq + 1, kind, message, record.attempt)
+        seq = self._reset_seq(job) if kind is EventKind.RESET else job.log.last_seq + 1
+        event = Event(seq, kind, message, record.attempt)
         job.log.add(event)
         self._write_event(record.id, event)
         if kind.terminal:

@@ -173,6 +173,8 @@ def _text(value: Any) -> str:
 
 
 class RedisStore(JobStore):
+    shared = True
+
     def __init__(
         self,
         url: str,
@@ -532,7 +534,7 @@ class RedisStore(JobStore):
                     deadline=deadline,
                 )
                 for event in events:
-                    if event.seq == feed.log.last_seq + 1:
+                    if event.seq > feed.log.last_seq:
                         feed.log.add(event)
                 if events:
                     feed.log.wake()
@@ -625,9 +627,12 @@ class RedisStore(JobStore):
             taken_over = False
             entry = None
             if time.monotonic() >= self._next_takeover_check:
-                self._next_takeover_check = time.monotonic() + self.heartbeat_timeout / 3
                 entry = await self._take_over_one()
                 taken_over = entry is not None
+                # Where there was one, there may be more: look again at the next claim.
+                self._next_takeover_check = (
+                    0.0 if taken_over else time.monotonic() + self.heartbeat_timeout / 3
+                )
             if entry is None:
                 entry = await self._read_one(deadline - time.monotonic())
                 if entry is None:

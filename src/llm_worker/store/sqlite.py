@@ -15,6 +15,12 @@ A crash can lose the last ``flush_ms`` of a running job's deltas; that job runs
 again from the start after the restart anyway, behind a ``reset``. On start,
 jobs that were running are queued again, in their original order.
 
+Seqs never go back, even across a crash: each running job reserves seqs on
+disk a block ahead of use (the next block is asked for, in the background,
+half a block before the end), and the ``reset`` of a job re-run after a crash
+takes a seq above its reservation, so above anything a listener saw. A client
+resuming with ``after`` therefore always gets the ``reset``.
+
 One process owns the file (a lock file next to it says which); several
 processes sharing jobs use the Redis store.
 """
@@ -52,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec TEXT NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
-    error TEXT
+    error TEXT,
+    seq_reserved INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
@@ -67,7 +74,14 @@ INSERT_JOB = (
     "INSERT INTO jobs (id, ticket, state, attempt, spec, created_at, finished_at, error)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-UPDATE_JOB = "UPDATE jobs SET state = ?, attempt = ?, finished_at = ?, error = ? WHERE id = ?"
+UPDATE_JOB = (
+    "UPDATE jobs SET state = ?, attempt = ?, finished_at = ?, error = ?, seq_reserved = ?"
+    " WHERE id = ?"
+)
+RESERVE_SEQ = "UPDATE jobs SET seq_reserved = ? WHERE id = ?"
+# Seqs reserved on disk ahead of use, and the margin at which the next block is asked for.
+RESERVE_BLOCK = 256
+RESERVE_MARGIN = RESERVE_BLOCK // 2
 INSERT_EVENT = "INSERT INTO events (job_id, seq, kind, message, attempt) VALUES (?, ?, ?, ?, ?)"
 DELETE_EVENTS = "DELETE FROM events WHERE job_id = ?"
 DELETE_JOB = "DELETE FROM jobs WHERE id = ?"
@@ -185,6 +199,11 @@ class SQLiteStore(MemoryStore):
         self.synchronous = synchronous
         self._writer: _Writer | None = None
         self._lock_file: Any = None
+        self._reserved: dict[str, int] = {}
+        """Per running job: the highest seq that is durably reserved."""
+        self._reserving: dict[str, asyncio.Future[None]] = {}
+        self._floors: dict[str, int] = {}
+        """Per job re-run after a crash: the seq its reset must exceed."""
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,15 +257,19 @@ class SQLiteStore(MemoryStore):
         expired: list[str] = []
         max_ticket = 0
         for row in connection.execute(
-            "SELECT id, ticket, state, attempt, spec, created_at, finished_at, error FROM jobs"
+            "SELECT id, ticket, state, attempt, spec, created_at, finished_at, error,"
+            " seq_reserved FROM jobs"
         ):
-            job_id, ticket, state, attempt, spec, created_at, finished_at, error = row
+            job_id, ticket, state, attempt, spec, created_at, finished_at, error, reserved = row
             max_ticket = max(max_ticket, ticket)
             if finished_at is not None and finished_at + self.job_ttl <= now:
                 expired.append(job_id)
                 continue
             record = JobRecord(job_id, JobState(state), created_at, attempt, error, finished_at)
             jobs[job_id] = StoredJob(record, JobSpec.model_validate_json(spec), ticket)
+            if record.state is JobState.RUNNING:
+                # Listeners may have seen seqs up to the reservation, committed or not.
+                self._floors[job_id] = reserved
         for job_id, seq, kind, message, attempt in connection.execute(
             "SELECT job_id, seq, kind, message, attempt FROM events ORDER BY job_id, seq"
         ):
@@ -302,8 +325,17 @@ class SQLiteStore(MemoryStore):
         else:
             self._writer.execute(
                 UPDATE_JOB,
-                (record.state.value, record.attempt, record.finished_at, record.error, record.id),
+                (
+                    record.state.value,
+                    record.attempt,
+                    record.finished_at,
+                    record.error,
+                    self._reserved.get(record.id, 0),
+                    record.id,
+                ),
             )
+            if record.state is not JobState.RUNNING:
+                self._reserved.pop(record.id, None)
 
     def _write_event(self, job_id: str, event: Event) -> None:
         assert self._writer is not None
@@ -319,6 +351,42 @@ class SQLiteStore(MemoryStore):
     async def _commit(self) -> None:
         assert self._writer is not None
         await self._writer.commit()
+
+    def _reset_seq(self, job: StoredJob) -> int:
+        return max(job.log.last_seq, self._floors.pop(job.record.id, 0)) + 1
+
+    def _claimed(self, job: StoredJob) -> None:
+        # Reserved with the claim's own commit: the reset and a block after it.
+        floor = max(job.log.last_seq, self._floors.get(job.record.id, 0))
+        self._reserved[job.record.id] = floor + 1 + RESERVE_BLOCK
+
+    def _must_reserve(self, job: StoredJob) -> bool:
+        job_id = job.record.id
+        next_seq = job.log.last_seq + 1
+        reserved = self._reserved.get(job_id, 0)
+        if next_seq + RESERVE_MARGIN > reserved and job_id not in self._reserving:
+            self._reserving[job_id] = asyncio.ensure_future(self._extend(job))
+        return next_seq > reserved
+
+    async def _reserve(self, job: StoredJob) -> None:
+        job_id = job.record.id
+        while job.log.last_seq + 1 > self._reserved.get(job_id, 0):
+            pending = self._reserving.get(job_id)
+            if pending is None:
+                pending = self._reserving[job_id] = asyncio.ensure_future(self._extend(job))
+            await asyncio.shield(pending)
+
+    async def _extend(self, job: StoredJob) -> None:
+        assert self._writer is not None
+        job_id = job.record.id
+        target = job.log.last_seq + RESERVE_BLOCK
+        self._writer.execute(RESERVE_SEQ, (target, job_id))
+        try:
+            await self._commit()
+        finally:
+            del self._reserving[job_id]
+        if job.record.state is JobState.RUNNING:
+            self._reserved[job_id] = max(self._reserved.get(job_id, 0), target)
 
     async def release(self, job_id: str, attempt: int, reason: str) -> None:
         job = self._jobs.get(job_id)

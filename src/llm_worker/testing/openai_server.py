@@ -78,6 +78,8 @@ class RecordedRequest:
     """The whole reply, finish marker included, was written."""
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the client hung up before the reply was complete."""
+    ended_at: float | None = None
+    """When the reply ended, complete or not (``time.monotonic()``)."""
 
 
 class OpenAIServer:
@@ -250,6 +252,7 @@ class OpenAIServer:
             return False
         finally:
             await _stop(watcher)
+            request.ended_at = time.monotonic()
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

@@ -1,0 +1,103 @@
+"""``llm-worker serve`` in processes of their own, started as a user starts them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from llm_worker.config import Settings
+
+LISTENING = re.compile(r"listening on ws://([\d.]+):(\d+)/ws/")
+COMMAND = [sys.executable, "-m", "llm_worker", "serve"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without settings of ours, plus ``extra``."""
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A running ``llm-worker serve``; its output is read continuously into ``lines``."""
+
+    def __init__(self, process: asyncio.subprocess.Process, role: str) -> None:
+        self.process = process
+        self.role = role
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._ready = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(
+        cls, env: dict[str, str], cwd: Path, *args: str, role: str = "all", timeout: float = 20
+    ) -> WorkerProcess:
+        process = await asyncio.create_subprocess_exec(
+            *COMMAND,
+            "--role",
+            role,
+            *args,
+            env=env,
+            cwd=cwd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        started = cls(process, role)
+        try:
+            await asyncio.wait_for(started._ready.wait(), timeout)
+        except TimeoutError:
+            await started.stop()
+            raise AssertionError(f"{role} did not start:\n{started.output}") from None
+        return started
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            text = line.decode(errors="replace").rstrip("\n")
+            self.lines.append(text)
+            if match := LISTENING.search(text):
+                self.port = int(match.group(2))
+            if "Application startup complete" in text or "worker ready" in text:
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def ws_url(self) -> str:
+        assert self.port is not None, "not a gateway"
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+    def kill(self) -> None:
+        """``kill -9``: no clean-up of any kind."""
+        self.process.send_signal(signal.SIGKILL)
+
+    async def stop(self, timeout: float = 20) -> int | None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(self.process.wait(), timeout)
+        await asyncio.wait_for(self._reader, timeout)
+        return self.process.returncode
+
+
+@contextlib.asynccontextmanager
+async def processes() -> AsyncIterator[list[WorkerProcess]]:
+    """A list to put started processes in; every one is stopped at the end."""
+    started: list[WorkerProcess] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            with contextlib.suppress(Exception):
+                await process.stop()
