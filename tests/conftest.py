@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from llm_worker.app import create_app, server_config
 from llm_worker.config import Settings
 from llm_worker.testing.openai_server import OpenAIServer
-from tests.redis_server import unique_prefix
+from llm_worker.testing.redis_server import unique_prefix
 from tests.wsclient import WSClient
 
 pytest_plugins = ["tests.stores"]

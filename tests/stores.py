@@ -12,7 +12,7 @@ import pytest
 from llm_worker.store import JobStore, MemoryStore
 from llm_worker.store.redis import RedisStore
 from llm_worker.store.sqlite import SQLiteStore
-from tests.redis_server import RedisServer, unique_prefix
+from llm_worker.testing.redis_server import RedisServer, unique_prefix
 
 STORE_KINDS = ["memory", "sqlite", "redis"]
 DURABLE_STORE_KINDS = ["sqlite", "redis"]

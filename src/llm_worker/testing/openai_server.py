@@ -301,10 +301,14 @@ async def _main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each token")
+    parser.add_argument(
+        "--tokens", type=int, default=0, help="reply with this many tokens instead of an echo"
+    )
     args = parser.parse_args()
+    fixed = [f" t{i}" for i in range(args.tokens)]
 
     def handler(body: dict[str, Any]) -> Reply:
-        reply = echo_reply(body)
+        reply = Reply(tokens=fixed) if fixed else echo_reply(body)
         reply.delay = args.delay
         return reply
 

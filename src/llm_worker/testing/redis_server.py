@@ -1,4 +1,4 @@
-"""A private redis-server for the tests, on a free port, with its own files."""
+"""A private redis-server for tests and benchmarks, on a free port, with its own files."""
 
 from __future__ import annotations
 
