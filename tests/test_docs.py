@@ -18,6 +18,7 @@ SERVER_TYPES = {
     "resp_add",
     "pending",
     "running",
+    "reset",
     "done",
     "failed",
     "cancelled",
@@ -73,6 +74,7 @@ def test_json_examples_in_the_readme_are_valid_messages(example: str) -> None:
             "output",
             "error",
             "ref",
+            "attempt",
         }
     else:
         parse_request(example)

@@ -1,0 +1,209 @@
+"""Jobs per second through each store, with processes started as a user starts them.
+
+Starts a loopback OpenAI-compatible server (its own process, replies of
+``--tokens`` tokens with no delay), then for each configuration the worker
+processes, and submits ``--jobs`` jobs over ``--connections`` WebSocket
+connections to the (first) gateway, timing from the first ``add`` to the last
+``done``. Configurations:
+
+* ``memory``, ``sqlite``: one process, gateway and worker together;
+* ``redis-1w``, ``redis-2w``: one gateway process and one or two worker
+  processes around a private redis-server.
+
+    python bench/store_throughput.py [--jobs 1000] [--tokens 20] [--json out.json]
+
+Everything shares this machine's cores: on 2 cores, a second worker process
+competes with the gateway, Redis and the load generator for CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from llm_worker.config import Settings
+from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix
+
+LISTENING = re.compile(r"listening on ws://[\d.]+:(\d+)/ws/")
+
+
+class Proc:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.port: int | None = None
+        self.ready = asyncio.Event()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            text = line.decode(errors="replace")
+            if match := LISTENING.search(text):
+                self.port = int(match.group(1))
+            if "Application startup complete" in text or "worker ready" in text:
+                self.ready.set()
+        self.ready.set()
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        await self.process.wait()
+        await self.reader
+
+
+async def start(args: list[str], env: dict[str, str], cwd: str) -> Proc:
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    proc = Proc(process)
+    await asyncio.wait_for(proc.ready.wait(), 30)
+    return proc
+
+
+def serve(role: str) -> list[str]:
+    return [sys.executable, "-m", "llm_worker", "serve", "--role", role]
+
+
+ASSISTANT = {
+    "streams": [
+        {
+            "provider": "openai",
+            "settings": {"model": "bench"},
+            "messages": [{"role": "user", "content": "{query}"}],
+        }
+    ]
+}
+
+
+async def load(url: str, jobs: int, connections: int) -> float:
+    """Seconds to get ``jobs`` jobs done, spread over ``connections`` clients."""
+
+    async def client(count: int) -> None:
+        async with websockets.connect(url, max_size=None, compression=None) as ws:
+            for index in range(count):
+                await ws.send(
+                    json.dumps({"type": "add", "id": index, "query": "q", "assistant": ASSISTANT})
+                )
+            done = 0
+            while done < count:
+                message = json.loads(await ws.recv())
+                if message["type"] in ("failed", "error", "cancelled"):
+                    raise RuntimeError(f"job did not finish: {message}")
+                if message["type"] == "done":
+                    done += 1
+
+    shares = [jobs // connections + (i < jobs % connections) for i in range(connections)]
+    started = time.perf_counter()
+    await asyncio.gather(*(client(n) for n in shares if n))
+    return time.perf_counter() - started
+
+
+async def run(config: str, base_env: dict[str, str], jobs: int, connections: int) -> float:
+    with tempfile.TemporaryDirectory() as workdir:
+        procs: list[Proc] = []
+        redis: RedisServer | None = None
+        try:
+            env = dict(base_env)
+            if config in ("memory", "sqlite"):
+                env["STORE_URL"] = "memory://" if config == "memory" else "sqlite:///jobs.db"
+                procs.append(await start(serve("all"), env, workdir))
+            else:
+                redis = RedisServer(Path(workdir) / "redis")
+                redis.start()
+                env["STORE_URL"] = redis.url
+                env["REDIS_PREFIX"] = unique_prefix()
+                procs.append(await start(serve("gateway"), env, workdir))
+                for _ in range(int(config.removeprefix("redis-").removesuffix("w"))):
+                    procs.append(await start(serve("worker"), env, workdir))
+            url = f"ws://127.0.0.1:{procs[0].port}/ws/"
+            await load(url, min(50, jobs), connections)  # warm-up
+            return await load(url, jobs, connections)
+        finally:
+            for proc in procs:
+                await proc.stop()
+            if redis is not None:
+                redis.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--configs", default="memory,sqlite,redis-1w,redis-2w", help="comma-separated"
+    )
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    args = parser.parse_args()
+
+    port = free_port()
+    upstream = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "llm_worker.testing.openai_server",
+        "--port",
+        str(port),
+        "--tokens",
+        str(args.tokens),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert upstream.stdout is not None
+    await upstream.stdout.readline()
+    ours = {name.upper() for name in Settings.model_fields}
+    base_env = {k: v for k, v in os.environ.items() if k not in ours}
+    base_env.update(
+        LISTEN_PORT="0",
+        OPENAI_API_KEY="bench",
+        OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+        WORKER_CONCURRENCY="16",
+        QUEUE_MAX=str(args.jobs * 2),
+    )
+    results: dict[str, Any] = {
+        "jobs": args.jobs,
+        "tokens_per_job": args.tokens,
+        "connections": args.connections,
+        "cpus": os.cpu_count(),
+        "configs": {},
+    }
+    print(
+        f"{args.jobs} jobs of {args.tokens} tokens, {args.connections} connections, "
+        f"{os.cpu_count()} CPUs; median of {args.rounds} rounds"
+    )
+    print(f"{'store':12}{'jobs/s':>10}{'tokens/s':>12}{'seconds':>10}")
+    try:
+        for config in args.configs.split(","):
+            seconds = [
+                await run(config, base_env, args.jobs, args.connections) for _ in range(args.rounds)
+            ]
+            median = statistics.median(seconds)
+            results["configs"][config] = {"seconds": seconds, "jobs_per_second": args.jobs / median}
+            print(
+                f"{config:12}{args.jobs / median:>10.0f}{args.jobs * args.tokens / median:>12.0f}"
+                f"{median:>10.2f}"
+            )
+    finally:
+        upstream.send_signal(signal.SIGTERM)
+        await upstream.wait()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
