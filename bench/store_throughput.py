@@ -56,6 +56,12 @@ class Proc:
                 self.ready.set()
         self.ready.set()
 
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident memory so far (VmHWM), in MiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        return kib / 1024
+
     async def stop(self) -> None:
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
@@ -114,7 +120,10 @@ async def load(url: str, jobs: int, connections: int) -> float:
     return time.perf_counter() - started
 
 
-async def run(config: str, base_env: dict[str, str], jobs: int, connections: int) -> float:
+async def run(
+    config: str, base_env: dict[str, str], jobs: int, connections: int
+) -> tuple[float, dict[str, float]]:
+    """Seconds for the jobs, and each process's peak RSS (MiB) by role."""
     with tempfile.TemporaryDirectory() as workdir:
         procs: list[Proc] = []
         redis: RedisServer | None = None
@@ -133,7 +142,13 @@ async def run(config: str, base_env: dict[str, str], jobs: int, connections: int
                     procs.append(await start(serve("worker"), env, workdir))
             url = f"ws://127.0.0.1:{procs[0].port}/ws/"
             await load(url, min(50, jobs), connections)  # warm-up
-            return await load(url, jobs, connections)
+            seconds = await load(url, jobs, connections)
+            roles = ["all"] if len(procs) == 1 else ["gateway"] + ["worker"] * (len(procs) - 1)
+            rss = {
+                f"{role}{i}": p.peak_rss_mib()
+                for i, (role, p) in enumerate(zip(roles, procs, strict=True))
+            }
+            return seconds, rss
         finally:
             for proc in procs:
                 await proc.stop()
@@ -186,17 +201,24 @@ async def main() -> None:
         f"{args.jobs} jobs of {args.tokens} tokens, {args.connections} connections, "
         f"{os.cpu_count()} CPUs; median of {args.rounds} rounds"
     )
-    print(f"{'store':12}{'jobs/s':>10}{'tokens/s':>12}{'seconds':>10}")
+    print(f"{'store':12}{'jobs/s':>10}{'tokens/s':>12}{'seconds':>10}   peak RSS (MiB)")
     try:
         for config in args.configs.split(","):
-            seconds = [
+            rounds = [
                 await run(config, base_env, args.jobs, args.connections) for _ in range(args.rounds)
             ]
+            seconds = [r[0] for r in rounds]
+            rss = rounds[-1][1]
             median = statistics.median(seconds)
-            results["configs"][config] = {"seconds": seconds, "jobs_per_second": args.jobs / median}
+            results["configs"][config] = {
+                "seconds": seconds,
+                "jobs_per_second": args.jobs / median,
+                "peak_rss_mib": rss,
+            }
+            memory = ", ".join(f"{name} {mib:.0f}" for name, mib in rss.items())
             print(
                 f"{config:12}{args.jobs / median:>10.0f}{args.jobs * args.tokens / median:>12.0f}"
-                f"{median:>10.2f}"
+                f"{median:>10.2f}   {memory}"
             )
     finally:
         upstream.send_signal(signal.SIGTERM)
