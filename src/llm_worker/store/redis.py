@@ -76,12 +76,15 @@ return ticket
 """
 
 # KEYS: job, events. ARGV: owner (worker + entry), takeover (0|1), channel.
-# Returns {attempt, ''} or {0, state that forbids starting}.
+# Returns {attempt, ''} or {0, state that forbids starting}. A fresh entry starts
+# a pending job only; one taken over from a dead worker, a running one too.
 _START = """
 local state, attempt, owner = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'owner'))
 if not state then return {0, 'missing'} end
 if state == 'running' and owner == ARGV[1] then return {tonumber(attempt), ''} end
-if state ~= (ARGV[2] == '1' and 'running' or 'pending') then return {0, state} end
+if state ~= 'pending' and not (state == 'running' and ARGV[2] == '1') then
+  return {0, state}
+end
 attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1], 'op', 0)
 if attempt > 1 then
@@ -136,6 +139,30 @@ local state, attempt, ticket = unpack(redis.call('HMGET', KEYS[1], 'state', 'att
 if state ~= 'running' or attempt ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'pending', 'owner', '')
 return tonumber(ticket)
+"""
+
+# KEYS: jobs stream. ARGV: group, consumer, entry ids. Re-claims (so refreshes)
+# the entries this consumer still owns; returns those.
+_HEARTBEAT = """
+local kept = {}
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if pending[1] and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept[#kept + 1] = ARGV[i]
+  end
+end
+return kept
+"""
+
+# KEYS: jobs stream. ARGV: group, consumer, entry id. Acknowledges and deletes the
+# entry unless another consumer took it over.
+_FORGET = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if pending[1] and pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
 """
 
 # KEYS: jobs stream, pending zset. ARGV: job id, ticket.
@@ -238,6 +265,8 @@ class RedisStore(JobStore):
             ("cancel", _CANCEL),
             ("release", _RELEASE),
             ("requeue", _REQUEUE),
+            ("heartbeat", _HEARTBEAT),
+            ("forget", _FORGET),
         ):
             self._scripts[name] = redis.register_script(source)
         await self._retry(self._create_group, deadline=self.outage_grace)
@@ -704,13 +733,12 @@ class RedisStore(JobStore):
         return Claim(job_id=job_id, attempt=int(attempt), spec=JobSpec.model_validate_json(spec))
 
     async def _forget_entry(self, entry_id: str) -> None:
-        async def ack_and_delete() -> None:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xack(self.jobs_key, GROUP, entry_id)
-                pipe.xdel(self.jobs_key, entry_id)
-                await pipe.execute()
-
-        await self._retry(ack_and_delete)
+        """Done with a queue entry, unless another worker took it over meanwhile."""
+        await self._retry(
+            lambda: self._scripts["forget"](
+                keys=[self.jobs_key], args=[GROUP, self.worker_name, entry_id]
+            )
+        )
 
     async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
         held = self._held.get(job_id)
@@ -777,32 +805,30 @@ class RedisStore(JobStore):
         return stop
 
     async def _heartbeat_forever(self) -> None:
-        interval = self.heartbeat_timeout / 3
         while True:
-            await asyncio.sleep(interval)
-            if not self._held:
-                continue
-            held = dict(self._held)
+            await asyncio.sleep(self.heartbeat_timeout / 3)
             try:
-                kept = await self._client.xclaim(
-                    self.jobs_key,
-                    GROUP,
-                    self.worker_name,
-                    min_idle_time=0,
-                    message_ids=[h.entry for h in held.values()],
-                    justid=True,
-                )
+                await self.beat()
             except _UNREACHABLE as exc:
                 self._went_down(exc)
-                continue
             except Exception:
                 log.exception("heartbeat failed")
-                continue
-            kept_ids = {_text(entry) for entry in kept}
-            for job_id, h in held.items():
-                if h.entry not in kept_ids and self._held.get(job_id) is h:
-                    log.warning("job %s was taken over by another worker", job_id)
-                    self._cancelled(job_id)
+
+    async def beat(self) -> None:
+        """Keep this worker's claims fresh; jobs another worker took over are cancelled here."""
+        if not self._held:
+            return
+        held = dict(self._held)
+        kept = await self._scripts["heartbeat"](
+            keys=[self.jobs_key],
+            args=[GROUP, self.worker_name, *(h.entry for h in held.values())],
+        )
+        kept_ids = {_text(entry) for entry in kept}
+        for job_id, h in held.items():
+            if h.entry not in kept_ids and self._held.get(job_id) is h:
+                log.warning("job %s was taken over by another worker", job_id)
+                self._held.pop(job_id, None)
+                self._cancelled(job_id)
 
     async def _check_held_jobs(self) -> None:
         """After a reconnect: cancels may have been missed while we were away."""

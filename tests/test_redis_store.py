@@ -1,0 +1,126 @@
+"""What the Redis store adds to the contract: workers that die or pause lose their
+jobs to others, and a worker that lost a job can neither write to it nor disturb
+the worker that took it over."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from llm_worker.jobs import EventKind, JobSpec, JobState
+from llm_worker.store import NotOwner
+from llm_worker.store.redis import GROUP, RedisStore
+from llm_worker.templates import Assistant
+from tests.stores import StoreFactory
+
+SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
+
+
+async def owner_of(store: RedisStore, entry: str) -> str | None:
+    client = aioredis.Redis.from_url(store.url)
+    try:
+        pending = await client.xpending_range(store.jobs_key, GROUP, entry, entry, 1)
+    finally:
+        await client.aclose()
+    return pending[0]["consumer"].decode() if pending else None
+
+
+async def taken_over(factory: StoreFactory) -> tuple[RedisStore, RedisStore, str, str]:
+    """A job claimed by a first worker that then pauses, taken over by a second one."""
+    first = await factory(queue_max=10, job_ttl=60, heartbeat_timeout=0.6)
+    second = await factory(queue_max=10, job_ttl=60, heartbeat_timeout=0.6, prefix=first.prefix)
+    assert isinstance(first, RedisStore)
+    assert isinstance(second, RedisStore)
+    job_id = (await first.submit(SPEC)).id
+    claim = await first.claim(max_wait=1)
+    assert claim is not None
+    assert claim.attempt == 1
+    await first.append(job_id, 1, EventKind.RUNNING)
+    await first.append(job_id, 1, EventKind.RUNNING, "partial")
+    entry = first._held[job_id].entry
+    first._tasks[1].cancel()  # the pause: no more heartbeats
+    for _ in range(40):
+        takeover = await second.claim(max_wait=0.1)
+        if takeover is not None:
+            break
+    else:
+        raise AssertionError("the job was not taken over")
+    assert takeover.job_id == job_id
+    assert takeover.attempt == 2
+    assert await owner_of(second, entry) == second.worker_name
+    return first, second, job_id, entry
+
+
+async def finish(store: RedisStore, job_id: str, entry: str) -> None:
+    await store.append(job_id, 2, EventKind.RUNNING)
+    await store.append(job_id, 2, EventKind.RUNNING, "whole")
+    await store.append(job_id, 2, EventKind.DONE)
+    events = await store.read(job_id)
+    assert [(e.kind, e.message, e.attempt) for e in events] == [
+        (EventKind.RESET, "", 2),
+        (EventKind.RUNNING, "", 2),
+        (EventKind.RUNNING, "whole", 2),
+        (EventKind.DONE, "", 2),
+    ]
+    assert (await store.get(job_id)).state is JobState.DONE  # type: ignore[union-attr]
+    assert await owner_of(store, entry) is None  # acknowledged once done
+
+
+async def test_a_worker_that_lost_its_job_cannot_write_to_it_nor_drop_its_entry(
+    redis_store_factory: StoreFactory,
+) -> None:
+    first, second, job_id, entry = await taken_over(redis_store_factory)
+    # The first worker wakes up and writes on: refused, and the entry stays put.
+    with pytest.raises(NotOwner):
+        await first.append(job_id, 1, EventKind.RUNNING, "stale")
+    assert await owner_of(second, entry) == second.worker_name
+    await second.beat()
+    assert job_id in second._held
+    await finish(second, job_id, entry)
+
+
+async def test_a_worker_that_lost_its_job_does_not_take_it_back_by_heartbeat(
+    redis_store_factory: StoreFactory,
+) -> None:
+    first, second, job_id, entry = await taken_over(redis_store_factory)
+    lost = asyncio.Event()
+    first.on_cancel(job_id, lost.set)
+    await first.beat()
+    assert await owner_of(second, entry) == second.worker_name
+    assert lost.is_set()  # it learns it lost the job, and stops it
+    await finish(second, job_id, entry)
+
+
+async def test_appends_retried_after_a_lost_reply_are_not_doubled(
+    redis_store_factory: StoreFactory,
+) -> None:
+    store = await redis_store_factory(queue_max=10, job_ttl=60)
+    assert isinstance(store, RedisStore)
+    job_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=1)
+    await store.append(job_id, 1, EventKind.RUNNING, "a")
+    # Replay the script call of the last append, as a retry after a lost reply would.
+    held = store._held[job_id]
+    seq = await store._scripts["append"](
+        keys=[store._job_key(job_id), store._events_key(job_id)],
+        args=[1, held.ops, "running", "a", 60_000, store._channel(job_id), "0"],
+    )
+    assert seq == 1
+    await store.append(job_id, 1, EventKind.RUNNING, "b")
+    assert [e.message for e in await store.read(job_id)] == ["a", "b"]
+
+
+async def test_cancel_reaches_the_worker_in_another_process(
+    redis_store_factory: StoreFactory,
+) -> None:
+    worker = await redis_store_factory(queue_max=10, job_ttl=60)
+    assert isinstance(worker, RedisStore)
+    gateway = await redis_store_factory(queue_max=10, job_ttl=60, prefix=worker.prefix)
+    job_id = (await gateway.submit(SPEC)).id
+    await worker.claim(max_wait=1)
+    cancelled = asyncio.Event()
+    worker.on_cancel(job_id, cancelled.set)
+    await gateway.cancel(job_id)
+    await asyncio.wait_for(cancelled.wait(), 2)
