@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from llm_worker.jobs import EventKind, JobSpec, JobState
-from llm_worker.store import NotOwner
+from llm_worker.store import NotOwner, UnknownJob
 from llm_worker.store.redis import GROUP, RedisStore
 from llm_worker.templates import Assistant
 from tests.stores import StoreFactory
@@ -124,3 +124,31 @@ async def test_cancel_reaches_the_worker_in_another_process(
     worker.on_cancel(job_id, cancelled.set)
     await gateway.cancel(job_id)
     await asyncio.wait_for(cancelled.wait(), 2)
+
+
+async def test_followers_joining_while_a_log_loads_share_its_outcome(
+    redis_store_factory: StoreFactory,
+) -> None:
+    store = await redis_store_factory(queue_max=10, job_ttl=60)
+    job_id = (await store.submit(SPEC)).id
+
+    async def first_batch(job: str) -> list[int]:
+        async for batch in store.follow(job):
+            return [e.seq for e in batch]
+        return []
+
+    # Two followers of an unknown job at once: both are told, neither hangs.
+    results = await asyncio.wait_for(
+        asyncio.gather(first_batch("nope"), first_batch("nope"), return_exceptions=True), 5
+    )
+    assert all(isinstance(r, UnknownJob) for r in results), results
+
+    # One follower gives up while the log loads; the other still gets the events.
+    quitter = asyncio.create_task(first_batch(job_id))
+    stayer = asyncio.create_task(first_batch(job_id))
+    await asyncio.sleep(0)
+    quitter.cancel()
+    await store.claim(max_wait=1)
+    await store.append(job_id, 1, EventKind.RUNNING)
+    assert await asyncio.wait_for(stayer, 5) == [1]
+    assert store._feeds == {}

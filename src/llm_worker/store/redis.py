@@ -185,7 +185,7 @@ class _Held:
 class _Feed:
     """This process's mirror of one job's log, shared by its local followers."""
 
-    __slots__ = ("dirty", "job_id", "log", "refreshing", "users")
+    __slots__ = ("dirty", "job_id", "loading", "log", "refreshing", "users")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -193,6 +193,8 @@ class _Feed:
         self.users = 0
         self.refreshing = False
         self.dirty = False
+        self.loading: asyncio.Task[None] | None = None
+        """Subscribes and reads the log; every follower waits for it, none owns it."""
 
 
 def _text(value: Any) -> str:
@@ -515,27 +517,41 @@ class RedisStore(JobStore):
 
     async def _open_feed(self, job_id: str) -> _Feed:
         feed = self._feeds.get(job_id)
-        if feed is not None:
-            feed.users += 1
-            return feed
-        feed = self._feeds[job_id] = _Feed(job_id)
-        feed.users = 1
+        if feed is None:
+            feed = self._feeds[job_id] = _Feed(job_id)
+            feed.loading = asyncio.create_task(self._load_feed(feed))
+        feed.users += 1
         try:
-            if not await self._for_client(lambda: self._client.exists(self._job_key(job_id))):
-                raise UnknownJob(f"unknown job_id {job_id!r}")
-            # Subscribed before the first read: nothing appended in between is missed.
-            await self._subscribe(self._channel(job_id))
-            await self._refresh(feed, deadline=self.outage_grace)
+            assert feed.loading is not None
+            await asyncio.shield(feed.loading)
         except BaseException:
             await self._close_feed(feed)
             raise
         return feed
 
+    async def _load_feed(self, feed: _Feed) -> None:
+        try:
+            exists = await self._for_client(lambda: self._client.exists(self._job_key(feed.job_id)))
+            if not exists:
+                raise UnknownJob(f"unknown job_id {feed.job_id!r}")
+            # Subscribed before the first read: nothing appended in between is missed.
+            await self._subscribe(self._channel(feed.job_id))
+            await self._refresh(feed, deadline=self.outage_grace)
+        except Exception:
+            # Openers from now on start afresh; those waiting get this error.
+            if self._feeds.get(feed.job_id) is feed:
+                await self._drop_feed(feed)
+            raise
+
     async def _close_feed(self, feed: _Feed) -> None:
         feed.users -= 1
-        if feed.users > 0 or self._feeds.get(feed.job_id) is not feed:
-            return
+        if feed.users == 0 and self._feeds.get(feed.job_id) is feed:
+            await self._drop_feed(feed)
+
+    async def _drop_feed(self, feed: _Feed) -> None:
         del self._feeds[feed.job_id]
+        if feed.loading is not None and not feed.loading.done():
+            feed.loading.cancel()
         channel = self._channel(feed.job_id)
         self._subscribed.pop(channel, None)
         if self._pubsub is not None:
