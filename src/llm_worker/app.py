@@ -71,6 +71,8 @@ class Service:
         self.clients = ClientPool(
             timeout=settings.provider_timeout_seconds,
             connect_timeout=settings.provider_connect_timeout_seconds,
+            # Every running job may hold a connection; keep them all for reuse.
+            max_connections=settings.worker_concurrency + 16,
         )
         self.runner = build_runner(settings, self.clients)
         self.gateway = (

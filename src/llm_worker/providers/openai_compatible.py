@@ -7,31 +7,20 @@ jobs reuse warm connections instead of paying a TLS and TCP handshake each.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
+import httpx2
 import openai
-from openai.resources.chat.completions import AsyncCompletions
+import orjson
 
 from llm_worker.providers.base import Provider, ProviderError
 from llm_worker.templates import ChatMessage, TemplateError
 
 log = logging.getLogger(__name__)
 
-# Settings the SDK takes as keyword arguments; anything else is sent in the
-# request body as is (``top_k`` for vLLM, ``num_ctx`` for Ollama, ...).
-_SDK_PARAMETERS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
-    "self",
-    "messages",
-    "stream",
-    "extra_headers",
-    "extra_query",
-    "extra_body",
-    "timeout",
-}
 # Owned by the worker: the messages come from the template, the reply must stream,
 # and one job has one reply.
 _RESERVED_SETTINGS = {
@@ -52,19 +41,39 @@ def _check_type(settings: Mapping[str, Any], key: str, kinds: tuple[type, ...], 
 
 
 class ClientPool:
-    """One ``AsyncOpenAI`` client per (base URL, API key), created on first use."""
+    """One ``AsyncOpenAI`` client per (base URL, API key), created on first use.
 
-    def __init__(self, *, timeout: float, connect_timeout: float) -> None:
+    The clients use the SDK's aiohttp transport (``openai[aiohttp]``), which
+    costs about half of what its default one does per request, and keep up
+    to ``max_connections`` connections alive for reuse.
+    """
+
+    def __init__(self, *, timeout: float, connect_timeout: float, max_connections: int) -> None:
         self._timeout = openai.Timeout(timeout, connect=connect_timeout)
+        self._limits = httpx2.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
 
     def get(self, base_url: str, api_key: str) -> openai.AsyncOpenAI:
         key = (base_url, api_key)
         client = self._clients.get(key)
         if client is None:
+            try:
+                http_client = openai.DefaultAioHttpClient(
+                    timeout=self._timeout, limits=self._limits
+                )
+            except RuntimeError:  # the aiohttp extra is missing
+                http_client = openai.DefaultAsyncHttpxClient(
+                    timeout=self._timeout, limits=self._limits
+                )
             # Retries are the runner's: it knows whether output already reached listeners.
             client = openai.AsyncOpenAI(
-                base_url=base_url, api_key=api_key, max_retries=0, timeout=self._timeout
+                base_url=base_url,
+                api_key=api_key,
+                max_retries=0,
+                timeout=self._timeout,
+                http_client=http_client,
             )
             self._clients[key] = client
         return client
@@ -152,33 +161,59 @@ class OpenAICompatibleProvider(Provider):
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
     ) -> AsyncIterator[str]:
         client = self._client()
-        params = {**self.defaults, **settings}
-        extra_body = {k: params.pop(k) for k in list(params) if k not in _SDK_PARAMETERS}
+        body = {**self.defaults, **settings}
+        body["messages"] = [m.to_openai() for m in messages]
+        body["stream"] = True
         try:
-            response = await client.chat.completions.create(
-                messages=[m.to_openai() for m in messages],  # type: ignore[misc]
+            # The SDK's generic request: its base URL, auth, timeouts and error types,
+            # without the per-request parameter transform and the per-chunk models
+            # of chat.completions.create(), which cost several times our whole token
+            # path (bench/sdk_paths.py).
+            response = await client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=httpx2.Response,
                 stream=True,
-                extra_body=extra_body or None,
-                **params,
+                stream_cls=openai.AsyncStream[httpx2.Response],
             )
         except openai.APIError as exc:
             raise self._translate(exc) from exc
 
         finished = False
         try:
-            async for chunk in response:
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                content = choice.delta.content if choice.delta is not None else None
-                if content:
-                    yield content
-                if choice.finish_reason is not None:
+            async for data in _sse_data(response):
+                if data == "[DONE]":
                     finished = True
-        except openai.APIError as exc:
-            raise self._translate(exc) from exc
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise ProviderError(f"{self._where()} sent a chunk that is not JSON") from None
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    detail = _error_detail(chunk) or "an error occurred during streaming"
+                    raise ProviderError(f"{self._where()} reported an error: {detail}")
+                choices = chunk.get("choices")
+                if not choices:
+                    continue
+                choice = choices[0]
+                delta = choice.get("delta")
+                if delta:
+                    content = delta.get("content")
+                    if content:
+                        yield content
+                if choice.get("finish_reason") is not None:
+                    finished = True
+        except httpx2.TimeoutException as exc:
+            raise ProviderError(f"{self._where()} timed out", retryable=True) from exc
+        except httpx2.HTTPError as exc:
+            reason = f": {exc}" if str(exc) else ""
+            raise ProviderError(
+                f"lost the reply from {self._where()}{reason}", retryable=True
+            ) from exc
         finally:
-            await response.close()
+            await response.aclose()
         if not finished:
             raise ProviderError(
                 f"the reply from {self._where()} ended before the model finished "
@@ -198,13 +233,36 @@ class OpenAICompatibleProvider(Provider):
                 retryable=status in _RETRYABLE_STATUS,
                 retry_after=_retry_after(exc.response.headers.get("retry-after")),
             )
-        if isinstance(exc, openai.APITimeoutError):
-            return ProviderError(f"{self._where()} timed out", retryable=True)
         if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc.__context__
-            reason = f": {cause}" if cause and str(cause) else ""
+            # Judge by the innermost cause: transports label some refusals as timeouts.
+            cause = _root_cause(exc)
+            if isinstance(cause, TimeoutError) and not isinstance(cause, ConnectionError):
+                return ProviderError(f"{self._where()} timed out", retryable=True)
+            reason = f": {cause}" if cause is not exc and str(cause) else ""
             return ProviderError(f"cannot reach {self._where()}{reason}", retryable=True)
         return ProviderError(f"{self._where()} reported an error: {exc.message}")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return exc
+
+
+async def _sse_data(response: httpx2.Response) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event of ``response``."""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(" ") else value)
+        # event:, id:, retry: and comments carry nothing a chat completion needs.
+    if data:
+        yield "\n".join(data)
 
 
 def _error_detail(body: object) -> str | None:

@@ -10,7 +10,8 @@ Run it by hand to try the worker without an API key::
 
     python -m llm_worker.testing.openai_server --port 8100 --delay 0.05
 
-then point a provider at ``http://127.0.0.1:8100/v1``.
+then point a provider at ``http://127.0.0.1:8100/v1``. A model named like
+``fake:tokens=100,delay=0.01,first_delay=0.2`` gets exactly that reply.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import inspect
 import re
 import time
@@ -50,6 +52,24 @@ class Reply:
     """``abort``: drop the connection mid-body. ``clean``: end the body properly,
     but with neither ``finish_reason`` nor ``[DONE]``."""
     finish_reason: str = "stop"
+
+
+def directed_reply(body: dict[str, Any]) -> Reply | None:
+    """A reply described by the model name: ``fake:tokens=100,delay=0.01,first_delay=0.2``.
+
+    Lets one server process answer every scenario of a benchmark; ``None`` for
+    any other model name.
+    """
+    model = str(body.get("model", ""))
+    if not model.startswith("fake:"):
+        return None
+    options = dict(item.split("=", 1) for item in model[5:].split(",") if "=" in item)
+    count = int(options.get("tokens", 20))
+    return Reply(
+        tokens=[f" t{i}" for i in range(count)],
+        delay=float(options.get("delay", 0)),
+        first_delay=float(options.get("first_delay", 0)),
+    )
 
 
 def echo_reply(body: dict[str, Any]) -> Reply:
@@ -230,11 +250,15 @@ class OpenAIServer:
                     return True
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
+                elif index % 32 == 31:
+                    await asyncio.sleep(0)  # a burst must not starve other replies
                 if request.client_gone.is_set():
                     return False
-                writer.write(_chunk(_event(model, {"content": token}, None)))
+                writer.write(_content_chunk(model, token))
                 request.tokens_sent += 1
-                await writer.drain()
+                # Wait for the client only when it falls behind, not after every token.
+                if writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                    await writer.drain()
             # Stop watching before the reply ends: the client's next request may follow it.
             await _stop(watcher)
             if request.client_gone.is_set():
@@ -280,6 +304,14 @@ def _event(model: str, delta: dict[str, Any], finish_reason: str | None) -> byte
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
+@functools.lru_cache(maxsize=65536)
+def _content_chunk(model: str, token: str) -> bytes:
+    return _chunk(_event(model, {"content": token}, None))
+
+
+_HIGH_WATER = 64 * 1024
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -308,6 +340,9 @@ async def _main() -> None:
     fixed = [f" t{i}" for i in range(args.tokens)]
 
     def handler(body: dict[str, Any]) -> Reply:
+        directed = directed_reply(body)
+        if directed is not None:
+            return directed
         reply = Reply(tokens=fixed) if fixed else echo_reply(body)
         reply.delay = args.delay
         return reply
@@ -319,4 +354,9 @@ async def _main() -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main())
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_main())
+        else:
+            uvloop.run(_main())

@@ -1,0 +1,259 @@
+"""Benchmarks: what the worker adds to a model's latency and throughput, measured side
+by side with the ``openai`` SDK calling the same loopback server directly.
+
+    python bench/run.py            # the full run (several minutes)
+    python bench/run.py --smoke    # small sizes, a minute: what CI runs
+    python bench/run.py --docs     # the full run, then BENCHMARKS.md and its chart
+
+Three processes: the loopback OpenAI-compatible server, the worker
+(``llm-worker serve`` with its default SQLite store) and the load generator
+(``bench/loadgen.py``), each scenario in a fresh load generator process.
+Prints a table; writes ``results.json`` and ``benchmarks.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+FULL = {
+    "levels": [1, 10, 100, 1000],
+    "ttft_rounds": {1: 200, 10: 50, 100: 10, 1000: 3},
+    "throughput_tokens": 100,
+    "throughput_rounds": {1: 9, 10: 5, 100: 5, 1000: 3},
+    "scale": {"idle": 10_000, "jobs": 1000, "tokens": 200, "delay": 0.01},
+    "fanout": {"listeners": 100, "tokens": 2000},
+}
+SMOKE = {
+    "levels": [1, 10],
+    "ttft_rounds": {1: 5, 10: 2},
+    "throughput_tokens": 20,
+    "throughput_rounds": {1: 1, 10: 1},
+    "scale": {"idle": 200, "jobs": 20, "tokens": 20, "delay": 0.01},
+    "fanout": {"listeners": 10, "tokens": 200},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, str(HERE / "loadgen.py"), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{spec['scenario']} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_kib = 0
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        memory_kib = int(meminfo.read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "packages": {
+            name: version(name)
+            for name in ("llm-worker", "openai", "uvicorn", "websockets", "starlette", "uvloop")
+        },
+    }
+
+
+def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    upstream_port = free_port()
+    worker_port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "llm_worker.testing.openai_server", "--port", str(upstream_port)],
+        stdout=subprocess.DEVNULL,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "STORE_"))}
+    env.update(
+        LISTEN_PORT=str(worker_port),
+        OPENAI_API_KEY="bench",
+        OPENAI_BASE_URL=f"http://127.0.0.1:{upstream_port}/v1",
+        WORKER_CONCURRENCY=str(max(sizes["levels"] + [sizes["scale"]["jobs"]])),
+        QUEUE_MAX="100000",
+        LOG_STDOUT="false",
+        LOG_FILE=str(workdir / "worker.log"),
+    )
+    worker = subprocess.Popen([sys.executable, "-m", "llm_worker", "serve"], cwd=workdir, env=env)
+    base = {
+        "ws_url": f"ws://127.0.0.1:{worker_port}/ws/",
+        "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+        "upstream_host": "127.0.0.1",
+        "upstream_port": upstream_port,
+        "worker_pid": worker.pid,
+    }
+    results: dict[str, Any] = {"ttft": {}, "throughput": {}}
+    try:
+        wait_for(f"http://127.0.0.1:{upstream_port}/v1/models")
+        wait_for(f"http://127.0.0.1:{worker_port}/healthz")
+        for level in sizes["levels"]:
+            print(f"  concurrency {level}: time to first token", flush=True)
+            results["ttft"][level] = loadgen(
+                base
+                | {"scenario": "ttft", "concurrency": level, "rounds": sizes["ttft_rounds"][level]}
+            )
+            print(f"  concurrency {level}: throughput", flush=True)
+            results["throughput"][level] = loadgen(
+                base
+                | {
+                    "scenario": "throughput",
+                    "concurrency": level,
+                    "tokens": sizes["throughput_tokens"],
+                    "rounds": sizes["throughput_rounds"][level],
+                }
+            )
+        print("  idle connections and running jobs", flush=True)
+        results["scale"] = loadgen(base | {"scenario": "scale"} | sizes["scale"])
+        print("  fan-out", flush=True)
+        results["fanout"] = loadgen(base | {"scenario": "fanout"} | sizes["fanout"])
+    finally:
+        for process in (worker, upstream):
+            process.terminate()
+            process.wait(30)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "time to first token, ms (worker = add sent -> first token; direct = the SDK)",
+        f"{'jobs at once':>13}{'worker p50':>12}{'direct p50':>12}{'added p50':>11}"
+        f"{'worker p99':>12}{'direct p99':>12}{'added p99':>11}",
+    ]
+    for level, r in results["ttft"].items():
+        w, d = r["worker_ms"], r["direct_ms"]
+        lines.append(
+            f"{level:>13}{w['p50']:>12.2f}{d['p50']:>12.2f}{w['p50'] - d['p50']:>11.2f}"
+            f"{w['p99']:>12.2f}{d['p99']:>12.2f}{w['p99'] - d['p99']:>11.2f}"
+        )
+    lines += [
+        "",
+        "throughput, tokens/s delivered to clients",
+        f"{'jobs at once':>13}{'worker':>12}{'direct':>12}{'ratio':>8}{'upstream ceiling':>18}",
+    ]
+    for level, r in results["throughput"].items():
+        lines.append(
+            f"{level:>13}{r['worker']:>12,.0f}{r['direct']:>12,.0f}"
+            f"{r['worker'] / r['direct']:>8.2f}{r['upstream']:>18,.0f}"
+        )
+    s = results["scale"]
+    f = results["fanout"]
+    lines += [
+        "",
+        f"scale: RSS per idle connection {s['per_idle_connection_kib']:.1f} KiB, "
+        f"per running job {s['per_running_job_kib']:.1f} KiB, errors {s['errors']}",
+        f"fan-out: one job, {f.get('listeners', '?')} listeners: "
+        f"{f['tokens_per_second']:,.0f} tokens/s delivered",
+    ]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = [int(level) for level in results["ttft"]]
+    fig, (latency, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for side, style in (("worker", "-o"), ("direct", "--s")):
+        for q, alpha in (("p50", 1.0), ("p99", 0.5)):
+            values = [r[f"{side}_ms"][q] for r in results["ttft"].values()]
+            latency.plot(levels, values, style, alpha=alpha, label=f"{side} {q}")
+    latency.set(
+        xscale="log",
+        yscale="log",
+        xlabel="jobs at once",
+        ylabel="time to first token (ms)",
+        title="Time to first token",
+    )
+    latency.legend()
+    for side, style in (("worker", "-o"), ("direct", "--s"), ("upstream", ":^")):
+        values = [r[side] for r in results["throughput"].values()]
+        label = "upstream ceiling" if side == "upstream" else side
+        speed.plot(levels, values, style, label=label)
+    speed.set(
+        xscale="log",
+        yscale="log",
+        xlabel="jobs at once",
+        ylabel="tokens/s delivered",
+        title="Throughput",
+    )
+    speed.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="small sizes, for CI")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--docs", action="store_true", help="also write BENCHMARKS.md")
+    args = parser.parse_args()
+    sizes = SMOKE if args.smoke else FULL
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"benchmark ({'smoke' if args.smoke else 'full'} sizes)", flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        results = run(sizes, Path(workdir))
+    results["fanout"]["listeners"] = sizes["fanout"]["listeners"]
+    report = {"machine": machine(), "sizes": sizes, "results": results}
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    chart(results, args.out / "benchmarks.png")
+    print()
+    print(table(results))
+    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'benchmarks.png'}")
+    if args.docs:
+        from bench.docs import write_benchmarks_md
+
+        write_benchmarks_md(report, ROOT / "BENCHMARKS.md", args.out / "benchmarks.png")
+
+
+if __name__ == "__main__":
+    main()
