@@ -123,6 +123,47 @@ async def sdk_job(client: openai.AsyncOpenAI, model_name: str) -> tuple[float | 
     return first, tokens, time.perf_counter() - started
 
 
+def lean_client(base_url: str, concurrency: int) -> openai.AsyncOpenAI:
+    """The SDK as the worker itself uses it: aiohttp transport, ``post()``, our SSE parse."""
+    limits = httpx2.Limits(
+        max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10
+    )
+    return openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key="bench",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(limits=limits, timeout=120),
+    )
+
+
+async def lean_job(client: openai.AsyncOpenAI, model_name: str) -> tuple[float | None, int, float]:
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    response = await client.post(
+        "/chat/completions",
+        body={
+            "model": model_name,
+            "messages": [{"role": "user", "content": "benchmark"}],
+            "stream": True,
+        },
+        cast_to=httpx2.Response,
+        stream=True,
+        stream_cls=openai.AsyncStream[httpx2.Response],
+    )
+    try:
+        async for line in response.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                choices = orjson.loads(line[6:]).get("choices")
+                if choices and choices[0].get("delta", {}).get("content"):
+                    if first is None:
+                        first = time.perf_counter() - started
+                    tokens += 1
+    finally:
+        await response.aclose()
+    return first, tokens, time.perf_counter() - started
+
+
 async def raw_job(host: str, port: int, model_name: str) -> int:
     """The upstream's reply read with no client library: counts SSE events."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -156,32 +197,31 @@ async def ttft(spec: dict[str, Any]) -> dict[str, Any]:
     concurrency = spec["concurrency"]
     name = model(spec.get("tokens", 5))
     connections = await open_many(spec["ws_url"], concurrency)
-    client = sdk_client(spec["base_url"], concurrency)
-    worker: list[float] = []
-    direct: list[float] = []
+    sdk = sdk_client(spec["base_url"], concurrency)
+    lean = lean_client(spec["base_url"], concurrency)
+    sides = {
+        "worker": lambda: asyncio.gather(*(c.job(name) for c in connections)),
+        "direct": lambda: asyncio.gather(*(sdk_job(sdk, name) for _ in range(concurrency))),
+        "lean": lambda: asyncio.gather(*(lean_job(lean, name) for _ in range(concurrency))),
+    }
+    samples: dict[str, list[float]] = {side: [] for side in sides}
     try:
-        # Warm-up: connections, caches, the worker's pools.
-        await asyncio.gather(*(c.job(name) for c in connections))
-        await asyncio.gather(*(sdk_job(client, name) for _ in range(concurrency)))
+        for run in sides.values():  # warm-up: connections, caches, pools
+            await run()
         for round_index in range(spec["rounds"]):
-            order = ("worker", "direct") if round_index % 2 == 0 else ("direct", "worker")
+            order = list(sides)
+            order = order[round_index % 3 :] + order[: round_index % 3]
             for side in order:
-                if side == "worker":
-                    results = await asyncio.gather(*(c.job(name) for c in connections))
-                    worker += [r[0] for r in results if r[0] is not None]
-                else:
-                    results = await asyncio.gather(
-                        *(sdk_job(client, name) for _ in range(concurrency))
-                    )
-                    direct += [r[0] for r in results if r[0] is not None]
+                results = await sides[side]()
+                samples[side] += [r[0] for r in results if r[0] is not None]
     finally:
-        await client.close()
+        await sdk.close()
+        await lean.close()
         await asyncio.gather(*(c.close() for c in connections))
     return {
-        "worker_ms": {q: percentile(worker, p) * 1e3 for q, p in (("p50", 0.5), ("p99", 0.99))},
-        "direct_ms": {q: percentile(direct, p) * 1e3 for q, p in (("p50", 0.5), ("p99", 0.99))},
-        "samples": len(worker),
-    }
+        f"{side}_ms": {q: percentile(values, p) * 1e3 for q, p in (("p50", 0.5), ("p99", 0.99))}
+        for side, values in samples.items()
+    } | {"samples": len(samples["worker"])}
 
 
 async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +230,9 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
     name = model(tokens)
     connections = await open_many(spec["ws_url"], concurrency)
     client = sdk_client(spec["base_url"], concurrency)
+    lean = lean_client(spec["base_url"], concurrency)
     host, port = spec["upstream_host"], spec["upstream_port"]
-    rates: dict[str, list[float]] = {"worker": [], "direct": [], "upstream": []}
+    rates: dict[str, list[float]] = {"worker": [], "direct": [], "lean": [], "upstream": []}
 
     async def timed(side: str) -> float:
         started = time.perf_counter()
@@ -200,6 +241,9 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
             delivered = sum(r[1] for r in results)
         elif side == "direct":
             results = await asyncio.gather(*(sdk_job(client, name) for _ in range(concurrency)))
+            delivered = sum(r[1] for r in results)
+        elif side == "lean":
+            results = await asyncio.gather(*(lean_job(lean, name) for _ in range(concurrency)))
             delivered = sum(r[1] for r in results)
         else:
             counts = await asyncio.gather(*(raw_job(host, port, name) for _ in range(concurrency)))
@@ -210,16 +254,16 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
         return delivered / elapsed
 
     try:
-        await timed("worker")
-        await timed("direct")
+        for side in ("worker", "direct", "lean"):
+            await timed(side)  # warm-up
         for round_index in range(spec["rounds"]):
-            sides = ["worker", "direct", "upstream"]
-            if round_index % 2:
-                sides.reverse()
+            sides = ["worker", "direct", "lean", "upstream"]
+            sides = sides[round_index % 4 :] + sides[: round_index % 4]
             for side in sides:
                 rates[side].append(await timed(side))
     finally:
         await client.close()
+        await lean.close()
         await asyncio.gather(*(c.close() for c in connections))
     return {side: sorted(values)[len(values) // 2] for side, values in rates.items()} | {
         "rounds": rates

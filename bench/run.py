@@ -162,25 +162,30 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "time to first token, ms (worker = add sent -> first token; direct = the SDK)",
-        f"{'jobs at once':>13}{'worker p50':>12}{'direct p50':>12}{'added p50':>11}"
-        f"{'worker p99':>12}{'direct p99':>12}{'added p99':>11}",
+        "time to first token, ms: worker = `add` sent -> first token; direct = the SDK's",
+        "chat.completions.create(); lean = the SDK used as the worker uses it",
+        f"{'jobs at once':>13}{'worker':>9}{'direct':>9}{'lean':>9}{'added':>9}{'vs lean':>9}"
+        f"   p99:{'worker':>8}{'direct':>9}{'lean':>9}{'added':>9}{'vs lean':>9}",
     ]
     for level, r in results["ttft"].items():
-        w, d = r["worker_ms"], r["direct_ms"]
+        w, d, n = r["worker_ms"], r["direct_ms"], r["lean_ms"]
         lines.append(
-            f"{level:>13}{w['p50']:>12.2f}{d['p50']:>12.2f}{w['p50'] - d['p50']:>11.2f}"
-            f"{w['p99']:>12.2f}{d['p99']:>12.2f}{w['p99'] - d['p99']:>11.2f}"
+            f"{level:>13}{w['p50']:>9.2f}{d['p50']:>9.2f}{n['p50']:>9.2f}"
+            f"{w['p50'] - d['p50']:>9.2f}{w['p50'] - n['p50']:>9.2f}"
+            f"       {w['p99']:>8.2f}{d['p99']:>9.2f}{n['p99']:>9.2f}"
+            f"{w['p99'] - d['p99']:>9.2f}{w['p99'] - n['p99']:>9.2f}"
         )
     lines += [
         "",
         "throughput, tokens/s delivered to clients",
-        f"{'jobs at once':>13}{'worker':>12}{'direct':>12}{'ratio':>8}{'upstream ceiling':>18}",
+        f"{'jobs at once':>13}{'worker':>10}{'direct':>10}{'ratio':>7}{'lean':>10}{'ratio':>7}"
+        f"{'upstream ceiling':>18}",
     ]
     for level, r in results["throughput"].items():
         lines.append(
-            f"{level:>13}{r['worker']:>12,.0f}{r['direct']:>12,.0f}"
-            f"{r['worker'] / r['direct']:>8.2f}{r['upstream']:>18,.0f}"
+            f"{level:>13}{r['worker']:>10,.0f}{r['direct']:>10,.0f}"
+            f"{r['worker'] / r['direct']:>7.2f}{r['lean']:>10,.0f}"
+            f"{r['worker'] / r['lean']:>7.2f}{r['upstream']:>18,.0f}"
         )
     s = results["scale"]
     f = results["fanout"]
@@ -202,8 +207,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     levels = [int(level) for level in results["ttft"]]
     fig, (latency, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for side, style in (("worker", "-o"), ("direct", "--s")):
-        for q, alpha in (("p50", 1.0), ("p99", 0.5)):
+    for side, style in (("worker", "-o"), ("direct", "--s"), ("lean", ":^")):
+        for q, alpha in (("p50", 1.0), ("p99", 0.45)):
             values = [r[f"{side}_ms"][q] for r in results["ttft"].values()]
             latency.plot(levels, values, style, alpha=alpha, label=f"{side} {q}")
     latency.set(
@@ -214,7 +219,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         title="Time to first token",
     )
     latency.legend()
-    for side, style in (("worker", "-o"), ("direct", "--s"), ("upstream", ":^")):
+    sides = (("worker", "-o"), ("direct", "--s"), ("lean", ":^"), ("upstream", "-.x"))
+    for side, style in sides:
         values = [r[side] for r in results["throughput"].values()]
         label = "upstream ceiling" if side == "upstream" else side
         speed.plot(levels, values, style, label=label)

@@ -120,28 +120,49 @@ class Worker:
 
         stop_watching = store.on_cancel(job_id, on_cancel)
         started = time.perf_counter()
-        log.info("job %s started (attempt %d)", job_id, attempt)
+        log.debug("job %s started (attempt %d)", job_id, attempt)
+        # The start event waits for the claim to be durable; the model call need
+        # not, so they overlap. Every later event goes after the start event.
+        start: asyncio.Future[object] | None = asyncio.ensure_future(
+            store.append(job_id, attempt, EventKind.RUNNING)
+        )
         try:
-            await store.append(job_id, attempt, EventKind.RUNNING)
             async with aclosing(self.runner.run(claim.spec)) as deltas:
                 async for delta in deltas:
+                    if start is not None:
+                        start, pending = None, start
+                        await pending
                     await store.append(job_id, attempt, EventKind.RUNNING, delta)
+            if start is not None:
+                start, pending = None, start
+                await pending
             await store.append(job_id, attempt, EventKind.DONE)
             log.info("job %s done in %.3fs", job_id, time.perf_counter() - started)
         except (ProviderError, TemplateError) as exc:
             log.info("job %s failed: %s", job_id, exc)
+            await self._settled(start)
             await self._fail(claim, str(exc))
         except NotOwner:
             log.info("job %s ended elsewhere (cancelled or taken over)", job_id)
         except asyncio.CancelledError:
+            if start is not None:
+                start.cancel()
             if not cancelled:
                 raise  # the worker is stopping; stop() gives the job up
             log.info("job %s cancelled after %.3fs", job_id, time.perf_counter() - started)
         except Exception as exc:
             log.exception("job %s crashed", job_id)
+            await self._settled(start)
             await self._fail(claim, f"internal error while running the job: {exc!r}")
         finally:
             stop_watching()
+
+    @staticmethod
+    async def _settled(start: asyncio.Future[object] | None) -> None:
+        """Let a pending start event land first, so that failed never precedes it."""
+        if start is not None:
+            with contextlib.suppress(Exception):
+                await start
 
     async def _fail(self, claim: Claim, message: str) -> None:
         with contextlib.suppress(NotOwner):

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class StoredJob:
     """A job as the store holds it: record, request, place in the queue, log."""
 
-    __slots__ = ("cancel_callbacks", "log", "record", "spec", "ticket")
+    __slots__ = ("cancel_callbacks", "log", "record", "settling", "spec", "ticket")
 
     def __init__(self, record: JobRecord, spec: JobSpec, ticket: int) -> None:
         self.record = record
@@ -36,6 +36,8 @@ class StoredJob:
         """Order of submission: the queue is sorted by it."""
         self.log = EventLog()
         self.cancel_callbacks: list[Callable[[], None]] = []
+        self.settling: asyncio.Future[None] | None = None
+        """The commit of the job's latest claim, while it is under way."""
 
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:
@@ -91,6 +93,10 @@ class MemoryStore(JobStore):
 
     async def _commit(self) -> None:
         """Return once everything written so far is durable."""
+
+    def _commit_soon(self) -> asyncio.Future[None] | None:
+        """Start making everything written so far durable; ``None`` if it already is."""
+        return None
 
     def _claimed(self, job: StoredJob) -> None:
         """The job is about to start an attempt (its record is written next)."""
@@ -205,8 +211,14 @@ class MemoryStore(JobStore):
         if record.attempt > 1:
             # What an earlier attempt wrote is void: listeners start over.
             self._record(job, EventKind.RESET, "", wake=False)
-        await self._commit()
-        job.log.wake()
+        # The worker may start the job (call the model) while the claim is made
+        # durable; nothing of the attempt is shown before it is (see append).
+        settling = self._commit_soon()
+        if settling is None:
+            job.log.wake()
+        else:
+            job.settling = settling
+            settling.add_done_callback(lambda _: job.log.wake())
         return Claim(job_id=record.id, attempt=record.attempt, spec=job.spec)
 
     def _held(self, job_id: str, attempt: int) -> StoredJob:
@@ -217,6 +229,10 @@ class MemoryStore(JobStore):
 
     async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
         job = self._held(job_id, attempt)
+        if job.settling is not None:
+            await job.settling
+            job.settling = None
+            job = self._held(job_id, attempt)
         if not kind.terminal:
             if self._must_reserve(job):
                 await self._reserve(job)

@@ -352,6 +352,10 @@ class SQLiteStore(MemoryStore):
         assert self._writer is not None
         await self._writer.commit()
 
+    def _commit_soon(self) -> asyncio.Future[None]:
+        assert self._writer is not None
+        return self._writer.commit()
+
     def _reset_seq(self, job: StoredJob) -> int:
         return max(job.log.last_seq, self._floors.pop(job.record.id, 0)) + 1
 
