@@ -53,6 +53,7 @@ async def test_settings_come_from_the_env_file(upstream: OpenAIServer, tmp_path:
         f"OPENAI_BASE_URL={upstream.base_url}\n"
         f"LOG_FILE={log_file}\n"
         "LOG_FORMAT=[%(levelname)s] %(message)s\n"
+        "LOG_LEVEL=debug\n"
         "STORE_URL=memory://\n"
     )
     async with processes() as started:
@@ -64,7 +65,7 @@ async def test_settings_come_from_the_env_file(upstream: OpenAIServer, tmp_path:
     assert upstream.chat_requests[0].headers["authorization"] == "Bearer sk-from-dotenv"
     assert "[INFO] llm-worker" in worker.output
     logged = log_file.read_text()
-    assert "[INFO] job " in logged
+    assert "[DEBUG] job " in logged
     assert " done in " in logged
     assert not (tmp_path / "llm-worker.db").exists()
 

@@ -11,7 +11,7 @@ import pytest
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import ConnectClient, StartWorker
 from tests.stores import STORE_KINDS
-from tests.wsclient import text_of
+from tests.wsclient import assert_exactly_once, text_of
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -107,15 +107,13 @@ async def test_every_listener_gets_every_event_exactly_once_in_order(
     # Early, mid-stream, late and after-the-end listeners; two of them resume.
     plans = [(0.0, None), (0.1, None), (0.25, None), (0.3, 10), (0.45, 30), (1.2, None)]
     results = await asyncio.gather(*(listen_after(d, a) for d, a in plans))
-    everything = list(range(1, len(tokens) + 3))
+    last_seq = len(tokens) + 2
     for (_, after), messages in zip(plans, results, strict=True):
-        events = [m for m in messages if m["type"] != "pending"]
-        assert [m["seq"] for m in events] == everything[(after or 0) :]
-        assert events[-1]["type"] == "done"
-        if after is None:
-            assert text_of(events) == "".join(tokens)
-    own = [m for m in await adder.job_messages(job_id) if m["type"] != "pending"]
-    assert [m["seq"] for m in own] == everything
+        # seq 1 is the start, seq 2 + i the delta tokens[i].
+        rest = "".join(tokens[(after or 1) - 1 :]) if after else "".join(tokens)
+        assert_exactly_once(messages, rest, last_seq=last_seq, after=after or 0)
+    own = await adder.job_messages(job_id)
+    assert_exactly_once(own, "".join(tokens), last_seq=last_seq)
 
 
 async def test_one_connection_follows_many_jobs(

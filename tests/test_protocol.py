@@ -124,3 +124,35 @@ def test_frames() -> None:
 def test_frames_keep_the_seed_key_order() -> None:
     frame = protocol.event("j", Event(1, EventKind.RUNNING, ""))
     assert frame.startswith('{"type":"running","job_id":"j","message":""')
+
+
+def test_event_frames_merge_consecutive_deltas_only() -> None:
+    events = [
+        Event(1, EventKind.RUNNING, ""),
+        Event(2, EventKind.RUNNING, "Hel"),
+        Event(3, EventKind.RUNNING, "lo"),
+        Event(4, EventKind.RUNNING, " world"),
+        Event(5, EventKind.DONE),
+    ]
+    frames = [json.loads(f) for f in protocol.event_frames("j", events)]
+    assert frames == [
+        {"type": "running", "job_id": "j", "message": "", "seq": 1},
+        {"type": "running", "job_id": "j", "message": "Hello world", "seq": 4},
+        {"type": "done", "job_id": "j", "seq": 5},
+    ]
+    # A reset splits the text: what came before it is void, not to be merged.
+    events = [
+        Event(2, EventKind.RUNNING, "old"),
+        Event(9, EventKind.RESET, attempt=2),
+        Event(10, EventKind.RUNNING, "new"),
+        Event(11, EventKind.RUNNING, "er"),
+    ]
+    frames = [json.loads(f) for f in protocol.event_frames("j", events)]
+    assert [(f["type"], f.get("message"), f["seq"]) for f in frames] == [
+        ("running", "old", 2),
+        ("reset", None, 9),
+        ("running", "newer", 11),
+    ]
+    assert protocol.event_frames("j", [Event(7, EventKind.RUNNING, "x")]) == [
+        protocol.event("j", Event(7, EventKind.RUNNING, "x"))
+    ]

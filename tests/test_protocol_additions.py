@@ -19,7 +19,7 @@ from tests.conftest import (
     serve,
 )
 from tests.stores import STORE_KINDS
-from tests.wsclient import WSClient, assistant, text_of
+from tests.wsclient import WSClient, assert_exactly_once, assistant, text_of
 
 TOKENS = [f" t{i}" for i in range(20)]
 
@@ -37,7 +37,8 @@ def slow(delay: float, tokens: list[str] = TOKENS, **kwargs: object) -> Reply:
 async def test_running_frames_carry_consecutive_seq(
     upstream: OpenAIServer, client: WSClient
 ) -> None:
-    upstream.handler = lambda body: Reply(tokens=TOKENS)
+    # Tokens paced as a model paces them: each gets a frame of its own.
+    upstream.handler = lambda body: Reply(tokens=TOKENS, delay=0.003)
     _, messages = await client.run()
     events = [m for m in messages if m["type"] != "pending"]
     assert [m["seq"] for m in events] == list(range(1, len(TOKENS) + 3))
@@ -240,8 +241,28 @@ async def test_listen_without_after_replays_from_the_start_then_goes_live(
     late = await connect()
     await late.send({"type": "listen", "job_id": job_id})
     messages = await late.job_messages(job_id)
-    assert [m["seq"] for m in messages] == list(range(1, len(TOKENS) + 3))
-    assert text_of(messages) == "".join(TOKENS)
+    assert_exactly_once(messages, "".join(TOKENS), last_seq=len(TOKENS) + 2)
+    # What had happened comes as one catch-up frame, the rest as it happens.
+    assert messages[1]["type"] == "running"
+    assert messages[1]["message"].startswith(" t0 t1 t2")
+    assert messages[-2]["message"] == TOKENS[-1]
+
+
+async def test_a_listener_that_fell_behind_catches_up_in_merged_frames(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: slow(0.002, TOKENS)
+    client = await connect()
+    job_id, live = await client.run()
+    replay_client = await connect()
+    await replay_client.send({"type": "listen", "job_id": job_id})
+    replay = await replay_client.job_messages(job_id)
+    last_seq = len(TOKENS) + 2
+    assert_exactly_once(live, "".join(TOKENS), last_seq=last_seq)
+    assert_exactly_once(replay, "".join(TOKENS), last_seq=last_seq)
+    # The whole finished log: the start, every delta in one frame, the end.
+    assert [m["type"] for m in replay] == ["running", "running", "done"]
+    assert replay[1]["seq"] == last_seq - 1
 
 
 async def test_listen_on_a_finished_job_replays_and_ends(
@@ -252,7 +273,8 @@ async def test_listen_on_a_finished_job_replays_and_ends(
     live = [m for m in live if m["type"] != "pending"]  # not part of the log
     late = await connect()
     await late.send({"type": "listen", "job_id": job_id})
-    assert await late.job_messages(job_id) == live
+    replay = await late.job_messages(job_id)
+    assert_exactly_once(replay, text_of(live), last_seq=live[-1]["seq"])
     await late.silent(0.2)
 
     # Resuming after the last event of a finished job sends nothing more.

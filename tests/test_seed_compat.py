@@ -69,7 +69,9 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 async def test_seed_example_streams_exactly_as_documented(
     worker: RunningWorker, upstream: OpenAIServer, connect: ConnectClient
 ) -> None:
-    upstream.handler = lambda body: Reply(tokens=SEED_TOKENS)
+    # Paced as a model streams: a frame per token (a listener that falls behind
+    # gets deltas merged, which a seed client, concatenating, does not notice).
+    upstream.handler = lambda body: Reply(tokens=SEED_TOKENS, delay=0.003)
     client = await connect()
     await client.send(SEED_ADD_REQUEST)
 

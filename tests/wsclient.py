@@ -136,3 +136,28 @@ class WSClient:
 
 def text_of(messages: list[dict[str, Any]]) -> str:
     return "".join(m["message"] for m in messages if m["type"] == "running")
+
+
+def assert_exactly_once(
+    messages: list[dict[str, Any]], text: str, *, last_seq: int, after: int = 0
+) -> None:
+    """The job's events after ``after`` arrived once each, in order, to the terminal one.
+
+    Deltas may come merged into fewer frames when the listener was behind (a
+    replay, a burst): then a frame's ``seq`` is its last delta's. So: ``seq``
+    strictly grows, the text is whole, the start frame (when replayed) is apart.
+    """
+    events = [m for m in messages if "seq" in m]
+    seqs = [m["seq"] for m in events]
+    assert seqs == sorted(set(seqs)), seqs
+    assert all(seq > after for seq in seqs), (after, seqs)
+    if after == 0:
+        assert events[0] == {
+            "type": "running",
+            "job_id": events[0]["job_id"],
+            "message": "",
+            "seq": 1,
+        }
+    assert text_of(events) == text
+    assert events[-1]["type"] in TERMINAL
+    assert events[-1]["seq"] == last_seq

@@ -242,8 +242,8 @@ class Connection:
                 if positions is not None:
                     positions.cancel()
                     positions = None
-                for event in batch:
-                    await self.send(protocol.event(job_id, event))
+                for frame in protocol.event_frames(job_id, batch):
+                    await self.send(frame)
         except UnknownJob:
             await self.send(protocol.error(f"unknown job_id {job_id!r}", job_id))
         finally:

@@ -213,6 +213,38 @@ def event(job_id: str, event: Event) -> str:
     return _frame({"type": kind.value, "job_id": job_id, "seq": event.seq})
 
 
+def event_frames(job_id: str, events: list[Event]) -> list[str]:
+    """Frames for events a listener has yet to get, consecutive deltas merged into one.
+
+    A listener that fell behind catches up in fewer, larger frames: a merged
+    ``running`` carries the deltas' text in order and the last one's ``seq``, so
+    clients that concatenate ``message`` (as those of the old protocol do) and
+    clients that resume with ``after`` see no difference. The empty ``running``
+    that marks the start of a job stays a frame of its own.
+    """
+    if len(events) == 1:
+        return [event(job_id, events[0])]
+    frames: list[str] = []
+    text: list[str] = []
+    last_seq = 0
+    for item in events:
+        if item.kind is EventKind.RUNNING and item.message:
+            text.append(item.message)
+            last_seq = item.seq
+            continue
+        if text:
+            frames.append(_running(job_id, "".join(text), last_seq))
+            text = []
+        frames.append(event(job_id, item))
+    if text:
+        frames.append(_running(job_id, "".join(text), last_seq))
+    return frames
+
+
+def _running(job_id: str, message: str, seq: int) -> str:
+    return _frame({"type": "running", "job_id": job_id, "message": message, "seq": seq})
+
+
 def cancelled(job_id: str) -> str:
     """Acknowledges a ``cancel`` to a client that does not follow the job."""
     return _frame({"type": "cancelled", "job_id": job_id})

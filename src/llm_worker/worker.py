@@ -137,7 +137,8 @@ class Worker:
                 start, pending = None, start
                 await pending
             await store.append(job_id, attempt, EventKind.DONE)
-            log.info("job %s done in %.3fs", job_id, time.perf_counter() - started)
+            # A line per job is noise at INFO under load; failures and cancels are logged there.
+            log.debug("job %s done in %.3fs", job_id, time.perf_counter() - started)
         except (ProviderError, TemplateError) as exc:
             log.info("job %s failed: %s", job_id, exc)
             await self._settled(start)
