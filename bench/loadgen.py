@@ -13,6 +13,7 @@ prints one JSON object with the measurements. Scenarios:
 ``scale``       ``idle`` open WebSocket connections, then ``jobs`` jobs streaming
                 at once on some of them; the worker's RSS at each step.
 ``fanout``      one job followed by ``listeners`` connections.
+``peer``        an OpenAI-compatible proxy (LiteLLM) against the same server.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 import orjson
-import websockets
 
 TERMINAL = {"done", "failed", "cancelled"}
 
@@ -53,19 +54,48 @@ def rss_kib(pid: int) -> int:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
 
 
+_session: aiohttp.ClientSession | None = None
+
+
+def session() -> aiohttp.ClientSession:
+    """One aiohttp session for every client of this process: its WebSocket frames
+    are read by C code, so the load generator costs little per frame."""
+    global _session
+    if _session is None:
+        _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    return _session
+
+
+class WS:
+    """The few WebSocket calls the scenarios make, over aiohttp."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    async def send(self, text: str) -> None:
+        await self._ws.send_str(text)
+
+    async def recv(self) -> str:
+        message = await self._ws.receive()
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            raise RuntimeError(f"the connection ended: {message.type.name} {message.data!r}")
+        return message.data
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
 class Connection:
     """One WebSocket client; runs jobs one after the other."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: WS) -> None:
         self.ws = ws
         self.next_id = 0
 
     @classmethod
     async def open(cls, url: str) -> Connection:
-        ws = await websockets.connect(
-            url, max_size=None, max_queue=None, compression=None, open_timeout=60
-        )
-        return cls(ws)
+        ws = await session().ws_connect(url, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(60))
+        return cls(WS(ws))
 
     async def job(self, model_name: str) -> tuple[float | None, int, float]:
         """Add a job and read it to the end: (seconds to first token, tokens, seconds)."""
@@ -258,17 +288,15 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
         for side in ("worker", "direct", "lean"):
             await timed(side)  # warm-up
         for round_index in range(spec["rounds"]):
-            sides = ["worker", "direct", "lean", "upstream"]
-            sides = sides[round_index % 4 :] + sides[: round_index % 4]
+            sides = spec.get("sides", ["worker", "direct", "lean", "upstream"])
+            sides = sides[round_index % len(sides) :] + sides[: round_index % len(sides)]
             for side in sides:
                 rates[side].append(await timed(side))
     finally:
         await client.close()
         await lean.close()
         await asyncio.gather(*(c.close() for c in connections))
-    return {side: sorted(values)[len(values) // 2] for side, values in rates.items()} | {
-        "rounds": rates
-    }
+    return {side: sorted(v)[len(v) // 2] for side, v in rates.items() if v} | {"rounds": rates}
 
 
 async def open_many(url: str, count: int, batch: int = 200) -> list[Connection]:
@@ -352,12 +380,67 @@ async def fanout(spec: dict[str, Any]) -> dict[str, Any]:
     return {"tokens_per_second": delivered / (ended - started), "seconds": ended - started}
 
 
-SCENARIOS = {"ttft": ttft, "throughput": throughput, "scale": scale, "fanout": fanout}
+async def peer(spec: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-compatible proxy (LiteLLM) in front of the same server, called by the SDK,
+    interleaved with the SDK calling the server directly."""
+    concurrency = spec["concurrency"]
+    direct = sdk_client(spec["base_url"], concurrency)
+    proxied = openai.AsyncOpenAI(
+        base_url=spec["peer_base_url"],
+        api_key=spec["peer_key"],
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=concurrency + 10), timeout=120
+        ),
+    )
+    ttft_samples: dict[str, list[float]] = {"direct": [], "peer": []}
+    rates: dict[str, list[float]] = {"direct": [], "peer": []}
+    short = {"direct": model(5), "peer": spec["peer_models"]["ttft"]}
+    long = {"direct": model(spec["tokens"]), "peer": spec["peer_models"]["throughput"]}
+    clients = {"direct": direct, "peer": proxied}
+    try:
+        for side in clients:  # warm-up
+            await asyncio.gather(*(sdk_job(clients[side], short[side]) for _ in range(concurrency)))
+        for round_index in range(spec["rounds"]):
+            for side in ("direct", "peer") if round_index % 2 == 0 else ("peer", "direct"):
+                results = await asyncio.gather(
+                    *(sdk_job(clients[side], short[side]) for _ in range(concurrency))
+                )
+                ttft_samples[side] += [r[0] for r in results if r[0] is not None]
+                started = time.perf_counter()
+                results = await asyncio.gather(
+                    *(sdk_job(clients[side], long[side]) for _ in range(concurrency))
+                )
+                rates[side].append(sum(r[1] for r in results) / (time.perf_counter() - started))
+    finally:
+        await direct.close()
+        await proxied.close()
+    return {
+        side: {
+            "p50": percentile(ttft_samples[side], 0.5) * 1e3,
+            "p99": percentile(ttft_samples[side], 0.99) * 1e3,
+            "throughput": sorted(rates[side])[len(rates[side]) // 2],
+        }
+        for side in clients
+    }
+
+
+SCENARIOS = {
+    "ttft": ttft,
+    "throughput": throughput,
+    "scale": scale,
+    "fanout": fanout,
+    "peer": peer,
+}
 
 
 async def main() -> None:
     spec = json.loads(sys.argv[1])
-    result = await SCENARIOS[spec["scenario"]](spec)
+    try:
+        result = await SCENARIOS[spec["scenario"]](spec)
+    finally:
+        if _session is not None:
+            await _session.close()
     print(json.dumps(result))
 
 

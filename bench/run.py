@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -104,7 +105,41 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
+LITELLM_KEY = "sk-bench-7f3a9c1e5b2d4a6f8e0c1b3d5f7a9e2c"
+
+
+def litellm_peer(
+    binary: str, upstream_port: int, workdir: Path, tokens: int
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """LiteLLM's proxy in front of the loopback server, and how the loadgen reaches it."""
+    port = free_port()
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        + "".join(
+            f'  - model_name: "{alias}"\n'
+            f"    litellm_params:\n"
+            f'      model: "openai/fake:tokens={count}"\n'
+            f'      api_base: "http://127.0.0.1:{upstream_port}/v1"\n'
+            f'      api_key: "bench"\n'
+            for alias, count in (("bench-ttft", 5), ("bench-throughput", tokens))
+        )
+    )
+    process = subprocess.Popen(
+        [binary, "--config", str(config), "--port", str(port), "--num_workers", "1"],
+        env={**os.environ, "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOG": "ERROR"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(f"http://127.0.0.1:{port}/health/liveliness", timeout=120)
+    return process, {
+        "peer_base_url": f"http://127.0.0.1:{port}/v1",
+        "peer_key": LITELLM_KEY,
+        "peer_models": {"ttft": "bench-ttft", "throughput": "bench-throughput"},
+    }
+
+
+def run(sizes: dict[str, Any], workdir: Path, litellm: str | None = None) -> dict[str, Any]:
     upstream_port = free_port()
     worker_port = free_port()
     upstream = subprocess.Popen(
@@ -153,6 +188,36 @@ def run(sizes: dict[str, Any], workdir: Path) -> dict[str, Any]:
         results["scale"] = loadgen(base | {"scenario": "scale"} | sizes["scale"])
         print("  fan-out", flush=True)
         results["fanout"] = loadgen(base | {"scenario": "fanout"} | sizes["fanout"])
+        if litellm:
+            print("  peer: LiteLLM's proxy", flush=True)
+            proxy, reach = litellm_peer(litellm, upstream_port, workdir, sizes["throughput_tokens"])
+            try:
+                measured = loadgen(
+                    base
+                    | reach
+                    | {
+                        "scenario": "peer",
+                        "concurrency": 10,
+                        "rounds": 20,
+                        "tokens": sizes["throughput_tokens"],
+                    }
+                )
+            finally:
+                proxy.terminate()
+                proxy.wait(30)
+            worker_ttft = results["ttft"][10]
+            direct = measured["direct"]
+            results["peer"] = {
+                "LiteLLM proxy": measured["peer"]
+                | {"added_p50": measured["peer"]["p50"] - direct["p50"]},
+                "LLM Worker": {
+                    "p50": worker_ttft["worker_ms"]["p50"],
+                    "p99": worker_ttft["worker_ms"]["p99"],
+                    "added_p50": worker_ttft["worker_ms"]["p50"] - worker_ttft["direct_ms"]["p50"],
+                    "throughput": results["throughput"][10]["worker"],
+                },
+                "direct (openai SDK)": direct | {"added_p50": 0.0},
+            }
     finally:
         for process in (worker, upstream):
             process.terminate()
@@ -242,21 +307,32 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="small sizes, for CI")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--docs", action="store_true", help="also write BENCHMARKS.md")
+    parser.add_argument(
+        "--litellm",
+        nargs="?",
+        const=shutil.which("litellm") or "litellm",
+        help="add LiteLLM's proxy (the litellm command, or its path) as a peer row",
+    )
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else FULL
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"benchmark ({'smoke' if args.smoke else 'full'} sizes)", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
-        results = run(sizes, Path(workdir))
+        results = run(sizes, Path(workdir), args.litellm)
     results["fanout"]["listeners"] = sizes["fanout"]["listeners"]
     report = {"machine": machine(), "sizes": sizes, "results": results}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     chart(results, args.out / "benchmarks.png")
     print()
     print(table(results))
+    for name, peer in results.get("peer", {}).items():
+        print(
+            f"peer at 10 jobs at once: {name}: time to first token p50 {peer['p50']:.2f} ms, "
+            f"p99 {peer['p99']:.2f} ms, {peer['throughput']:,.0f} tokens/s"
+        )
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'benchmarks.png'}")
     if args.docs:
-        from bench.docs import write_benchmarks_md
+        from report import write_benchmarks_md
 
         write_benchmarks_md(report, ROOT / "BENCHMARKS.md", args.out / "benchmarks.png")
 

@@ -1,0 +1,158 @@
+"""Writes BENCHMARKS.md from a benchmark run (``bench/run.py --docs``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+BASELINE = DOCS / "benchmarks-baseline.json"
+
+TARGETS = """\
+| target (2-core machine) | measured | |
+|---|---|---|
+| added time to first token, p50, 10 jobs at once: <= 1 ms | {ttft10_p50:+.2f} ms | {ok1} |
+| added time to first token, p99, 10 jobs at once: <= 5 ms | {ttft10_p99:+.2f} ms | {ok2} |
+| throughput at 100 jobs at once: >= 0.8 of direct | {ratio100:.2f} | {ok3} |
+| RSS per idle connection: <= 64 KiB | {idle:.1f} KiB | {ok4} |
+"""
+
+
+def _ok(passed: bool) -> str:
+    return "met" if passed else "**missed**"
+
+
+def _ttft_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| jobs at once | worker p50 | direct p50 | lean p50 | **added p50** | vs lean "
+        "| worker p99 | direct p99 | lean p99 | **added p99** | vs lean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for level, r in results["ttft"].items():
+        w, d, n = r["worker_ms"], r["direct_ms"], r["lean_ms"]
+        lines.append(
+            f"| {level} | {w['p50']:.2f} | {d['p50']:.2f} | {n['p50']:.2f} "
+            f"| **{w['p50'] - d['p50']:+.2f}** | {w['p50'] - n['p50']:+.2f} "
+            f"| {w['p99']:.2f} | {d['p99']:.2f} | {n['p99']:.2f} "
+            f"| **{w['p99'] - d['p99']:+.2f}** | {w['p99'] - n['p99']:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _throughput_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| jobs at once | worker | direct | **worker / direct** | lean | worker / lean "
+        "| upstream ceiling |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for level, r in results["throughput"].items():
+        lines.append(
+            f"| {level} | {r['worker']:,.0f} | {r['direct']:,.0f} "
+            f"| **{r['worker'] / r['direct']:.2f}** | {r['lean']:,.0f} "
+            f"| {r['worker'] / r['lean']:.2f} | {r['upstream']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _peer_table(results: dict[str, Any]) -> str:
+    peer = results.get("peer")
+    if not peer:
+        return (
+            "Not measured in this run: `./run_bench.sh --litellm` adds LiteLLM's proxy against "
+            "the same upstream, where `pip install 'litellm[proxy]'` works."
+        )
+    lines = [
+        "| 10 jobs at once | time to first token p50 | p99 | added p50 vs direct | tokens/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in peer.items():
+        lines.append(
+            f"| {name} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['added_p50']:+.2f} ms "
+            f"| {r['throughput']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _baseline(results: dict[str, Any]) -> str:
+    if not BASELINE.exists():
+        return ""
+    before = json.loads(BASELINE.read_text())["results"]
+    rows = [
+        "| | before | after |",
+        "|---|---|---|",
+    ]
+    for level in ("1", "10"):
+        if level in before["ttft"] and level in results["ttft"]:
+            b, a = before["ttft"][level], results["ttft"][level]
+            rows.append(
+                f"| added time to first token p50 / p99, {level} job(s) at once "
+                f"| {b['worker_ms']['p50'] - b['direct_ms']['p50']:+.2f} / "
+                f"{b['worker_ms']['p99'] - b['direct_ms']['p99']:+.2f} ms "
+                f"| {a['worker_ms']['p50'] - a['direct_ms']['p50']:+.2f} / "
+                f"{a['worker_ms']['p99'] - a['direct_ms']['p99']:+.2f} ms |"
+            )
+    for level in ("10", "100"):
+        if level in before["throughput"] and level in results["throughput"]:
+            b, a = before["throughput"][level], results["throughput"][level]
+            rows.append(
+                f"| tokens/s, {level} jobs at once (worker / direct) "
+                f"| {b['worker']:,.0f} ({b['worker'] / b['direct']:.2f}) "
+                f"| {a['worker']:,.0f} ({a['worker'] / a['direct']:.2f}) |"
+            )
+    fanout_before = before["fanout"]["tokens_per_second"]
+    rows.append(
+        f"| fan-out, one job to 100 listeners, tokens/s | {fanout_before:,.0f} "
+        f"| {results['fanout']['tokens_per_second']:,.0f} |"
+    )
+    return "\n".join(rows)
+
+
+def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None:
+    DOCS.mkdir(exist_ok=True)
+    shutil.copy(chart, DOCS / "benchmarks.png")
+    (DOCS / "benchmarks.json").write_text(json.dumps(report, indent=2))
+    machine = report["machine"]
+    results = report["results"]
+    ttft10 = results["ttft"].get("10") or results["ttft"].get(10)
+    through100 = results["throughput"].get("100") or results["throughput"].get(100)
+    scale = results["scale"]
+    targets = TARGETS.format(
+        ttft10_p50=ttft10["worker_ms"]["p50"] - ttft10["direct_ms"]["p50"],
+        ttft10_p99=ttft10["worker_ms"]["p99"] - ttft10["direct_ms"]["p99"],
+        ratio100=through100["worker"] / through100["direct"],
+        idle=scale["per_idle_connection_kib"],
+        ok1=_ok(ttft10["worker_ms"]["p50"] - ttft10["direct_ms"]["p50"] <= 1),
+        ok2=_ok(ttft10["worker_ms"]["p99"] - ttft10["direct_ms"]["p99"] <= 5),
+        ok3=_ok(through100["worker"] / through100["direct"] >= 0.8),
+        ok4=_ok(scale["per_idle_connection_kib"] <= 64),
+    )
+    packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+    template = (Path(__file__).parent / "BENCHMARKS.template.md").read_text()
+    text = template.format(
+        date=time.strftime("%Y-%m-%d"),
+        cpu=machine["cpu"],
+        cores=machine["cores"],
+        memory=machine["memory_gib"],
+        system=machine["system"],
+        python=machine["python"],
+        packages=packages,
+        targets=targets,
+        ttft=_ttft_table(results),
+        throughput=_throughput_table(results),
+        idle=scale["per_idle_connection_kib"],
+        per_job=scale["per_running_job_kib"],
+        idle_count=report["sizes"]["scale"]["idle"],
+        job_count=report["sizes"]["scale"]["jobs"],
+        errors=scale["errors"],
+        fanout=results["fanout"]["tokens_per_second"],
+        listeners=report["sizes"]["fanout"]["listeners"],
+        fanout_tokens=report["sizes"]["fanout"]["tokens"],
+        peer=_peer_table(results),
+        baseline=_baseline(results),
+    )
+    path.write_text(text)
+    print(f"wrote {path}, {DOCS / 'benchmarks.png'} and {DOCS / 'benchmarks.json'}")
