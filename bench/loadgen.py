@@ -67,21 +67,36 @@ def session() -> aiohttp.ClientSession:
 
 
 class WS:
-    """The few WebSocket calls the scenarios make, over aiohttp."""
+    """The few WebSocket calls the scenarios make, over aiohttp.
+
+    A task reads every connection all the time, as a browser does, so that the
+    server's keepalive pings get their pongs even while a connection is idle
+    between rounds.
+    """
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
+        self._inbox: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            message = await self._ws.receive()  # answers pings on the way
+            self._inbox.put_nowait(message)
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                return
 
     async def send(self, text: str) -> None:
         await self._ws.send_str(text)
 
     async def recv(self) -> str:
-        message = await self._ws.receive()
+        message = await self._inbox.get()
         if message.type is not aiohttp.WSMsgType.TEXT:
             raise RuntimeError(f"the connection ended: {message.type.name} {message.data!r}")
         return message.data
 
     async def close(self) -> None:
+        self._reader.cancel()
         await self._ws.close()
 
 

@@ -9,13 +9,50 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import overload
 
 from llm_worker.jobs import Event, EventKind
 
 
 def _seq(event: Event) -> int:
     return event.seq
+
+
+class _FrozenEvents(Sequence[Event]):
+    """A finished log, as tuples of plain values.
+
+    The garbage collector does not track such tuples, so the logs that
+    finished jobs keep for their TTL cost nothing to the full collections that
+    would otherwise walk every event of them (tens of milliseconds per 100,000
+    events, pausing everything). Events are rebuilt when read.
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self._rows = tuple((e.seq, e.kind.value, e.message, e.attempt) for e in events)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        if isinstance(index, slice):
+            return [_event(row) for row in self._rows[index]]
+        return _event(self._rows[index])
+
+
+def _event(row: tuple[int, str, str, int]) -> Event:
+    return Event(row[0], _KINDS[row[1]], row[2], row[3])
+
+
+_KINDS = {kind.value: kind for kind in EventKind}
 
 
 class EventLog:
@@ -31,7 +68,7 @@ class EventLog:
     __slots__ = ("_waiters", "attempt_start", "events")
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[Event] | _FrozenEvents = []
         self.attempt_start = 0
         """Index of the current attempt's ``reset`` event (0 when there is none)."""
         self._waiters: list[asyncio.Future[None]] = []
@@ -48,9 +85,16 @@ class EventLog:
         """Append ``event`` (the next seq) without waking followers; see :meth:`wake`."""
         if event.seq <= self.last_seq:
             raise ValueError(f"event {event.seq} does not follow {self.last_seq}")
+        if isinstance(self.events, _FrozenEvents):
+            raise ValueError("a frozen log takes no more events")
         self.events.append(event)
         if event.kind is EventKind.RESET:
             self.attempt_start = len(self.events) - 1
+
+    def freeze(self) -> None:
+        """Keep the (finished) log in a form the garbage collector need not walk."""
+        if not isinstance(self.events, _FrozenEvents):
+            self.events = _FrozenEvents(self.events)
 
     def wake(self) -> None:
         """Let followers read what was added."""

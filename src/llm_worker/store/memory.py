@@ -29,9 +29,10 @@ class StoredJob:
 
     __slots__ = ("cancel_callbacks", "log", "record", "settling", "spec", "ticket")
 
-    def __init__(self, record: JobRecord, spec: JobSpec, ticket: int) -> None:
+    def __init__(self, record: JobRecord, spec: JobSpec | None, ticket: int) -> None:
         self.record = record
-        self.spec = spec
+        self.spec: JobSpec | None = spec
+        """What the client asked for; dropped once the job ended, to keep little."""
         self.ticket = ticket
         """Order of submission: the queue is sorted by it."""
         self.log = EventLog()
@@ -219,6 +220,7 @@ class MemoryStore(JobStore):
         else:
             job.settling = settling
             settling.add_done_callback(lambda _: job.log.wake())
+        assert job.spec is not None, "a queued job keeps its spec"
         return Claim(job_id=record.id, attempt=record.attempt, spec=job.spec)
 
     def _held(self, job_id: str, attempt: int) -> StoredJob:
@@ -280,6 +282,11 @@ class MemoryStore(JobStore):
             self._write_job(job)
         if wake:
             job.log.wake()
+        if kind.terminal:
+            # A finished job is kept for its TTL: in a form the garbage collector
+            # need not walk, without what only running it needed.
+            job.log.freeze()
+            job.spec = None
         return event
 
     def _schedule_expiry(self, record: JobRecord) -> None:

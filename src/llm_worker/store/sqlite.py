@@ -266,7 +266,9 @@ class SQLiteStore(MemoryStore):
                 expired.append(job_id)
                 continue
             record = JobRecord(job_id, JobState(state), created_at, attempt, error, finished_at)
-            jobs[job_id] = StoredJob(record, JobSpec.model_validate_json(spec), ticket)
+            # A finished job is only listened to: its request is not needed again.
+            request = JobSpec.model_validate_json(spec) if finished_at is None else None
+            jobs[job_id] = StoredJob(record, request, ticket)
             if record.state is JobState.RUNNING:
                 # Listeners may have seen seqs up to the reservation, committed or not.
                 self._floors[job_id] = reserved
@@ -293,6 +295,7 @@ class SQLiteStore(MemoryStore):
                 self._enqueue(job)
             elif record.finished_at is not None:
                 self._schedule_expiry(record)
+                job.log.freeze()
         self._tickets = itertools.count(max_ticket + 1)
         log.info(
             "job database %s: %d jobs kept, %d queued (%d of them were running), %d expired",
@@ -309,6 +312,7 @@ class SQLiteStore(MemoryStore):
         assert self._writer is not None
         record = job.record
         if new:
+            assert job.spec is not None
             self._writer.execute(
                 INSERT_JOB,
                 (

@@ -122,7 +122,9 @@ class OpenAIServer:
         return f"http://{self.host}:{self.port}/v1"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve_connection, self.host, self.port)
+        self._server = await asyncio.start_server(
+            self._serve_connection, self.host, self.port, backlog=4096
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

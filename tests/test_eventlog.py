@@ -1,0 +1,70 @@
+"""A job's log as a process holds it (pure unit)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from llm_worker.jobs import Event, EventKind
+from llm_worker.store.eventlog import EventLog
+
+
+def filled() -> EventLog:
+    log = EventLog()
+    log.add(Event(1, EventKind.RUNNING, "", 1))
+    log.add(Event(2, EventKind.RUNNING, "old", 1))
+    log.add(Event(10, EventKind.RESET, "", 2))  # a re-run skips seqs after a crash
+    log.add(Event(11, EventKind.RUNNING, "", 2))
+    log.add(Event(12, EventKind.RUNNING, "new", 2))
+    log.add(Event(13, EventKind.DONE, "", 2))
+    return log
+
+
+def test_readers_see_the_current_attempt_only() -> None:
+    log = filled()
+    assert [e.seq for e in log.since()] == [10, 11, 12, 13]
+    assert [e.seq for e in log.since(after=2)] == [10, 11, 12, 13]
+    assert [e.seq for e in log.since(after=11)] == [12, 13]
+    assert log.output() == "new"
+    assert log.last_seq == 13
+    assert log.finished
+    with pytest.raises(ValueError, match="does not follow"):
+        log.add(Event(13, EventKind.RUNNING, "again", 2))
+
+
+async def test_a_frozen_log_reads_the_same_and_costs_the_collector_nothing() -> None:
+    log = filled()
+    before = (log.since(), log.since(after=11), log.output(), log.last_seq)
+    log.freeze()
+    assert (log.since(), log.since(after=11), log.output(), log.last_seq) == before
+    batches = [batch async for batch in log.follow(after=0)]
+    assert batches == [before[0]]
+    assert [batch async for batch in log.follow(after=13)] == []
+    # CPython untracks tuples of plain values as collections come across them.
+    gc.collect()
+    gc.collect()
+    assert not gc.is_tracked(log.events._rows)  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="frozen"):
+        log.add(Event(14, EventKind.RUNNING, "late", 2))
+
+
+async def test_followers_get_batches_of_what_accumulated() -> None:
+    log = EventLog()
+    seen: list[list[int]] = []
+
+    async def follow() -> None:
+        async for batch in log.follow():
+            seen.append([e.seq for e in batch])
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0)
+    log.add(Event(1, EventKind.RUNNING, "", 1))
+    log.add(Event(2, EventKind.RUNNING, "a", 1))
+    log.wake()
+    await asyncio.sleep(0)
+    log.add(Event(3, EventKind.DONE, "", 1))
+    log.wake()
+    await asyncio.wait_for(task, 1)
+    assert seen == [[1, 2], [3]]
