@@ -117,6 +117,7 @@ def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None
     (DOCS / "benchmarks.json").write_text(json.dumps(report, indent=2))
     machine = report["machine"]
     results = report["results"]
+    ttft1 = results["ttft"].get("1") or results["ttft"].get(1)
     ttft10 = results["ttft"].get("10") or results["ttft"].get(10)
     through100 = results["throughput"].get("100") or results["throughput"].get(100)
     scale = results["scale"]
@@ -152,6 +153,10 @@ def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None
         listeners=report["sizes"]["fanout"]["listeners"],
         fanout_tokens=report["sizes"]["fanout"]["tokens"],
         peer=_peer_table(results),
+        lean1_p50=ttft1["worker_ms"]["p50"] - ttft1["lean_ms"]["p50"],
+        lean1_p99=ttft1["worker_ms"]["p99"] - ttft1["lean_ms"]["p99"],
+        lean10_p50=ttft10["worker_ms"]["p50"] - ttft10["lean_ms"]["p50"],
+        lean10_p99=ttft10["worker_ms"]["p99"] - ttft10["lean_ms"]["p99"],
         baseline=_baseline(results),
     )
     path.write_text(text)

@@ -313,7 +313,20 @@ def main() -> None:
         const=shutil.which("litellm") or "litellm",
         help="add LiteLLM's proxy (the litellm command, or its path) as a peer row",
     )
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: write BENCHMARKS.md from a results.json",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        from report import write_benchmarks_md
+
+        report = json.loads(args.report_only.read_text())
+        chart(report["results"], args.out / "benchmarks.png")
+        write_benchmarks_md(report, ROOT / "BENCHMARKS.md", args.out / "benchmarks.png")
+        return
     sizes = SMOKE if args.smoke else FULL
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"benchmark ({'smoke' if args.smoke else 'full'} sizes)", flush=True)
