@@ -19,6 +19,13 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
 
+# The local extra needs torch: install the CPU build first, so that nothing pulls a
+# multi-GB CUDA build (on these machines pip takes torch 2.13.0+cpu from the disk).
+if [[ ",$extras," == *",local,"* ]] && ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    echo "installing torch ${TORCH_VERSION:-2.13.0} (CPU build) into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
+fi
+
 # Reinstall only when the project's metadata or the wanted extras changed.
 stamp="$venv/.llm-worker-installed${extras:+-$extras}"
 want=$(sha256sum < "$root/pyproject.toml" | cut -d' ' -f1)

@@ -168,3 +168,20 @@ async def connect(
 @pytest.fixture
 async def client(connect: ConnectClient) -> WSClient:
     return await connect()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llm_worker.testing.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same kind of model, but its tokenizer has no chat template."""
+    from llm_worker.testing.tiny_model import build_tiny_model
+
+    return build_tiny_model(
+        tmp_path_factory.mktemp("models") / "plain-llama", chat_template=False, seed=1
+    )

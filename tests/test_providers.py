@@ -265,7 +265,8 @@ async def test_named_endpoints_from_a_yaml_providers_file(
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ("[providers.x]\n", "providers.x.base_url: Field required"),
+        ("[providers.x]\n", "providers.x: an openai endpoint needs base_url"),
+        ('[providers.x]\ntype = "local"\nbase_url = "http://h"\n', "takes neither base_url"),
         ('[providers.x]\nbase_url = "http://h"\nkey = 1\n', "providers.x.key"),
         ("[providers.x\n", "is not valid"),
         ('[providers.x]\nbase_url = "http://h"\ntype = "grpc"\n', "providers.x.type"),

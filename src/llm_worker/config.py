@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     provider_retry_base_seconds: float = Field(0.5, ge=0)
     """First back-off delay; it doubles with each retry, with jitter."""
 
+    local_max_models: int = Field(1, ge=1)
+    """Local models kept loaded at once (provider ``local``)."""
+    local_max_batch: int = Field(32, ge=1)
+    """Jobs decoded together by one local model; more wait their turn."""
+
     # -- registries ---------------------------------------------------------
     extra_providers: str = ""
     extra_inserts: str = ""

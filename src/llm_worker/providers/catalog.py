@@ -1,8 +1,9 @@
 """The providers a deployment offers, built from its settings.
 
-Built in: ``openai`` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``) and ``vllm``
-(``VLLM_URI``, ``VLLM_API_KEY``). ``PROVIDERS_FILE`` names more
-OpenAI-compatible endpoints, in TOML::
+Built in: ``openai`` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), ``vllm``
+(``VLLM_URI``, ``VLLM_API_KEY``) and ``local`` (models in this process).
+``PROVIDERS_FILE`` names more OpenAI-compatible endpoints, or local models, in
+TOML::
 
     [providers.ollama]
     base_url = "http://127.0.0.1:11434/v1"
@@ -11,6 +12,10 @@ OpenAI-compatible endpoints, in TOML::
     [providers.my-vllm]
     base_url = "http://gpu-box:8000/v1"
     api_key_env = "MY_VLLM_KEY"              # the variable that holds its key
+
+    [providers.qwen]
+    type = "local"                           # a model run in this process
+    settings = { model = "Qwen/Qwen2.5-0.5B-Instruct", temperature = 0.7 }
 
 or the same structure in YAML. Plugins come from entry points
 (``llm_worker.providers``) and ``EXTRA_PROVIDERS``.
@@ -24,10 +29,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llm_worker.config import Settings
 from llm_worker.providers.base import Provider
+from llm_worker.providers.local import LocalModels, LocalProvider
 from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider
 from llm_worker.registry import Registry, RegistryError
 
@@ -36,14 +42,22 @@ NO_KEY = "no-key"
 
 
 class EndpointConfig(BaseModel):
-    """One entry of ``PROVIDERS_FILE``."""
+    """One entry of ``PROVIDERS_FILE``: an OpenAI-compatible endpoint, or a local model."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["openai"] = "openai"
-    base_url: str
+    type: Literal["openai", "local"] = "openai"
+    base_url: str | None = None
     api_key_env: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _endpoint_needs_a_url(self) -> EndpointConfig:
+        if self.type == "openai" and not self.base_url:
+            raise ValueError("an openai endpoint needs base_url")
+        if self.type == "local" and (self.base_url or self.api_key_env):
+            raise ValueError("a local model takes neither base_url nor api_key_env")
+        return self
 
 
 class ProvidersFile(BaseModel):
@@ -75,7 +89,8 @@ def load_providers_file(path: Path) -> ProvidersFile:
         return ProvidersFile.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise RegistryError(f"PROVIDERS_FILE {path}: {problems}") from None
 
@@ -115,8 +130,17 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
             missing_base_url="provider 'vllm' needs VLLM_URI, such as http://127.0.0.1:8000/v1",
         ),
     )
+    local_models = LocalModels(
+        max_models=settings.local_max_models, max_batch=settings.local_max_batch
+    )
+    providers.register("local", LocalProvider("local", models=local_models))
     if settings.providers_file is not None:
         for name, endpoint in load_providers_file(settings.providers_file).providers.items():
+            if endpoint.type == "local":
+                providers.register(
+                    name, LocalProvider(name, models=local_models, defaults=endpoint.settings)
+                )
+                continue
             api_key: str | None = NO_KEY
             if endpoint.api_key_env:
                 api_key = os.environ.get(endpoint.api_key_env) or None

@@ -1,0 +1,231 @@
+"""The ``local`` provider: Hugging Face models run in this process, batched.
+
+Settings: ``model`` (a local directory or a hub id), ``max_tokens`` (512),
+``temperature`` (1; 0 is greedy), ``top_p`` (1), ``stop``, ``seed``, and
+optionally ``device`` (``cuda`` when there is one, else ``cpu``), ``dtype``
+(``auto``: float32 on the CPU, the model's own on a GPU) and ``ignore_eos``
+(vLLM's name: go on to ``max_tokens`` past the end of sequence, as benchmarks do).
+
+Needs the ``local`` extra (``pip install 'llm-worker[local]'``): torch and
+transformers are imported when the first local job runs, not before. Each
+model is loaded once and serves every job that names it; at most
+``LOCAL_MAX_MODELS`` stay loaded, the least recently used idle one making room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+from llm_worker.providers.base import Provider, ProviderError
+from llm_worker.templates import ChatMessage, TemplateError
+
+if TYPE_CHECKING:
+    from llm_worker.providers.local_engine import LocalEngine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 512
+SETTINGS = frozenset(
+    {"model", "max_tokens", "temperature", "top_p", "stop", "seed", "device", "dtype", "ignore_eos"}
+)
+DTYPE_NAMES = frozenset({"auto", "float32", "float16", "bfloat16", "float64"})
+INSTALL_HINT = "install llm-worker[local] (torch and transformers) to use provider 'local'"
+
+
+def _number(settings: Mapping[str, Any], key: str, low: float, high: float | None) -> None:
+    value = settings.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TemplateError(f"settings.{key} must be a number, not {value!r}")
+    if value < low or (high is not None and value > high):
+        upper = f" and {high}" if high is not None else ""
+        raise TemplateError(f"settings.{key} must be between {low}{upper}, not {value!r}")
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class LocalModels:
+    """Loaded models by (name, device, dtype): at most ``max_models``, one load each."""
+
+    def __init__(self, *, max_models: int, max_batch: int) -> None:
+        self.max_models = max_models
+        self.max_batch = max_batch
+        self.loads = 0
+        self._engines: OrderedDict[tuple[str, str, str], LocalEngine] = OrderedDict()
+        self._loading: dict[tuple[str, str, str], asyncio.Future[LocalEngine]] = {}
+
+    async def get(self, name: str, device: str | None, dtype: str) -> LocalEngine:
+        if device is None:
+            device = await asyncio.to_thread(_default_device)
+        key = (name, device, dtype)
+        engine = self._engines.get(key)
+        if engine is not None:
+            self._engines.move_to_end(key)
+            return engine
+        loading = self._loading.get(key)
+        if loading is not None:
+            # Jobs that arrive while the model loads wait for that one load.
+            return await asyncio.shield(loading)
+        loading = self._loading[key] = asyncio.get_running_loop().create_future()
+        try:
+            self._make_room()
+            engine = await self._load(name, device, dtype)
+        except BaseException as exc:
+            error = exc if isinstance(exc, ProviderError) else ProviderError(str(exc))
+            loading.set_exception(error)
+            loading.exception()  # the waiters, if any, get it; nobody else must
+            raise error from exc
+        finally:
+            del self._loading[key]
+        self._engines[key] = engine
+        loading.set_result(engine)
+        return engine
+
+    def _make_room(self) -> None:
+        while len(self._engines) + len(self._loading) > self.max_models:
+            idle = next((k for k, e in self._engines.items() if not e.busy), None)
+            if idle is None:
+                raise ProviderError(
+                    f"{len(self._engines)} local models are busy and LOCAL_MAX_MODELS is "
+                    f"{self.max_models}: no room to load another now",
+                    retryable=True,
+                    retry_after=1.0,
+                )
+            engine = self._engines.pop(idle)
+            log.info("unloading local model %s to make room", engine.name)
+            engine.close()
+
+    async def _load(self, name: str, device: str, dtype: str) -> LocalEngine:
+        try:
+            from llm_worker.providers.local_engine import load_engine
+        except ImportError as exc:
+            raise ProviderError(f"{INSTALL_HINT}: {exc}") from exc
+        self.loads += 1
+        log.info("loading local model %s (%s, %s)", name, device, dtype)
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.to_thread(
+                load_engine, name, device=device, dtype=dtype, max_batch=self.max_batch, loop=loop
+            )
+        except OSError as exc:
+            raise ProviderError(f"cannot load local model {name!r}: {exc}") from exc
+        except Exception as exc:
+            raise ProviderError(
+                f"cannot load local model {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        engines, self._engines = list(self._engines.values()), OrderedDict()
+        for engine in engines:
+            await asyncio.to_thread(engine.close)
+
+
+class LocalProvider(Provider):
+    def __init__(
+        self, name: str, *, models: LocalModels, defaults: Mapping[str, Any] | None = None
+    ) -> None:
+        self.name = name
+        self.models = models
+        self.defaults = dict(defaults or {})
+
+    def check_settings(self, settings: Mapping[str, Any]) -> None:
+        merged = {**self.defaults, **settings}
+        unknown = sorted(set(merged) - SETTINGS)
+        if unknown:
+            known = ", ".join(sorted(SETTINGS))
+            raise TemplateError(
+                f"settings.{unknown[0]} is not a setting of provider {self.name!r} (known: {known})"
+            )
+        model = merged.get("model")
+        if not isinstance(model, str) or not model:
+            raise TemplateError(
+                f"settings.model must name a model (a directory or a hub id) for {self.name!r}"
+            )
+        max_tokens = merged.get("max_tokens")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise TemplateError(
+                f"settings.max_tokens must be a whole number >= 1, not {max_tokens!r}"
+            )
+        _number(merged, "temperature", 0, None)
+        _number(merged, "top_p", 0, 1)
+        seed = merged.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TemplateError(f"settings.seed must be an integer, not {seed!r}")
+        stop = merged.get("stop")
+        if stop is not None and not (
+            isinstance(stop, str)
+            or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+        ):
+            raise TemplateError(
+                f"settings.stop must be a string or a list of strings, not {stop!r}"
+            )
+        device = merged.get("device")
+        if device is not None and not (
+            isinstance(device, str) and device.split(":")[0] in {"cpu", "cuda", "mps"}
+        ):
+            raise TemplateError(f"settings.device must be cpu, cuda, cuda:N or mps, not {device!r}")
+        dtype = merged.get("dtype", "auto")
+        if dtype not in DTYPE_NAMES:
+            raise TemplateError(
+                f"settings.dtype must be one of {', '.join(sorted(DTYPE_NAMES))}, not {dtype!r}"
+            )
+        if not isinstance(merged.get("ignore_eos", False), bool):
+            raise TemplateError(
+                f"settings.ignore_eos must be true or false, not {merged['ignore_eos']!r}"
+            )
+        if not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+            raise TemplateError(INSTALL_HINT)
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        params = {**self.defaults, **settings}
+        engine = await self.models.get(
+            params["model"], params.get("device"), params.get("dtype", "auto")
+        )
+        outputs: asyncio.Queue[tuple[str, bool, str | None]] = asyncio.Queue()
+        stop = params.get("stop") or []
+        request = _request(
+            messages=[m.to_openai() for m in messages],
+            max_tokens=params.get("max_tokens", DEFAULT_MAX_TOKENS),
+            temperature=float(params.get("temperature", 1.0)),
+            top_p=float(params.get("top_p", 1.0)),
+            seed=params.get("seed"),
+            stop=[stop] if isinstance(stop, str) else list(stop),
+            ignore_eos=bool(params.get("ignore_eos", False)),
+            on_output=lambda text, done, error: outputs.put_nowait((text, done, error)),
+        )
+        engine.submit(request)
+        finished = False
+        try:
+            while not finished:
+                text, finished, error = await outputs.get()
+                if error is not None:
+                    raise ProviderError(f"provider {self.name!r}: {error}")
+                if text:
+                    yield text
+        finally:
+            if not finished:
+                request.cancel()
+
+    async def aclose(self) -> None:
+        await self.models.aclose()
+
+
+def _request(**fields: Any) -> Any:
+    from llm_worker.providers.local_engine import LocalRequest
+
+    return LocalRequest(**fields)

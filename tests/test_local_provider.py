@@ -1,0 +1,285 @@
+"""The ``local`` provider with a tiny random Llama built here, loaded by path as a user's
+model is: streaming, batching, cancel, caching, and end to end over the WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from llm_worker.providers import ProviderError  # noqa: E402
+from llm_worker.providers.local import LocalModels, LocalProvider  # noqa: E402
+from llm_worker.templates import ChatMessage, TemplateError  # noqa: E402
+from llm_worker.testing.openai_server import OpenAIServer, Reply  # noqa: E402
+from tests.conftest import ConnectClient, StartWorker  # noqa: E402
+from tests.wsclient import text_of  # noqa: E402
+
+PROMPTS = [
+    "hi",
+    "How tall is the Eiffel Tower in Paris, France? Tell me everything you know about it.",
+    "naïve café, 日本語 🚀",
+    "hello world hello",
+    "a",
+    "user: hi assistant: hello, how can I help you today? I would like to know more.",
+]
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[LocalProvider]:
+    local = LocalProvider("local", models=LocalModels(max_models=1, max_batch=16))
+    yield local
+    await local.aclose()
+
+
+def reference(model_dir: Path, messages: list[dict[str, str]], max_tokens: int) -> str:
+    """Greedy ``generate()`` of transformers itself, one prompt alone."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"])
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        ids = tokenizer.encode(text)
+    inputs = torch.tensor([ids])
+    with torch.inference_mode():
+        output = model.generate(
+            inputs,
+            attention_mask=torch.ones_like(inputs),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+
+
+async def eventually(condition: Any, timeout: float = 5.0) -> None:
+    """Wait for a condition the engine's thread makes true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
+def user(text: str) -> list[ChatMessage]:
+    return [ChatMessage(role="user", content=text)]
+
+
+async def collect(provider: LocalProvider, text: str, **settings: Any) -> list[str]:
+    return [delta async for delta in provider.stream(user(text), settings)]
+
+
+async def test_greedy_output_is_what_transformers_generates(
+    provider: LocalProvider, tiny_model: Path
+) -> None:
+    settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 40}
+    for prompt in PROMPTS[:3]:
+        deltas = await collect(provider, prompt, **settings)
+        assert all(deltas), "no empty deltas"
+        expected = reference(tiny_model, [{"role": "user", "content": prompt}], 40)
+        assert "".join(deltas) == expected
+
+
+async def test_a_tokenizer_without_chat_template_gets_a_plain_transcript(
+    provider: LocalProvider, plain_model: Path
+) -> None:
+    deltas = await collect(provider, "hello there", model=str(plain_model), temperature=0)
+    messages = [{"role": "user", "content": "hello there"}]
+    assert "".join(deltas) == reference(plain_model, messages, 512)
+
+
+async def test_concurrent_greedy_jobs_equal_sequential_ones_token_for_token(
+    provider: LocalProvider, tiny_model: Path
+) -> None:
+    settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 48}
+    alone = ["".join(await collect(provider, p, **settings)) for p in PROMPTS]
+
+    async def staggered(index: int, prompt: str) -> str:
+        await asyncio.sleep(0.002 * index)  # join the batch at different steps
+        return "".join(await collect(provider, prompt, **settings))
+
+    together = await asyncio.gather(*(staggered(i, p) for i, p in enumerate(PROMPTS)))
+    assert together == alone
+    engine = next(iter(provider.models._engines.values()))
+    assert engine.steps > 0
+    assert engine.running == 0
+
+
+async def test_seeded_sampling_is_reproducible(provider: LocalProvider, tiny_model: Path) -> None:
+    settings = {"model": str(tiny_model), "temperature": 0.9, "top_p": 0.9, "max_tokens": 30}
+    first = await collect(provider, "hi", seed=7, **settings)
+    again = await collect(provider, "hi", seed=7, **settings)
+    other = await collect(provider, "hi", seed=8, **settings)
+    assert first == again
+    assert first != other
+
+
+async def test_max_tokens_and_stop_sequences(provider: LocalProvider, tiny_model: Path) -> None:
+    model = str(tiny_model)
+    full = "".join(await collect(provider, PROMPTS[1], model=model, temperature=0, max_tokens=40))
+    short = "".join(await collect(provider, PROMPTS[1], model=model, temperature=0, max_tokens=5))
+    assert full.startswith(short)
+    assert len(short) < len(full)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    cut = "".join(
+        await collect(provider, PROMPTS[1], model=model, temperature=0, max_tokens=40, stop=[stop])
+    )
+    assert cut == full[: full.index(stop)]
+
+
+async def test_cancel_frees_the_place_in_the_batch_at_the_next_step(
+    provider: LocalProvider, tiny_model: Path
+) -> None:
+    model = str(tiny_model)
+    expected = "".join(await collect(provider, "hi", model=model, temperature=0, max_tokens=60))
+
+    async def endless() -> None:
+        settings = {"model": model, "max_tokens": 100_000, "ignore_eos": True}
+        async for _ in provider.stream(user("hello"), settings):
+            pass
+
+    long_job = asyncio.create_task(endless())
+    engine = next(iter(provider.models._engines.values()))
+    await eventually(lambda: engine.running == 1)
+    neighbour = asyncio.create_task(
+        collect(provider, "hi", model=model, temperature=0, max_tokens=60)
+    )
+    await asyncio.sleep(0.05)
+    long_job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long_job
+    steps = engine.steps
+    # Gone at the next step; the neighbour, unaffected, finishes with its own text.
+    assert "".join(await neighbour) == expected
+    await eventually(lambda: engine.running == 0)
+    assert engine.steps >= steps
+
+
+async def test_jobs_arriving_together_load_the_model_once(tiny_model: Path) -> None:
+    models = LocalModels(max_models=1, max_batch=8)
+    local = LocalProvider("local", models=models)
+    try:
+        settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 5}
+        await asyncio.gather(*(collect(local, p, **settings) for p in PROMPTS))
+        await collect(local, "again", **settings)
+        assert models.loads == 1
+    finally:
+        await local.aclose()
+
+
+async def test_local_max_models_unloads_the_least_recently_used_idle_model(
+    tiny_model: Path, plain_model: Path
+) -> None:
+    models = LocalModels(max_models=1, max_batch=8)
+    local = LocalProvider("local", models=models)
+    try:
+        await collect(local, "hi", model=str(tiny_model), max_tokens=3)
+        await collect(local, "hi", model=str(plain_model), max_tokens=3)
+        assert models.loads == 2
+        assert [key[0] for key in models._engines] == [str(plain_model)]
+
+        # While the loaded model is busy, there is no room: a retryable error.
+        busy = asyncio.create_task(
+            collect(local, "hi", model=str(plain_model), max_tokens=100_000, ignore_eos=True)
+        )
+        engine = models._engines[(str(plain_model), "cpu", "auto")]
+        await eventually(lambda: engine.running == 1)
+        with pytest.raises(ProviderError, match="LOCAL_MAX_MODELS is 1") as raised:
+            await collect(local, "hi", model=str(tiny_model), max_tokens=3)
+        assert raised.value.retryable
+        busy.cancel()
+    finally:
+        await local.aclose()
+
+
+async def test_a_model_that_does_not_exist_fails_clearly(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    with pytest.raises(ProviderError, match="cannot load local model"):
+        await collect(provider, "hi", model=str(tmp_path / "no-such-model"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "settings.model must name a model"),
+        ({"model": "m", "beams": 4}, "settings.beams is not a setting of provider 'local'"),
+        ({"model": "m", "temperature": -1}, "settings.temperature must be between 0"),
+        ({"model": "m", "top_p": 1.5}, "settings.top_p must be between 0 and 1"),
+        ({"model": "m", "max_tokens": 0}, "settings.max_tokens must be a whole number >= 1"),
+        ({"model": "m", "dtype": "int3"}, "settings.dtype must be one of"),
+        ({"model": "m", "device": "tpu"}, "settings.device must be cpu, cuda"),
+        ({"model": "m", "stop": [1]}, "settings.stop must be a string or a list"),
+    ],
+)
+def test_bad_settings_are_refused_when_the_job_is_added(
+    provider: LocalProvider, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(TemplateError, match=message):
+        provider.check_settings(settings)
+
+
+async def test_end_to_end_over_the_websocket_beside_remote_jobs(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient, tiny_model: Path
+) -> None:
+    worker = await start_worker()
+    client = await connect(worker.ws_url)
+
+    def template(max_tokens: int) -> dict[str, Any]:
+        return {
+            "streams": [
+                {
+                    "provider": "local",
+                    "settings": {
+                        "model": str(tiny_model),
+                        "temperature": 0,
+                        "max_tokens": max_tokens,
+                    },
+                    "messages": [{"insert": "history"}, {"role": "user", "content": "{query}"}],
+                }
+            ]
+        }
+
+    expected = reference(tiny_model, [{"role": "user", "content": "Where is it?"}], 30)
+    local_ids = [
+        await client.add(f"l{i}", query="Where is it?", assistant=template(30)) for i in range(4)
+    ]
+    # A long local job keeps the model busy while the rest goes on.
+    long_id = await client.add("long", query="hello", assistant=template(100_000))
+    upstream.handler = lambda body: Reply(tokens=[" remote", " reply"], delay=0.01)
+    remote_id = await client.add("remote")
+    await client.send({"type": "ping", "id": "during"})
+    assert (await client.wait_for("pong"))["id"] == "during"
+    remote = await client.job_messages(remote_id)
+    assert text_of(remote) == " remote reply"
+    for job_id in local_ids:
+        messages = await client.job_messages(job_id)
+        assert messages[-1]["type"] == "done"
+        assert text_of(messages) == expected
+    await client.send({"type": "cancel", "job_id": long_id})
+    assert (await client.job_messages(long_id))[-1]["type"] == "cancelled"
+
+
+async def test_named_local_models_from_the_providers_file(
+    start_worker: StartWorker, connect: ConnectClient, tiny_model: Path, tmp_path: Path
+) -> None:
+    providers_file = tmp_path / "providers.toml"
+    providers_file.write_text(
+        f'[providers.tiny]\ntype = "local"\nsettings = {{ model = "{tiny_model}", temperature = 0, '
+        "max_tokens = 12 }\n"
+    )
+    worker = await start_worker(providers_file=providers_file)
+    client = await connect(worker.ws_url)
+    template = {
+        "streams": [{"provider": "tiny", "messages": [{"role": "user", "content": "{query}"}]}]
+    }
+    _, messages = await client.run(query="hi", assistant=template)
+    assert messages[-1]["type"] == "done"
+    assert text_of(messages) == reference(tiny_model, [{"role": "user", "content": "hi"}], 12)
