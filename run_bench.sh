@@ -7,7 +7,7 @@
 #                             or --litellm /path/to/litellm)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-EXTRAS=bench
+EXTRAS=bench,local
 source "$here/scripts/ensure-venv.sh"
 cd "$here"
 if [[ " $* " == *" --smoke "* ]]; then

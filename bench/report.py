@@ -77,6 +77,35 @@ def _peer_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _local(results: dict[str, Any]) -> str:
+    local = results.get("local")
+    if not local:
+        return "Not measured in this run (install `llm-worker[local]`)."
+    base = local["tokens_per_second"]["sequential generate()"]
+    lines = [
+        f"{local['prompts']} prompts of different lengths, {local['tokens_per_prompt']} greedy "
+        f"tokens each, a random-weight Llama of {local['model']['parameters'] / 1e6:.1f} M "
+        f"parameters (float32, CPU; torch threads: {local['torch_threads']['provider']}):",
+        "",
+        "| | tokens/s | against sequential generate() |",
+        "|---|---|---|",
+    ]
+    for name, rate in local["tokens_per_second"].items():
+        if rate is None:
+            lines.append(f"| {name} | n/a | |")
+        else:
+            lines.append(f"| {name} | {rate:,.0f} | {rate / base:.1f}x |")
+    lag = local["event_loop_lag_during_16"]
+    lines += [
+        "",
+        f"Greedy outputs identical to sequential `generate()`: "
+        f"{'yes' if local['greedy_outputs_equal_sequential'] else '**no**'}. While 16 jobs "
+        f"generate, the event loop's timers fire late by {lag['p50_ms']:.2f} ms (p50), "
+        f"{lag['p99_ms']:.2f} ms (p99), {lag['max_ms']:.2f} ms at most.",
+    ]
+    return "\n".join(lines)
+
+
 def _baseline(results: dict[str, Any]) -> str:
     if not BASELINE.exists():
         return ""
@@ -153,6 +182,7 @@ def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None
         listeners=report["sizes"]["fanout"]["listeners"],
         fanout_tokens=report["sizes"]["fanout"]["tokens"],
         peer=_peer_table(results),
+        local=_local(results),
         lean1_p50=ttft1["worker_ms"]["p50"] - ttft1["lean_ms"]["p50"],
         lean1_p99=ttft1["worker_ms"]["p99"] - ttft1["lean_ms"]["p99"],
         lean10_p50=ttft10["worker_ms"]["p50"] - ttft10["lean_ms"]["p50"],

@@ -47,6 +47,7 @@ SMOKE = {
     "throughput_rounds": {1: 1, 10: 1},
     "scale": {"idle": 200, "jobs": 20, "tokens": 20, "delay": 0.01},
     "fanout": {"listeners": 10, "tokens": 200},
+    "local_args": ["--tokens", "8", "--hidden", "64", "--layers", "2"],
 }
 
 
@@ -222,7 +223,30 @@ def run(sizes: dict[str, Any], workdir: Path, litellm: str | None = None) -> dic
         for process in (worker, upstream):
             process.terminate()
             process.wait(30)
+    local = local_batching(sizes, workdir)
+    if local is not None:
+        results["local"] = local
     return results
+
+
+def local_batching(sizes: dict[str, Any], workdir: Path) -> dict[str, Any] | None:
+    """The local provider's benchmark, in a process of its own (it sets torch's threads)."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        print("  local models: skipped (install llm-worker[local])", flush=True)
+        return None
+    print("  local models: batching", flush=True)
+    out = workdir / "local.json"
+    command = [sys.executable, str(HERE / "local_batching.py"), "--json", str(out)]
+    subprocess.run(
+        [*command, *sizes.get("local_args", [])],
+        check=True,
+        capture_output=True,
+        timeout=1800,
+    )
+    return json.loads(out.read_text())
 
 
 def table(results: dict[str, Any]) -> str:
@@ -338,6 +362,11 @@ def main() -> None:
     chart(results, args.out / "benchmarks.png")
     print()
     print(table(results))
+    if "local" in results:
+        from local_batching import table as local_table
+
+        print()
+        print(local_table(results["local"]))
     for name, peer in results.get("peer", {}).items():
         print(
             f"peer at 10 jobs at once: {name}: time to first token p50 {peer['p50']:.2f} ms, "

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     """Local models kept loaded at once (provider ``local``)."""
     local_max_batch: int = Field(32, ge=1)
     """Jobs decoded together by one local model; more wait their turn."""
+    local_threads: int = Field(0, ge=0)
+    """Threads torch computes with on the CPU; 0: one per core but one, left to the event loop."""
 
     # -- registries ---------------------------------------------------------
     extra_providers: str = ""

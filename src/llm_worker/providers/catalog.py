@@ -131,7 +131,9 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
         ),
     )
     local_models = LocalModels(
-        max_models=settings.local_max_models, max_batch=settings.local_max_batch
+        max_models=settings.local_max_models,
+        max_batch=settings.local_max_batch,
+        threads=settings.local_threads,
     )
     providers.register("local", LocalProvider("local", models=local_models))
     if settings.providers_file is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from numbers import Real
@@ -58,9 +59,10 @@ def _default_device() -> str:
 class LocalModels:
     """Loaded models by (name, device, dtype): at most ``max_models``, one load each."""
 
-    def __init__(self, *, max_models: int, max_batch: int) -> None:
+    def __init__(self, *, max_models: int, max_batch: int, threads: int = 0) -> None:
         self.max_models = max_models
         self.max_batch = max_batch
+        self.threads = threads or max(1, (os.cpu_count() or 1) - 1)
         self.loads = 0
         self._engines: OrderedDict[tuple[str, str, str], LocalEngine] = OrderedDict()
         self._loading: dict[tuple[str, str, str], asyncio.Future[LocalEngine]] = {}
@@ -116,7 +118,13 @@ class LocalModels:
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.to_thread(
-                load_engine, name, device=device, dtype=dtype, max_batch=self.max_batch, loop=loop
+                load_engine,
+                name,
+                device=device,
+                dtype=dtype,
+                max_batch=self.max_batch,
+                threads=self.threads,
+                loop=loop,
             )
         except OSError as exc:
             raise ProviderError(f"cannot load local model {name!r}: {exc}") from exc
