@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
@@ -270,6 +271,10 @@ async def test_listeners_hear_of_a_redis_outage_longer_than_the_grace_period(
                 error = await client.wait_for("error", timeout=10)
                 assert error["ref"] == job_id
                 assert "the job store (Redis) has been unreachable" in error["message"]
+                async with httpx.AsyncClient() as http:
+                    health = await http.get(f"http://127.0.0.1:{gateway.port}/healthz", timeout=10)
+                assert health.status_code == 503
+                assert health.json()["status"] == "store unavailable"
                 server.start()
                 messages = await client.job_messages(job_id, timeout=60)
                 assert messages[-1]["type"] == "done"

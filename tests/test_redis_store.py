@@ -152,3 +152,23 @@ async def test_followers_joining_while_a_log_loads_share_its_outcome(
     await store.append(job_id, 1, EventKind.RUNNING)
     assert await asyncio.wait_for(stayer, 5) == [1]
     assert store._feeds == {}
+
+
+async def test_a_worker_never_takes_over_its_own_running_job(
+    redis_store_factory: StoreFactory,
+) -> None:
+    # As after a Redis outage longer than the heartbeat timeout: the worker's own
+    # entry looks abandoned, but the job still runs here and must not run twice.
+    store = await redis_store_factory(queue_max=10, job_ttl=60, heartbeat_timeout=0.3)
+    assert isinstance(store, RedisStore)
+    job_id = (await store.submit(SPEC)).id
+    claim = await store.claim(max_wait=1)
+    assert claim is not None
+    store._tasks[1].cancel()  # no heartbeats
+    await store.append(job_id, 1, EventKind.RUNNING)
+    await asyncio.sleep(0.5)
+    store._next_takeover_check = 0.0
+    assert await store.claim(max_wait=0.2) is None
+    await store.append(job_id, 1, EventKind.RUNNING, "one")
+    await store.append(job_id, 1, EventKind.RUNNING, "two")
+    assert [e.message for e in await store.read(job_id)] == ["", "one", "two"]

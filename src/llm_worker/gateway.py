@@ -75,7 +75,11 @@ class Gateway:
             self.connections.discard(connection)
 
     async def healthz(self, request: HTTPRequest) -> JSONResponse:
-        stats = await self.store.stats()
+        try:
+            stats = await self.store.stats()
+        except StoreError as exc:
+            # Up, but not serving: a load balancer should send clients elsewhere.
+            return JSONResponse({"status": "store unavailable", "error": str(exc)}, status_code=503)
         return JSONResponse(
             {
                 "status": "ok",

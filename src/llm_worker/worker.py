@@ -133,7 +133,7 @@ class Worker:
                         start, pending = None, start
                         await pending
                     await store.append(job_id, attempt, EventKind.RUNNING, delta)
-            if start is not None:
+            if start is not None:  # a reply without any text
                 start, pending = None, start
                 await pending
             await store.append(job_id, attempt, EventKind.DONE)

@@ -103,7 +103,9 @@ class LocalEngine:
         self.max_batch = max_batch
         self._loop = loop
         self._incoming: queue.SimpleQueue[LocalRequest | None] = queue.SimpleQueue()
+        # Requests submitted and not yet started or dropped; both threads change it.
         self._queued = 0
+        self._queued_lock = threading.Lock()
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
@@ -128,7 +130,8 @@ class LocalEngine:
         return len(self._rows)
 
     def submit(self, request: LocalRequest) -> None:
-        self._queued += 1
+        with self._queued_lock:
+            self._queued += 1
         self._incoming.put(request)
 
     def close(self) -> None:
@@ -185,15 +188,17 @@ class LocalEngine:
                 return True
             if request is None:
                 return False
-            self._queued -= 1
             block = False
-            if request.cancelled:
-                continue
             try:
-                self._start(request, outputs)
+                if not request.cancelled:
+                    self._start(request, outputs)
             except Exception as exc:
                 log.warning("local model %s: a request could not start: %s", self.name, exc)
                 outputs.append((request, "", True, str(exc)))
+            finally:
+                # Counted out only once it is a row (or gone): never idle in between.
+                with self._queued_lock:
+                    self._queued -= 1
         return True
 
     def _prompt(self, messages: list[dict[str, str]]) -> list[int]:

@@ -720,6 +720,11 @@ class RedisStore(JobStore):
         for entry_id, fields in result[1]:
             if fields:
                 job_id = _text(fields[b"job"])
+                held = self._held.get(job_id)
+                if held is not None and held.entry == _text(entry_id):
+                    # Our own job, idle only because our heartbeats could not get
+                    # through (Redis was away): it runs here still, once.
+                    continue
                 log.warning("taking over job %s from a worker that stopped answering", job_id)
                 return _text(entry_id), job_id
             # Deleted from the stream while pending: nothing to run.
