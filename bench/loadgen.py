@@ -142,15 +142,18 @@ class Connection:
         await self.ws.close()
 
 
-def sdk_client(base_url: str, concurrency: int) -> openai.AsyncOpenAI:
+def sdk_client(base_url: str, concurrency: int, *, lean: bool = False) -> openai.AsyncOpenAI:
+    """The SDK as applications make it; ``lean``: over the aiohttp transport the
+    worker uses."""
     limits = httpx2.Limits(
         max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10
     )
+    transport = openai.DefaultAioHttpClient if lean else openai.DefaultAsyncHttpxClient
     return openai.AsyncOpenAI(
         base_url=base_url,
         api_key="bench",
         max_retries=0,
-        http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=120),
+        http_client=transport(limits=limits, timeout=120),
     )
 
 
@@ -167,19 +170,6 @@ async def sdk_job(client: openai.AsyncOpenAI, model_name: str) -> tuple[float | 
                 first = time.perf_counter() - started
             tokens += 1
     return first, tokens, time.perf_counter() - started
-
-
-def lean_client(base_url: str, concurrency: int) -> openai.AsyncOpenAI:
-    """The SDK as the worker itself uses it: aiohttp transport, ``post()``, our SSE parse."""
-    limits = httpx2.Limits(
-        max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10
-    )
-    return openai.AsyncOpenAI(
-        base_url=base_url,
-        api_key="bench",
-        max_retries=0,
-        http_client=openai.DefaultAioHttpClient(limits=limits, timeout=120),
-    )
 
 
 async def lean_job(client: openai.AsyncOpenAI, model_name: str) -> tuple[float | None, int, float]:
@@ -244,7 +234,7 @@ async def ttft(spec: dict[str, Any]) -> dict[str, Any]:
     name = model(spec.get("tokens", 5))
     connections = await open_many(spec["ws_url"], concurrency)
     sdk = sdk_client(spec["base_url"], concurrency)
-    lean = lean_client(spec["base_url"], concurrency)
+    lean = sdk_client(spec["base_url"], concurrency, lean=True)
     sides = {
         "worker": lambda: asyncio.gather(*(c.job(name) for c in connections)),
         "direct": lambda: asyncio.gather(*(sdk_job(sdk, name) for _ in range(concurrency))),
@@ -276,7 +266,7 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
     name = model(tokens)
     connections = await open_many(spec["ws_url"], concurrency)
     client = sdk_client(spec["base_url"], concurrency)
-    lean = lean_client(spec["base_url"], concurrency)
+    lean = sdk_client(spec["base_url"], concurrency, lean=True)
     host, port = spec["upstream_host"], spec["upstream_port"]
     rates: dict[str, list[float]] = {"worker": [], "direct": [], "lean": [], "upstream": []}
 

@@ -211,9 +211,9 @@ async def test_a_model_that_does_not_exist_fails_clearly(
     [
         ({}, "settings.model must name a model"),
         ({"model": "m", "beams": 4}, "settings.beams is not a setting of provider 'local'"),
-        ({"model": "m", "temperature": -1}, "settings.temperature must be between 0"),
+        ({"model": "m", "temperature": -1}, "settings.temperature must be at least 0, not -1"),
         ({"model": "m", "top_p": 1.5}, "settings.top_p must be between 0 and 1"),
-        ({"model": "m", "max_tokens": 0}, "settings.max_tokens must be a whole number >= 1"),
+        ({"model": "m", "max_tokens": 0}, "settings.max_tokens must be at least 1, not 0"),
         ({"model": "m", "dtype": "int3"}, "settings.dtype must be one of"),
         ({"model": "m", "device": "tpu"}, "settings.device must be cpu, cuda"),
         ({"model": "m", "stop": [1]}, "settings.stop must be a string or a list"),

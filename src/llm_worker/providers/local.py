@@ -20,10 +20,10 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from llm_worker.providers.base import Provider, ProviderError
+from llm_worker.providers.checks import check_integer, check_number, check_stop
 from llm_worker.templates import ChatMessage, TemplateError
 
 if TYPE_CHECKING:
@@ -37,17 +37,6 @@ SETTINGS = frozenset(
 )
 DTYPE_NAMES = frozenset({"auto", "float32", "float16", "bfloat16", "float64"})
 INSTALL_HINT = "install llm-worker[local] (torch and transformers) to use provider 'local'"
-
-
-def _number(settings: Mapping[str, Any], key: str, low: float, high: float | None) -> None:
-    value = settings.get(key)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TemplateError(f"settings.{key} must be a number, not {value!r}")
-    if value < low or (high is not None and value > high):
-        upper = f" and {high}" if high is not None else ""
-        raise TemplateError(f"settings.{key} must be between {low}{upper}, not {value!r}")
 
 
 def _default_device() -> str:
@@ -160,26 +149,11 @@ class LocalProvider(Provider):
             raise TemplateError(
                 f"settings.model must name a model (a directory or a hub id) for {self.name!r}"
             )
-        max_tokens = merged.get("max_tokens")
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-        ):
-            raise TemplateError(
-                f"settings.max_tokens must be a whole number >= 1, not {max_tokens!r}"
-            )
-        _number(merged, "temperature", 0, None)
-        _number(merged, "top_p", 0, 1)
-        seed = merged.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TemplateError(f"settings.seed must be an integer, not {seed!r}")
-        stop = merged.get("stop")
-        if stop is not None and not (
-            isinstance(stop, str)
-            or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
-        ):
-            raise TemplateError(
-                f"settings.stop must be a string or a list of strings, not {stop!r}"
-            )
+        check_integer(merged, "max_tokens", low=1)
+        check_number(merged, "temperature", low=0)
+        check_number(merged, "top_p", low=0, high=1)
+        check_integer(merged, "seed")
+        check_stop(merged)
         device = merged.get("device")
         if device is not None and not (
             isinstance(device, str) and device.split(":")[0] in {"cpu", "cuda", "mps"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from numbers import Real
 from typing import Any
 
 import httpx2
@@ -17,6 +16,7 @@ import openai
 import orjson
 
 from llm_worker.providers.base import Provider, ProviderError
+from llm_worker.providers.checks import check_integer, check_number, check_stop
 from llm_worker.templates import ChatMessage, TemplateError
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,6 @@ _RESERVED_SETTINGS = {
 }
 _RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 _MAX_RETRY_AFTER = 60.0
-
-
-def _check_type(settings: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str) -> None:
-    value = settings.get(key)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise TemplateError(f"settings.{key} must be {what}, not {value!r}")
 
 
 class ClientPool:
@@ -127,24 +119,12 @@ class OpenAICompatibleProvider(Provider):
             )
         if merged.get("n", 1) != 1:
             raise TemplateError("settings.n must be 1: a job streams one reply")
-        _check_type(merged, "temperature", (Real,), "a number")
-        _check_type(merged, "top_p", (Real,), "a number")
-        _check_type(merged, "presence_penalty", (Real,), "a number")
-        _check_type(merged, "frequency_penalty", (Real,), "a number")
-        _check_type(merged, "max_tokens", (int,), "an integer")
-        _check_type(merged, "max_completion_tokens", (int,), "an integer")
-        _check_type(merged, "seed", (int,), "an integer")
-        for key in ("max_tokens", "max_completion_tokens"):
-            if merged.get(key) is not None and merged[key] < 1:
-                raise TemplateError(f"settings.{key} must be at least 1, not {merged[key]!r}")
-        stop = merged.get("stop")
-        if stop is not None and not (
-            isinstance(stop, str)
-            or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
-        ):
-            raise TemplateError(
-                f"settings.stop must be a string or a list of strings, not {stop!r}"
-            )
+        for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+            check_number(merged, key)
+        check_integer(merged, "max_tokens", low=1)
+        check_integer(merged, "max_completion_tokens", low=1)
+        check_integer(merged, "seed")
+        check_stop(merged)
 
     def _client(self) -> openai.AsyncOpenAI:
         if not self.base_url:
