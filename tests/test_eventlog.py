@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from llm_worker.jobs import Event, EventKind
+from llm_worker.jobs import Event, EventKind, output_of
 from llm_worker.store.eventlog import EventLog
 
 
@@ -27,7 +27,7 @@ def test_readers_see_the_current_attempt_only() -> None:
     assert [e.seq for e in log.since()] == [10, 11, 12, 13]
     assert [e.seq for e in log.since(after=2)] == [10, 11, 12, 13]
     assert [e.seq for e in log.since(after=11)] == [12, 13]
-    assert log.output() == "new"
+    assert output_of(log.since()) == "new"
     assert log.last_seq == 13
     assert log.finished
     with pytest.raises(ValueError, match="does not follow"):
@@ -36,9 +36,9 @@ def test_readers_see_the_current_attempt_only() -> None:
 
 async def test_a_frozen_log_reads_the_same_and_costs_the_collector_nothing() -> None:
     log = filled()
-    before = (log.since(), log.since(after=11), log.output(), log.last_seq)
+    before = (log.since(), log.since(after=11), output_of(log.since()), log.last_seq)
     log.freeze()
-    assert (log.since(), log.since(after=11), log.output(), log.last_seq) == before
+    assert (log.since(), log.since(after=11), output_of(log.since()), log.last_seq) == before
     batches = [batch async for batch in log.follow(after=0)]
     assert batches == [before[0]]
     assert [batch async for batch in log.follow(after=13)] == []

@@ -111,10 +111,6 @@ class EventLog:
         """The current attempt's events with ``seq > after``."""
         return self.events[max(self._index_after(after), self.attempt_start) :]
 
-    def output(self) -> str:
-        """The text the current attempt has produced."""
-        return "".join(e.message for e in self.since() if e.kind is EventKind.RUNNING)
-
     async def follow(self, after: int = 0) -> AsyncIterator[list[Event]]:
         """Batches of the current attempt's events after ``after``, live, up to the end.
 
