@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,64 +221,64 @@ async def test_redis_cancel_and_status_work_across_gateways(
             assert (await one.wait_for("status"))["state"] == "cancelled"
 
 
-async def test_redis_restarted_under_running_jobs(
-    upstream: OpenAIServer, redis_env: dict[str, str], tmp_path: Path
-) -> None:
-    # A Redis of its own, to restart; its append-only file keeps the jobs.
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, to kill and restart; its append-only file keeps the jobs."""
     server = RedisServer(tmp_path / "redis")
     server.start()
+    yield server
+    server.stop()
+
+
+async def test_redis_restarted_under_running_jobs(
+    upstream: OpenAIServer, redis_env: dict[str, str], tmp_path: Path, own_redis: RedisServer
+) -> None:
+    server = own_redis
     env = {**redis_env, "STORE_URL": server.url, "REDIS_OUTAGE_GRACE_SECONDS": "5"}
     upstream.handler = slow_replies(0.1)
     queries = [f"job{i}" for i in range(6)]
-    try:
-        async with processes() as started:
-            gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
-            worker = await WorkerProcess.start(env, tmp_path, role="worker")
-            started += [gateway, worker]
-            async with WSClient(gateway.ws_url) as client:
-                ids = {q: await client.add(q, query=q) for q in queries}
-                await wait_until(lambda: streaming(upstream, 6), 10, "6 streams")
-                server.stop(kill=True)
-                await asyncio.sleep(1.5)
-                server.start()
-                for query, job_id in ids.items():
-                    messages = await client.job_messages(job_id, timeout=60)
-                    assert messages[-1]["type"] == "done", (query, messages[-3:])
-                    assert_in_order(messages)
-                    assert text_after_last_reset(messages) == full_text(query)
-                    # Back within the grace period: listeners were not told.
-                    assert all(m["type"] != "error" for m in messages)
-            assert "Redis is reachable again" in worker.output
-    finally:
-        server.stop()
+    async with processes() as started:
+        gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
+        worker = await WorkerProcess.start(env, tmp_path, role="worker")
+        started += [gateway, worker]
+        async with WSClient(gateway.ws_url) as client:
+            ids = {q: await client.add(q, query=q) for q in queries}
+            await wait_until(lambda: streaming(upstream, 6), 10, "6 streams")
+            server.stop(kill=True)
+            await asyncio.sleep(1.5)
+            server.start()
+            for query, job_id in ids.items():
+                messages = await client.job_messages(job_id, timeout=60)
+                assert messages[-1]["type"] == "done", (query, messages[-3:])
+                assert_in_order(messages)
+                assert text_after_last_reset(messages) == full_text(query)
+                # Back within the grace period: listeners were not told.
+                assert all(m["type"] != "error" for m in messages)
+        assert "Redis is reachable again" in worker.output
 
 
 async def test_listeners_hear_of_a_redis_outage_longer_than_the_grace_period(
-    upstream: OpenAIServer, redis_env: dict[str, str], tmp_path: Path
+    upstream: OpenAIServer, redis_env: dict[str, str], tmp_path: Path, own_redis: RedisServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
+    server = own_redis
     env = {**redis_env, "STORE_URL": server.url, "REDIS_OUTAGE_GRACE_SECONDS": "1"}
     upstream.handler = slow_replies(0.1)
-    try:
-        async with processes() as started:
-            gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
-            worker = await WorkerProcess.start(env, tmp_path, role="worker")
-            started += [gateway, worker]
-            async with WSClient(gateway.ws_url) as client:
-                job_id = await client.add(query="patient")
-                await client.wait_for("running", job_id)
-                server.stop(kill=True)
-                error = await client.wait_for("error", timeout=10)
-                assert error["ref"] == job_id
-                assert "the job store (Redis) has been unreachable" in error["message"]
-                async with httpx.AsyncClient() as http:
-                    health = await http.get(f"http://127.0.0.1:{gateway.port}/healthz", timeout=10)
-                assert health.status_code == 503
-                assert health.json()["status"] == "store unavailable"
-                server.start()
-                messages = await client.job_messages(job_id, timeout=60)
-                assert messages[-1]["type"] == "done"
-                assert text_after_last_reset(messages) == full_text("patient")
-    finally:
-        server.stop()
+    async with processes() as started:
+        gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
+        worker = await WorkerProcess.start(env, tmp_path, role="worker")
+        started += [gateway, worker]
+        async with WSClient(gateway.ws_url) as client:
+            job_id = await client.add(query="patient")
+            await client.wait_for("running", job_id)
+            server.stop(kill=True)
+            error = await client.wait_for("error", timeout=10)
+            assert error["ref"] == job_id
+            assert "the job store (Redis) has been unreachable" in error["message"]
+            async with httpx.AsyncClient() as http:
+                health = await http.get(f"http://127.0.0.1:{gateway.port}/healthz", timeout=10)
+            assert health.status_code == 503
+            assert health.json()["status"] == "store unavailable"
+            server.start()
+            messages = await client.job_messages(job_id, timeout=60)
+            assert messages[-1]["type"] == "done"
+            assert text_after_last_reset(messages) == full_text("patient")
