@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
-from llm_worker.app import create_app, server_config
+from llm_worker.app import create_app, make_server
 from llm_worker.config import Settings
 from llm_worker.testing.openai_server import OpenAIServer
 from llm_worker.testing.redis_server import unique_prefix
@@ -58,8 +57,7 @@ class RunningWorker:
 async def serve(settings: Settings) -> AsyncIterator[RunningWorker]:
     """The worker as ``llm-worker serve`` runs it, on a free port of this loop."""
     app = create_app(settings)
-    config = server_config(app, settings)
-    server = uvicorn.Server(config)
+    server = make_server(app)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

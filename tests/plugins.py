@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
-from llm_worker.context import StreamContext
+from llm_worker.context import CheckContext, StreamContext
 from llm_worker.inserts import Insert
 from llm_worker.pipelines import Pipeline
 from llm_worker.providers import Provider, ProviderError
@@ -23,10 +23,10 @@ class ShoutPipeline(Pipeline):
 class SummarisePipeline(Pipeline):
     """Asks a model, through the context, for a one-line summary of the query."""
 
-    def check(self, options: Mapping[str, Any], providers: Any) -> None:
+    def check(self, options: Mapping[str, Any], context: CheckContext) -> None:
         if "provider" not in options:
             raise TemplateError("needs option 'provider'")
-        providers.get(options["provider"])
+        context.providers.get(options["provider"])
 
     async def run(self, options: Mapping[str, Any], context: StreamContext) -> AsyncIterator[str]:
         messages = [ChatMessage(role="user", content=f"Summarise: {context.query}")]
@@ -34,6 +34,53 @@ class SummarisePipeline(Pipeline):
             options["provider"], messages, {"model": "summariser"}
         ):
             yield delta
+
+
+# What the collections of a test deployment hold, by id.
+COLLECTIONS = {
+    "c-eiffel": "The Eiffel Tower is 330 m tall.",
+    "c-empty": "",
+}
+
+
+class RagScoringPipeline(Pipeline):
+    """F-AI's retrieval step, with canned documents: reads the template's
+    ``files_collection_id`` and sets ``rag_output`` for the streams after it."""
+
+    def check(self, options: Mapping[str, Any], context: CheckContext) -> None:
+        super().check(options, context)
+        if not isinstance(context.fields.get("files_collection_id"), str):
+            raise TemplateError("needs the template's files_collection_id, a string")
+
+    def sets(self, options: Mapping[str, Any]) -> Collection[str]:
+        return {"rag_output"}
+
+    async def run(self, options: Mapping[str, Any], context: StreamContext) -> AsyncIterator[str]:
+        collection = context.fields["files_collection_id"]
+        if collection not in COLLECTIONS:
+            raise TemplateError(f"no collection {collection!r}")
+        documents = COLLECTIONS[collection]
+        context.set("rag_output", f"Answer {context.query!r} from these documents:\n{documents}")
+        return
+        yield  # an async generator that yields nothing: its stream's output is empty
+
+
+class ForgetfulPipeline(Pipeline):
+    """Declares a value but never sets it: a plugin with a bug."""
+
+    def sets(self, options: Mapping[str, Any]) -> Collection[str]:
+        return {"result"}
+
+    async def run(self, options: Mapping[str, Any], context: StreamContext) -> AsyncIterator[str]:
+        yield "nothing set"
+
+
+class OverreachingPipeline(Pipeline):
+    """Sets a value it never declared: a plugin with a bug."""
+
+    async def run(self, options: Mapping[str, Any], context: StreamContext) -> AsyncIterator[str]:
+        context.set("surprise", "!")
+        yield "unreachable"
 
 
 class FactsInsert(Insert):
@@ -65,7 +112,7 @@ class CannedProvider(Provider):
 class BuggyCheckInsert(Insert):
     """A plugin with a bug in its check."""
 
-    def check(self, options: Mapping[str, Any], stream: ModelStream, providers: Any) -> None:
+    def check(self, options: Mapping[str, Any], stream: ModelStream, context: CheckContext) -> None:
         raise ZeroDivisionError("division by zero")
 
     async def expand(

@@ -63,9 +63,11 @@ class WorkerProcess:
         while line := await self.process.stdout.readline():
             text = line.decode(errors="replace").rstrip("\n")
             self.lines.append(text)
+            # The lines that say the process is ready: a gateway's once its port accepts.
             if match := LISTENING.search(text):
                 self.port = int(match.group(2))
-            if "Application startup complete" in text or "worker ready" in text:
+                self._ready.set()
+            elif "worker ready" in text:
                 self._ready.set()
         self._ready.set()
 

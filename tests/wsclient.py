@@ -9,6 +9,8 @@ from typing import Any
 
 import websockets
 
+from llm_worker.dialects import SUBPROTOCOL
+
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 
 
@@ -33,13 +35,16 @@ def assistant(
 
 
 class WSClient:
-    def __init__(self, url: str, **connect_kwargs: Any) -> None:
+    """A client of the full protocol (``llm-worker.v2``), or of the seed's with ``seed=True``."""
+
+    def __init__(self, url: str, *, seed: bool = False, **connect_kwargs: Any) -> None:
         self.url = url
         self.connect_kwargs = {
             # Unbounded: a test may leave messages unread, which must not stall the close.
             "max_size": None,
             "max_queue": None,
             "compression": None,
+            **({} if seed else {"subprotocols": [SUBPROTOCOL]}),
             **connect_kwargs,
         }
         self.backlog: deque[dict[str, Any]] = deque()

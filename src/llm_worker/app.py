@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -30,6 +31,8 @@ from llm_worker.worker import Worker
 log = logging.getLogger(__name__)
 
 Role = Literal["all", "gateway", "worker"]
+# After the grace, how long listeners may take to receive what giving up jobs produced.
+RELAY_AFTER_GRACE_SECONDS = 2.0
 ROLES: tuple[Role, ...] = ("all", "gateway", "worker")
 
 
@@ -62,12 +65,6 @@ class Service:
     def __init__(self, settings: Settings, role: Role = "all") -> None:
         self.settings = settings
         self.role = role
-        self.store: JobStore = open_store(settings)
-        if role != "all" and not self.store.shared:
-            raise ConfigError(
-                f"--role {role} needs a store shared between processes: STORE_URL "
-                f"{settings.store_url!r} keeps jobs in one process; use redis://"
-            )
         self.clients = ClientPool(
             timeout=settings.provider_timeout_seconds,
             connect_timeout=settings.provider_connect_timeout_seconds,
@@ -75,6 +72,13 @@ class Service:
             max_connections=settings.worker_concurrency + 16,
         )
         self.runner = build_runner(settings, self.clients)
+        # Last of what can refuse to start: it takes the SQLite file for this process.
+        self.store: JobStore = open_store(settings)
+        if role != "all" and not self.store.shared:
+            raise ConfigError(
+                f"--role {role} needs a store shared between processes: STORE_URL "
+                f"{settings.store_url!r} keeps jobs in one process; use redis://"
+            )
         self.gateway = (
             Gateway(self.store, self.runner, max_message_bytes=settings.max_message_bytes)
             if role in ("all", "gateway")
@@ -98,6 +102,22 @@ class Service:
             self.worker.start()
         if self.gateway is not None:
             self.gateway.start()
+
+    async def drain(self) -> None:
+        """Take no new connections or jobs; let running jobs finish, and their
+        listeners receive them, for up to ``SHUTDOWN_GRACE_SECONDS``.
+
+        Jobs still running then are given up (queued again by a durable store);
+        listeners get what that produced, up to a short while more.
+        """
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.shutdown_grace_seconds
+        await asyncio.gather(
+            *([self.worker.drain(until)] if self.worker is not None else []),
+            *([self.gateway.drain(until)] if self.gateway is not None else []),
+        )
+        if self.gateway is not None:
+            await self.gateway.drain(loop.time() + RELAY_AFTER_GRACE_SECONDS)
 
     async def stop(self) -> None:
         if self.gateway is not None:
@@ -165,8 +185,59 @@ def event_loop_name() -> str:
     return "uvloop"
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, serving the app as this service needs.
+
+    ``on_ready`` is called once the listening socket accepts connections, so a
+    line saying so never comes early. On a stop, new connections are refused at
+    once, but the open ones are closed only once :meth:`Service.drain` is over:
+    a listener gets the end of every job that was running.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        service: Service,
+        on_ready: Callable[[uvicorn.Server], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.service = service
+        self.on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready(self)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        log.info(
+            "stopping: taking no new connections or jobs; waiting up to %.0fs for running jobs "
+            "(Ctrl-C again to stop at once)",
+            self.service.settings.shutdown_grace_seconds,
+        )
+        draining = asyncio.create_task(self.service.drain())
+        while not draining.done() and not self.force_exit:
+            await asyncio.wait({draining}, timeout=0.1)
+        draining.cancel()
+        try:
+            await draining
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("draining failed; closing connections now")
+        await super().shutdown(sockets)
+
+
+def make_server(app: Starlette, on_ready: Callable[[uvicorn.Server], None] | None = None) -> Server:
+    """The server of an app made by :func:`create_app`: the same for the command and tests."""
+    settings: Settings = app.state.settings
+    return Server(server_config(app, settings), app.state.service, on_ready)
+
+
 def server_config(app: Starlette, settings: Settings) -> uvicorn.Config:
-    """How uvicorn serves the app: the same for the command and for the tests."""
+    """How uvicorn serves the app."""
     return uvicorn.Config(
         app,
         host=settings.listen_address,
@@ -180,5 +251,6 @@ def server_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         ws_per_message_deflate=False,
         lifespan="on",
         log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        # Running jobs had their grace before connections are closed (Server.shutdown).
+        timeout_graceful_shutdown=5,
     )

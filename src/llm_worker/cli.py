@@ -16,9 +16,10 @@ from dotenv import load_dotenv
 from pydantic import ValidationError
 
 from llm_worker import __version__
-from llm_worker.app import ROLES, create_app, event_loop_name, run_worker, server_config
+from llm_worker.app import ROLES, create_app, event_loop_name, make_server, run_worker
 from llm_worker.config import ConfigError, Settings
 from llm_worker.logs import configure_logging
+from llm_worker.store import StoreError
 
 log = logging.getLogger("llm_worker")
 
@@ -68,23 +69,25 @@ def serve(args: argparse.Namespace) -> int:
         if args.role == "worker":
             return _serve_worker(settings)
         app = create_app(settings, args.role)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         log.error("cannot start: %s", exc)
         return 2
-    config = server_config(app, settings)
-    server = uvicorn.Server(config)
+
+    def ready(server: uvicorn.Server) -> None:
+        # Said once the socket accepts connections, not before: clients wait for this line.
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        log.info(
+            "llm-worker %s (%s) listening on ws://%s:%d/ws/ (pid %d)",
+            __version__,
+            args.role,
+            host,
+            port,
+            os.getpid(),
+        )
+
+    server = make_server(app, on_ready=ready)
     _freeze_startup_objects()
-    sock = config.bind_socket()
-    host, port = sock.getsockname()[:2]
-    log.info(
-        "llm-worker %s (%s) listening on ws://%s:%d/ws/ (pid %d)",
-        __version__,
-        args.role,
-        host,
-        port,
-        os.getpid(),
-    )
-    server.run(sockets=[sock])
+    server.run()
     return 0
 
 

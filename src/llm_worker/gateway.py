@@ -2,8 +2,11 @@
 
 Each connection reads requests one at a time and answers each; every job the
 connection follows gets a task that copies the job's log from the store to the
-socket. A job never depends on a connection: closing one stops its followers,
-never its jobs.
+socket, in the connection's dialect (:mod:`llm_worker.dialects`). A job never
+depends on a connection: closing one stops its followers, never its jobs.
+
+When the process stops, the gateway takes no new connections or jobs, and keeps
+the open connections while jobs they follow are running (:meth:`Gateway.drain`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from llm_worker import protocol
+from llm_worker.dialects import Dialect, Relay, negotiate, refusal
 from llm_worker.jobs import JobState, output_of
 from llm_worker.protocol import (
     AddRequest,
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 PENDING_COALESCE_SECONDS = 0.05
 # What sending to, or receiving from, a connection that went away raises.
 _GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
+SHUTTING_DOWN = "the worker is shutting down and takes no new jobs; try again shortly"
 
 
 class Gateway:
@@ -46,6 +52,8 @@ class Gateway:
         self.runner = runner
         self.max_message_bytes = max_message_bytes
         self.connections: set[Connection] = set()
+        self.draining = False
+        """Set when the process stops: no new connections or jobs."""
         self._health_watch: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -65,9 +73,46 @@ class Gateway:
                 connection.announce(message)
             await self.store.recovered()
 
+    async def drain(self, until: float) -> None:
+        """Take no new connections or jobs; return once no connection follows a job
+        that is running or whose end it has yet to relay, or at ``until`` (loop time).
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        while (remaining := until - loop.time()) > 0:
+            try:
+                followers = await self._followers_of_started_jobs()
+            except StoreError:
+                return  # nothing more to relay while the store is away
+            if not followers:
+                return
+            # Jobs a connection waits on may start elsewhere meanwhile: look again soon.
+            await asyncio.wait(followers, timeout=min(remaining, 0.5))
+
+    async def _followers_of_started_jobs(self) -> list[asyncio.Task[None]]:
+        followers = []
+        for connection in list(self.connections):
+            for job_id, task in list(connection.followers.items()):
+                record = await self.store.get(job_id)
+                if record is not None and record.state is not JobState.PENDING:
+                    followers.append(task)
+        return followers
+
     async def websocket_endpoint(self, websocket: WebSocket) -> None:
-        await websocket.accept()
-        connection = Connection(self, websocket)
+        try:
+            dialect, subprotocol = negotiate(
+                websocket.scope.get("subprotocols", ()), websocket.query_params.get("protocol")
+            )
+        except ProtocolError as exc:
+            await websocket.send_denial_response(PlainTextResponse(exc.message, status_code=400))
+            return
+        if self.draining:
+            await websocket.send_denial_response(
+                PlainTextResponse("the worker is shutting down", status_code=503)
+            )
+            return
+        await websocket.accept(subprotocol)
+        connection = Connection(self, websocket, dialect)
         self.connections.add(connection)
         try:
             await connection.serve()
@@ -75,6 +120,8 @@ class Gateway:
             self.connections.discard(connection)
 
     async def healthz(self, request: HTTPRequest) -> JSONResponse:
+        if self.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
         try:
             stats = await self.store.stats()
         except StoreError as exc:
@@ -93,10 +140,11 @@ class Gateway:
 class Connection:
     """One client's WebSocket: its requests in, its replies and jobs' events out."""
 
-    def __init__(self, gateway: Gateway, websocket: WebSocket) -> None:
+    def __init__(self, gateway: Gateway, websocket: WebSocket, dialect: Dialect) -> None:
         self.gateway = gateway
         self.store = gateway.store
         self.websocket = websocket
+        self.dialect = dialect
         self.followers: dict[str, asyncio.Task[None]] = {}
 
     async def serve(self) -> None:
@@ -114,7 +162,10 @@ class Connection:
             self.followers.clear()
 
     def announce(self, message: str) -> None:
-        """An ``error`` about each job this connection follows, sent in the background."""
+        """An ``error`` about each job this connection follows, sent in the background
+        (to full-protocol connections: the seed's clients know no such message)."""
+        if self.dialect is not Dialect.FULL:
+            return
         for job_id in list(self.followers):
             asyncio.create_task(self._send_quietly(protocol.error(message, job_id)))  # noqa: RUF006
 
@@ -127,24 +178,30 @@ class Connection:
         # so frames from concurrent followers never interleave mid-frame.
         await self.websocket.send_text(frame)
 
+    async def refuse(self, request_type: str | None, ref: Any, message: str) -> None:
+        """Answer a request that cannot be honoured, as this connection's dialect says."""
+        for frame in refusal(self.dialect, request_type, ref, message):
+            await self.send(frame)
+
     async def handle_frame(self, text: str | None, data: bytes | None) -> None:
         if text is None:
             size = len(data or b"")
             if size > self.gateway.max_message_bytes:
-                await self._too_large(size)
+                await self.refuse(None, None, self._too_large(size))
             else:
-                await self.send(protocol.error("binary frames are not accepted: send JSON as text"))
+                await self.refuse(None, None, "binary frames are not accepted: send JSON as text")
             return
         # A character takes at most 4 bytes in UTF-8: encode only when it could matter.
         if len(text) * 4 > self.gateway.max_message_bytes:
             size = len(text.encode())
             if size > self.gateway.max_message_bytes:
-                await self._too_large(size)
+                # Read only for what it refers to, so that the refusal reaches its request.
+                await self.refuse(*protocol.peek_request(text), self._too_large(size))
                 return
         try:
             request = protocol.parse_request(text)
         except ProtocolError as exc:
-            await self.send(protocol.error(exc.message, exc.ref))
+            await self.refuse(exc.request_type, exc.ref, exc.message)
             return
         try:
             if isinstance(request, AddRequest):
@@ -158,32 +215,33 @@ class Connection:
             elif isinstance(request, PingRequest):
                 await self.send(protocol.pong(request.id))
         except StoreError as exc:
-            await self.send(protocol.error(str(exc), _ref(request)))
+            await self.refuse(request.type, _ref(request), str(exc))
         except _GONE:
             raise
         except Exception:
             # A bug of ours must cost this one request, not the connection.
             log.exception("request %s failed", request.type)
-            await self.send(
-                protocol.error(f"internal error while handling {request.type!r}", _ref(request))
+            await self.refuse(
+                request.type, _ref(request), f"internal error while handling {request.type!r}"
             )
 
-    async def _too_large(self, size: int) -> None:
-        await self.send(
-            protocol.error(
-                f"message too large: {size} bytes, the limit is "
-                f"{self.gateway.max_message_bytes} (MAX_MESSAGE_BYTES)"
-            )
+    def _too_large(self, size: int) -> str:
+        return (
+            f"message too large: {size} bytes, the limit is "
+            f"{self.gateway.max_message_bytes} (MAX_MESSAGE_BYTES)"
         )
 
     # -- requests -----------------------------------------------------------
 
     async def add(self, request: AddRequest) -> None:
+        if self.gateway.draining:
+            await self.refuse("add", request.id, SHUTTING_DOWN)
+            return
         spec = request.to_spec()
         try:
             self.gateway.runner.check(spec)
         except TemplateError as exc:
-            await self.send(protocol.error(f"invalid assistant template: {exc}", request.id))
+            await self.refuse("add", request.id, f"invalid assistant template: {exc}")
             return
         record = await self.store.submit(spec)
         log.debug("job %s added", record.id)
@@ -210,7 +268,8 @@ class Connection:
                     record.id,
                 )
             )
-        elif not following:
+        elif not following or self.dialect is Dialect.SEED:
+            # A seed-dialect follower relays the cancel as `failed`: acknowledge it apart.
             await self.send(protocol.cancelled(record.id))
 
     async def status(self, request: StatusRequest) -> None:
@@ -238,18 +297,21 @@ class Connection:
             log.error("following job %s failed", job_id, exc_info=exc)
 
     async def _follow(self, job_id: str, after: int) -> None:
+        relay = Relay(job_id, self.dialect, after)
         positions: asyncio.Task[None] | None = None
-        if await self.store.position(job_id) is not None:
+        if self.dialect is Dialect.FULL and await self.store.position(job_id) is not None:
             positions = asyncio.create_task(self._announce_positions(job_id))
         try:
             async for batch in self.store.follow(job_id, after):
                 if positions is not None:
                     positions.cancel()
                     positions = None
-                for frame in protocol.event_frames(job_id, batch):
+                for frame in relay.frames(batch):
                     await self.send(frame)
+                if relay.finished:
+                    return
         except UnknownJob:
-            await self.send(protocol.error(f"unknown job_id {job_id!r}", job_id))
+            await self.refuse("listen", job_id, f"unknown job_id {job_id!r}")
         finally:
             if positions is not None:
                 positions.cancel()

@@ -22,8 +22,7 @@ import abc
 from collections.abc import Mapping
 from typing import Any
 
-from llm_worker.context import StreamContext
-from llm_worker.providers import Provider
+from llm_worker.context import CheckContext, StreamContext
 from llm_worker.registry import Registry
 from llm_worker.templates import ChatMessage, ModelStream, TemplateError
 
@@ -31,10 +30,8 @@ from llm_worker.templates import ChatMessage, ModelStream, TemplateError
 class Insert(abc.ABC):
     """Expands to messages when its stream runs."""
 
-    def check(
-        self, options: Mapping[str, Any], stream: ModelStream, providers: Registry[Provider]
-    ) -> None:
-        """Raise :class:`TemplateError` for options that cannot work; no I/O."""
+    def check(self, options: Mapping[str, Any], stream: ModelStream, context: CheckContext) -> None:
+        """Raise :class:`TemplateError` for a use that cannot work; no I/O."""
         if options:
             raise TemplateError(f"takes no options, got {', '.join(sorted(options))}")
 
@@ -53,9 +50,7 @@ def _non_negative_int(options: Mapping[str, Any], key: str, default: int) -> int
 
 
 class HistoryInsert(Insert):
-    def check(
-        self, options: Mapping[str, Any], stream: ModelStream, providers: Registry[Provider]
-    ) -> None:
+    def check(self, options: Mapping[str, Any], stream: ModelStream, context: CheckContext) -> None:
         unknown = set(options) - {"last"}
         if unknown:
             raise TemplateError(f"unknown option {sorted(unknown)[0]!r} (known: 'last')")
@@ -82,9 +77,7 @@ DEFAULT_SUMMARY_INSTRUCTIONS = (
 class HistorySummaryInsert(Insert):
     OPTIONS = frozenset({"provider", "settings", "keep_last", "instructions"})
 
-    def check(
-        self, options: Mapping[str, Any], stream: ModelStream, providers: Registry[Provider]
-    ) -> None:
+    def check(self, options: Mapping[str, Any], stream: ModelStream, context: CheckContext) -> None:
         unknown = set(options) - self.OPTIONS
         if unknown:
             known = ", ".join(repr(o) for o in sorted(self.OPTIONS))
@@ -95,7 +88,7 @@ class HistorySummaryInsert(Insert):
         settings = options.get("settings", stream.settings)
         if not isinstance(settings, dict):
             raise TemplateError(f"option 'settings' must be an object, not {settings!r}")
-        providers.get(provider_name).check_settings(settings)
+        context.providers.get(provider_name).check_settings(settings)
         _non_negative_int(options, "keep_last", 3)
         instructions = options.get("instructions", DEFAULT_SUMMARY_INSTRUCTIONS)
         if not isinstance(instructions, str) or not instructions.strip():

@@ -1,8 +1,11 @@
 """Pipelines: streams implemented on the server, ``{"pipeline": name, ...options}``.
 
-A pipeline gets the job (query, history, variables), the output of the stream
-before it, and model calls with the deployment's retry policy; it yields the
-stream's output as text deltas. Built in:
+A pipeline gets the job (query, history, variables, the template's own fields),
+the output of the stream before it, and model calls with the deployment's
+retry policy; it yields the stream's output as text deltas. It may also set
+named values for the streams after it (a retrieval step setting
+``{rag_output}``, say), declared in :meth:`Pipeline.sets` so that templates
+using them are checked when they are added. Built in:
 
 ``echo``
     Yields the previous stream's output, or the query in a first stream:
@@ -15,11 +18,10 @@ A deployment adds its own by subclassing :class:`Pipeline` and registering it
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
-from llm_worker.context import StreamContext
-from llm_worker.providers import Provider
+from llm_worker.context import CheckContext, StreamContext
 from llm_worker.registry import Registry
 from llm_worker.templates import TemplateError
 
@@ -27,10 +29,18 @@ from llm_worker.templates import TemplateError
 class Pipeline(abc.ABC):
     """A stream whose output the server computes."""
 
-    def check(self, options: Mapping[str, Any], providers: Registry[Provider]) -> None:
-        """Raise :class:`TemplateError` for options that cannot work; no I/O."""
+    def check(self, options: Mapping[str, Any], context: CheckContext) -> None:
+        """Raise :class:`TemplateError` for a use that cannot work; no I/O."""
         if options:
             raise TemplateError(f"takes no options, got {', '.join(sorted(options))}")
+
+    def sets(self, options: Mapping[str, Any]) -> Collection[str]:
+        """The names of the values :meth:`run` sets with ``context.set(name, text)``.
+
+        The streams after this one may use them as placeholders; the job fails
+        if :meth:`run` ends without setting each of them.
+        """
+        return ()
 
     @abc.abstractmethod
     def run(self, options: Mapping[str, Any], context: StreamContext) -> AsyncIterator[str]:

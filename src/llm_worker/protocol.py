@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from llm_worker.jobs import Event, EventKind, JobRecord, JobSpec
-from llm_worker.templates import Assistant, ChatMessage
+from llm_worker.templates import Assistant, ChatMessage, text_value
 
 
 def _request_id(value: Any) -> str | int:
@@ -35,13 +35,10 @@ def _request_id(value: Any) -> str | int:
 
 
 def _variable_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    raise ValueError("must be a string, a number or a boolean")
+    text = text_value(value)
+    if text is None:
+        raise ValueError("must be a string, a number or a boolean")
+    return text
 
 
 # Plain validators rather than unions: one clear error instead of one per member.
@@ -50,12 +47,18 @@ VariableText = Annotated[str, PlainValidator(_variable_text)]
 
 
 class ProtocolError(ValueError):
-    """A request that cannot be honoured; ``ref`` is its ``id`` or ``job_id`` if known."""
+    """A frame that cannot be honoured.
 
-    def __init__(self, message: str, ref: Any = None) -> None:
+    ``request_type`` is the request's ``type`` when the frame names a known
+    one, ``ref`` its ``id`` (``add``, ``ping``) or ``job_id`` (the others) when
+    it has a usable one: how a refusal is answered depends on both.
+    """
+
+    def __init__(self, message: str, ref: Any = None, request_type: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.ref = ref
+        self.request_type = request_type
 
 
 class _Request(BaseModel):
@@ -130,22 +133,53 @@ def parse_request(data: str | bytes) -> Request:
     if not isinstance(obj, dict):
         kind = _JSON_TYPE_NAMES.get(type(obj), "something else")
         raise ProtocolError(f"a request must be a JSON object, not {kind}")
-    ref = _ref_of(obj)
     request_type = obj.get("type")
     if request_type is None:
-        raise ProtocolError("missing field 'type'", ref)
+        raise ProtocolError("missing field 'type'", _ref_of(obj, None))
     model = _REQUEST_TYPES.get(request_type) if isinstance(request_type, str) else None
     if model is None:
         known = ", ".join(sorted(_REQUEST_TYPES))
-        raise ProtocolError(f"unknown type {request_type!r} (known: {known})", ref)
+        raise ProtocolError(f"unknown type {request_type!r} (known: {known})", _ref_of(obj, None))
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        raise ProtocolError(f"invalid {request_type!r} request: {describe(exc)}", ref) from None
+        raise ProtocolError(
+            f"invalid {request_type!r} request: {describe(exc)}",
+            _ref_of(obj, request_type),
+            request_type,
+        ) from None
 
 
-def _ref_of(obj: dict[str, Any]) -> Any:
-    for key in ("id", "job_id"):
+def peek_request(data: str | bytes) -> tuple[str | None, Any]:
+    """The ``type`` and reference of a frame that will not be parsed (too large, say).
+
+    ``(None, None)`` when the frame is not a JSON object naming a known request.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    request_type = obj.get("type")
+    if not isinstance(request_type, str) or request_type not in _REQUEST_TYPES:
+        return None, _ref_of(obj, None)
+    return request_type, _ref_of(obj, request_type)
+
+
+# What an ``error`` about a request refers to: its ``id``, or the job it names.
+_REF_KEYS: dict[str | None, tuple[str, ...]] = {
+    "add": ("id",),
+    "ping": ("id",),
+    "listen": ("job_id",),
+    "cancel": ("job_id",),
+    "status": ("job_id",),
+    None: ("id", "job_id"),
+}
+
+
+def _ref_of(obj: dict[str, Any], request_type: str | None) -> Any:
+    for key in _REF_KEYS.get(request_type, _REF_KEYS[None]):
         value = obj.get(key)
         if isinstance(value, str | int) and not isinstance(value, bool):
             return value
@@ -243,6 +277,11 @@ def event_frames(job_id: str, events: list[Event]) -> list[str]:
 
 def _running(job_id: str, message: str, seq: int) -> str:
     return _frame({"type": "running", "job_id": job_id, "message": message, "seq": seq})
+
+
+def failed(job_id: Any, message: str) -> str:
+    """A ``failed`` outside any job's log: how the seed dialect refuses a request."""
+    return _frame({"type": "failed", "job_id": job_id, "message": message})
 
 
 def cancelled(job_id: str) -> str:

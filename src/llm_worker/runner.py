@@ -15,7 +15,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from llm_worker.context import StreamContext
+from llm_worker.context import CheckContext, StreamContext
 from llm_worker.inserts import Insert
 from llm_worker.jobs import JobSpec
 from llm_worker.pipelines import Pipeline
@@ -23,6 +23,7 @@ from llm_worker.providers import Provider, ProviderError
 from llm_worker.registry import Registry
 from llm_worker.templates import (
     BUILTIN_PLACEHOLDERS,
+    PLAIN_NAME,
     PREVIOUS_STREAM_OUTPUT,
     QUERY,
     ChatMessage,
@@ -53,6 +54,42 @@ class RetryPolicy:
         return min(backoff * random.uniform(0.8, 1.2), self.max_delay)
 
 
+def _declared(stream: PipelineStream, pipeline: Pipeline) -> frozenset[str]:
+    """The names the pipeline of ``stream`` sets; :class:`TemplateError` for bad ones."""
+    names = frozenset(pipeline.sets(stream.options))
+    for name in sorted(names):
+        if not isinstance(name, str) or not PLAIN_NAME.match(name):
+            raise TemplateError(f"pipeline {stream.pipeline!r} sets {name!r}: not a plain name")
+        if name in BUILTIN_PLACEHOLDERS:
+            raise TemplateError(
+                f"pipeline {stream.pipeline!r} sets {name!r}, which is reserved for the worker"
+            )
+    return names
+
+
+def _in_stream(
+    index: int, stream: ModelStream | PipelineStream, error: TemplateError
+) -> TemplateError:
+    """``error``, raised while a stream ran, saying which stream (and pipeline) it was."""
+    message = str(error)
+    if message.startswith("assistant."):
+        return error
+    if isinstance(stream, PipelineStream):
+        message = f"pipeline {stream.pipeline!r} {message}"
+    return TemplateError(f"assistant.streams[{index}]: {message}")
+
+
+def _values_set(index: int, stream: PipelineStream, context: StreamContext) -> dict[str, str]:
+    """What a finished stream's pipeline set for the streams after it; all it declared."""
+    missing = sorted(context.settable - context.set_values.keys())
+    if missing:
+        raise TemplateError(
+            f"assistant.streams[{index}]: pipeline {stream.pipeline!r} ended without "
+            f"setting {missing[0]!r}, which it declares"
+        )
+    return context.set_values
+
+
 def _exhausted(error: ProviderError, tries: int) -> ProviderError:
     if tries <= 1:
         return error
@@ -81,45 +118,49 @@ class Runner:
         reserved = sorted(BUILTIN_PLACEHOLDERS & spec.variables.keys())
         if reserved:
             raise TemplateError(f"variables: {reserved[0]!r} is reserved for the worker")
+        fields = spec.assistant.fields
+        # Values that every stream may name; pipelines add theirs for the streams after them.
+        known = {QUERY, *spec.assistant.placeholder_values(), *spec.variables}
         for index, stream in enumerate(spec.assistant.streams):
             where = f"assistant.streams[{index}]"
-            known = {QUERY, *spec.variables}
-            if index:
-                known.add(PREVIOUS_STREAM_OUTPUT)
+            here = known | {PREVIOUS_STREAM_OUTPUT} if index else known
+            context = CheckContext(self.providers, fields, frozenset(here))
             if isinstance(stream, PipelineStream):
-                self._prefixed(where, self._check_pipeline, stream)
+                known |= self._prefixed(where, self._check_pipeline, stream, context)
             else:
-                self._prefixed(where, self._check_model_stream, stream, known, where)
+                self._prefixed(where, self._check_model_stream, stream, context, where)
 
     @staticmethod
-    def _prefixed(where: str, check: Any, *args: Any) -> None:
+    def _prefixed(where: str, check: Any, *args: Any) -> Any:
         try:
-            check(*args)
+            return check(*args)
         except TemplateError as exc:
             message = str(exc)
             if not message.startswith("assistant."):
                 message = f"{where}: {message}"
             raise TemplateError(message) from None
 
-    def _check_pipeline(self, stream: PipelineStream) -> None:
+    def _check_pipeline(self, stream: PipelineStream, context: CheckContext) -> frozenset[str]:
+        """Check a pipeline stream; the names of the values it sets for later streams."""
         pipeline = self.pipelines.get(stream.pipeline)
         try:
-            pipeline.check(stream.options, self.providers)
+            pipeline.check(stream.options, context)
         except TemplateError as exc:
             raise TemplateError(f"pipeline {stream.pipeline!r} {exc}") from None
+        return _declared(stream, pipeline)
 
-    def _check_model_stream(self, stream: ModelStream, known: set[str], where: str) -> None:
+    def _check_model_stream(self, stream: ModelStream, context: CheckContext, where: str) -> None:
         self.providers.get(stream.provider).check_settings(stream.settings)
         for position, item in enumerate(stream.messages):
             item_where = f"{where}.messages[{position}]"
             if isinstance(item, InsertItem):
                 insert = self.inserts.get(item.insert)
                 try:
-                    insert.check(item.options, stream, self.providers)
+                    insert.check(item.options, stream, context)
                 except TemplateError as exc:
                     raise TemplateError(f"{item_where}: insert {item.insert!r} {exc}") from None
             else:
-                check_placeholders(item.content, known, f"{item_where}.content")
+                check_placeholders(item.content, context.known, f"{item_where}.content")
 
     # -- running ------------------------------------------------------------
 
@@ -130,13 +171,19 @@ class Runner:
         cannot complete; the message is meant for the job's listeners.
         """
         streams = spec.assistant.streams
+        values = {**spec.assistant.placeholder_values(), **spec.variables}
         previous_output = ""
         for index, stream in enumerate(streams):
-            context = StreamContext(spec, index, previous_output, self)
             last = index == len(streams) - 1
+            here = {**values, QUERY: spec.query, PREVIOUS_STREAM_OUTPUT: previous_output}
             if isinstance(stream, PipelineStream):
-                deltas = self.pipelines.get(stream.pipeline).run(stream.options, context)
+                pipeline = self.pipelines.get(stream.pipeline)
+                context = StreamContext(
+                    spec, index, previous_output, self, here, _declared(stream, pipeline)
+                )
+                deltas = pipeline.run(stream.options, context)
             else:
+                context = StreamContext(spec, index, previous_output, self, here)
                 messages = await self.build_messages(stream, context)
                 if not last:
                     # Nothing of an inner stream reaches listeners: it may be retried
@@ -146,30 +193,32 @@ class Runner:
                     )
                     continue
                 deltas = self.stream(stream.provider, messages, stream.settings)
-            async with aclosing(deltas):
-                if last:
-                    async for delta in deltas:
-                        if delta:
-                            yield delta
-                else:
+            try:
+                async with aclosing(deltas):
+                    if last:
+                        async for delta in deltas:
+                            if delta:
+                                yield delta
+                        return
                     previous_output = "".join([delta async for delta in deltas])
+            except TemplateError as exc:
+                raise _in_stream(index, stream, exc) from None
+            if isinstance(stream, PipelineStream):
+                values.update(_values_set(index, stream, context))
 
     async def build_messages(
         self, stream: ModelStream, context: StreamContext
     ) -> list[ChatMessage]:
         """The stream's messages: literals rendered, inserts expanded."""
-        values = {
-            **context.variables,
-            QUERY: context.query,
-            PREVIOUS_STREAM_OUTPUT: context.previous_output,
-        }
         messages: list[ChatMessage] = []
         for item in stream.messages:
             if isinstance(item, InsertItem):
                 insert = self.inserts.get(item.insert)
                 messages.extend(await insert.expand(item.options, stream, context))
             else:
-                messages.append(item.model_copy(update={"content": render(item.content, values)}))
+                messages.append(
+                    item.model_copy(update={"content": render(item.content, context.values)})
+                )
         return messages
 
     # -- model calls (the ModelCalls protocol of inserts and pipelines) ------

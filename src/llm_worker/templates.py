@@ -113,17 +113,49 @@ Stream = Annotated[
 
 
 class Assistant(BaseModel):
-    """An assistant template: streams run in order; the last one's output is the job's."""
+    """An assistant template: streams run in order; the last one's output is the job's.
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    Fields besides ``streams`` (F-AI's templates carry ``id``, ``meta`` and
+    ``files_collection_id``) are the template's own: kept with the job and
+    handed to inserts and pipelines, and those holding text, a number or a
+    boolean are placeholders too (``{files_collection_id}``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     streams: list[Stream] = Field(min_length=1)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The template's own fields: everything but ``streams``."""
+        return dict(self.model_extra or {})
+
+    def placeholder_values(self) -> dict[str, str]:
+        """The fields a placeholder can name, as the text they are replaced with."""
+        values = {}
+        for name, value in (self.model_extra or {}).items():
+            text = text_value(value)
+            if text is not None and PLAIN_NAME.match(name):
+                values[name] = text
+        return values
+
+
+def text_value(value: Any) -> str | None:
+    """A JSON scalar as placeholder text (``true``/``false`` for booleans); ``None``
+    for anything else (objects, arrays, null)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return None
 
 
 # -- placeholders -------------------------------------------------------------
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +197,7 @@ def compile_text(text: str) -> CompiledText:
             literal.append("}")
         elif match.group(1) is not None:
             name = match.group(1)
-            if not _PLAIN_NAME.match(name):
+            if not PLAIN_NAME.match(name):
                 raise TemplateError(
                     f"invalid placeholder {token!r}: only plain names such as {{query}} "
                     "are replaced (write {{ and }} for literal braces)"

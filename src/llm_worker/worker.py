@@ -53,8 +53,9 @@ class Worker:
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._claim_forever(), name="worker-claim-loop")
 
-    async def stop(self) -> None:
-        """Stop claiming; let running jobs finish within the grace period, then give them up."""
+    async def drain(self, until: float) -> None:
+        """Stop claiming; let running jobs finish until ``until`` (loop time), then give
+        up those still running: a shared or durable store queues them again."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -62,8 +63,9 @@ class Worker:
             self._loop_task = None
         if not self._jobs:
             return
-        log.info("waiting up to %.0fs for %d running jobs", self.shutdown_grace, len(self._jobs))
-        _, unfinished = await asyncio.wait(list(self._jobs), timeout=self.shutdown_grace)
+        remaining = max(until - asyncio.get_running_loop().time(), 0)
+        log.info("waiting up to %.0fs for %d running jobs", remaining, len(self._jobs))
+        _, unfinished = await asyncio.wait(list(self._jobs), timeout=remaining)
         for task in unfinished:
             task.cancel()
         for task in unfinished:
@@ -74,6 +76,10 @@ class Worker:
                 await self.store.release(
                     claim.job_id, claim.attempt, "the worker stopped before the job finished"
                 )
+
+    async def stop(self) -> None:
+        """Stop claiming; let running jobs finish within the grace period, then give them up."""
+        await self.drain(asyncio.get_running_loop().time() + self.shutdown_grace)
 
     async def _claim_forever(self) -> None:
         while True:

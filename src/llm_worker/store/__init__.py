@@ -28,7 +28,7 @@ __all__ = [
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The store ``STORE_URL`` names (not started yet)."""
+    """The store ``STORE_URL`` names, not started yet (an SQLite file is locked already)."""
     url = settings.store_url
     scheme, sep, rest = url.partition("://")
     common = {"queue_max": settings.queue_max, "job_ttl": settings.job_ttl_seconds}
@@ -38,12 +38,14 @@ def open_store(settings: Settings) -> JobStore:
         from llm_worker.store.sqlite import SQLiteStore
 
         # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
-        return SQLiteStore(
+        store = SQLiteStore(
             Path(rest[1:]),
             flush_ms=settings.sqlite_flush_ms,
             synchronous=settings.sqlite_synchronous,
             **common,
         )
+        store.lock()
+        return store
     if scheme in ("redis", "rediss", "unix") and sep:
         from llm_worker.store.redis import RedisStore
 

@@ -206,8 +206,7 @@ class SQLiteStore(MemoryStore):
         """Per job re-run after a crash: the seq its reset must exceed."""
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        self.lock()
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -231,7 +230,15 @@ class SQLiteStore(MemoryStore):
             self._lock_file.close()
             self._lock_file = None
 
-    def _lock(self) -> None:
+    def lock(self) -> None:
+        """Make the file this process's; :class:`DatabaseInUse` if another has it.
+
+        Done by :meth:`start` if not before: a process that cannot have its
+        database learns so before it listens for clients.
+        """
+        if self._lock_file is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
         lock_file = open(lock_path, "a+")  # noqa: SIM115 - held open for the process's life
         try:
