@@ -23,11 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -58,14 +57,17 @@ def free_port() -> int:
 
 
 def wait_for(url: str, timeout: float = 30) -> None:
+    """Return once ``url`` answers 200; :class:`TimeoutError` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # refused, reset, an HTTP error status
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s")
         time.sleep(0.05)
 
 

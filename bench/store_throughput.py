@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import statistics
 import sys
@@ -33,58 +32,8 @@ from typing import Any
 
 import websockets
 
-from llm_worker.config import Settings
+from llm_worker.testing.processes import WorkerProcess, clean_env
 from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix
-
-LISTENING = re.compile(r"listening on ws://[\d.]+:(\d+)/ws/")
-
-
-class Proc:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.port: int | None = None
-        self.ready = asyncio.Event()
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            text = line.decode(errors="replace")
-            if match := LISTENING.search(text):
-                self.port = int(match.group(1))
-            if "Application startup complete" in text or "worker ready" in text:
-                self.ready.set()
-        self.ready.set()
-
-    def peak_rss_mib(self) -> float:
-        """The process's peak resident memory so far (VmHWM), in MiB."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
-        return kib / 1024
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        await self.process.wait()
-        await self.reader
-
-
-async def start(args: list[str], env: dict[str, str], cwd: str) -> Proc:
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    proc = Proc(process)
-    await asyncio.wait_for(proc.ready.wait(), 30)
-    return proc
-
-
-def serve(role: str) -> list[str]:
-    return [sys.executable, "-m", "llm_worker", "serve", "--role", role]
-
 
 ASSISTANT = {
     "streams": [
@@ -125,22 +74,22 @@ async def run(
 ) -> tuple[float, dict[str, float]]:
     """Seconds for the jobs, and each process's peak RSS (MiB) by role."""
     with tempfile.TemporaryDirectory() as workdir:
-        procs: list[Proc] = []
+        procs: list[WorkerProcess] = []
         redis: RedisServer | None = None
         try:
             env = dict(base_env)
             if config in ("memory", "sqlite"):
                 env["STORE_URL"] = "memory://" if config == "memory" else "sqlite:///jobs.db"
-                procs.append(await start(serve("all"), env, workdir))
+                procs.append(await WorkerProcess.start(env, Path(workdir)))
             else:
                 redis = RedisServer(Path(workdir) / "redis")
                 redis.start()
                 env["STORE_URL"] = redis.url
                 env["REDIS_PREFIX"] = unique_prefix()
-                procs.append(await start(serve("gateway"), env, workdir))
+                procs.append(await WorkerProcess.start(env, Path(workdir), role="gateway"))
                 for _ in range(int(config.removeprefix("redis-").removesuffix("w"))):
-                    procs.append(await start(serve("worker"), env, workdir))
-            url = f"ws://127.0.0.1:{procs[0].port}/ws/"
+                    procs.append(await WorkerProcess.start(env, Path(workdir), role="worker"))
+            url = procs[0].ws_url
             await load(url, min(50, jobs), connections)  # warm-up
             seconds = await load(url, jobs, connections)
             roles = ["all"] if len(procs) == 1 else ["gateway"] + ["worker"] * (len(procs) - 1)
@@ -181,9 +130,7 @@ async def main() -> None:
     )
     assert upstream.stdout is not None
     await upstream.stdout.readline()
-    ours = {name.upper() for name in Settings.model_fields}
-    base_env = {k: v for k, v in os.environ.items() if k not in ours}
-    base_env.update(
+    base_env = clean_env(
         LISTEN_PORT="0",
         OPENAI_API_KEY="bench",
         OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",

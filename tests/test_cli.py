@@ -11,7 +11,7 @@ import httpx
 
 from llm_worker.config import Settings
 from llm_worker.testing.openai_server import OpenAIServer
-from tests.processes import COMMAND, WorkerProcess, clean_env, processes
+from llm_worker.testing.processes import COMMAND, WorkerProcess, clean_env, processes
 from tests.test_seed_compat import SEED_ADD_REQUEST
 from tests.wsclient import WSClient, text_of
 
@@ -140,8 +140,26 @@ async def test_two_processes_cannot_share_one_sqlite_file(
     async with processes() as started:
         started.append(await WorkerProcess.start(env, tmp_path))
         code, output = await failed_start(env, tmp_path)
-    assert code != 0
-    assert b"jobs.db is in use by llm-worker pid" in output
+    assert code == 2
+    # One line that says what to do, no traceback.
+    (line,) = output.decode().splitlines()
+    assert "cannot start: jobs.db is in use by llm-worker pid" in line, output
+    assert "use a redis:// STORE_URL" in line
+
+
+async def test_the_port_accepts_connections_once_the_listening_line_is_logged(
+    tmp_path: Path,
+) -> None:
+    # Clients (and orchestrators) wait for the line, then connect at once.
+    async with processes() as started:
+        for attempt in range(3):
+            workdir = tmp_path / str(attempt)
+            workdir.mkdir()
+            worker = await WorkerProcess.start(clean_env(LISTEN_PORT="0"), workdir)
+            started.append(worker)
+            _, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+            writer.close()
+            await writer.wait_closed()
 
 
 def test_defaults_are_safe() -> None:

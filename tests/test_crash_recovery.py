@@ -16,8 +16,8 @@ import pytest
 import websockets
 
 from llm_worker.testing.openai_server import OpenAIServer, RecordedRequest, Reply
+from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
-from tests.processes import WorkerProcess, clean_env, processes
 from tests.wsclient import WSClient
 
 TOKENS_PER_JOB = 20

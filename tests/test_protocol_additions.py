@@ -37,12 +37,23 @@ def slow(delay: float, tokens: list[str] = TOKENS, **kwargs: object) -> Reply:
 async def test_running_frames_carry_consecutive_seq(
     upstream: OpenAIServer, client: WSClient
 ) -> None:
-    # Tokens paced as a model paces them: each gets a frame of its own.
+    # Tokens paced as a model paces them: each is an event of the log, seq 2, 3, ...
+    # (a listener that falls behind gets consecutive ones in one frame, with the
+    # last one's seq).
     upstream.handler = lambda body: Reply(tokens=TOKENS, delay=0.003)
-    _, messages = await client.run()
+    job_id, messages = await client.run()
     events = [m for m in messages if m["type"] != "pending"]
-    assert [m["seq"] for m in events] == list(range(1, len(TOKENS) + 3))
-    assert events[-1] == {"type": "done", "job_id": events[0]["job_id"], "seq": len(TOKENS) + 2}
+    assert_exactly_once(events, "".join(TOKENS), last_seq=len(TOKENS) + 2)
+    assert events[-1] == {"type": "done", "job_id": job_id, "seq": len(TOKENS) + 2}
+    # The log itself numbers every delta.
+    await client.send({"type": "listen", "job_id": job_id, "after": 5})
+    replay = await client.job_messages(job_id)
+    assert replay[0] == {
+        "type": "running",
+        "job_id": job_id,
+        "message": "".join(TOKENS[4:]),
+        "seq": len(TOKENS) + 1,
+    }
 
 
 async def test_pending_positions_count_down_as_the_queue_moves(
@@ -277,9 +288,11 @@ async def test_listen_on_a_finished_job_replays_and_ends(
     assert_exactly_once(replay, text_of(live), last_seq=live[-1]["seq"])
     await late.silent(0.2)
 
-    # Resuming after the last event of a finished job sends nothing more.
-    await late.send({"type": "listen", "job_id": job_id, "after": live[-1]["seq"]})
-    await late.silent(0.2)
+    # Resuming at or past the last event of a finished job: its end, and nothing more.
+    for after in (live[-1]["seq"], live[-1]["seq"] + 50):
+        await late.send({"type": "listen", "job_id": job_id, "after": after})
+        assert await late.job_messages(job_id) == [live[-1]]
+        await late.silent(0.2)
     # Resuming after an earlier event sends the rest.
     await late.send({"type": "listen", "job_id": job_id, "after": live[-3]["seq"]})
     assert await late.job_messages(job_id) == live[-2:]

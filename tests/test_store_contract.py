@@ -106,13 +106,15 @@ async def test_follow_replays_then_goes_live_then_ends(store: JobStore) -> None:
     await asyncio.wait_for(follower, 1)
     assert batches == [[1, 2], [3, 4], [5]]
 
-    # Following a finished job replays what is after `after`, or ends at once.
+    # Following a finished job replays what is after `after`; with nothing
+    # after it, the terminal event alone, so that a listener learns the end.
     batches.clear()
     await asyncio.wait_for(follow(3), 1)
     assert batches == [[4, 5]]
-    batches.clear()
-    await asyncio.wait_for(follow(5), 1)
-    assert batches == []
+    for after in (5, 6, 1000):
+        batches.clear()
+        await asyncio.wait_for(follow(after), 1)
+        assert batches == [[5]]
 
 
 async def test_follow_an_unknown_job(store: JobStore) -> None:

@@ -73,7 +73,8 @@ class JobStore(abc.ABC):
         """Every event with ``seq > after``, in batches, live, until the terminal one.
 
         A batch holds whatever accumulated since the last one. On a finished
-        job whose log holds nothing after ``after`` it ends at once.
+        job whose log holds nothing after ``after``, the batch is the terminal
+        event alone, whatever its seq: a listener always learns how the job ended.
         Raises :class:`UnknownJob` when iteration starts on an unknown job.
         """
 

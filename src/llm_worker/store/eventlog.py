@@ -116,9 +116,13 @@ class EventLog:
 
         A batch holds everything added since the previous one, so a follower
         that falls behind catches up in one step. On a finished log with
-        nothing after ``after``, ends at once.
+        nothing after ``after``, yields the terminal event alone: a listener
+        always learns how the job ended.
         """
         seen = self._index_after(after)
+        if self.finished and seen == len(self.events):
+            yield [self.events[-1]]
+            return
         while True:
             events = self.events
             if len(events) > seen:

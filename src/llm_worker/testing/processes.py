@@ -1,4 +1,8 @@
-"""``llm-worker serve`` in processes of their own, started as a user starts them."""
+"""``llm-worker serve`` in processes of their own, started as a user starts them.
+
+For tests and benchmarks: a process counts as started when it says it is ready
+(a gateway once its port accepts connections, a worker once it claims jobs).
+"""
 
 from __future__ import annotations
 
@@ -70,6 +74,12 @@ class WorkerProcess:
             elif "worker ready" in text:
                 self._ready.set()
         self._ready.set()
+
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident memory so far (VmHWM), in MiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        return kib / 1024
 
     @property
     def output(self) -> str:
