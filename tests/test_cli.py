@@ -6,14 +6,16 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
+import websockets
 
 from llm_worker.config import Settings
-from llm_worker.testing.openai_server import OpenAIServer
+from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import COMMAND, WorkerProcess, clean_env, processes
 from tests.test_seed_compat import SEED_ADD_REQUEST
-from tests.wsclient import WSClient, text_of
+from tests.wsclient import WSClient, assistant, text_of
 
 
 async def test_serve_runs_the_seed_example_and_stops_cleanly_on_sigterm(
@@ -173,3 +175,82 @@ def test_defaults_are_safe() -> None:
     assert Settings.model_fields["store_url"].default == "sqlite:///llm-worker.db"
     assert Settings.model_fields["job_max_attempts"].default == 3
     assert Settings.model_fields["worker_heartbeat_timeout_seconds"].default == 15
+
+
+async def test_sigterm_drains_running_jobs_to_their_listeners_then_stops(
+    upstream: OpenAIServer, tmp_path: Path
+) -> None:
+    tokens = [f" t{i}" for i in range(25)]
+    upstream.handler = lambda body: Reply(tokens=tokens, delay=0.1)  # 2.5 s a reply
+    env = clean_env(
+        LISTEN_PORT="0",
+        OPENAI_API_KEY="k",
+        OPENAI_BASE_URL=upstream.base_url,
+        WORKER_CONCURRENCY="2",
+        SHUTDOWN_GRACE_SECONDS="30",
+    )
+    worker = await WorkerProcess.start(env, tmp_path)
+    try:
+        async with (
+            WSClient(worker.ws_url) as full,
+            WSClient(worker.ws_url, seed=True) as seed,
+            WSClient(worker.ws_url) as idle,
+        ):
+            running = [await full.add("a"), await seed.add("b")]
+            queued = await full.add("queued")
+            for client, job_id in zip((full, seed), running, strict=True):
+                await client.wait_for("running", job_id)
+            worker.process.send_signal(signal.SIGTERM)
+            stopped_at = asyncio.get_running_loop().time()
+
+            # No new connections; the open ones may follow their jobs, but add none.
+            await refused(worker.ws_url)
+            await full.send({"type": "add", "id": "late", "query": "q", "assistant": assistant()})
+            error = await full.wait_for("error")
+            assert error["ref"] == "late" and "shutting down" in error["message"]
+            await seed.send({"type": "add", "id": "late", "query": "q", "assistant": assistant()})
+            resp_add = await seed.wait_for("resp_add")
+            assert "shutting down" in (await seed.wait_for("failed", resp_add["job_id"]))["message"]
+
+            # Every running job's answer reaches its listener whole.
+            for client, job_id in zip((full, seed), running, strict=True):
+                messages = await client.job_messages(job_id, timeout=20)
+                assert messages[-1]["type"] == "done"
+                assert text_of(messages) == "".join(tokens)
+            # Then every connection is closed: "service restart", come back later.
+            for client in (full, seed, idle):
+                code, rest = await until_closed(client)
+                assert code == 1012
+                assert all(m["job_id"] == queued for m in rest), rest
+        await asyncio.wait_for(worker.process.wait(), 10)
+        # Done when the jobs were, not at the end of the 30 s grace.
+        assert asyncio.get_running_loop().time() - stopped_at < 15
+    finally:
+        await worker.stop()
+    assert "stopping: taking no new connections or jobs" in worker.output
+    assert "Traceback" not in worker.output
+    # The queued job waits in the database for the next start.
+    assert len(upstream.chat_requests) == 2
+
+
+async def until_closed(client: WSClient) -> tuple[int | None, list[dict[str, Any]]]:
+    """The code the server closed the connection with, and what came before it."""
+    messages = []
+    try:
+        while True:
+            messages.append(await client.recv(timeout=10))
+    except websockets.ConnectionClosed as closed:
+        return (closed.rcvd.code if closed.rcvd else None), messages
+
+
+async def refused(url: str, timeout: float = 5) -> None:
+    """Return once a new connection to ``url`` is refused."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            async with WSClient(url):
+                pass
+        except (OSError, websockets.InvalidStatus):
+            return
+        assert asyncio.get_running_loop().time() < deadline, "new connections still accepted"
+        await asyncio.sleep(0.05)
