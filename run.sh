@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts the worker (gateway and worker in one process, in-memory store).
+# Starts the worker: gateway and worker in one process, jobs in llm-worker.db
+# (SQLite) in this directory; STORE_URL in .env or the environment says otherwise.
 # The first run creates .venv and installs the project into it.
 # Arguments go to `llm-worker serve`, e.g. ./run.sh --port 9000
 set -euo pipefail

@@ -145,17 +145,22 @@ async def test_a_stall_mid_stream_times_out(
     assert "timed out" in messages[-1]["message"]
 
 
-async def test_no_api_key_fails_the_job_saying_so(
+async def test_a_provider_without_its_key_is_refused_when_the_job_is_added(
     start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
 ) -> None:
     worker = await start_worker(openai_api_key=None)
-    messages = await run_job(connect, worker.ws_url)
-    assert messages[-1] == {
-        "type": "failed",
-        "job_id": messages[-1]["job_id"],
-        "message": "provider 'openai' needs an API key: set OPENAI_API_KEY",
-        "seq": 2,
+    client = await connect(worker.ws_url)
+    await client.send({"type": "add", "id": "q", "query": "q", "assistant": assistant()})
+    assert await client.recv() == {
+        "type": "error",
+        "message": "invalid assistant template: assistant.streams[0]: "
+        "provider 'openai' needs an API key: set OPENAI_API_KEY",
+        "ref": "q",
     }
+    # Also where a provider is named inside an insert.
+    summary = assistant({"insert": "history_summary", "provider": "openai"}, provider="local")
+    await client.send({"type": "add", "id": "s", "query": "q", "assistant": summary})
+    assert "set OPENAI_API_KEY" in (await client.recv())["message"]
     assert upstream.chat_requests == []
 
 
@@ -234,9 +239,13 @@ settings = {{ model = "m" }}
     assert request.body["model"] == "qwen"
     assert request.headers["authorization"] == "Bearer sk-local"
 
+    # An endpoint whose key variable is empty cannot run jobs: refused when added.
     locked = {"streams": [{"provider": "locked", "messages": [{"role": "user", "content": "x"}]}]}
-    _, messages = await client.run(request_id="c", assistant=locked)
-    assert messages[-1]["message"] == ("provider 'locked' needs an API key: set UNSET_KEY_VARIABLE")
+    await client.send({"type": "add", "id": "c", "query": "q", "assistant": locked})
+    assert (await client.wait_for("error"))["message"] == (
+        "invalid assistant template: assistant.streams[0]: "
+        "provider 'locked' needs an API key: set UNSET_KEY_VARIABLE"
+    )
 
     # With no model in the file, the template must name one.
     no_model = {"streams": [{"provider": "my-vllm", "messages": [{"insert": "history"}]}]}
@@ -299,11 +308,59 @@ async def test_vllm_provider_uses_vllm_uri(
     assert request.headers["authorization"] == "Bearer no-key"
 
 
-async def test_vllm_provider_without_uri_fails_saying_so(
+async def test_unconfigured_providers_are_refused_and_not_listed_as_available(
     start_worker: StartWorker, connect: ConnectClient
 ) -> None:
     worker = await start_worker(vllm_uri=None)
-    messages = await run_job(connect, worker.ws_url, assistant=assistant(provider="vllm"))
-    assert messages[-1]["message"] == (
+    client = await connect(worker.ws_url)
+    await client.send(
+        {"type": "add", "id": "v", "query": "q", "assistant": assistant(provider="vllm")}
+    )
+    assert (await client.recv())["message"] == (
+        "invalid assistant template: assistant.streams[0]: "
         "provider 'vllm' needs VLLM_URI, such as http://127.0.0.1:8000/v1"
     )
+    await client.send(
+        {"type": "add", "id": "t", "query": "q", "assistant": assistant(provider="opena1")}
+    )
+    assert (await client.recv())["message"] == (
+        "invalid assistant template: assistant.streams[0]: unknown provider 'opena1' "
+        "(available: local, openai; not configured: vllm)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "detail"),
+    [
+        # FastAPI's shape: transformers serve, many OpenAI-compatible servers.
+        (400, {"detail": "Model 'x' is not loaded"}, "Model 'x' is not loaded"),
+        (
+            422,
+            {"detail": [{"loc": ["body", "messages", 0, "role"], "msg": "Field required"}]},
+            "body.messages.0.role: Field required",
+        ),
+        # vLLM's shape.
+        (400, {"object": "error", "message": "max_tokens is too large"}, "max_tokens is too large"),
+        (400, {"error": "context length exceeded"}, "context length exceeded"),
+    ],
+)
+async def test_error_bodies_in_other_shapes_are_reported(
+    upstream: OpenAIServer, connect: ConnectClient, status: int, body: Any, detail: str
+) -> None:
+    upstream.handler = lambda request: Reply(status=status, error_body=body)
+    messages = await run_job(connect)
+    assert messages[-1]["message"] == (
+        f"provider 'openai' at {upstream.base_url} answered HTTP {status}: {detail}"
+    )
+
+
+async def test_an_empty_reply_stream_says_the_server_sent_no_output(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: Reply(empty=True)
+    messages = await run_job(connect)
+    assert messages[-1]["message"].startswith(
+        f"provider 'openai' at {upstream.base_url} sent no output: its reply stream was empty"
+    )
+    # The same prompt would get the same empty answer: not retried.
+    assert len(upstream.chat_requests) == 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
@@ -53,9 +53,11 @@ def _instantiate(obj: Any) -> Any:
 class Registry(Generic[T]):
     """Objects of one kind by name; a lookup of an unknown name is a template error."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, problem: Callable[[T], str | None] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._problem = problem
+        """What keeps an item from being used (say, a missing key); not listed as available."""
 
     def register(self, name: str, item: T) -> None:
         if name in self._items:
@@ -66,8 +68,16 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            available = ", ".join(sorted(self._items)) or "none"
-            raise TemplateError(f"unknown {self.kind} {name!r} (available: {available})") from None
+            raise TemplateError(f"unknown {self.kind} {name!r} ({self._listing()})") from None
+
+    def _listing(self) -> str:
+        names = sorted(self._items)
+        problem = self._problem
+        unusable = [n for n in names if problem is not None and problem(self._items[n])]
+        available = ", ".join(n for n in names if n not in unusable) or "none"
+        return f"available: {available}" + (
+            f"; not configured: {', '.join(unusable)}" if unusable else ""
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -39,10 +39,16 @@ class Provider(abc.ABC):
     """Turns chat messages into a stream of text deltas."""
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:  # noqa: B027
-        """Raise :class:`~llm_worker.templates.TemplateError` for settings that cannot work.
+        """Raise :class:`~llm_worker.templates.TemplateError` for settings that cannot work,
+        or when the provider cannot run jobs at all (:meth:`configuration_problem`).
 
         Called when a job is added, before it exists; must not do I/O.
         """
+
+    def configuration_problem(self) -> str | None:
+        """What the deployment must set before this provider can run jobs (a key, a
+        URL), in words for a client; ``None`` when it can."""
+        return None
 
     @abc.abstractmethod
     def stream(

@@ -109,7 +109,7 @@ def _secret(value: Any) -> str | None:
 
 def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provider]:
     """Every provider this deployment offers, by name."""
-    providers: Registry[Provider] = Registry("provider")
+    providers: Registry[Provider] = Registry("provider", lambda p: p.configuration_problem())
     providers.register(
         "openai",
         OpenAICompatibleProvider(

@@ -15,6 +15,7 @@ model is loaded once and serves every job that names it; at most
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import os
@@ -128,6 +129,11 @@ class LocalModels:
             await asyncio.to_thread(engine.close)
 
 
+@functools.cache
+def _local_extra_installed() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+
+
 class LocalProvider(Provider):
     def __init__(
         self, name: str, *, models: LocalModels, defaults: Mapping[str, Any] | None = None
@@ -136,7 +142,13 @@ class LocalProvider(Provider):
         self.models = models
         self.defaults = dict(defaults or {})
 
+    def configuration_problem(self) -> str | None:
+        return None if _local_extra_installed() else INSTALL_HINT
+
     def check_settings(self, settings: Mapping[str, Any]) -> None:
+        problem = self.configuration_problem()
+        if problem is not None:
+            raise TemplateError(problem)
         merged = {**self.defaults, **settings}
         unknown = sorted(set(merged) - SETTINGS)
         if unknown:
@@ -168,8 +180,6 @@ class LocalProvider(Provider):
             raise TemplateError(
                 f"settings.ignore_eos must be true or false, not {merged['ignore_eos']!r}"
             )
-        if not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
-            raise TemplateError(INSTALL_HINT)
 
     async def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]

@@ -106,7 +106,17 @@ class OpenAICompatibleProvider(Provider):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} at {self.base_url}>"
 
+    def configuration_problem(self) -> str | None:
+        if not self.base_url:
+            return self._missing_base_url or f"provider {self.name!r} has no base URL configured"
+        if self._api_key is None:
+            return self._missing_key or f"provider {self.name!r} has no API key configured"
+        return None
+
     def check_settings(self, settings: Mapping[str, Any]) -> None:
+        problem = self.configuration_problem()
+        if problem is not None:
+            raise TemplateError(problem)
         for key, why in _RESERVED_SETTINGS.items():
             if key in settings:
                 raise TemplateError(f"settings.{key} is not allowed: {why}")
@@ -127,14 +137,11 @@ class OpenAICompatibleProvider(Provider):
         check_stop(merged)
 
     def _client(self) -> openai.AsyncOpenAI:
-        if not self.base_url:
-            raise ProviderError(
-                self._missing_base_url or f"provider {self.name!r} has no base URL configured"
-            )
-        if self._api_key is None:
-            raise ProviderError(
-                self._missing_key or f"provider {self.name!r} has no API key configured"
-            )
+        # Checked at add too; a job queued before a restart with other settings lands here.
+        problem = self.configuration_problem()
+        if problem is not None:
+            raise ProviderError(problem)
+        assert self.base_url is not None and self._api_key is not None
         return self._clients.get(self.base_url, self._api_key)
 
     async def stream(
@@ -160,8 +167,10 @@ class OpenAICompatibleProvider(Provider):
             raise self._translate(exc) from exc
 
         finished = False
+        said_anything = False
         try:
             async for data in _sse_data(response):
+                said_anything = True
                 if data == "[DONE]":
                     finished = True
                     break
@@ -194,6 +203,13 @@ class OpenAICompatibleProvider(Provider):
             ) from exc
         finally:
             await response.aclose()
+        if not said_anything:
+            # llama.cpp's server does this when the prompt is longer than its context;
+            # the same request would get the same answer, so it is not retried.
+            raise ProviderError(
+                f"{self._where()} sent no output: its reply stream was empty (some servers "
+                "answer so when the prompt is longer than the model's context)"
+            )
         if not finished:
             raise ProviderError(
                 f"the reply from {self._where()} ended before the model finished "
@@ -246,19 +262,35 @@ async def _sse_data(response: httpx2.Response) -> AsyncIterator[str]:
 
 
 def _error_detail(body: object) -> str | None:
-    """The human part of an error body: ``{"error": {"message": ...}}`` and its variants."""
-    if isinstance(body, Mapping):
-        inner = body.get("error", body)
-        if isinstance(inner, Mapping):
-            message = inner.get("message")
-            return str(message) if message else None
-        if isinstance(inner, str):
-            return inner
-        message = body.get("message")
-        return str(message) if message else None
+    """The human part of an error body, in the shapes servers send: OpenAI's
+    ``{"error": {"message": ...}}``, vLLM's ``{"message": ...}``, FastAPI's
+    ``{"detail": "..."}`` and its validation errors ``{"detail": [{"loc", "msg"}]}``
+    (``transformers serve`` and many OpenAI-compatible servers)."""
     if isinstance(body, str):
-        return body[:500]
+        return body[:500] or None
+    if not isinstance(body, Mapping):
+        return None
+    for key in ("error", "message", "detail"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value[:500]
+        if isinstance(value, Mapping) and (inner := _error_detail(value)):
+            return inner
+        if isinstance(value, list) and value:
+            problems = [_problem(item) for item in value[:3]]
+            more = f"; and {len(value) - 3} more" if len(value) > 3 else ""
+            return "; ".join(problems)[:500] + more
     return None
+
+
+def _problem(item: object) -> str:
+    """One entry of a list of errors; FastAPI's name a location and say what is wrong."""
+    if isinstance(item, Mapping) and isinstance(item.get("msg"), str):
+        location = item.get("loc")
+        if isinstance(location, list) and location:
+            return f"{'.'.join(str(part) for part in location)}: {item['msg']}"
+        return item["msg"]
+    return str(item)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -41,6 +41,11 @@ class Reply:
     status: int = 200
     error: str = "simulated failure"
     """The error message of a non-200 reply."""
+    error_body: Any = None
+    """The JSON body of a non-200 reply, instead of OpenAI's shape around ``error``."""
+    empty: bool = False
+    """A 200 reply whose stream ends without a single event (llama.cpp's server
+    does this when the prompt is longer than its context)."""
     headers: dict[str, str] = field(default_factory=dict)
     first_delay: float = 0.0
     """Seconds before the response head (time to first byte)."""
@@ -208,7 +213,11 @@ class OpenAIServer:
         if reply.first_delay:
             await asyncio.sleep(reply.first_delay)
         if reply.status != 200:
-            error = {"error": {"message": reply.error, "type": "simulated", "code": reply.status}}
+            error = reply.error_body
+            if error is None:
+                error = {
+                    "error": {"message": reply.error, "type": "simulated", "code": reply.status}
+                }
             self._write_json(writer, reply.status, error, reply.headers)
             return True
         return await self._stream(request, reply, reader, writer)
@@ -238,6 +247,10 @@ class OpenAIServer:
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         )
+        if reply.empty:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return True
         # A hang-up shows as EOF on the read side while we write.
         watcher = asyncio.create_task(_wait_for_eof(reader, request.client_gone))
         try:
@@ -323,6 +336,7 @@ _REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
+    422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
