@@ -15,10 +15,11 @@ import httpx
 import pytest
 import websockets
 
+from llm_worker.dialects import INTERRUPTED, SEED_TYPES
 from llm_worker.testing.openai_server import OpenAIServer, RecordedRequest, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
-from tests.wsclient import WSClient
+from tests.wsclient import WSClient, text_of
 
 TOKENS_PER_JOB = 20
 
@@ -142,6 +143,14 @@ async def test_sqlite_kill_9_mid_stream_then_restart_finishes_every_job(
                 replay = await client.job_messages(job_id)
                 assert [m["type"] for m in replay[:2]] == ["reset", "running"]
                 assert text_after_last_reset(replay) == full_text(query)
+        # A client of the seed's protocol, coming back, hears the job once, whole.
+        async with WSClient(second.ws_url, seed=True) as seed:
+            for query, job_id in ids.items():
+                await seed.send({"type": "listen", "job_id": job_id})
+                replay = await seed.job_messages(job_id)
+                assert {m["type"] for m in replay} <= SEED_TYPES, replay
+                assert replay[0]["message"] == "" and replay[-1]["type"] == "done"
+                assert text_of(replay) == full_text(query)
     assert "12 queued (12 of them were running)" in second.output
     assert all(len(r) == 2 for r in requests_by_query(upstream).values())
     assert_never_twice_at_once(upstream)
@@ -171,10 +180,15 @@ async def test_redis_two_gateways_two_workers_survive_a_worker_kill_9(
         worker_2 = await WorkerProcess.start(redis_env, tmp_path, role="worker")
         started += [gateway_1, gateway_2, worker_1, worker_2]
 
-        async with WSClient(gateway_1.ws_url) as adder, WSClient(gateway_2.ws_url) as listener:
+        async with (
+            WSClient(gateway_1.ws_url) as adder,
+            WSClient(gateway_2.ws_url) as listener,
+            WSClient(gateway_2.ws_url, seed=True) as seed,
+        ):
             ids = {q: await adder.add(q, query=q) for q in queries}
             for job_id in ids.values():
                 await listener.send({"type": "listen", "job_id": job_id})
+                await seed.send({"type": "listen", "job_id": job_id})
             # Both workers busy (16 jobs each), then one dies.
             await wait_until(lambda: streaming(upstream, 32), 15, "32 streams")
             worker_1.kill()
@@ -183,12 +197,35 @@ async def test_redis_two_gateways_two_workers_survive_a_worker_kill_9(
                 assert messages[-1]["type"] == "done", (query, messages[-3:])
                 assert_in_order(messages)
                 assert text_after_last_reset(messages) == full_text(query)
+            interrupted = await seed_listeners_never_mix_attempts(seed, ids)
     # Some jobs ran twice (taken over from the dead worker), never at the same time.
     by_query = requests_by_query(upstream)
+    # The seed listener was told of each re-run after text, and only of those.
+    assert interrupted
+    assert all(len(by_query[query]) == 2 for query in interrupted)
     assert any(len(r) == 2 for r in by_query.values())
     assert all(1 <= len(r) <= 2 for r in by_query.values())
     assert_never_twice_at_once(upstream)
     assert "taking over job" in worker_2.output
+
+
+async def seed_listeners_never_mix_attempts(seed: WSClient, ids: dict[str, str]) -> list[str]:
+    """Check what a seed-dialect listener of every job heard; the queries whose
+    listening a re-run interrupted (after which it listened again)."""
+    interrupted = []
+    for query, job_id in ids.items():
+        messages = await seed.job_messages(job_id, timeout=60)
+        assert {m["type"] for m in messages} <= SEED_TYPES, messages
+        if messages[-1]["type"] == "failed":
+            assert messages[-1]["message"] == INTERRUPTED
+            # What it was shown is the first attempt's, never two attempts' run together.
+            assert full_text(query).startswith(text_of(messages))
+            interrupted.append(query)
+            await seed.send({"type": "listen", "job_id": job_id})
+            messages = await seed.job_messages(job_id, timeout=60)
+        assert messages[-1]["type"] == "done", messages[-3:]
+        assert text_of(messages) == full_text(query)
+    return interrupted
 
 
 async def test_redis_cancel_and_status_work_across_gateways(
@@ -267,8 +304,9 @@ async def test_listeners_hear_of_a_redis_outage_longer_than_the_grace_period(
         gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
         worker = await WorkerProcess.start(env, tmp_path, role="worker")
         started += [gateway, worker]
-        async with WSClient(gateway.ws_url) as client:
+        async with WSClient(gateway.ws_url) as client, WSClient(gateway.ws_url, seed=True) as seed:
             job_id = await client.add(query="patient")
+            await seed.send({"type": "listen", "job_id": job_id})
             await client.wait_for("running", job_id)
             server.stop(kill=True)
             error = await client.wait_for("error", timeout=10)
@@ -282,3 +320,7 @@ async def test_listeners_hear_of_a_redis_outage_longer_than_the_grace_period(
             messages = await client.job_messages(job_id, timeout=60)
             assert messages[-1]["type"] == "done"
             assert text_after_last_reset(messages) == full_text("patient")
+            # The seed's clients know no outage notice: theirs just resumes.
+            seed_messages = await seed.job_messages(job_id, timeout=60)
+            assert {m["type"] for m in seed_messages} <= SEED_TYPES
+            assert text_of(seed_messages) == full_text("patient")
