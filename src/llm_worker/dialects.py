@@ -102,8 +102,20 @@ class Relay:
         self._shown_text = after > 1
 
     def frames(self, events: list[Event]) -> list[str]:
-        if self.dialect is Dialect.FULL:
-            return protocol.event_frames(self.job_id, events)
+        if self.dialect is Dialect.SEED:
+            events = self._seed_events(events)
+        return protocol.event_frames(self.job_id, events) if events else []
+
+    def _seed_events(self, events: list[Event]) -> list[Event]:
+        """The events as a seed listener is to get them; most batches as they are."""
+        for event in events:
+            kind = event.kind
+            if kind is EventKind.RESET or kind is EventKind.CANCELLED:
+                break
+            if not self._shown_text and kind is EventKind.RUNNING and event.message:
+                self._shown_text = True
+        else:
+            return events
         shown: list[Event] = []
         for event in events:
             kind = event.kind
@@ -118,4 +130,4 @@ class Relay:
             elif kind is EventKind.RUNNING and event.message:
                 self._shown_text = True
             shown.append(event)
-        return protocol.event_frames(self.job_id, shown) if shown else []
+        return shown
