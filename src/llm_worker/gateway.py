@@ -93,6 +93,8 @@ class Gateway:
         followers = []
         for connection in list(self.connections):
             for job_id, task in list(connection.followers.items()):
+                if task.done():
+                    continue
                 record = await self.store.get(job_id)
                 if record is not None and record.state is not JobState.PENDING:
                     followers.append(task)
