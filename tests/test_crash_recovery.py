@@ -171,7 +171,9 @@ def redis_env(redis_server: RedisServer, upstream: OpenAIServer) -> dict[str, st
 async def test_redis_two_gateways_two_workers_survive_a_worker_kill_9(
     upstream: OpenAIServer, redis_env: dict[str, str], tmp_path: Path
 ) -> None:
-    upstream.handler = slow_replies(0.03)
+    # Replies of 2 s: long enough that 32 of them stream at once even on a busy
+    # machine (at 0.6 s, the first ones could end before the last ones started).
+    upstream.handler = slow_replies(0.1)
     queries = [f"job{i}" for i in range(40)]
     async with processes() as started:
         gateway_1 = await WorkerProcess.start(redis_env, tmp_path, role="gateway")
