@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,19 @@ STORE_KINDS = ["memory", "sqlite", "redis"]
 DURABLE_STORE_KINDS = ["sqlite", "redis"]
 
 StoreFactory = Callable[..., Awaitable[JobStore]]
+
+
+async def until_shown(store: JobStore, job_id: str, seq: int, timeout: float = 5) -> None:
+    """Return once readers see the job's events up to ``seq``: a durable store shows
+    an event only once it has saved it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        events = await store.read(job_id)
+        if events and events[-1].seq >= seq:
+            return
+        assert loop.time() < deadline, f"event {seq} of job {job_id} never shown: {events}"
+        await asyncio.sleep(0.002)
 
 
 @pytest.fixture

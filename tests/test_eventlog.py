@@ -19,6 +19,7 @@ def filled() -> EventLog:
     log.add(Event(11, EventKind.RUNNING, "", 2))
     log.add(Event(12, EventKind.RUNNING, "new", 2))
     log.add(Event(13, EventKind.DONE, "", 2))
+    log.show()
     return log
 
 
@@ -64,9 +65,45 @@ async def test_followers_get_batches_of_what_accumulated() -> None:
     await asyncio.sleep(0)
     log.add(Event(1, EventKind.RUNNING, "", 1))
     log.add(Event(2, EventKind.RUNNING, "a", 1))
-    log.wake()
+    log.show()
     await asyncio.sleep(0)
     log.add(Event(3, EventKind.DONE, "", 1))
-    log.wake()
+    log.show()
     await asyncio.wait_for(task, 1)
     assert seen == [[1, 2], [3]]
+
+
+async def test_readers_see_only_what_was_shown() -> None:
+    log = EventLog()
+    log.add(Event(1, EventKind.RUNNING, "", 1))
+    log.add(Event(2, EventKind.RUNNING, "saved", 1))
+    log.show(through=2)
+    log.add(Event(3, EventKind.RUNNING, " not yet", 1))
+    log.add(Event(4, EventKind.DONE, "", 1))
+    # The writer knows of everything; readers of what is shown only.
+    assert (log.last_seq, log.ended) == (4, True)
+    assert (log.shown_seq, log.finished) == (2, False)
+    assert [e.seq for e in log.since()] == [1, 2]
+    follower = log.follow()
+    assert [e.seq for e in await anext(follower)] == [1, 2]
+    waiting = asyncio.ensure_future(anext(follower))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    # What could not be saved is dropped, unseen; the end written instead is shown.
+    assert log.truncate() == 2
+    log.add(Event(3, EventKind.FAILED, "the store failed", 1))
+    log.show()
+    assert [e.seq for e in await waiting] == [3]
+    assert log.finished
+    await follower.aclose()
+
+
+def test_a_reset_counts_for_readers_once_shown() -> None:
+    log = EventLog()
+    log.add(Event(1, EventKind.RUNNING, "", 1))
+    log.add(Event(2, EventKind.RUNNING, "old", 1))
+    log.show()
+    log.add(Event(5, EventKind.RESET, "", 2))
+    assert [e.seq for e in log.since()] == [1, 2]
+    log.show()
+    assert [e.seq for e in log.since()] == [5]

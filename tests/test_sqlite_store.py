@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from llm_worker.jobs import EventKind, JobSpec, JobState
 from llm_worker.store.sqlite import DatabaseInUse, SQLiteStore
 from llm_worker.templates import Assistant
+from tests.stores import until_shown
 
 SPEC = JobSpec(
     assistant=Assistant.model_validate(
@@ -38,8 +41,22 @@ async def opened(path: Path, **options: object) -> SQLiteStore:
 
 
 def rows(path: Path, sql: str) -> list[tuple]:
-    with sqlite3.connect(path) as connection:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
         return connection.execute(sql).fetchall()
+
+
+def crash_copy(path: Path) -> Path:
+    """The database as a crash would leave it now: its files, copied aside.
+
+    (A store keeps its file locked while it runs; the copy reads what is on
+    disk, the write-ahead log included.)
+    """
+    copy = path.with_name(f"crash-{path.name}")
+    for suffix in ("", "-wal"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            shutil.copyfile(source, f"{copy}{suffix}")
+    return copy
 
 
 async def test_jobs_survive_a_restart_and_running_ones_run_again(tmp_path: Path) -> None:
@@ -55,7 +72,7 @@ async def test_jobs_survive_a_restart_and_running_ones_run_again(tmp_path: Path)
     await store.append(finished, 1, EventKind.RUNNING)
     await store.append(finished, 1, EventKind.RUNNING, "all of it")
     await store.append(finished, 1, EventKind.DONE)
-    await asyncio.sleep(0.05)  # past the flush interval: the deltas are on disk
+    await until_shown(store, interrupted, 2)  # saved, as everything shown is
     await store.close()
 
     store = await opened(path)
@@ -70,8 +87,10 @@ async def test_jobs_survive_a_restart_and_running_ones_run_again(tmp_path: Path)
         assert claim.job_id == interrupted
         assert claim.attempt == 2
         assert claim.spec == SPEC
+        # Until the claim is saved, readers see the first attempt; then its reset.
+        await until_shown(store, interrupted, 3)
         events = await store.read(interrupted)
-        assert [(e.kind, e.attempt) for e in events] == [(EventKind.RESET, 2)]
+        assert [(e.seq, e.kind, e.attempt) for e in events] == [(3, EventKind.RESET, 2)]
         # Listeners resuming after what they saw of attempt 1 get the reset.
         assert [e.kind for e in await store.read(interrupted, after=2)] == [EventKind.RESET]
     finally:
@@ -80,28 +99,32 @@ async def test_jobs_survive_a_restart_and_running_ones_run_again(tmp_path: Path)
 
 async def test_submit_returns_only_once_the_job_is_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    # A long flush interval: only the explicit commit can have written the job.
-    store = await opened(path, flush_ms=10_000)
+    store = await opened(path)
     try:
         job_id = (await store.submit(SPEC)).id
-        assert rows(path, "SELECT id, state FROM jobs") == [(job_id, "pending")]
+        # What a crash at this moment would leave on disk.
+        assert rows(crash_copy(path), "SELECT id, state FROM jobs") == [(job_id, "pending")]
     finally:
         await store.close()
 
 
-async def test_deltas_are_committed_within_the_flush_interval(tmp_path: Path) -> None:
+async def test_deltas_are_shown_once_on_disk_many_to_a_commit(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    store = await opened(path, flush_ms=20)
+    store = await opened(path)
     try:
         job_id = (await store.submit(SPEC)).id
         await store.claim(max_wait=0)
+        await store.append(job_id, 1, EventKind.RUNNING)
+        await until_shown(store, job_id, 1)
+        commits = store.sqlite.commits
         for index in range(50):
             await store.append(job_id, 1, EventKind.RUNNING, f"t{index}")
-        await asyncio.sleep(0.1)
-        assert rows(path, "SELECT count(*) FROM events") == [(50,)]
-        # Fifty deltas and the claim took a handful of commits, not fifty.
-        assert store._writer is not None
-        assert store._writer.commits < 10
+        # Not shown before they are saved...
+        assert [e.seq for e in await store.read(job_id)] == [1]
+        await until_shown(store, job_id, 51)
+        # ... and then they are on disk: fifty deltas in a commit or two, not fifty.
+        assert rows(crash_copy(path), "SELECT count(*) FROM events") == [(51,)]
+        assert store.sqlite.commits - commits <= 2
     finally:
         await store.close()
 
@@ -130,7 +153,7 @@ async def test_expired_jobs_are_deleted_on_start(tmp_path: Path) -> None:
     await store.start()
     try:
         assert await store.get(job_id) is None
-        assert rows(path, "SELECT count(*) FROM jobs") == [(0,)]
-        assert rows(path, "SELECT count(*) FROM events") == [(0,)]
     finally:
         await store.close()
+    assert rows(path, "SELECT count(*) FROM jobs") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM events") == [(0,)]

@@ -9,7 +9,7 @@ import pytest
 from llm_worker.jobs import EventKind, JobSpec, JobState
 from llm_worker.store import JobStore, NotOwner, QueueFull, UnknownJob
 from llm_worker.templates import Assistant
-from tests.stores import DURABLE_STORE_KINDS, STORE_KINDS, StoreFactory
+from tests.stores import DURABLE_STORE_KINDS, STORE_KINDS, StoreFactory, until_shown
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
 
@@ -87,6 +87,7 @@ async def test_follow_replays_then_goes_live_then_ends(store: JobStore) -> None:
     await store.claim(max_wait=0)
     await store.append(job_id, 1, EventKind.RUNNING)
     await store.append(job_id, 1, EventKind.RUNNING, "a")
+    await until_shown(store, job_id, 2)
 
     batches: list[list[int]] = []
 
@@ -99,6 +100,7 @@ async def test_follow_replays_then_goes_live_then_ends(store: JobStore) -> None:
     assert batches == [[1, 2]]
     await store.append(job_id, 1, EventKind.RUNNING, "b")
     await store.append(job_id, 1, EventKind.RUNNING, "c")
+    await until_shown(store, job_id, 4)
     await asyncio.sleep(0.01)
     # A listener that falls behind gets what accumulated as one batch.
     assert batches == [[1, 2], [3, 4]]
@@ -204,6 +206,7 @@ async def test_a_new_attempt_resets_the_log(
         await store.append(job_id, 1, EventKind.RUNNING, "stale attempt")
     await store.append(job_id, 2, EventKind.RUNNING)
     await store.append(job_id, 2, EventKind.RUNNING, "second try")
+    await until_shown(store, job_id, 5)
     # Replays show the last attempt only, starting with its reset.
     events = await store.read(job_id)
     assert [(e.seq, e.kind, e.attempt) for e in events] == [

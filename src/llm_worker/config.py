@@ -74,8 +74,6 @@ class Settings(BaseSettings):
     store_url: str = "sqlite:///llm-worker.db"
     """Where jobs live: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
     ``redis://host:6379/0`` or ``memory://``."""
-    sqlite_flush_ms: float = Field(5.0, ge=0)
-    """Longest time a token delta waits to be committed to SQLite."""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """SQLite's sync level: FULL survives power loss, NORMAL only process crashes."""
     redis_prefix: str = Field("llmw", pattern=r"^[A-Za-z0-9_.-]+$")

@@ -17,7 +17,7 @@ from contextlib import aclosing
 from llm_worker.jobs import Claim, EventKind
 from llm_worker.providers import ProviderError
 from llm_worker.runner import Runner
-from llm_worker.store import JobStore, NotOwner
+from llm_worker.store import JobStore, NotOwner, StoreError
 from llm_worker.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,8 @@ class Worker:
         stop_watching = store.on_cancel(job_id, on_cancel)
         started = time.perf_counter()
         log.debug("job %s started (attempt %d)", job_id, attempt)
-        # The start event waits for the claim to be durable; the model call need
-        # not, so they overlap. Every later event goes after the start event.
+        # The start event is stored while the model call begins (a store may take a
+        # round trip for it); every later event goes after it.
         start: asyncio.Future[object] | None = asyncio.ensure_future(
             store.append(job_id, attempt, EventKind.RUNNING)
         )
@@ -150,10 +150,11 @@ class Worker:
             await self._settled(start)
             await self._fail(claim, str(exc))
         except NotOwner:
-            log.info("job %s ended elsewhere (cancelled or taken over)", job_id)
+            log.info("job %s ended elsewhere (cancelled, taken over, or lost)", job_id)
+        except StoreError as exc:
+            # The store ended the job itself: its listeners got `failed`.
+            log.warning("job %s stopped: %s", job_id, exc)
         except asyncio.CancelledError:
-            if start is not None:
-                start.cancel()
             if not cancelled:
                 raise  # the worker is stopping; stop() gives the job up
             log.info("job %s cancelled after %.3fs", job_id, time.perf_counter() - started)
@@ -162,6 +163,7 @@ class Worker:
             await self._settled(start)
             await self._fail(claim, f"internal error while running the job: {exc!r}")
         finally:
+            _discard(start)
             stop_watching()
 
     @staticmethod
@@ -172,5 +174,23 @@ class Worker:
                 await start
 
     async def _fail(self, claim: Claim, message: str) -> None:
-        with contextlib.suppress(NotOwner):
+        try:
             await self.store.append(claim.job_id, claim.attempt, EventKind.FAILED, message)
+        except NotOwner:
+            pass
+        except StoreError as exc:
+            log.warning("job %s: its failure could not be stored: %s", claim.job_id, exc)
+
+
+def _discard(start: asyncio.Future[object] | None) -> None:
+    """Let go of a start event nobody waits for any more, taking its outcome."""
+    if start is None:
+        return
+    if not start.done():
+        start.cancel()
+    start.add_done_callback(_take_outcome)
+
+
+def _take_outcome(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -40,7 +40,6 @@ def open_store(settings: Settings) -> JobStore:
         # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
         store = SQLiteStore(
             Path(rest[1:]),
-            flush_ms=settings.sqlite_flush_ms,
             synchronous=settings.sqlite_synchronous,
             **common,
         )

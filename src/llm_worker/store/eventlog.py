@@ -56,81 +56,112 @@ _KINDS = {kind.value: kind for kind in EventKind}
 
 
 class EventLog:
-    """Events in ``seq`` order; readers see the current attempt only.
+    """Events in ``seq`` order; readers see the shown ones, of the current attempt only.
+
+    A writer adds events, then shows them (:meth:`show`): a durable store shows
+    an event once it is stored for good, so that no reader ever sees what a
+    crash could take back. Until then, :meth:`truncate` can still drop them.
 
     When a job is run again after its worker died, the new attempt's ``reset``
     event voids what earlier attempts wrote: replays start at the latest
-    ``reset``, so a listener never mixes two attempts' text. Seqs grow by one,
-    except that a ``reset`` may skip some: after a crash, past any seq a
-    listener could have seen before it.
+    shown ``reset``, so a listener never mixes two attempts' text. Seqs grow
+    by one, except that a ``reset`` may skip some.
     """
 
-    __slots__ = ("_waiters", "attempt_start", "events")
+    __slots__ = ("_waiters", "attempt_start", "events", "shown")
 
     def __init__(self) -> None:
         self.events: list[Event] | _FrozenEvents = []
+        self.shown = 0
+        """How many events readers see: ``events[:shown]``."""
         self.attempt_start = 0
-        """Index of the current attempt's ``reset`` event (0 when there is none)."""
+        """Index of the latest shown ``reset`` event (0 when there is none)."""
         self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def last_seq(self) -> int:
+        """The seq of the last event added, shown or not: the writer's view."""
         return self.events[-1].seq if self.events else 0
 
     @property
-    def finished(self) -> bool:
+    def ended(self) -> bool:
+        """Whether a terminal event was added, shown or not: the writer's view."""
         return bool(self.events) and self.events[-1].kind.terminal
 
+    @property
+    def shown_seq(self) -> int:
+        """The seq of the last shown event: what a reader may know of."""
+        return self.events[self.shown - 1].seq if self.shown else 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether readers see the job's end."""
+        return self.shown > 0 and self.events[self.shown - 1].kind.terminal
+
     def add(self, event: Event) -> None:
-        """Append ``event`` (the next seq) without waking followers; see :meth:`wake`."""
+        """Append ``event`` (the next seq), not shown yet; see :meth:`show`."""
         if event.seq <= self.last_seq:
             raise ValueError(f"event {event.seq} does not follow {self.last_seq}")
         if isinstance(self.events, _FrozenEvents):
             raise ValueError("a frozen log takes no more events")
         self.events.append(event)
-        if event.kind is EventKind.RESET:
-            self.attempt_start = len(self.events) - 1
 
-    def freeze(self) -> None:
-        """Keep the (finished) log in a form the garbage collector need not walk."""
-        if not isinstance(self.events, _FrozenEvents):
-            self.events = _FrozenEvents(self.events)
-
-    def wake(self) -> None:
-        """Let followers read what was added."""
+    def show(self, through: int | None = None) -> None:
+        """Let readers see the events up to seq ``through`` (all of them by default),
+        and wake the followers."""
+        events = self.events
+        end = len(events) if through is None else self._index_after(through, len(events))
+        if end > self.shown:
+            for index in range(self.shown, end):
+                if events[index].kind is EventKind.RESET:
+                    self.attempt_start = index
+            self.shown = end
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _index_after(self, after: int) -> int:
-        """Index of the first event with ``seq > after``."""
-        return bisect.bisect_right(self.events, after, key=_seq)
+    def truncate(self) -> int:
+        """Drop the events not shown yet; returns how many."""
+        dropped = len(self.events) - self.shown
+        if dropped:
+            del self.events[self.shown :]  # type: ignore[union-attr]
+        return dropped
+
+    def freeze(self) -> None:
+        """Keep the (finished, wholly shown) log in a form the garbage collector need not walk."""
+        if not isinstance(self.events, _FrozenEvents) and self.shown == len(self.events):
+            self.events = _FrozenEvents(self.events)
+
+    def _index_after(self, after: int, hi: int) -> int:
+        """Index of the first event with ``seq > after``, among the first ``hi``."""
+        return bisect.bisect_right(self.events, after, hi=hi, key=_seq)
 
     def since(self, after: int = 0) -> list[Event]:
-        """The current attempt's events with ``seq > after``."""
-        return self.events[max(self._index_after(after), self.attempt_start) :]
+        """The current attempt's shown events with ``seq > after``."""
+        shown = self.shown
+        return self.events[max(self._index_after(after, shown), self.attempt_start) : shown]
 
     async def follow(self, after: int = 0) -> AsyncIterator[list[Event]]:
-        """Batches of the current attempt's events after ``after``, live, up to the end.
+        """Batches of the current attempt's shown events after ``after``, live, to the end.
 
-        A batch holds everything added since the previous one, so a follower
+        A batch holds everything shown since the previous one, so a follower
         that falls behind catches up in one step. On a finished log with
         nothing after ``after``, yields the terminal event alone: a listener
         always learns how the job ended.
         """
-        seen = self._index_after(after)
-        if self.finished and seen == len(self.events):
-            yield [self.events[-1]]
+        seen = self._index_after(after, self.shown)
+        if self.finished and seen == self.shown:
+            yield [self.events[self.shown - 1]]
             return
         while True:
-            events = self.events
-            if len(events) > seen:
-                batch = events[max(seen, self.attempt_start) :]
-                seen = len(events)
+            shown = self.shown
+            if shown > seen:
+                batch = self.events[max(seen, self.attempt_start) : shown]
+                seen = shown
                 if batch:
                     yield batch
-                if events[-1].kind.terminal:
+                if self.events[shown - 1].kind.terminal:
                     return
             elif self.finished:
                 return

@@ -1,8 +1,20 @@
-"""A job store in this process's memory: for tests and throwaway runs.
+"""The job store of one process: the jobs' logic, kept through a journal.
 
 Everything here runs on the event loop's thread, so each method body up to its
-first ``await`` is atomic. :class:`~llm_worker.store.sqlite.SQLiteStore` adds
-durability to the same logic through the ``_write_*`` and ``_commit`` hooks.
+first ``await`` is atomic. What survives the process is the journal's to say
+(:mod:`.journal`): :class:`MemoryStore` with the default :class:`NullJournal`
+keeps nothing beyond the process; :class:`~.sqlite.SQLiteStore` is this store
+writing through the SQLite journal.
+
+One order everywhere: a change is written to the journal first and takes
+effect for others only once the journal has saved it. A job is queued, and
+``submit`` returns, once it is saved (so a job whose saving failed never runs);
+an event is shown to listeners once it is saved; a job's end (its terminal
+event, and the record's state with it) likewise. When the journal cannot save
+a job's writes, the job is lost to the store: what it wrote since its last
+saved change is dropped, and it ends ``failed`` with a message naming the
+store, shown at once so that no listener waits for ever; its end is saved when
+the journal works again.
 """
 
 from __future__ import annotations
@@ -10,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -18,16 +31,30 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState
-from llm_worker.store.base import JobStore, NotOwner, QueueFull, StoreStats, UnknownJob
+from llm_worker.store.base import JobStore, NotOwner, QueueFull, StoreError, StoreStats, UnknownJob
 from llm_worker.store.eventlog import EventLog
+from llm_worker.store.journal import Failures, Journal, NullJournal, Restored
 
 log = logging.getLogger(__name__)
+
+# Tries to save the end of a job lost to the store before giving up on it.
+SAVE_END_TRIES = 5
 
 
 class StoredJob:
     """A job as the store holds it: record, request, place in the queue, log."""
 
-    __slots__ = ("cancel_callbacks", "log", "record", "settling", "spec", "ticket")
+    __slots__ = (
+        "cancel_callbacks",
+        "end_tries",
+        "ending",
+        "log",
+        "record",
+        "reset_after",
+        "saved",
+        "spec",
+        "ticket",
+    )
 
     def __init__(self, record: JobRecord, spec: JobSpec | None, ticket: int) -> None:
         self.record = record
@@ -37,15 +64,13 @@ class StoredJob:
         """Order of submission: the queue is sorted by it."""
         self.log = EventLog()
         self.cancel_callbacks: list[Callable[[], None]] = []
-        self.settling: asyncio.Future[None] | None = None
-        """The commit of the job's latest claim, while it is under way."""
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-    waiters.clear()
+        self.saved = False
+        """Whether the journal has the job at all (a new job is not queued before)."""
+        self.ending: JobRecord | None = None
+        """The record the job takes once its terminal event, written, is saved."""
+        self.reset_after = 0
+        """A re-run's ``reset`` takes a seq above this one (see :class:`Restored`)."""
+        self.end_tries = 0
 
 
 class MemoryStore(JobStore):
@@ -55,9 +80,12 @@ class MemoryStore(JobStore):
         queue_max: int,
         job_ttl: float,
         clock: Callable[[], float] = time.time,
+        journal: Journal | None = None,
     ) -> None:
         self.queue_max = queue_max
         self.job_ttl = job_ttl
+        self.journal = journal or NullJournal()
+        self.journal.on_round_end = self._round_ended
         self._clock = clock
         self._jobs: dict[str, StoredJob] = {}
         # Pending jobs in FIFO order: tickets grow with each submit, so the
@@ -70,8 +98,14 @@ class MemoryStore(JobStore):
         self._queue_waiters: list[asyncio.Future[None]] = []
         self._expiry: list[tuple[float, str]] = []
         self._sweeper: asyncio.Task[None] | None = None
+        # Per round the journal has under way: the jobs to show once it is saved,
+        # each up to the seq it had written by then.
+        self._rounds: dict[asyncio.Future[Failures], dict[StoredJob, int]] = {}
 
     async def start(self) -> None:
+        restored = await self.journal.open()
+        if self.journal.durable:
+            self._restore(restored)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="store-sweeper")
 
     async def close(self) -> None:
@@ -80,38 +114,7 @@ class MemoryStore(JobStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-
-    # -- persistence hooks: a durable store writes through these -------------
-
-    def _write_job(self, job: StoredJob, *, new: bool = False) -> None:
-        """The job was added (``new``), or its record changed."""
-
-    def _write_event(self, job_id: str, event: Event) -> None:
-        """An event joined the job's log."""
-
-    def _delete_job(self, job_id: str) -> None:
-        """The job expired."""
-
-    async def _commit(self) -> None:
-        """Return once everything written so far is durable."""
-
-    def _commit_soon(self) -> asyncio.Future[None] | None:
-        """Start making everything written so far durable; ``None`` if it already is."""
-        return None
-
-    def _claimed(self, job: StoredJob) -> None:
-        """The job is about to start an attempt (its record is written next)."""
-
-    def _must_reserve(self, job: StoredJob) -> bool:
-        """Whether the job's next event needs :meth:`_reserve` before anyone sees it."""
-        return False
-
-    async def _reserve(self, job: StoredJob) -> None:
-        """Make the job's next seq safe to show: never reused after a crash."""
-
-    def _reset_seq(self, job: StoredJob) -> int:
-        """The seq of a new attempt's ``reset`` event."""
-        return job.log.last_seq + 1
+        await self.journal.close()
 
     # -- gateway side -------------------------------------------------------
 
@@ -120,15 +123,15 @@ class MemoryStore(JobStore):
             raise QueueFull(f"the queue is full ({self.queue_max} jobs waiting); try again later")
         record = JobRecord(id=str(uuid.uuid4()), state=JobState.PENDING, created_at=self._clock())
         job = StoredJob(record, spec, next(self._tickets))
+        self.journal.add_job(record, spec, job.ticket)
         self._jobs[record.id] = job
+        await self._saved(job)
         self._enqueue(job)
-        self._write_job(job, new=True)
-        await self._commit()
         return record
 
     def _job(self, job_id: str) -> StoredJob | None:
         job = self._jobs.get(job_id)
-        if job is not None and self._expired(job.record):
+        if job is None or not job.saved or self._expired(job.record):
             return None
         return job
 
@@ -155,28 +158,29 @@ class MemoryStore(JobStore):
     async def cancel(self, job_id: str) -> JobRecord:
         job = self._known(job_id)
         record = job.record
+        if job.log.ended or record.state.finished:
+            if job.ending is not None:
+                # Its end is being saved: answer with the record it ends with.
+                with contextlib.suppress(StoreError):
+                    await self._saved(job)
+            return job.record
         if record.state is JobState.PENDING:
             self._leave_queue(job)
-        elif record.state is JobState.RUNNING:
-            self._running -= 1
-        else:
-            return record
         callbacks, job.cancel_callbacks = job.cancel_callbacks, []
-        self._record(job, EventKind.CANCELLED, "", wake=False)
-        await self._commit()
-        job.log.wake()
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.exception("cancel callback of job %s failed", job_id)
-        return record
+        self._end(job, EventKind.CANCELLED, "")
+        # The worker stops now; a cancel that cannot be saved loses the job anyway.
+        _call_all(callbacks, job_id)
+        await self._saved(job)
+        return job.record
 
     async def position(self, job_id: str) -> int | None:
         job = self._job(job_id)
-        if job is None or job.record.state is not JobState.PENDING:
+        if job is None or job.record.state is not JobState.PENDING or job.log.ended:
             return None
-        return bisect.bisect_left(self._pending, job.ticket) + 1
+        index = bisect.bisect_left(self._pending, job.ticket)
+        if index == len(self._pending) or self._pending[index] != job.ticket:
+            return None
+        return index + 1
 
     async def queue_moved(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -207,50 +211,56 @@ class MemoryStore(JobStore):
         record.state = JobState.RUNNING
         record.attempt += 1
         self._running += 1
-        self._claimed(job)
-        self._write_job(job)
+        self.journal.update_job(record)
         if record.attempt > 1:
             # What an earlier attempt wrote is void: listeners start over.
-            self._record(job, EventKind.RESET, "", wake=False)
-        # The worker may start the job (call the model) while the claim is made
-        # durable; nothing of the attempt is shown before it is (see append).
-        settling = self._commit_soon()
-        if settling is None:
-            job.log.wake()
-        else:
-            job.settling = settling
-            settling.add_done_callback(lambda _: job.log.wake())
+            seq = max(job.log.last_seq, job.reset_after) + 1
+            self._add(job, Event(seq, EventKind.RESET, "", record.attempt))
+        # The worker starts the job (calls the model) while the claim is saved: the
+        # attempt's events are written after it, so none is shown before it is.
+        self._save(job)
         assert job.spec is not None, "a queued job keeps its spec"
         return Claim(job_id=record.id, attempt=record.attempt, spec=job.spec)
 
     def _held(self, job_id: str, attempt: int) -> StoredJob:
         job = self._jobs.get(job_id)
-        if job is None or job.record.state is not JobState.RUNNING or job.record.attempt != attempt:
+        if (
+            job is None
+            or job.record.state is not JobState.RUNNING
+            or job.record.attempt != attempt
+            or job.log.ended
+        ):
             raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
         return job
 
     async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
         job = self._held(job_id, attempt)
-        if job.settling is not None:
-            await job.settling
-            job.settling = None
-            job = self._held(job_id, attempt)
-        if not kind.terminal:
-            if self._must_reserve(job):
-                await self._reserve(job)
-                job = self._held(job_id, attempt)
-            return self._record(job, kind, message)
-        self._running -= 1
-        # Listeners hear that a job ended only once that is durable.
-        event = self._record(job, kind, message, wake=False)
-        await self._commit()
-        job.log.wake()
+        if kind.terminal:
+            event = self._end(job, kind, message)
+            await self._saved(job)
+            return event
+        event = Event(job.log.last_seq + 1, kind, message, attempt)
+        self._add(job, event)
+        self._save(job)
         return event
 
     async def release(self, job_id: str, attempt: int, reason: str) -> None:
-        # Nothing outlives this process, so nobody could run the job again.
-        with contextlib.suppress(NotOwner):
-            await self.append(job_id, attempt, EventKind.FAILED, reason)
+        try:
+            job = self._held(job_id, attempt)
+        except NotOwner:
+            return
+        if not self.journal.durable:
+            # Nothing outlives this process, so nobody could run the job again.
+            with contextlib.suppress(StoreError):
+                await self.append(job_id, attempt, EventKind.FAILED, reason)
+            return
+        log.info("job %s queued again: %s", job_id, reason)
+        job.record.state = JobState.PENDING
+        self._running -= 1
+        self._enqueue(job)
+        self.journal.update_job(job.record)
+        with contextlib.suppress(StoreError):
+            await self._saved(job)
 
     def on_cancel(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
         job = self._jobs.get(job_id)
@@ -264,41 +274,124 @@ class MemoryStore(JobStore):
 
         return stop
 
-    # -- internals ----------------------------------------------------------
+    # -- writing, saving, showing ---------------------------------------------
 
-    def _record(self, job: StoredJob, kind: EventKind, message: str, *, wake: bool = True) -> Event:
-        record = job.record
-        seq = self._reset_seq(job) if kind is EventKind.RESET else job.log.last_seq + 1
-        event = Event(seq, kind, message, record.attempt)
+    def _add(self, job: StoredJob, event: Event) -> None:
         job.log.add(event)
-        self._write_event(record.id, event)
-        if kind.terminal:
-            record.state = kind.final_state
-            record.finished_at = self._clock()
-            if kind is EventKind.FAILED:
-                record.error = message
-            job.cancel_callbacks = []
-            self._schedule_expiry(record)
-            self._write_job(job)
-        if wake:
-            job.log.wake()
-        if kind.terminal:
-            # A finished job is kept for its TTL: in a form the garbage collector
-            # need not walk, without what only running it needed.
-            job.log.freeze()
-            job.spec = None
+        self.journal.add_event(job.record.id, event)
+
+    def _end(self, job: StoredJob, kind: EventKind, message: str) -> Event:
+        """Write the job's terminal event; the record takes the end when it is saved."""
+        record = job.record
+        event = Event(job.log.last_seq + 1, kind, message, record.attempt)
+        self._add(job, event)
+        job.ending = dataclasses.replace(
+            record,
+            state=kind.final_state,
+            finished_at=self._clock(),
+            error=message if kind is EventKind.FAILED else record.error,
+        )
+        self.journal.update_job(job.ending)
+        job.cancel_callbacks = []
         return event
 
-    def _schedule_expiry(self, record: JobRecord) -> None:
-        assert record.finished_at is not None
-        heapq.heappush(self._expiry, (record.finished_at + self.job_ttl, record.id))
+    def _save(self, job: StoredJob) -> asyncio.Future[Failures] | None:
+        """Have the journal save what was written for ``job``; show it once saved.
 
-    def _requeue(self, job: StoredJob) -> None:
-        """A running job goes back to its place in the queue, to run again."""
-        job.record.state = JobState.PENDING
-        self._running -= 1
-        self._enqueue(job)
-        self._write_job(job)
+        Returns the round doing it, or ``None`` when the journal saves at once.
+        """
+        if self.journal.immediate:
+            job.saved = True
+            self._show(job)
+            return None
+        round_ = self.journal.save()
+        jobs = self._rounds.get(round_)
+        if jobs is None:
+            jobs = self._rounds[round_] = {}
+        jobs[job] = job.log.last_seq
+        return round_
+
+    async def _saved(self, job: StoredJob) -> None:
+        """:meth:`_save`, and wait for it; :class:`StoreError` if the job was lost."""
+        round_ = self._save(job)
+        if round_ is None:
+            return
+        # Shielded: a caller that goes away must not cancel a round others wait on.
+        failures = await asyncio.shield(round_)
+        if job.record.id in failures:
+            raise StoreError(_lost_message(failures[job.record.id]))
+
+    def _round_ended(self, round_: asyncio.Future[Failures], failures: Failures) -> None:
+        """The journal finished a round: show what it saved, lose what it could not."""
+        waiting = self._rounds.pop(round_, {})
+        for job, through in waiting.items():
+            error = failures.get(job.record.id)
+            if error is None:
+                job.saved = True
+                self._show(job, through)
+            else:
+                self._lost(job, error)
+        for job_id, error in failures.items():
+            # Writes nobody waited for: deletions, ends of jobs lost before.
+            job = self._jobs.get(job_id)
+            if job is not None and job not in waiting and job.record.state.finished:
+                self._end_unsaved(job, error)
+
+    def _show(self, job: StoredJob, through: int | None = None) -> None:
+        job.log.show(through)
+        if job.ending is not None and job.log.finished:
+            self._finished(job)
+
+    def _finished(self, job: StoredJob) -> None:
+        """The job's end is shown: its record ends too."""
+        assert job.ending is not None
+        if job.record.state is JobState.RUNNING:
+            self._running -= 1
+        job.record, job.ending = job.ending, None
+        job.cancel_callbacks = []
+        self._schedule_expiry(job.record)
+        # A finished job is kept for its TTL: in a form the garbage collector
+        # need not walk, without what only running it needed.
+        job.log.freeze()
+        job.spec = None
+
+    def _lost(self, job: StoredJob, error: str) -> None:
+        """The journal could not save the job's writes: the job ends, failed.
+
+        What it wrote since its last saved change is dropped (nobody saw it). A
+        new job is forgotten (its ``submit`` fails); any other ends ``failed``
+        with a message naming the store, shown at once though not saved: no
+        listener is left waiting. Its end is saved when the journal works again.
+        """
+        job_id = job.record.id
+        self.journal.forget(job_id)
+        job.log.truncate()
+        job.ending = None
+        if not job.saved:
+            self._jobs.pop(job_id, None)
+            return
+        if job.record.state.finished:
+            self._end_unsaved(job, error)
+            return
+        log.error("job %s failed: the job store could not save it: %s", job_id, error)
+        if job.record.state is JobState.PENDING:
+            self._leave_queue(job)
+        callbacks, job.cancel_callbacks = job.cancel_callbacks, []
+        self._end(job, EventKind.FAILED, _lost_message(error))
+        self._show(job)
+        _call_all(callbacks, job_id)
+
+    def _end_unsaved(self, job: StoredJob, error: str) -> None:
+        """Write the end of a job again, for a later round: it is shown, not saved."""
+        job.end_tries += 1
+        if job.end_tries > SAVE_END_TRIES:
+            log.error("job %s: giving up saving its end: %s", job.record.id, error)
+            return
+        self.journal.update_job(job.record)
+        for event in job.log.events[-1:]:
+            self.journal.add_event(job.record.id, event)
+
+    # -- the queue ------------------------------------------------------------
 
     def _enqueue(self, job: StoredJob) -> None:
         bisect.insort(self._pending, job.ticket)
@@ -307,9 +400,46 @@ class MemoryStore(JobStore):
 
     def _leave_queue(self, job: StoredJob) -> None:
         index = bisect.bisect_left(self._pending, job.ticket)
-        del self._pending[index]
-        del self._pending_jobs[job.ticket]
-        _wake(self._queue_waiters)
+        if index < len(self._pending) and self._pending[index] == job.ticket:
+            del self._pending[index]
+            del self._pending_jobs[job.ticket]
+            _wake(self._queue_waiters)
+
+    def _restore(self, restored: list[Restored]) -> None:
+        """Bring back the jobs the journal kept; those that were running queue again."""
+        requeued = 0
+        for kept in sorted(restored, key=lambda r: r.ticket):
+            job = StoredJob(kept.record, kept.spec, kept.ticket)
+            job.saved = True
+            job.reset_after = kept.reset_after
+            for event in kept.events:
+                job.log.add(event)
+            job.log.show()
+            self._jobs[kept.record.id] = job
+            record = job.record
+            if record.state is JobState.RUNNING:
+                # Its worker died with the process: it runs again, in its original place.
+                record.state = JobState.PENDING
+                self.journal.update_job(record)
+                requeued += 1
+            if record.state is JobState.PENDING:
+                self._enqueue(job)
+            elif record.finished_at is not None:
+                self._schedule_expiry(record)
+                job.log.freeze()
+        self._tickets = itertools.count(max((r.ticket for r in restored), default=0) + 1)
+        log.info(
+            "%d jobs kept, %d queued (%d of them were running)",
+            len(restored),
+            len(self._pending),
+            requeued,
+        )
+
+    # -- expiry ---------------------------------------------------------------
+
+    def _schedule_expiry(self, record: JobRecord) -> None:
+        assert record.finished_at is not None
+        heapq.heappush(self._expiry, (record.finished_at + self.job_ttl, record.id))
 
     def sweep(self) -> int:
         """Forget finished jobs whose TTL has passed; returns how many."""
@@ -320,7 +450,7 @@ class MemoryStore(JobStore):
             job = self._jobs.get(job_id)
             if job is not None and self._expired(job.record):
                 del self._jobs[job_id]
-                self._delete_job(job_id)
+                self.journal.delete_job(job_id)
                 removed += 1
         return removed
 
@@ -331,3 +461,25 @@ class MemoryStore(JobStore):
             removed = self.sweep()
             if removed:
                 log.debug("forgot %d expired jobs", removed)
+            # Deletions, and the ends of jobs lost to the store, wait for no one.
+            if self.journal.unsaved():
+                self.journal.save()
+
+
+def _lost_message(error: str) -> str:
+    return f"the job store could not save the job: {error}"
+
+
+def _call_all(callbacks: list[Callable[[], None]], job_id: str) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("cancel callback of job %s failed", job_id)
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()

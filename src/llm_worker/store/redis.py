@@ -582,7 +582,7 @@ class RedisStore(JobStore):
                     if event.seq > feed.log.last_seq:
                         feed.log.add(event)
                 if events:
-                    feed.log.wake()
+                    feed.log.show()
                 if not feed.dirty and len(events) < _REFRESH_BATCH:
                     return
         finally:

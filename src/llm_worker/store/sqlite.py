@@ -1,28 +1,28 @@
-"""A durable job store in one SQLite file: the default.
+"""The default job store: the in-process store, kept in one SQLite file.
 
-The jobs live in memory as in :class:`~.memory.MemoryStore` (same logic, same
-speed for readers) and every change is written through to SQLite, in WAL mode,
-by one writer thread:
+Every durability rule of the SQLite store lives here, in its journal:
 
-* a token delta is handed to the writer before listeners see it and is
-  committed with whatever else arrived within ``flush_ms`` milliseconds, so
-  the token path never waits for a disk sync;
-* a change of state (a job added, claimed, finished, cancelled) is committed
-  before the caller goes on: ``resp_add`` is sent, and ``done`` is seen, only
-  once it is on disk.
+* writes are saved in *rounds*: a round commits, in one transaction, every
+  write made before it started, each job's writes wholly or not at all, so
+  that a write that fails costs its job only; a commit that fails (a full
+  disk, a read-only file) costs every job in it;
+* rounds follow each other without pause (group commit): while one is
+  committed, the next gathers, so a token delta is shown about one commit
+  (with ``synchronous=FULL``, one fsync) after the provider sent it, and the
+  rate of commits adapts to the load;
+* the store shows nothing before its round is saved (:mod:`.memory`): ``done``
+  is seen, ``resp_add`` is sent, only once on disk, and a crash takes back
+  nothing a listener saw;
+* commits happen in a small process of its own (:mod:`.sqlite_writer`), so
+  the event loop never waits for the disk, and the writer never waits for the
+  event loop's GIL;
+* the file is opened in exclusive locking mode, so the WAL index lives in
+  memory: no ``-shm`` file is mapped, whose page faults on a full or failing
+  disk would kill the process (SIGBUS). One process owns the file anyway (a
+  lock file next to it says which).
 
-A crash can lose the last ``flush_ms`` of a running job's deltas; that job runs
-again from the start after the restart anyway, behind a ``reset``. On start,
-jobs that were running are queued again, in their original order.
-
-Seqs never go back, even across a crash: each running job reserves seqs on
-disk a block ahead of use (the next block is asked for, in the background,
-half a block before the end), and the ``reset`` of a job re-run after a crash
-takes a seq above its reservation, so above anything a listener saw. A client
-resuming with ``after`` therefore always gets the ``reset``.
-
-One process owns the file (a lock file next to it says which); several
-processes sharing jobs use the Redis store.
+On start, jobs that were running are queued again, in their original order,
+and run again behind a ``reset``.
 """
 
 from __future__ import annotations
@@ -30,20 +30,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import itertools
 import logging
 import os
-import queue
+import pickle
 import sqlite3
-import threading
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from pydantic_core import PydanticSerializationError
 
 from llm_worker.jobs import Event, EventKind, JobRecord, JobSpec, JobState
+from llm_worker.store import sqlite_writer as writer
 from llm_worker.store.base import StoreError
-from llm_worker.store.memory import MemoryStore, StoredJob
+from llm_worker.store.journal import Failures, Journal, Restored
+from llm_worker.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -70,170 +73,51 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 """
-INSERT_JOB = (
-    "INSERT INTO jobs (id, ticket, state, attempt, spec, created_at, finished_at, error)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-UPDATE_JOB = (
-    "UPDATE jobs SET state = ?, attempt = ?, finished_at = ?, error = ?, seq_reserved = ?"
-    " WHERE id = ?"
-)
-RESERVE_SEQ = "UPDATE jobs SET seq_reserved = ? WHERE id = ?"
-# Seqs reserved on disk ahead of use, and the margin at which the next block is asked for.
-RESERVE_BLOCK = 256
-RESERVE_MARGIN = RESERVE_BLOCK // 2
-INSERT_EVENT = "INSERT INTO events (job_id, seq, kind, message, attempt) VALUES (?, ?, ?, ?, ?)"
-DELETE_EVENTS = "DELETE FROM events WHERE job_id = ?"
-DELETE_JOB = "DELETE FROM jobs WHERE id = ?"
+# seq_reserved: versions before 0.2 showed deltas before saving them and reserved
+# seqs ahead on disk; a job such a version left running must reset above them.
+
+Statement = tuple[int, tuple[Any, ...]]
+# After the writer process died, how long before starting another.
+RESTART_WRITER_SECONDS = 1.0
 
 
 class DatabaseInUse(StoreError):
     pass
 
 
-class _Writer:
-    """Owns the connection in a thread of its own; batches statements into commits."""
+class SQLiteJournal(Journal):
+    """Saves an in-process store's changes to one SQLite file, in rounds."""
 
-    def __init__(self, connection: sqlite3.Connection, flush_seconds: float) -> None:
-        self._connection = connection
-        self._flush_seconds = flush_seconds
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
-        self.commits = 0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def execute(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Queue a statement for the next commit (at most ``flush_seconds`` away)."""
-        self._queue.put((sql, params))
-
-    def commit(self) -> asyncio.Future[None]:
-        """A future resolved once everything queued so far is committed."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queue.put((loop, done))
-        return done
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            # Gather until a commit is asked for, or the flush interval is up.
-            deadline = time.monotonic() + self._flush_seconds
-            while batch[-1] is not None and not isinstance(batch[-1][0], asyncio.AbstractEventLoop):
-                remaining = deadline - time.monotonic()
-                try:
-                    batch.append(
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
-            # And take whatever else is already waiting: one commit serves all.
-            with contextlib.suppress(queue.Empty):
-                while batch[-1] is not None:
-                    batch.append(self._queue.get_nowait())
-            stopping = batch[-1] is None
-            self._write([item for item in batch if item is not None])
-
-    def _write(self, batch: list[Any]) -> None:
-        waiters = [item for item in batch if isinstance(item[0], asyncio.AbstractEventLoop)]
-        statements = [item for item in batch if not isinstance(item[0], asyncio.AbstractEventLoop)]
-        error: BaseException | None = None
-        if statements:
-            try:
-                self._connection.execute("BEGIN")
-                for sql, group in _runs(statements):
-                    self._connection.executemany(sql, group)
-                self._connection.execute("COMMIT")
-                self.commits += 1
-            except sqlite3.Error as exc:
-                log.exception("writing %d statements to the job database failed", len(statements))
-                error = exc
-                with contextlib.suppress(sqlite3.Error):
-                    self._connection.execute("ROLLBACK")
-        for loop, waiter in waiters:
-            loop.call_soon_threadsafe(_settle, waiter, error)
-
-
-def _runs(statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """Consecutive statements with the same SQL, grouped for ``executemany``."""
-    runs: list[tuple[str, list[tuple[Any, ...]]]] = []
-    for sql, params in statements:
-        if runs and runs[-1][0] == sql:
-            runs[-1][1].append(params)
-        else:
-            runs.append((sql, [params]))
-    return runs
-
-
-def _settle(waiter: asyncio.Future[None], error: BaseException | None) -> None:
-    if waiter.done():
-        return
-    if error is None:
-        waiter.set_result(None)
-    else:
-        waiter.set_exception(StoreError(f"the job database could not be written: {error}"))
-
-
-class SQLiteStore(MemoryStore):
     def __init__(
         self,
         path: Path,
         *,
-        queue_max: int,
         job_ttl: float,
-        flush_ms: float = 5.0,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(queue_max=queue_max, job_ttl=job_ttl, clock=clock)
+        super().__init__()
         self.path = path
-        self.flush_ms = flush_ms
+        self.job_ttl = job_ttl
         self.synchronous = synchronous
-        self._writer: _Writer | None = None
-        self._lock_file: Any = None
-        self._reserved: dict[str, int] = {}
-        """Per running job: the highest seq that is durably reserved."""
-        self._reserving: dict[str, asyncio.Future[None]] = {}
-        self._floors: dict[str, int] = {}
-        """Per job re-run after a crash: the seq its reset must exceed."""
+        self.commits = 0
+        self._clock = clock
+        self._lock_file: IO[str] | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._replies: asyncio.Task[None] | None = None
+        self._restarting: asyncio.Task[None] | None = None
+        self._unsaved: dict[str, list[Statement]] = {}
+        self._gathering: asyncio.Future[Failures] | None = None
+        """The next round: it saves what is unsaved when it starts."""
+        self._saving: tuple[asyncio.Future[Failures], list[str]] | None = None
+        """The round being committed, and its jobs."""
 
-    async def start(self) -> None:
-        self.lock()
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute(f"PRAGMA synchronous={self.synchronous}")
-        connection.executescript(SCHEMA)
-        connection.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
-        self._writer = _Writer(connection, self.flush_ms / 1000)
-        self._load(connection)
-        self._writer.start()
-        await self._commit()
-        await super().start()
-
-    async def close(self) -> None:
-        await super().close()
-        if self._writer is not None:
-            self._writer.stop()
-            self._writer = None
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+    # -- the file -------------------------------------------------------------
 
     def lock(self) -> None:
         """Make the file this process's; :class:`DatabaseInUse` if another has it.
 
-        Done by :meth:`start` if not before: a process that cannot have its
+        Done by :meth:`open` if not before: a process that cannot have its
         database learns so before it listens for clients.
         """
         if self._lock_file is not None:
@@ -257,156 +141,238 @@ class SQLiteStore(MemoryStore):
         lock_file.flush()
         self._lock_file = lock_file
 
-    def _load(self, connection: sqlite3.Connection) -> None:
-        """Bring the unexpired jobs back into memory; queue again those that were running."""
+    async def open(self) -> list[Restored]:
+        self.lock()
+        try:
+            with contextlib.closing(writer.connect(str(self.path), self.synchronous)) as connection:
+                connection.executescript(SCHEMA)
+                connection.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                restored = self._load(connection)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the job database {self.path}: {exc}") from exc
+        await self._start_writer()
+        return restored
+
+    def _load(self, connection: sqlite3.Connection) -> list[Restored]:
+        """The unexpired jobs and their logs; expired ones are deleted."""
         now = self._clock()
-        jobs: dict[str, StoredJob] = {}
+        jobs: dict[str, Restored] = {}
         expired: list[str] = []
-        max_ticket = 0
         for row in connection.execute(
             "SELECT id, ticket, state, attempt, spec, created_at, finished_at, error,"
             " seq_reserved FROM jobs"
         ):
             job_id, ticket, state, attempt, spec, created_at, finished_at, error, reserved = row
-            max_ticket = max(max_ticket, ticket)
             if finished_at is not None and finished_at + self.job_ttl <= now:
                 expired.append(job_id)
                 continue
             record = JobRecord(job_id, JobState(state), created_at, attempt, error, finished_at)
             # A finished job is only listened to: its request is not needed again.
             request = JobSpec.model_validate_json(spec) if finished_at is None else None
-            jobs[job_id] = StoredJob(record, request, ticket)
-            if record.state is JobState.RUNNING:
-                # Listeners may have seen seqs up to the reservation, committed or not.
-                self._floors[job_id] = reserved
+            jobs[job_id] = Restored(record, request, ticket, reset_after=reserved)
         for job_id, seq, kind, message, attempt in connection.execute(
             "SELECT job_id, seq, kind, message, attempt FROM events ORDER BY job_id, seq"
         ):
-            job = jobs.get(job_id)
-            if job is not None:
-                job.log.add(Event(seq, EventKind(kind), message, attempt))
+            kept = jobs.get(job_id)
+            if kept is not None:
+                kept.events.append(Event(seq, EventKind(kind), message, attempt))
         for job_id in expired:
-            connection.execute(DELETE_EVENTS, (job_id,))
-            connection.execute(DELETE_JOB, (job_id,))
+            connection.execute(writer.STATEMENTS[writer.DELETE_EVENTS], (job_id,))
+            connection.execute(writer.STATEMENTS[writer.DELETE_JOB], (job_id,))
+        log.info("job database %s: %d expired jobs deleted", self.path, len(expired))
+        return list(jobs.values())
 
-        requeued = []
-        for job in sorted(jobs.values(), key=lambda j: j.ticket):
-            self._jobs[job.record.id] = job
-            record = job.record
-            if record.state is JobState.RUNNING:
-                # Its worker died with it: run it again, in its original place.
-                self._running += 1
-                self._requeue(job)
-                requeued.append(job)
-            elif record.state is JobState.PENDING:
-                self._enqueue(job)
-            elif record.finished_at is not None:
-                self._schedule_expiry(record)
-                job.log.freeze()
-        self._tickets = itertools.count(max_ticket + 1)
-        log.info(
-            "job database %s: %d jobs kept, %d queued (%d of them were running), %d expired",
-            self.path,
-            len(jobs),
-            len(self._pending),
-            len(requeued),
-            len(expired),
+    async def _start_writer(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-S",
+            writer.__file__,
+            str(self.path),
+            self.synchronous,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            # Out of the terminal's process group: Ctrl-C is for the store to handle.
+            start_new_session=True,
+        )
+        hello = await _read_frame(process)
+        if hello is None or hello[0] != "ready":
+            await process.wait()
+            why = hello[1] if hello is not None else f"it exited with {process.returncode}"
+            raise StoreError(f"cannot open the job database {self.path}: {why}")
+        self._process = process
+        self._replies = asyncio.create_task(self._read_replies(process), name="sqlite-replies")
+
+    async def _read_replies(self, process: asyncio.subprocess.Process) -> None:
+        while (failures := await _read_frame(process)) is not None:
+            if self._saving is not None:
+                self.commits += 1
+                self._round_done(self._saving[0], failures)
+        await process.wait()
+        if self._process is not process:
+            return  # closed on purpose
+        self._process = None
+        log.error("the job database writer stopped (exit code %s)", process.returncode)
+        if self._saving is not None:
+            round_, job_ids = self._saving
+            self._round_done(round_, dict.fromkeys(job_ids, "the job database writer stopped"))
+
+    async def _restart_writer(self) -> None:
+        await asyncio.sleep(RESTART_WRITER_SECONDS)
+        try:
+            await self._start_writer()
+        except (StoreError, OSError) as exc:
+            log.error("%s", exc)
+        finally:
+            self._restarting = None
+
+    async def close(self) -> None:
+        pending = self._unsaved or self._gathering is not None or self._saving is not None
+        if pending and self._process is not None:
+            await self.save()
+        process, self._process = self._process, None
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                process.stdin.write(writer.frame(("close",)))
+                await process.stdin.drain()
+            process.stdin.close()
+            await process.wait()
+        for task in (self._replies, self._restarting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- writes -----------------------------------------------------------------
+
+    def add_job(self, record: JobRecord, spec: JobSpec, ticket: int) -> None:
+        try:
+            text = spec.model_dump_json()
+        except (PydanticSerializationError, ValueError, RecursionError) as exc:
+            raise StoreError(f"the job cannot be stored: {exc}") from None
+        self._write(
+            record.id,
+            writer.INSERT_JOB,
+            (
+                record.id,
+                ticket,
+                record.state.value,
+                record.attempt,
+                text,
+                record.created_at,
+                record.finished_at,
+                record.error,
+            ),
         )
 
-    # -- persistence hooks --------------------------------------------------
+    def update_job(self, record: JobRecord) -> None:
+        self._write(
+            record.id,
+            writer.UPDATE_JOB,
+            (record.state.value, record.attempt, record.finished_at, record.error, record.id),
+        )
 
-    def _write_job(self, job: StoredJob, *, new: bool = False) -> None:
-        assert self._writer is not None
-        record = job.record
-        if new:
-            assert job.spec is not None
-            self._writer.execute(
-                INSERT_JOB,
-                (
-                    record.id,
-                    job.ticket,
-                    record.state.value,
-                    record.attempt,
-                    job.spec.model_dump_json(),
-                    record.created_at,
-                    record.finished_at,
-                    record.error,
-                ),
+    def add_event(self, job_id: str, event: Event) -> None:
+        self._write(
+            job_id,
+            writer.INSERT_EVENT,
+            (job_id, event.seq, event.kind.value, event.message, event.attempt),
+        )
+
+    def delete_job(self, job_id: str) -> None:
+        self._write(job_id, writer.DELETE_EVENTS, (job_id,))
+        self._write(job_id, writer.DELETE_JOB, (job_id,))
+
+    def _write(self, job_id: str, statement: int, params: tuple[Any, ...]) -> None:
+        statements = self._unsaved.get(job_id)
+        if statements is None:
+            self._unsaved[job_id] = [(statement, params)]
+        else:
+            statements.append((statement, params))
+
+    def forget(self, job_id: str) -> None:
+        self._unsaved.pop(job_id, None)
+
+    def unsaved(self) -> bool:
+        return bool(self._unsaved)
+
+    # -- rounds ---------------------------------------------------------------
+
+    def save(self) -> asyncio.Future[Failures]:
+        if self._gathering is None:
+            loop = asyncio.get_running_loop()
+            self._gathering = loop.create_future()
+            if self._saving is None:
+                # At the end of this turn of the loop: what other jobs write in it rides along.
+                loop.call_soon(self._start_round)
+        return self._gathering
+
+    def _start_round(self) -> None:
+        round_, self._gathering = self._gathering, None
+        if round_ is None or self._saving is not None:
+            return
+        groups, self._unsaved = list(self._unsaved.items()), {}
+        job_ids = [job_id for job_id, _ in groups]
+        self._saving = (round_, job_ids)
+        process = self._process
+        if not groups:
+            asyncio.get_running_loop().call_soon(self._round_done, round_, {})
+        elif process is None or process.stdin is None or process.stdin.is_closing():
+            if self._restarting is None and self._lock_file is not None:
+                self._restarting = asyncio.create_task(self._restart_writer())
+            reason = "the job database writer is not running"
+            asyncio.get_running_loop().call_soon(
+                self._round_done, round_, dict.fromkeys(job_ids, reason)
             )
         else:
-            self._writer.execute(
-                UPDATE_JOB,
-                (
-                    record.state.value,
-                    record.attempt,
-                    record.finished_at,
-                    record.error,
-                    self._reserved.get(record.id, 0),
-                    record.id,
-                ),
-            )
-            if record.state is not JobState.RUNNING:
-                self._reserved.pop(record.id, None)
+            process.stdin.write(writer.frame(("round", groups)))
 
-    def _write_event(self, job_id: str, event: Event) -> None:
-        assert self._writer is not None
-        self._writer.execute(
-            INSERT_EVENT, (job_id, event.seq, event.kind.value, event.message, event.attempt)
-        )
-
-    def _delete_job(self, job_id: str) -> None:
-        assert self._writer is not None
-        self._writer.execute(DELETE_EVENTS, (job_id,))
-        self._writer.execute(DELETE_JOB, (job_id,))
-
-    async def _commit(self) -> None:
-        assert self._writer is not None
-        await self._writer.commit()
-
-    def _commit_soon(self) -> asyncio.Future[None]:
-        assert self._writer is not None
-        return self._writer.commit()
-
-    def _reset_seq(self, job: StoredJob) -> int:
-        return max(job.log.last_seq, self._floors.pop(job.record.id, 0)) + 1
-
-    def _claimed(self, job: StoredJob) -> None:
-        # Reserved with the claim's own commit: the reset and a block after it.
-        floor = max(job.log.last_seq, self._floors.get(job.record.id, 0))
-        self._reserved[job.record.id] = floor + 1 + RESERVE_BLOCK
-
-    def _must_reserve(self, job: StoredJob) -> bool:
-        job_id = job.record.id
-        next_seq = job.log.last_seq + 1
-        reserved = self._reserved.get(job_id, 0)
-        if next_seq + RESERVE_MARGIN > reserved and job_id not in self._reserving:
-            self._reserving[job_id] = asyncio.ensure_future(self._extend(job))
-        return next_seq > reserved
-
-    async def _reserve(self, job: StoredJob) -> None:
-        job_id = job.record.id
-        while job.log.last_seq + 1 > self._reserved.get(job_id, 0):
-            pending = self._reserving.get(job_id)
-            if pending is None:
-                pending = self._reserving[job_id] = asyncio.ensure_future(self._extend(job))
-            await asyncio.shield(pending)
-
-    async def _extend(self, job: StoredJob) -> None:
-        assert self._writer is not None
-        job_id = job.record.id
-        target = job.log.last_seq + RESERVE_BLOCK
-        self._writer.execute(RESERVE_SEQ, (target, job_id))
-        try:
-            await self._commit()
-        finally:
-            del self._reserving[job_id]
-        if job.record.state is JobState.RUNNING:
-            self._reserved[job_id] = max(self._reserved.get(job_id, 0), target)
-
-    async def release(self, job_id: str, attempt: int, reason: str) -> None:
-        job = self._jobs.get(job_id)
-        if job is None or job.record.state is not JobState.RUNNING or job.record.attempt != attempt:
+    def _round_done(self, round_: asyncio.Future[Failures], failures: Failures) -> None:
+        if self._saving is None or self._saving[0] is not round_:
             return
-        log.info("job %s queued again: %s", job_id, reason)
-        self._requeue(job)
-        await self._commit()
+        self._saving = None
+        # The store lets go of lost jobs' writes before the next round can take them.
+        try:
+            self.on_round_end(round_, failures)
+        finally:
+            round_.set_result(failures)
+            if self._gathering is not None:
+                asyncio.get_running_loop().call_soon(self._start_round)
+
+
+async def _read_frame(process: asyncio.subprocess.Process) -> Any:
+    """The writer's next message; ``None`` once it has stopped."""
+    assert process.stdout is not None
+    try:
+        head = await process.stdout.readexactly(4)
+        (length,) = (int.from_bytes(head, "big"),)
+        return pickle.loads(await process.stdout.readexactly(length))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+class SQLiteStore(MemoryStore):
+    """:class:`MemoryStore` kept in an SQLite file (see :class:`SQLiteJournal`)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        queue_max: int,
+        job_ttl: float,
+        synchronous: str = "FULL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.sqlite = SQLiteJournal(path, job_ttl=job_ttl, synchronous=synchronous, clock=clock)
+        super().__init__(queue_max=queue_max, job_ttl=job_ttl, clock=clock, journal=self.sqlite)
+
+    def lock(self) -> None:
+        """See :meth:`SQLiteJournal.lock`."""
+        self.sqlite.lock()
