@@ -294,3 +294,34 @@ async def test_abrupt_disconnects_mid_stream_leave_the_job_running(
     messages = await survivor.job_messages(job_id)
     assert messages[-1]["type"] == "done"
     assert text_of(messages) == "".join(TOKENS)
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_a_template_nested_too_deep_is_refused_and_never_runs(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    deep = assistant(model="m", extra=nested(300))
+    client = await connect()
+    await client.send({"type": "add", "id": "deep", "query": "never asked", "assistant": deep})
+    assert await client.recv() == {
+        "type": "error",
+        "message": "invalid 'add' request: field 'assistant' is nested more than 64 levels deep",
+        "ref": "deep",
+    }
+    seed = await connect(seed=True)
+    await seed.send({"type": "add", "id": "deep", "query": "never asked", "assistant": deep})
+    job_id = (await seed.expect("resp_add"))["job_id"]
+    assert "nested more than 64 levels" in (await seed.wait_for("failed", job_id))["message"]
+    # Settings nested as deep as real ones are (a JSON schema, say) are fine.
+    _, messages = await client.run(
+        request_id="ok", assistant=assistant(model="m", extra=nested(20))
+    )
+    assert messages[-1]["type"] == "done"
+    assert [r.body["messages"][-1]["content"] for r in upstream.chat_requests] == ["Hello there"]

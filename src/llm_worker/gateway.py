@@ -33,6 +33,7 @@ from llm_worker.protocol import (
 )
 from llm_worker.runner import Runner
 from llm_worker.store import JobStore, StoreError, UnknownJob
+from llm_worker.tasks import TaskSet
 from llm_worker.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,10 @@ class Gateway:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         try:
             stats = await self.store.stats()
-        except StoreError as exc:
+        except Exception as exc:
             # Up, but not serving: a load balancer should send clients elsewhere.
+            if not isinstance(exc, StoreError):
+                log.warning("the job store could not answer /healthz: %r", exc)
             return JSONResponse({"status": "store unavailable", "error": str(exc)}, status_code=503)
         return JSONResponse(
             {
@@ -148,6 +151,7 @@ class Connection:
         self.websocket = websocket
         self.dialect = dialect
         self.followers: dict[str, asyncio.Task[None]] = {}
+        self._notices = TaskSet("connection")
 
     async def serve(self) -> None:
         try:
@@ -162,18 +166,20 @@ class Connection:
             for task in self.followers.values():
                 task.cancel()
             self.followers.clear()
+            await self._notices.close()
 
     def announce(self, message: str) -> None:
         """An ``error`` about each job this connection follows, sent in the background
         (to full-protocol connections: the seed's clients know no such message)."""
-        if self.dialect is not Dialect.FULL:
+        if self.dialect is not Dialect.FULL or not self.followers:
             return
-        for job_id in list(self.followers):
-            asyncio.create_task(self._send_quietly(protocol.error(message, job_id)))  # noqa: RUF006
+        frames = [protocol.error(message, job_id) for job_id in self.followers]
+        self._notices.spawn(self._send_quietly(frames), name="outage-notice")
 
-    async def _send_quietly(self, frame: str) -> None:
+    async def _send_quietly(self, frames: list[str]) -> None:
         with contextlib.suppress(*_GONE):
-            await self.send(frame)
+            for frame in frames:
+                await self.send(frame)
 
     async def send(self, frame: str) -> None:
         # uvicorn's sans-I/O websockets protocol writes a whole frame per call,

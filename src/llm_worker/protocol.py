@@ -140,6 +140,14 @@ def parse_request(data: str | bytes) -> Request:
     if model is None:
         known = ", ".join(sorted(_REQUEST_TYPES))
         raise ProtocolError(f"unknown type {request_type!r} (known: {known})", _ref_of(obj, None))
+    # Only the template holds values of any shape (settings, options, its own fields).
+    if _deeper_than(obj.get("assistant"), MAX_DEPTH):
+        raise ProtocolError(
+            f"invalid {request_type!r} request: field 'assistant' is nested more than "
+            f"{MAX_DEPTH} levels deep",
+            _ref_of(obj, request_type),
+            request_type,
+        )
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -148,6 +156,28 @@ def parse_request(data: str | bytes) -> Request:
             _ref_of(obj, request_type),
             request_type,
         ) from None
+
+
+# Deeper requests are refused: nothing a template needs nests so deep, and deep
+# values cost recursion wherever they go (validation, storage, the provider's JSON).
+MAX_DEPTH = 64
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests objects and arrays more than ``limit`` deep."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+    return False
 
 
 def peek_request(data: str | bytes) -> tuple[str | None, Any]:

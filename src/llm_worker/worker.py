@@ -89,9 +89,12 @@ class Worker:
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
-            except Exception:
+            except Exception as exc:
                 self._slots.release()
-                log.exception("claiming a job failed; trying again shortly")
+                if isinstance(exc, StoreError):  # an outage, said in one line
+                    log.warning("claiming a job failed: %s; trying again shortly", exc)
+                else:
+                    log.exception("claiming a job failed; trying again shortly")
                 await asyncio.sleep(STORE_ERROR_BACKOFF_SECONDS)
                 continue
             if claim is None:

@@ -55,19 +55,28 @@ from llm_worker.store.base import (
     UnknownJob,
 )
 from llm_worker.store.eventlog import EventLog
+from llm_worker.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GROUP = "workers"
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# What redis-py raises when two tasks read one connection (a reconnect racing a read).
+_CONCURRENT_READ = RuntimeError
 _REFRESH_BATCH = 1000
 _POLL_SECONDS = 1.0
+JOB_LOST = (
+    "the job store lost this job: Redis restarted without its data, or failed over to a "
+    "replica that did not have it"
+)
 
-# KEYS: jobs stream, pending zset, tickets. ARGV: job id, queue max.
+# KEYS: jobs stream, pending zset, tickets. ARGV: job id, queue max. Returns the
+# job's ticket (the same one when a retry finds it queued already), or -1: full.
 _SUBMIT = """
 local max = tonumber(ARGV[2])
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return -2 end
+local queued = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if queued then return tonumber(queued) end
 if redis.call('ZCARD', KEYS[2]) >= max then return -1 end
 local ticket = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
@@ -220,6 +229,8 @@ class RedisStore(JobStore):
         self.prefix = prefix
         self.heartbeat_timeout = heartbeat_timeout
         self.outage_grace = outage_grace
+        self.command_timeout = max(1.0, min(5.0, outage_grace / 2))
+        """How long a command may go unanswered before Redis counts as unreachable."""
         self.worker_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.jobs_key = f"{prefix}:{{queue}}:jobs"
         self.pending_key = f"{prefix}:{{queue}}:pending"
@@ -236,6 +247,7 @@ class RedisStore(JobStore):
         self._subscribed: dict[str, asyncio.Future[None]] = {}
         self._queue_waiters: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._background = TaskSet("redis store")
         self._next_takeover_check = 0.0
         self._down_since: float | None = None
         self._outage_waiters: list[asyncio.Future[str]] = []
@@ -256,9 +268,19 @@ class RedisStore(JobStore):
     # -- life cycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        self._redis = aioredis.Redis.from_url(self.url, decode_responses=False)
-        # Blocking reads of the queue get their own connection pool.
-        self._blocking = aioredis.Redis.from_url(self.url, decode_responses=False)
+        # A Redis that stops answering (paused, a network partition) shows as
+        # timeouts, so that the outage is noticed and ridden out like any other.
+        timeout = self.command_timeout
+        self._redis = aioredis.Redis.from_url(
+            self.url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        # Blocking reads of the queue get their own connection pool, and time to block.
+        self._blocking = aioredis.Redis.from_url(
+            self.url,
+            decode_responses=False,
+            socket_timeout=self.heartbeat_timeout / 3 + timeout,
+            socket_connect_timeout=timeout,
+        )
         redis = self._redis
         for name, source in (
             ("submit", _SUBMIT),
@@ -287,6 +309,8 @@ class RedisStore(JobStore):
         )
 
     async def close(self) -> None:
+        # Queue entries being let go of: worth a moment, so no other worker re-runs them.
+        await self._background.close(wait=2.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -311,6 +335,35 @@ class RedisStore(JobStore):
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def _grouped(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, making the queue again first when Redis has lost it.
+
+        Redis loses the queue and its consumer group when it restarts without its
+        data, or fails over to a replica that did not have them: every call on
+        the group then fails with NOGROUP until it exists again.
+        """
+        try:
+            return await call()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+        await self._queue_lost()
+        return await call()
+
+    async def _queue_lost(self) -> None:
+        log.error(
+            "Redis has lost the job queue (restarted without its data, or a replica without "
+            "it took over): making it again; the jobs it held are lost"
+        )
+        await self._create_group()
+        for job_id, held in list(self._held.items()):
+            if not await self._client.exists(self._job_key(job_id)):
+                log.error("job %s, running here, was lost by Redis: stopping it", job_id)
+                if self._held.get(job_id) is held:
+                    del self._held[job_id]
+                self._cancelled(job_id)
+        self._check_feeds_soon()
 
     @property
     def _client(self) -> aioredis.Redis:
@@ -414,8 +467,7 @@ class RedisStore(JobStore):
         if ticket == -1:
             await self._for_client(lambda: self._client.delete(job_key))
             raise QueueFull(f"the queue is full ({self.queue_max} jobs waiting); try again later")
-        if ticket > 0:
-            await self._for_client(lambda: self._client.hset(job_key, "ticket", ticket))
+        await self._for_client(lambda: self._client.hset(job_key, "ticket", ticket))
         return JobRecord(id=job_id, state=JobState.PENDING, created_at=now)
 
     async def _fields(self, job_id: str) -> dict[str, str] | None:
@@ -505,7 +557,9 @@ class RedisStore(JobStore):
 
     async def stats(self) -> StoreStats:
         pending = await self._for_client(lambda: self._client.zcard(self.pending_key))
-        summary = await self._for_client(lambda: self._client.xpending(self.jobs_key, GROUP))
+        summary = await self._for_client(
+            lambda: self._grouped(lambda: self._client.xpending(self.jobs_key, GROUP))
+        )
         return StoreStats(pending=int(pending), running=int(summary["pending"]))
 
     @property
@@ -554,16 +608,35 @@ class RedisStore(JobStore):
             feed.loading.cancel()
         channel = self._channel(feed.job_id)
         self._subscribed.pop(channel, None)
-        if self._pubsub is not None:
-            with contextlib.suppress(*_UNREACHABLE):
+        # While the connection is down, the channel stays subscribed: harmless.
+        if self._pubsub is not None and self._notifications_up():
+            with contextlib.suppress(*_UNREACHABLE, _CONCURRENT_READ):
                 await self._pubsub.unsubscribe(channel)
 
     async def _subscribe(self, channel: str) -> None:
         confirmed = self._subscribed.get(channel)
         if confirmed is None:
             confirmed = self._subscribed[channel] = asyncio.get_running_loop().create_future()
-            await self._for_client(lambda: self._pubsub.subscribe(channel))
+            await self._for_client(lambda: self._when_notifications_up(channel))
         await asyncio.wait_for(asyncio.shield(confirmed), self.outage_grace + 5)
+
+    def _notifications_up(self) -> bool:
+        connection = self._pubsub.connection if self._pubsub is not None else None
+        return connection is not None and connection.is_connected
+
+    async def _when_notifications_up(self, channel: str) -> None:
+        """Subscribe once the notifications connection is up.
+
+        Reconnecting it is the reading task's: redis-py reads the handshake on
+        whichever task connects, and two readers of one connection fail.
+        """
+        if not self._notifications_up():
+            await asyncio.sleep(0.05)
+            raise ConnectionError("the notifications connection is down")
+        try:
+            await self._pubsub.subscribe(channel)
+        except _CONCURRENT_READ as exc:
+            raise ConnectionError(f"the notifications connection is reconnecting: {exc}") from exc
 
     async def _refresh(self, feed: _Feed, *, deadline: float | None = None) -> None:
         """Bring the mirror up to date; one refresh at a time per feed."""
@@ -592,16 +665,40 @@ class RedisStore(JobStore):
         if feed.refreshing:
             feed.dirty = True
         else:
-            asyncio.create_task(self._refresh(feed))  # noqa: RUF006 - refresh is self-contained
+            self._background.spawn(self._refresh(feed), name=f"refresh-{feed.job_id}")
 
     async def _poll_feeds_forever(self) -> None:
         # A safety net under the notifications: a message lost to a reconnect
-        # costs a listener at most this long.
+        # costs a listener at most this long, and so does a job Redis lost.
         while True:
             await asyncio.sleep(_POLL_SECONDS)
-            for feed in list(self._feeds.values()):
-                if not feed.log.finished:
-                    self._refresh_later(feed)
+            try:
+                await self._check_feeds()
+            except _UNREACHABLE as exc:
+                self._went_down(exc)
+            except Exception:
+                log.exception("checking the followed jobs failed")
+
+    async def _check_feeds(self) -> None:
+        """Refresh the logs of unfinished jobs; tell the listeners of jobs Redis lost."""
+        feeds = [feed for feed in self._feeds.values() if not feed.log.finished]
+        if not feeds:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for feed in feeds:
+                pipe.exists(self._job_key(feed.job_id))
+            exist = await pipe.execute()
+        for feed, exists in zip(feeds, exist, strict=True):
+            if exists:
+                self._refresh_later(feed)
+            elif not feed.log.finished and feed.loading is not None and feed.loading.done():
+                # Gone before its end: Redis restarted without its data, or failed over.
+                log.error("job %s was lost by Redis; telling its listeners", feed.job_id)
+                feed.log.add(Event(feed.log.last_seq + 1, EventKind.FAILED, JOB_LOST, 0))
+                feed.log.show()
+
+    def _check_feeds_soon(self) -> None:
+        self._background.spawn(self._check_feeds(), name="check-feeds")
 
     async def _read_notifications(self) -> None:
         pubsub = self._pubsub
@@ -648,14 +745,14 @@ class RedisStore(JobStore):
                 self._refresh_later(feed)
 
     def _reconnected(self) -> None:
-        """Notifications may have been lost while the connection was down."""
+        """Notifications may have been lost while the connection was down, and Redis
+        may have come back without its data."""
         if self._down_since is not None:
             self._came_back()
-        for feed in list(self._feeds.values()):
-            self._refresh_later(feed)
+        self._check_feeds_soon()
         self._notified(self.moved_channel, "")
         if self._held:
-            asyncio.create_task(self._check_held_jobs())  # noqa: RUF006
+            self._background.spawn(self._check_held_jobs(), name="check-held-jobs")
 
     def _cancelled(self, job_id: str) -> None:
         for callback in self._cancel_callbacks.pop(job_id, []):
@@ -691,12 +788,14 @@ class RedisStore(JobStore):
         # Wake at least every heartbeat interval to look for jobs to take over.
         block_ms = int(min(wait, self.heartbeat_timeout / 3) * 1000)
         response = await self._retry(
-            lambda: self._blocking.xreadgroup(
-                GROUP,
-                self.worker_name,
-                {self.jobs_key: ">"},
-                count=1,
-                block=block_ms if block_ms > 0 else None,
+            lambda: self._grouped(
+                lambda: self._blocking.xreadgroup(
+                    GROUP,
+                    self.worker_name,
+                    {self.jobs_key: ">"},
+                    count=1,
+                    block=block_ms if block_ms > 0 else None,
+                )
             ),
             deadline=self.outage_grace,
         )
@@ -708,12 +807,14 @@ class RedisStore(JobStore):
     async def _take_over_one(self) -> tuple[str, str] | None:
         """An entry of a worker silent for ``heartbeat_timeout``: its job runs here now."""
         result = await self._retry(
-            lambda: self._client.xautoclaim(
-                self.jobs_key,
-                GROUP,
-                self.worker_name,
-                min_idle_time=int(self.heartbeat_timeout * 1000),
-                count=1,
+            lambda: self._grouped(
+                lambda: self._client.xautoclaim(
+                    self.jobs_key,
+                    GROUP,
+                    self.worker_name,
+                    min_idle_time=int(self.heartbeat_timeout * 1000),
+                    count=1,
+                )
             ),
             deadline=self.outage_grace,
         )
@@ -728,7 +829,9 @@ class RedisStore(JobStore):
                 log.warning("taking over job %s from a worker that stopped answering", job_id)
                 return _text(entry_id), job_id
             # Deleted from the stream while pending: nothing to run.
-            await self._client.xack(self.jobs_key, GROUP, entry_id)
+            await self._grouped(
+                lambda entry_id=entry_id: self._client.xack(self.jobs_key, GROUP, entry_id)
+            )
         return None
 
     async def _start(self, entry_id: str, job_id: str, *, takeover: bool) -> Claim | None:
@@ -756,8 +859,10 @@ class RedisStore(JobStore):
     async def _forget_entry(self, entry_id: str) -> None:
         """Done with a queue entry, unless another worker took it over meanwhile."""
         await self._retry(
-            lambda: self._scripts["forget"](
-                keys=[self.jobs_key], args=[GROUP, self.worker_name, entry_id]
+            lambda: self._grouped(
+                lambda: self._scripts["forget"](
+                    keys=[self.jobs_key], args=[GROUP, self.worker_name, entry_id]
+                )
             )
         )
 
@@ -821,7 +926,7 @@ class RedisStore(JobStore):
             if held is not None:
                 # The job ended without a last event from this worker (it was
                 # cancelled, or taken over): its queue entry is done with.
-                asyncio.create_task(self._forget_entry(held.entry))  # noqa: RUF006
+                self._background.spawn(self._forget_entry(held.entry), name="forget-entry")
 
         return stop
 
@@ -840,9 +945,11 @@ class RedisStore(JobStore):
         if not self._held:
             return
         held = dict(self._held)
-        kept = await self._scripts["heartbeat"](
-            keys=[self.jobs_key],
-            args=[GROUP, self.worker_name, *(h.entry for h in held.values())],
+        kept = await self._grouped(
+            lambda: self._scripts["heartbeat"](
+                keys=[self.jobs_key],
+                args=[GROUP, self.worker_name, *(h.entry for h in held.values())],
+            )
         )
         kept_ids = {_text(entry) for entry in kept}
         for job_id, h in held.items():

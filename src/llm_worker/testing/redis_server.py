@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -68,9 +69,29 @@ class RedisServer:
                 time.sleep(0.02)
         client.close()
 
+    def pause(self) -> None:
+        """SIGSTOP: the server holds its connections but answers nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def wipe(self) -> None:
+        """Delete the stopped server's files: it starts again empty, as one without
+        persistence, or a replica that had not caught up, would."""
+        assert self.process is None, "stop the server first"
+        for path in self.directory.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.name != "redis.log":
+                path.unlink()
+
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None:
             return
+        self.process.send_signal(signal.SIGCONT)  # a paused server could not stop
         if kill:
             self.process.kill()
         else:
