@@ -107,3 +107,21 @@ def test_a_reset_counts_for_readers_once_shown() -> None:
     assert [e.seq for e in log.since()] == [1, 2]
     log.show()
     assert [e.seq for e in log.since()] == [5]
+
+
+async def test_a_listener_ahead_of_the_log_gets_nothing_twice() -> None:
+    # Resuming after seq 3 on a mirror that has shown only seq 1 so far.
+    log = EventLog()
+    log.add(Event(1, EventKind.RUNNING, "", 1))
+    log.show()
+    follower = log.follow(after=3)
+    waiting = asyncio.ensure_future(anext(follower))
+    await asyncio.sleep(0)
+    for seq in (2, 3, 4, 5):
+        log.add(Event(seq, EventKind.RUNNING, f"t{seq}", 1))
+    log.show(through=3)
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    log.show()
+    assert [e.seq for e in await waiting] == [4, 5]
+    await follower.aclose()

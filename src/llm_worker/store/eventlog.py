@@ -156,6 +156,10 @@ class EventLog:
             return
         while True:
             shown = self.shown
+            if shown > seen and self.events[seen].seq <= after:
+                # The log was behind the listener (a mirror still loading, say):
+                # what it already saw is not sent again.
+                seen = self._index_after(after, shown)
             if shown > seen:
                 batch = self.events[max(seen, self.attempt_start) : shown]
                 seen = shown
