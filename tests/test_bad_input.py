@@ -218,7 +218,7 @@ async def test_queue_full_refuses_add_with_a_clear_error(
     await client.send({"type": "add", "id": "d", "query": "q", "assistant": assistant()})
     error = await client.wait_for("error")
     assert error["ref"] == "d"
-    assert "the queue is full (2 jobs waiting)" in error["message"]
+    assert "the queue is full (2 jobs waiting, QUEUE_MAX)" in error["message"]
     # The jobs already accepted are untouched.
     assert (await client.job_messages(running))[-1]["type"] == "done"
 

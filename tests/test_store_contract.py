@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
-from llm_worker.jobs import EventKind, JobSpec, JobState
-from llm_worker.store import JobStore, NotOwner, QueueFull, UnknownJob
+from llm_worker.access import TenantLimits
+from llm_worker.jobs import EventKind, JobSpec, JobState, spec_json
+from llm_worker.store import JobStore, NotOwner, QueueFull, RateLimited, UnknownJob
 from llm_worker.templates import Assistant
 from tests.stores import DURABLE_STORE_KINDS, STORE_KINDS, StoreFactory, until_shown
 
@@ -229,3 +231,69 @@ async def test_release_in_memory_fails_the_job_because_nothing_survives_the_proc
     assert record is not None
     assert record.state is JobState.FAILED
     assert record.error == "worker stopped"
+
+
+def limits_of(**by_tenant: TenantLimits) -> Callable[[str], TenantLimits]:
+    return lambda tenant: by_tenant.get(tenant, TenantLimits())
+
+
+async def test_jobs_belong_to_their_tenant(store: JobStore) -> None:
+    record = await store.submit(SPEC, tenant="acme")
+    assert record.tenant == "acme"
+    assert (await store.get(record.id)).tenant == "acme"  # type: ignore[union-attr]
+    assert (await store.get((await store.submit(SPEC)).id)).tenant == ""  # type: ignore[union-attr]
+
+
+async def test_a_tenant_s_share_of_the_queue(make_store: StoreFactory) -> None:
+    store = await make_store(
+        queue_max=100, job_ttl=60, limits=limits_of(a=TenantLimits(max_queued_jobs=2))
+    )
+    await store.submit(SPEC, tenant="a")
+    await store.submit(SPEC, tenant="a")
+    with pytest.raises(QueueFull, match=r"tenant 'a' has 2 jobs waiting, its limit"):
+        await store.submit(SPEC, tenant="a")
+    await store.submit(SPEC, tenant="b")  # others are not held back
+    await store.claim(max_wait=1)  # a job that runs is no longer waiting
+    await store.submit(SPEC, tenant="a")
+
+
+async def test_a_tenant_runs_no_more_than_its_limit_and_others_pass(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(
+        queue_max=100, job_ttl=60, limits=limits_of(a=TenantLimits(max_running_jobs=1))
+    )
+    a1 = (await store.submit(SPEC, tenant="a")).id
+    a2 = (await store.submit(SPEC, tenant="a")).id
+    b1 = (await store.submit(SPEC, tenant="b")).id
+    first = await store.claim(max_wait=1)
+    second = await store.claim(max_wait=1)
+    assert (first and first.job_id, second and second.job_id) == (a1, b1)
+    assert await store.claim(max_wait=0.2) is None  # a runs all it may
+    assert await store.position(a2) == 1  # still waiting, first in line
+    await store.append(a1, 1, EventKind.DONE)
+    third = await store.claim(max_wait=2)
+    assert third is not None and third.job_id == a2
+
+
+async def test_the_queue_is_bounded_in_bytes(make_store: StoreFactory) -> None:
+    size = len(spec_json(SPEC))
+    store = await make_store(queue_max=100, job_ttl=60, queue_max_bytes=3 * size)
+    for _ in range(3):
+        await store.submit(SPEC)
+    with pytest.raises(QueueFull, match=r"MiB of requests waiting, QUEUE_MAX_BYTES"):
+        await store.submit(SPEC)
+    await store.claim(max_wait=1)  # what runs leaves the queue's bytes
+    await store.submit(SPEC)
+
+
+async def test_a_tenant_adds_no_faster_than_its_rate(make_store: StoreFactory) -> None:
+    store = await make_store(
+        queue_max=100, job_ttl=60, limits=limits_of(a=TenantLimits(adds_per_minute=2))
+    )
+    await store.submit(SPEC, tenant="a")
+    await store.submit(SPEC, tenant="a")
+    with pytest.raises(RateLimited, match=r"tenant 'a' may add 2 jobs a minute") as limited:
+        await store.submit(SPEC, tenant="a")
+    assert 0 < limited.value.retry_after <= 30
+    await store.submit(SPEC, tenant="b")

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
+from llm_worker.access import load_access
 from llm_worker.config import ConfigError, Settings
-from llm_worker.gateway import Gateway
+from llm_worker.gateway import Gateway, GatewayLimits
 from llm_worker.inserts import builtin_inserts
+from llm_worker.origins import origin_middleware
 from llm_worker.pipelines import builtin_pipelines
 from llm_worker.providers.catalog import build_providers
 from llm_worker.providers.openai_compatible import ClientPool
-from llm_worker.runner import RetryPolicy, Runner
+from llm_worker.runner import RequestLimits, RetryPolicy, Runner
 from llm_worker.store import JobStore, open_store
 from llm_worker.worker import Worker
 
@@ -51,6 +51,11 @@ def build_runner(settings: Settings, clients: ClientPool) -> Runner:
         RetryPolicy(
             retries=settings.provider_retries, base_delay=settings.provider_retry_base_seconds
         ),
+        RequestLimits(
+            max_streams=settings.max_streams,
+            max_history_messages=settings.max_history_messages,
+            max_model_request_chars=settings.max_model_request_chars,
+        ),
     )
 
 
@@ -72,15 +77,30 @@ class Service:
             max_connections=settings.worker_concurrency + 16,
         )
         self.runner = build_runner(settings, self.clients)
+        self.access = load_access(settings)
+        if self.access.enabled and role == "gateway" and settings.token_secret is None:
+            raise ConfigError(
+                "--role gateway with API keys needs TOKEN_SECRET, the same on every gateway: "
+                "a listen token one hands out must hold on the others"
+            )
         # Last of what can refuse to start: it takes the SQLite file for this process.
-        self.store: JobStore = open_store(settings)
+        self.store: JobStore = open_store(settings, self.access.tenant_limits)
         if role != "all" and not self.store.shared:
             raise ConfigError(
                 f"--role {role} needs a store shared between processes: STORE_URL "
                 f"{settings.store_url!r} keeps jobs in one process; use redis://"
             )
         self.gateway = (
-            Gateway(self.store, self.runner, max_message_bytes=settings.max_message_bytes)
+            Gateway(
+                self.store,
+                self.runner,
+                access=self.access,
+                limits=GatewayLimits(
+                    max_message_bytes=settings.max_message_bytes,
+                    max_followed_jobs=settings.max_followed_jobs,
+                    slow_listener_seconds=settings.slow_listener_seconds,
+                ),
+            )
             if role in ("all", "gateway")
             else None
         )
@@ -150,6 +170,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             WebSocketRoute("/ws", gateway.websocket_endpoint),
             Route("/healthz", gateway.healthz),
         ],
+        middleware=origin_middleware(service.access),
         lifespan=lifespan,
     )
     app.state.service = service
@@ -175,82 +196,3 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         log.info("stopping: waiting up to %.0fs for running jobs", settings.shutdown_grace_seconds)
     finally:
         await service.stop()
-
-
-def event_loop_name() -> str:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
-
-
-class Server(uvicorn.Server):
-    """uvicorn's server, serving the app as this service needs.
-
-    ``on_ready`` is called once the listening socket accepts connections, so a
-    line saying so never comes early. On a stop, new connections are refused at
-    once, but the open ones are closed only once :meth:`Service.drain` is over:
-    a listener gets the end of every job that was running.
-    """
-
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        service: Service,
-        on_ready: Callable[[uvicorn.Server], None] | None = None,
-    ) -> None:
-        super().__init__(config)
-        self.service = service
-        self.on_ready = on_ready
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and self.on_ready is not None:
-            self.on_ready(self)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()
-        log.info(
-            "stopping: taking no new connections or jobs; waiting up to %.0fs for running jobs "
-            "(Ctrl-C again to stop at once)",
-            self.service.settings.shutdown_grace_seconds,
-        )
-        draining = asyncio.create_task(self.service.drain())
-        while not draining.done() and not self.force_exit:
-            await asyncio.wait({draining}, timeout=0.1)
-        draining.cancel()
-        try:
-            await draining
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("draining failed; closing connections now")
-        await super().shutdown(sockets)
-
-
-def make_server(app: Starlette, on_ready: Callable[[uvicorn.Server], None] | None = None) -> Server:
-    """The server of an app made by :func:`create_app`: the same for the command and tests."""
-    settings: Settings = app.state.settings
-    return Server(server_config(app, settings), app.state.service, on_ready)
-
-
-def server_config(app: Starlette, settings: Settings) -> uvicorn.Config:
-    """How uvicorn serves the app."""
-    return uvicorn.Config(
-        app,
-        host=settings.listen_address,
-        port=settings.listen_port,
-        loop=event_loop_name(),
-        http="httptools",
-        # Writes each frame in one call, which the gateway relies on (see Connection.send).
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_max_frame_bytes,
-        # Token frames are tiny; compressing them costs CPU and ~100 KiB per connection.
-        ws_per_message_deflate=False,
-        lifespan="on",
-        log_config=None,
-        # Running jobs had their grace before connections are closed (Server.shutdown).
-        timeout_graceful_shutdown=5,
-    )

@@ -16,9 +16,10 @@ from dotenv import load_dotenv
 from pydantic import ValidationError
 
 from llm_worker import __version__
-from llm_worker.app import ROLES, create_app, event_loop_name, make_server, run_worker
+from llm_worker.app import ROLES, create_app, run_worker
 from llm_worker.config import ConfigError, Settings
 from llm_worker.logs import configure_logging
+from llm_worker.serving import event_loop_name, make_server
 from llm_worker.store import StoreError
 
 log = logging.getLogger("llm_worker")

@@ -36,6 +36,41 @@ class Settings(BaseSettings):
     listen_port: int = Field(8001, ge=0, le=65535)
     """TCP port; 0 picks a free one (the log says which)."""
 
+    # -- access -------------------------------------------------------------
+    api_keys: SecretStr = SecretStr("")
+    """Comma-separated API keys, each its own tenant. With none here nor in
+    API_KEYS_FILE, anyone who reaches the port may do anything."""
+    api_keys_file: Path | None = None
+    """TOML file of tenants: the SHA-256 of each of their keys, and their limits."""
+    token_secret: SecretStr | None = None
+    """Signs listen tokens; every gateway must share it."""
+    allowed_origins: str = ""
+    """Origins of browser pages allowed besides the worker's own; ``*`` for any."""
+    tenant_max_running_jobs: int = Field(0, ge=0)
+    """Jobs of one tenant running at once (0: up to WORKER_CONCURRENCY); with keys only."""
+    tenant_max_queued_jobs: int = Field(1000, ge=0)
+    """Jobs of one tenant waiting at once; with keys only."""
+    tenant_adds_per_minute: int = Field(600, ge=0)
+    """Jobs one tenant may add per minute (0: no limit); with keys only."""
+
+    # -- limits -------------------------------------------------------------
+    max_connections: int = Field(10_000, ge=1)
+    """Open connections (WebSocket and HTTP) at once; more are refused."""
+    handshake_timeout_seconds: float = Field(10.0, gt=0)
+    """How long a new connection may take to send its request (and upgrade)."""
+    slow_listener_seconds: float = Field(30.0, gt=0)
+    """How long a connection may leave what it was sent unread before it is closed."""
+    max_followed_jobs: int = Field(1000, ge=1)
+    """Jobs one connection may follow at once."""
+    max_streams: int = Field(16, ge=1)
+    """Streams in one template."""
+    max_history_messages: int = Field(1000, ge=0)
+    """Messages in one request's history."""
+    max_model_request_chars: int = Field(4_000_000, ge=1000)
+    """Longest request a job may send to a model: its messages' text, rendered."""
+    queue_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    """Bytes of requests waiting in the queue at once (each counted as stored)."""
+
     # -- logging ------------------------------------------------------------
     log_level: LogLevel = "INFO"
     log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -103,7 +138,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_file", "providers_file", "vllm_uri", mode="before")
+    @field_validator("log_file", "providers_file", "vllm_uri", "api_keys_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -113,7 +148,7 @@ class Settings(BaseSettings):
     def _empty_is_default(cls, value: object) -> object:
         return OPENAI_DEFAULT_BASE_URL if value in ("", None) else value
 
-    @field_validator("openai_api_key", "vllm_api_key", mode="before")
+    @field_validator("openai_api_key", "vllm_api_key", "token_secret", mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -1,9 +1,9 @@
 """The gateway: the WebSocket endpoint clients talk to, and the HTTP endpoints.
 
-Each connection reads requests one at a time and answers each; every job the
-connection follows gets a task that copies the job's log from the store to the
-socket, in the connection's dialect (:mod:`llm_worker.dialects`). A job never
-depends on a connection: closing one stops its followers, never its jobs.
+A new WebSocket is checked before it is accepted: its dialect (400 if it asks
+for one not spoken), its key or listen token (401 without a valid one, when
+keys are configured); its origin was checked before (:mod:`llm_worker.origins`).
+Each connection is then served by a :class:`~llm_worker.connection.Connection`.
 
 When the process stops, the gateway takes no new connections or jobs, and keeps
 the open connections while jobs they follow are running (:meth:`Gateway.drain`).
@@ -14,44 +14,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from dataclasses import dataclass
 
+from starlette.requests import HTTPConnection
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+from starlette.websockets import WebSocket
 
-from llm_worker import protocol
-from llm_worker.dialects import Dialect, Relay, negotiate, refusal
-from llm_worker.jobs import JobState, output_of
-from llm_worker.protocol import (
-    AddRequest,
-    CancelRequest,
-    ListenRequest,
-    PingRequest,
-    ProtocolError,
-    StatusRequest,
-)
+from llm_worker.access import Access
+from llm_worker.connection import Connection
+from llm_worker.dialects import negotiate
+from llm_worker.jobs import JobState
+from llm_worker.protocol import ProtocolError
 from llm_worker.runner import Runner
-from llm_worker.store import JobStore, StoreError, UnknownJob
-from llm_worker.tasks import TaskSet
-from llm_worker.templates import TemplateError
+from llm_worker.store import JobStore, StoreError
 
 log = logging.getLogger(__name__)
 
-# Several queue moves in this window make one ``pending`` update per listener.
-PENDING_COALESCE_SECONDS = 0.05
-# What sending to, or receiving from, a connection that went away raises.
-_GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
-SHUTTING_DOWN = "the worker is shutting down and takes no new jobs; try again shortly"
+
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    max_message_bytes: int = 1024 * 1024
+    max_followed_jobs: int = 1000
+    slow_listener_seconds: float = 30.0
 
 
 class Gateway:
-    """What every connection shares: the store, the template checker, the limits."""
+    """What every connection shares: the store, the template checker, access, the limits."""
 
-    def __init__(self, store: JobStore, runner: Runner, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        runner: Runner,
+        *,
+        access: Access | None = None,
+        limits: GatewayLimits | None = None,
+    ) -> None:
         self.store = store
         self.runner = runner
-        self.max_message_bytes = max_message_bytes
+        self.access = access or Access()
+        self.limits = limits or GatewayLimits()
         self.connections: set[Connection] = set()
         self.draining = False
         """Set when the process stops: no new connections or jobs."""
@@ -109,13 +111,17 @@ class Gateway:
         except ProtocolError as exc:
             await websocket.send_denial_response(PlainTextResponse(exc.message, status_code=400))
             return
+        principal = self.access.authenticate(credential(websocket))
+        if principal is None:
+            await websocket.send_denial_response(unauthorized())
+            return
         if self.draining:
             await websocket.send_denial_response(
                 PlainTextResponse("the worker is shutting down", status_code=503)
             )
             return
         await websocket.accept(subprotocol)
-        connection = Connection(self, websocket, dialect)
+        connection = Connection(self, websocket, dialect, principal)
         self.connections.add(connection)
         try:
             await connection.serve()
@@ -142,204 +148,18 @@ class Gateway:
         )
 
 
-class Connection:
-    """One client's WebSocket: its requests in, its replies and jobs' events out."""
-
-    def __init__(self, gateway: Gateway, websocket: WebSocket, dialect: Dialect) -> None:
-        self.gateway = gateway
-        self.store = gateway.store
-        self.websocket = websocket
-        self.dialect = dialect
-        self.followers: dict[str, asyncio.Task[None]] = {}
-        self._notices = TaskSet("connection")
-
-    async def serve(self) -> None:
-        try:
-            while True:
-                message = await self.websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                await self.handle_frame(message.get("text"), message.get("bytes"))
-        except _GONE:
-            return
-        finally:
-            for task in self.followers.values():
-                task.cancel()
-            self.followers.clear()
-            await self._notices.close()
-
-    def announce(self, message: str) -> None:
-        """An ``error`` about each job this connection follows, sent in the background
-        (to full-protocol connections: the seed's clients know no such message)."""
-        if self.dialect is not Dialect.FULL or not self.followers:
-            return
-        frames = [protocol.error(message, job_id) for job_id in self.followers]
-        self._notices.spawn(self._send_quietly(frames), name="outage-notice")
-
-    async def _send_quietly(self, frames: list[str]) -> None:
-        with contextlib.suppress(*_GONE):
-            for frame in frames:
-                await self.send(frame)
-
-    async def send(self, frame: str) -> None:
-        # uvicorn's sans-I/O websockets protocol writes a whole frame per call,
-        # so frames from concurrent followers never interleave mid-frame.
-        await self.websocket.send_text(frame)
-
-    async def refuse(self, request_type: str | None, ref: Any, message: str) -> None:
-        """Answer a request that cannot be honoured, as this connection's dialect says."""
-        for frame in refusal(self.dialect, request_type, ref, message):
-            await self.send(frame)
-
-    async def handle_frame(self, text: str | None, data: bytes | None) -> None:
-        if text is None:
-            size = len(data or b"")
-            if size > self.gateway.max_message_bytes:
-                await self.refuse(None, None, self._too_large(size))
-            else:
-                await self.refuse(None, None, "binary frames are not accepted: send JSON as text")
-            return
-        # A character takes at most 4 bytes in UTF-8: encode only when it could matter.
-        if len(text) * 4 > self.gateway.max_message_bytes:
-            size = len(text.encode())
-            if size > self.gateway.max_message_bytes:
-                # Read only for what it refers to, so that the refusal reaches its request.
-                await self.refuse(*protocol.peek_request(text), self._too_large(size))
-                return
-        try:
-            request = protocol.parse_request(text)
-        except ProtocolError as exc:
-            await self.refuse(exc.request_type, exc.ref, exc.message)
-            return
-        try:
-            if isinstance(request, AddRequest):
-                await self.add(request)
-            elif isinstance(request, ListenRequest):
-                await self.listen(request)
-            elif isinstance(request, CancelRequest):
-                await self.cancel(request)
-            elif isinstance(request, StatusRequest):
-                await self.status(request)
-            elif isinstance(request, PingRequest):
-                await self.send(protocol.pong(request.id))
-        except StoreError as exc:
-            await self.refuse(request.type, _ref(request), str(exc))
-        except _GONE:
-            raise
-        except Exception:
-            # A bug of ours must cost this one request, not the connection.
-            log.exception("request %s failed", request.type)
-            await self.refuse(
-                request.type, _ref(request), f"internal error while handling {request.type!r}"
-            )
-
-    def _too_large(self, size: int) -> str:
-        return (
-            f"message too large: {size} bytes, the limit is "
-            f"{self.gateway.max_message_bytes} (MAX_MESSAGE_BYTES)"
-        )
-
-    # -- requests -----------------------------------------------------------
-
-    async def add(self, request: AddRequest) -> None:
-        if self.gateway.draining:
-            await self.refuse("add", request.id, SHUTTING_DOWN)
-            return
-        spec = request.to_spec()
-        try:
-            self.gateway.runner.check(spec)
-        except TemplateError as exc:
-            await self.refuse("add", request.id, f"invalid assistant template: {exc}")
-            return
-        record = await self.store.submit(spec)
-        log.debug("job %s added", record.id)
-        await self.send(protocol.resp_add(request.id, record.id))
-        self.follow(record.id, after=0)
-
-    async def listen(self, request: ListenRequest) -> None:
-        if await self.store.get(request.job_id) is None:
-            raise UnknownJob(f"unknown job_id {request.job_id!r}")
-        if request.job_id in self.followers:
-            if request.after is None:
-                return  # already following: a second listen must not duplicate events
-            self.followers.pop(request.job_id).cancel()
-        self.follow(request.job_id, after=request.after or 0)
-
-    async def cancel(self, request: CancelRequest) -> None:
-        # Asked before cancelling: a follower ends as soon as it relays `cancelled`.
-        following = request.job_id in self.followers
-        record = await self.store.cancel(request.job_id)
-        if record.state is not JobState.CANCELLED:
-            await self.send(
-                protocol.error(
-                    f"job {record.id} already ended ({record.state.value}); nothing to cancel",
-                    record.id,
-                )
-            )
-        elif not following or self.dialect is Dialect.SEED:
-            # A seed-dialect follower relays the cancel as `failed`: acknowledge it apart.
-            await self.send(protocol.cancelled(record.id))
-
-    async def status(self, request: StatusRequest) -> None:
-        record = await self.store.get(request.job_id)
-        if record is None:
-            raise UnknownJob(f"unknown job_id {request.job_id!r}")
-        position = await self.store.position(record.id)
-        output = output_of(await self.store.read(record.id))
-        await self.send(protocol.status(record, position, output))
-
-    # -- following jobs -----------------------------------------------------
-
-    def follow(self, job_id: str, after: int) -> None:
-        task = asyncio.create_task(self._follow(job_id, after), name=f"follow-{job_id}")
-        self.followers[job_id] = task
-        task.add_done_callback(lambda t: self._forget(job_id, t))
-
-    def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
-        if self.followers.get(job_id) is task:
-            del self.followers[job_id]
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, _GONE):
-            log.error("following job %s failed", job_id, exc_info=exc)
-
-    async def _follow(self, job_id: str, after: int) -> None:
-        relay = Relay(job_id, self.dialect, after)
-        positions: asyncio.Task[None] | None = None
-        if self.dialect is Dialect.FULL and await self.store.position(job_id) is not None:
-            positions = asyncio.create_task(self._announce_positions(job_id))
-        try:
-            async for batch in self.store.follow(job_id, after):
-                if positions is not None:
-                    positions.cancel()
-                    positions = None
-                for frame in relay.frames(batch):
-                    await self.send(frame)
-                if relay.finished:
-                    return
-        except UnknownJob:
-            await self.refuse("listen", job_id, f"unknown job_id {job_id!r}")
-        finally:
-            if positions is not None:
-                positions.cancel()
-
-    async def _announce_positions(self, job_id: str) -> None:
-        """Send ``pending`` now and whenever the job moves up, until it leaves the queue."""
-        store = self.store
-        last: int | None = None
-        while True:
-            position = await store.position(job_id)
-            if position is None:
-                return
-            if position != last:
-                await self.send(protocol.pending(job_id, position))
-                last = position
-            await store.queue_moved()
-            await asyncio.sleep(PENDING_COALESCE_SECONDS)
+def credential(connection: HTTPConnection) -> str | None:
+    """The key or listen token a request presents: ``Authorization: Bearer ...``, or the
+    ``access_token`` query parameter for clients that cannot set headers (browsers)."""
+    scheme, _, value = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return connection.query_params.get("access_token")
 
 
-def _ref(request: protocol.Request) -> str | int | None:
-    """What an ``error`` about ``request`` refers to: its ``id``, else its ``job_id``."""
-    request_id = getattr(request, "id", None)
-    return request_id if request_id is not None else getattr(request, "job_id", None)
+def unauthorized() -> PlainTextResponse:
+    return PlainTextResponse(
+        "an API key is needed: send it as Authorization: Bearer KEY, or as ?access_token=KEY",
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )

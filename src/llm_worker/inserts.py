@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llm_worker.context import CheckContext, StreamContext
+from llm_worker.jobs import JobSpec
 from llm_worker.registry import Registry
 from llm_worker.templates import ChatMessage, ModelStream, TemplateError
 
@@ -40,6 +41,11 @@ class Insert(abc.ABC):
         self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
     ) -> list[ChatMessage]:
         """The messages that stand where the insert is."""
+
+    def size_hint(self, options: Mapping[str, Any], spec: JobSpec) -> int:
+        """At least how many characters the messages it expands to will hold, as far as
+        the request tells (0 when it cannot say): a request too long is refused early."""
+        return 0
 
 
 def _non_negative_int(options: Mapping[str, Any], key: str, default: int) -> int:
@@ -60,11 +66,17 @@ class HistoryInsert(Insert):
     async def expand(
         self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
     ) -> list[ChatMessage]:
-        history = context.history
-        if "last" in options:
-            last = options["last"]
-            return list(history[-last:]) if last else []
-        return list(history)
+        return _kept(options, context.history)
+
+    def size_hint(self, options: Mapping[str, Any], spec: JobSpec) -> int:
+        return sum(len(message.content) for message in _kept(options, spec.history))
+
+
+def _kept(options: Mapping[str, Any], history: list[ChatMessage]) -> list[ChatMessage]:
+    if "last" in options:
+        last = options["last"]
+        return list(history[-last:]) if last else []
+    return list(history)
 
 
 DEFAULT_SUMMARY_INSTRUCTIONS = (

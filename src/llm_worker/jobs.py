@@ -105,6 +105,16 @@ class JobRecord:
     """How many times a worker has claimed the job; 0 while it has never run."""
     error: str | None = None
     finished_at: float | None = None
+    tenant: str = ""
+    """Whose job it is: only that tenant's connections can see it ("" without keys)."""
+
+
+def spec_json(spec: JobSpec) -> bytes:
+    """The request as it is kept while it waits: compact JSON, a tenth of its objects' size."""
+    try:
+        return spec.__pydantic_serializer__.to_json(spec)
+    except (ValueError, RecursionError) as exc:  # pydantic's serialization errors included
+        raise ValueError(f"the job cannot be stored: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,8 +255,11 @@ def _frame(obj: dict[str, Any]) -> str:
     return orjson.dumps(obj).decode()
 
 
-def resp_add(request_id: Any, job_id: str) -> str:
-    return _frame({"type": "resp_add", "id": request_id, "job_id": job_id})
+def resp_add(request_id: Any, job_id: str, listen_token: str | None = None) -> str:
+    body = {"type": "resp_add", "id": request_id, "job_id": job_id}
+    if listen_token is not None:
+        body["listen_token"] = listen_token
+    return _frame(body)
 
 
 def pending(job_id: str, position: int) -> str:
@@ -283,17 +286,24 @@ def event_frames(job_id: str, events: list[Event]) -> list[str]:
     A listener that fell behind catches up in fewer, larger frames: a merged
     ``running`` carries the deltas' text in order and the last one's ``seq``, so
     clients that concatenate ``message`` (as those of the old protocol do) and
-    clients that resume with ``after`` see no difference. The empty ``running``
-    that marks the start of a job stays a frame of its own.
+    clients that resume with ``after`` see no difference. A merged frame holds
+    up to :data:`MAX_FRAME_TEXT` characters (so what a connection holds unsent
+    stays small); the empty ``running`` that marks the start of a job stays a
+    frame of its own.
     """
     if len(events) == 1:
         return [event(job_id, events[0])]
     frames: list[str] = []
     text: list[str] = []
+    size = 0
     last_seq = 0
     for item in events:
         if item.kind is EventKind.RUNNING and item.message:
+            if text and size + len(item.message) > MAX_FRAME_TEXT:
+                frames.append(_running(job_id, "".join(text), last_seq))
+                text, size = [], 0
             text.append(item.message)
+            size += len(item.message)
             last_seq = item.seq
             continue
         if text:
@@ -303,6 +313,10 @@ def event_frames(job_id: str, events: list[Event]) -> list[str]:
     if text:
         frames.append(_running(job_id, "".join(text), last_seq))
     return frames
+
+
+# The most text deltas merged into one frame carry (one delta longer is sent alone).
+MAX_FRAME_TEXT = 32_768
 
 
 def _running(job_id: str, message: str, seq: int) -> str:

@@ -32,10 +32,23 @@ from llm_worker.templates import (
     PipelineStream,
     TemplateError,
     check_placeholders,
-    render,
+    compile_text,
 )
 
 log = logging.getLogger(__name__)
+
+
+class RequestRefused(TemplateError):
+    """A request beyond this deployment's limits; the message names the size and the limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """How large one job may be (the defaults of the settings of the same names)."""
+
+    max_streams: int = 16
+    max_history_messages: int = 1000
+    max_model_request_chars: int = 4_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +118,13 @@ class Runner:
         inserts: Registry[Insert],
         pipelines: Registry[Pipeline],
         retry: RetryPolicy | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.providers = providers
         self.inserts = inserts
         self.pipelines = pipelines
         self.retry = retry or RetryPolicy()
+        self.limits = limits or RequestLimits()
 
     # -- checking -----------------------------------------------------------
 
@@ -118,9 +133,12 @@ class Runner:
         reserved = sorted(BUILTIN_PLACEHOLDERS & spec.variables.keys())
         if reserved:
             raise TemplateError(f"variables: {reserved[0]!r} is reserved for the worker")
+        self._check_sizes(spec)
         fields = spec.assistant.fields
         # Values that every stream may name; pipelines add theirs for the streams after them.
         known = {QUERY, *spec.assistant.placeholder_values(), *spec.variables}
+        # What is known of them now; the others count as empty in size estimates.
+        values = {**spec.assistant.placeholder_values(), **spec.variables, QUERY: spec.query}
         for index, stream in enumerate(spec.assistant.streams):
             where = f"assistant.streams[{index}]"
             here = known | {PREVIOUS_STREAM_OUTPUT} if index else known
@@ -129,6 +147,47 @@ class Runner:
                 known |= self._prefixed(where, self._check_pipeline, stream, context)
             else:
                 self._prefixed(where, self._check_model_stream, stream, context, where)
+                self._check_request_size(stream, values, spec, where)
+
+    def _check_sizes(self, spec: JobSpec) -> None:
+        limits = self.limits
+        streams = len(spec.assistant.streams)
+        if streams > limits.max_streams:
+            raise RequestRefused(
+                f"the template has {streams} streams; at most {limits.max_streams} (MAX_STREAMS)"
+            )
+        messages = len(spec.history)
+        if messages > limits.max_history_messages:
+            raise RequestRefused(
+                f"the history has {messages} messages; at most {limits.max_history_messages} "
+                "(MAX_HISTORY_MESSAGES)"
+            )
+
+    def _check_request_size(
+        self, stream: ModelStream, values: Mapping[str, str], spec: JobSpec, where: str
+    ) -> None:
+        """Refuse a stream whose request is too long already with what is known now."""
+        size = 0
+        for item in stream.messages:
+            if isinstance(item, InsertItem):
+                size += self.inserts.get(item.insert).size_hint(item.options, spec)
+            else:
+                size += compile_text(item.content).size(values)
+        limit = self.limits.max_model_request_chars
+        if size > limit:
+            raise RequestRefused(
+                f"{where}: its request to the model would be at least {size:,} characters; "
+                f"at most {limit:,} (MAX_MODEL_REQUEST_CHARS)"
+            )
+
+    def _check_size(self, provider: str, messages: Sequence[ChatMessage]) -> None:
+        size = sum(len(message.content) for message in messages)
+        limit = self.limits.max_model_request_chars
+        if size > limit:
+            raise RequestRefused(
+                f"the request to provider {provider!r} would be {size:,} characters; "
+                f"at most {limit:,} (MAX_MODEL_REQUEST_CHARS)"
+            )
 
     @staticmethod
     def _prefixed(where: str, check: Any, *args: Any) -> Any:
@@ -138,7 +197,7 @@ class Runner:
             message = str(exc)
             if not message.startswith("assistant."):
                 message = f"{where}: {message}"
-            raise TemplateError(message) from None
+            raise type(exc)(message) from None
 
     def _check_pipeline(self, stream: PipelineStream, context: CheckContext) -> frozenset[str]:
         """Check a pipeline stream; the names of the values it sets for later streams."""
@@ -209,16 +268,30 @@ class Runner:
     async def build_messages(
         self, stream: ModelStream, context: StreamContext
     ) -> list[ChatMessage]:
-        """The stream's messages: literals rendered, inserts expanded."""
+        """The stream's messages: literals rendered, inserts expanded; nothing larger
+        than the deployment allows is built."""
         messages: list[ChatMessage] = []
+        size = 0
         for item in stream.messages:
             if isinstance(item, InsertItem):
                 insert = self.inserts.get(item.insert)
-                messages.extend(await insert.expand(item.options, stream, context))
+                expanded = await insert.expand(item.options, stream, context)
+                size += sum(len(message.content) for message in expanded)
+                messages.extend(expanded)
             else:
+                compiled = compile_text(item.content)
+                size += compiled.size(context.values)
+                if size > self.limits.max_model_request_chars:
+                    break
                 messages.append(
-                    item.model_copy(update={"content": render(item.content, context.values)})
+                    item.model_copy(update={"content": compiled.render(context.values)})
                 )
+        if size > self.limits.max_model_request_chars:
+            raise RequestRefused(
+                f"assistant.streams[{context.stream_index}]: its request to provider "
+                f"{stream.provider!r} would be at least {size:,} characters; at most "
+                f"{self.limits.max_model_request_chars:,} (MAX_MODEL_REQUEST_CHARS)"
+            )
         return messages
 
     # -- model calls (the ModelCalls protocol of inserts and pipelines) ------
@@ -227,6 +300,7 @@ class Runner:
         self, provider: str, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
     ) -> AsyncIterator[str]:
         """The reply as deltas, retried while none has been yielded."""
+        self._check_size(provider, messages)
         chosen = self.providers.get(provider)
         tries = 0
         while True:
@@ -247,6 +321,7 @@ class Runner:
         self, provider: str, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
     ) -> str:
         """The whole reply; a retryable failure starts it again from scratch."""
+        self._check_size(provider, messages)
         chosen = self.providers.get(provider)
         tries = 0
         while True:

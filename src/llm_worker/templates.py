@@ -14,8 +14,8 @@ themselves -- text that clients send -- are never rendered again.
 
 from __future__ import annotations
 
-import functools
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -177,9 +177,41 @@ class CompiledText:
         """The text with every placeholder replaced; values are inserted verbatim."""
         return "".join(p if isinstance(p, str) else values[p.name] for p in self.parts)
 
+    def size(self, values: Mapping[str, str]) -> int:
+        """The length :meth:`render` would give (a value not given counts as empty),
+        known before anything is built."""
+        return sum(
+            len(p) if isinstance(p, str) else len(values.get(p.name, "")) for p in self.parts
+        )
 
-@functools.lru_cache(maxsize=4096)
+
+# Compiled texts are kept while they fit: templates repeat, but one client's
+# stream of large distinct ones must not grow the process.
+CACHE_CHARS = 8_000_000
+CACHE_LARGEST = 100_000
+_cache: OrderedDict[str, CompiledText] = OrderedDict()
+_cached_chars = 0
+
+
 def compile_text(text: str) -> CompiledText:
+    """:func:`_compile`, remembered for texts of a reasonable size (least recently
+    used ones forgotten beyond :data:`CACHE_CHARS` characters in all)."""
+    global _cached_chars
+    compiled = _cache.get(text)
+    if compiled is not None:
+        _cache.move_to_end(text)
+        return compiled
+    compiled = _compile(text)
+    if len(text) <= CACHE_LARGEST:
+        _cache[text] = compiled
+        _cached_chars += len(text)
+        while _cached_chars > CACHE_CHARS:
+            forgotten, _ = _cache.popitem(last=False)
+            _cached_chars -= len(forgotten)
+    return compiled
+
+
+def _compile(text: str) -> CompiledText:
     """Split ``text`` into literals and ``{name}`` placeholders.
 
     Raises :class:`TemplateError` for anything inside braces that is not a plain

@@ -1,12 +1,15 @@
 """Job stores: the seam between gateways and workers (see :mod:`.base`)."""
 
+from collections.abc import Callable
 from pathlib import Path
 
+from llm_worker.access import TenantLimits
 from llm_worker.config import ConfigError, Settings
 from llm_worker.store.base import (
     JobStore,
     NotOwner,
     QueueFull,
+    RateLimited,
     StoreError,
     StoreStats,
     StoreUnavailable,
@@ -19,6 +22,7 @@ __all__ = [
     "MemoryStore",
     "NotOwner",
     "QueueFull",
+    "RateLimited",
     "StoreError",
     "StoreStats",
     "StoreUnavailable",
@@ -27,11 +31,19 @@ __all__ = [
 ]
 
 
-def open_store(settings: Settings) -> JobStore:
-    """The store ``STORE_URL`` names, not started yet (an SQLite file is locked already)."""
+def open_store(settings: Settings, limits: Callable[[str], TenantLimits] | None = None) -> JobStore:
+    """The store ``STORE_URL`` names, not started yet (an SQLite file is locked already).
+
+    ``limits`` says what each tenant may have at once (see :mod:`llm_worker.access`).
+    """
     url = settings.store_url
     scheme, sep, rest = url.partition("://")
-    common = {"queue_max": settings.queue_max, "job_ttl": settings.job_ttl_seconds}
+    common = {
+        "queue_max": settings.queue_max,
+        "queue_max_bytes": settings.queue_max_bytes,
+        "job_ttl": settings.job_ttl_seconds,
+        "limits": limits,
+    }
     if scheme == "memory" and sep:
         return MemoryStore(**common)
     if scheme == "sqlite" and sep and rest.startswith("/") and len(rest) > 1:

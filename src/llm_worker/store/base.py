@@ -27,11 +27,44 @@ class StoreError(Exception):
 
 
 class QueueFull(StoreError):
-    pass
+    """The queue, or a tenant's share of it, is at its limit."""
+
+    @classmethod
+    def of_jobs(cls, limit: int) -> QueueFull:
+        return cls(f"the queue is full ({limit} jobs waiting, QUEUE_MAX); try again later")
+
+    @classmethod
+    def of_bytes(cls, limit: int) -> QueueFull:
+        return cls(
+            f"the queue is full ({limit / 1048576:g} MiB of requests waiting, "
+            "QUEUE_MAX_BYTES); try again later"
+        )
+
+    @classmethod
+    def of_tenant(cls, tenant: str, limit: int) -> QueueFull:
+        return cls(
+            f"tenant {tenant!r} has {limit} jobs waiting, its limit; "
+            "try again once some of them have run"
+        )
+
+
+class RateLimited(StoreError):
+    """A tenant added jobs faster than its rate allows."""
+
+    def __init__(self, tenant: str, per_minute: int, retry_after: float) -> None:
+        super().__init__(
+            f"tenant {tenant!r} may add {per_minute} jobs a minute; "
+            f"try again in {max(retry_after, 0.1):.1f}s"
+        )
+        self.retry_after = retry_after
 
 
 class UnknownJob(StoreError):
-    pass
+    """No such job: it never existed, it expired, or it is another tenant's."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"unknown job_id {job_id!r}")
+        self.job_id = job_id
 
 
 class NotOwner(StoreError):
@@ -57,8 +90,12 @@ class JobStore(abc.ABC):
     # -- gateway side -------------------------------------------------------
 
     @abc.abstractmethod
-    async def submit(self, spec: JobSpec) -> JobRecord:
-        """Queue a new job; :class:`QueueFull` when the queue is at its limit."""
+    async def submit(self, spec: JobSpec, tenant: str = "") -> JobRecord:
+        """Queue a new job of ``tenant``.
+
+        :class:`QueueFull` when the queue, its bytes, or the tenant's share of it
+        is at its limit; :class:`RateLimited` when the tenant adds too fast.
+        """
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:

@@ -55,6 +55,10 @@ def _event(row: tuple[int, str, str, int]) -> Event:
 _KINDS = {kind.value: kind for kind in EventKind}
 
 
+MAX_BATCH = 2048
+"""The most events one batch of :meth:`EventLog.follow` holds."""
+
+
 class EventLog:
     """Events in ``seq`` order; readers see the shown ones, of the current attempt only.
 
@@ -161,11 +165,14 @@ class EventLog:
                 # what it already saw is not sent again.
                 seen = self._index_after(after, shown)
             if shown > seen:
-                batch = self.events[max(seen, self.attempt_start) : shown]
-                seen = shown
+                # A replay of a long log comes in pieces: what a follower holds is bounded.
+                start = max(seen, self.attempt_start)
+                end = min(shown, start + MAX_BATCH)
+                batch = self.events[start:end]
+                seen = end
                 if batch:
                     yield batch
-                if self.events[shown - 1].kind.terminal:
+                if end == shown and self.events[shown - 1].kind.terminal:
                     return
             elif self.finished:
                 return

@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llm_worker.jobs import Event, JobRecord, JobSpec
+from llm_worker.jobs import Event, JobRecord
 
 Failures = dict[str, str]
 """Job id -> why its writes of a round could not be saved."""
@@ -31,7 +31,8 @@ class Restored:
     """A job as a journal kept it."""
 
     record: JobRecord
-    spec: JobSpec | None
+    spec: bytes | None
+    """The request, as JSON, while the job has not ended."""
     ticket: int
     events: list[Event] = field(default_factory=list)
     reset_after: int = 0
@@ -57,9 +58,8 @@ class Journal(abc.ABC):
         """Save what is written, then release everything :meth:`open` took."""
 
     @abc.abstractmethod
-    def add_job(self, record: JobRecord, spec: JobSpec, ticket: int) -> None:
-        """A new job. Raises :class:`~llm_worker.store.base.StoreError` for a job that
-        cannot be kept (before anything is written)."""
+    def add_job(self, record: JobRecord, spec: bytes, ticket: int) -> None:
+        """A new job, its request as JSON."""
 
     @abc.abstractmethod
     def update_job(self, record: JobRecord) -> None:
@@ -96,7 +96,7 @@ class NullJournal(Journal):
     durable = False
     immediate = True
 
-    def add_job(self, record: JobRecord, spec: JobSpec, ticket: int) -> None:
+    def add_job(self, record: JobRecord, spec: bytes, ticket: int) -> None:
         pass
 
     def update_job(self, record: JobRecord) -> None:

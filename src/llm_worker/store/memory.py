@@ -28,10 +28,20 @@ import itertools
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
-from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState
-from llm_worker.store.base import JobStore, NotOwner, QueueFull, StoreError, StoreStats, UnknownJob
+from llm_worker.access import UNLIMITED, TenantLimits
+from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
+from llm_worker.store.base import (
+    JobStore,
+    NotOwner,
+    QueueFull,
+    RateLimited,
+    StoreError,
+    StoreStats,
+    UnknownJob,
+)
 from llm_worker.store.eventlog import EventLog
 from llm_worker.store.journal import Failures, Journal, NullJournal, Restored
 
@@ -56,10 +66,11 @@ class StoredJob:
         "ticket",
     )
 
-    def __init__(self, record: JobRecord, spec: JobSpec | None, ticket: int) -> None:
+    def __init__(self, record: JobRecord, spec: bytes | None, ticket: int) -> None:
         self.record = record
-        self.spec: JobSpec | None = spec
-        """What the client asked for; dropped once the job ended, to keep little."""
+        self.spec = spec
+        """What the client asked for, as JSON (compact while it waits); dropped once
+        the job ended, to keep little."""
         self.ticket = ticket
         """Order of submission: the queue is sorted by it."""
         self.log = EventLog()
@@ -79,10 +90,14 @@ class MemoryStore(JobStore):
         *,
         queue_max: int,
         job_ttl: float,
+        queue_max_bytes: int = 1 << 62,
+        limits: Callable[[str], TenantLimits] | None = None,
         clock: Callable[[], float] = time.time,
         journal: Journal | None = None,
     ) -> None:
         self.queue_max = queue_max
+        self.queue_max_bytes = queue_max_bytes
+        self.limits = limits or (lambda tenant: UNLIMITED)
         self.job_ttl = job_ttl
         self.journal = journal or NullJournal()
         self.journal.on_round_end = self._round_ended
@@ -93,6 +108,11 @@ class MemoryStore(JobStore):
         self._pending: list[int] = []
         self._pending_jobs: dict[int, StoredJob] = {}
         self._tickets = itertools.count(1)
+        self._queued_bytes = 0
+        # Per tenant: its waiting jobs' tickets (sorted), and how many of its jobs run.
+        self._tenant_pending: dict[str, list[int]] = {}
+        self._tenant_running: Counter[str] = Counter()
+        self._rates = AddRates(clock)
         self._running = 0
         self._claim_waiters: list[asyncio.Future[None]] = []
         self._queue_waiters: list[asyncio.Future[None]] = []
@@ -118,12 +138,28 @@ class MemoryStore(JobStore):
 
     # -- gateway side -------------------------------------------------------
 
-    async def submit(self, spec: JobSpec) -> JobRecord:
+    async def submit(self, spec: JobSpec, tenant: str = "") -> JobRecord:
+        limits = self.limits(tenant)
         if len(self._pending) >= self.queue_max:
-            raise QueueFull(f"the queue is full ({self.queue_max} jobs waiting); try again later")
-        record = JobRecord(id=str(uuid.uuid4()), state=JobState.PENDING, created_at=self._clock())
-        job = StoredJob(record, spec, next(self._tickets))
-        self.journal.add_job(record, spec, job.ticket)
+            raise QueueFull.of_jobs(self.queue_max)
+        queued = limits.max_queued_jobs
+        if queued is not None and len(self._tenant_pending.get(tenant, ())) >= queued:
+            raise QueueFull.of_tenant(tenant, queued)
+        try:
+            text = spec_json(spec)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        if self._queued_bytes + len(text) > self.queue_max_bytes:
+            raise QueueFull.of_bytes(self.queue_max_bytes)
+        if limits.adds_per_minute:
+            wait = self._rates.take(tenant, limits.adds_per_minute)
+            if wait:
+                raise RateLimited(tenant, limits.adds_per_minute, wait)
+        record = JobRecord(
+            id=str(uuid.uuid4()), state=JobState.PENDING, created_at=self._clock(), tenant=tenant
+        )
+        job = StoredJob(record, text, next(self._tickets))
+        self.journal.add_job(record, text, job.ticket)
         self._jobs[record.id] = job
         await self._saved(job)
         self._enqueue(job)
@@ -138,7 +174,7 @@ class MemoryStore(JobStore):
     def _known(self, job_id: str) -> StoredJob:
         job = self._job(job_id)
         if job is None:
-            raise UnknownJob(f"unknown job_id {job_id!r}")
+            raise UnknownJob(job_id)
         return job
 
     def _expired(self, record: JobRecord) -> bool:
@@ -195,7 +231,7 @@ class MemoryStore(JobStore):
     async def claim(self, max_wait: float) -> Claim | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
-        while not self._pending:
+        while (job := self._next_to_run()) is None:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
@@ -205,12 +241,12 @@ class MemoryStore(JobStore):
                 await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
                 return None
-        job = self._pending_jobs[self._pending[0]]
         self._leave_queue(job)
         record = job.record
         record.state = JobState.RUNNING
         record.attempt += 1
         self._running += 1
+        self._tenant_running[record.tenant] += 1
         self.journal.update_job(record)
         if record.attempt > 1:
             # What an earlier attempt wrote is void: listeners start over.
@@ -220,7 +256,26 @@ class MemoryStore(JobStore):
         # attempt's events are written after it, so none is shown before it is.
         self._save(job)
         assert job.spec is not None, "a queued job keeps its spec"
-        return Claim(job_id=record.id, attempt=record.attempt, spec=job.spec)
+        spec = JobSpec.model_validate_json(job.spec)
+        return Claim(job_id=record.id, attempt=record.attempt, spec=spec)
+
+    def _next_to_run(self) -> StoredJob | None:
+        """The oldest waiting job whose tenant may run one more."""
+        if not self._pending:
+            return None
+        head = self._pending_jobs[self._pending[0]]
+        if self._may_run(head.record.tenant):
+            return head
+        eligible = [
+            tickets[0]
+            for tenant, tickets in self._tenant_pending.items()
+            if tickets and self._may_run(tenant)
+        ]
+        return self._pending_jobs[min(eligible)] if eligible else None
+
+    def _may_run(self, tenant: str) -> bool:
+        limit = self.limits(tenant).max_running_jobs
+        return limit is None or self._tenant_running[tenant] < limit
 
     def _held(self, job_id: str, attempt: int) -> StoredJob:
         job = self._jobs.get(job_id)
@@ -256,7 +311,7 @@ class MemoryStore(JobStore):
             return
         log.info("job %s queued again: %s", job_id, reason)
         job.record.state = JobState.PENDING
-        self._running -= 1
+        self._stopped_running(job)
         self._enqueue(job)
         self.journal.update_job(job.record)
         with contextlib.suppress(StoreError):
@@ -346,7 +401,7 @@ class MemoryStore(JobStore):
         """The job's end is shown: its record ends too."""
         assert job.ending is not None
         if job.record.state is JobState.RUNNING:
-            self._running -= 1
+            self._stopped_running(job)
         job.record, job.ending = job.ending, None
         job.cancel_callbacks = []
         self._schedule_expiry(job.record)
@@ -393,9 +448,20 @@ class MemoryStore(JobStore):
 
     # -- the queue ------------------------------------------------------------
 
+    def _stopped_running(self, job: StoredJob) -> None:
+        self._running -= 1
+        tenant = job.record.tenant
+        self._tenant_running[tenant] -= 1
+        if not self._tenant_running[tenant]:
+            del self._tenant_running[tenant]
+        # A job of a tenant at its limit of running jobs may now start.
+        _wake(self._claim_waiters)
+
     def _enqueue(self, job: StoredJob) -> None:
         bisect.insort(self._pending, job.ticket)
         self._pending_jobs[job.ticket] = job
+        bisect.insort(self._tenant_pending.setdefault(job.record.tenant, []), job.ticket)
+        self._queued_bytes += len(job.spec or b"")
         _wake(self._claim_waiters)
 
     def _leave_queue(self, job: StoredJob) -> None:
@@ -403,6 +469,12 @@ class MemoryStore(JobStore):
         if index < len(self._pending) and self._pending[index] == job.ticket:
             del self._pending[index]
             del self._pending_jobs[job.ticket]
+            tenant = job.record.tenant
+            tickets = self._tenant_pending[tenant]
+            del tickets[bisect.bisect_left(tickets, job.ticket)]
+            if not tickets:
+                del self._tenant_pending[tenant]
+            self._queued_bytes -= len(job.spec or b"")
             _wake(self._queue_waiters)
 
     def _restore(self, restored: list[Restored]) -> None:
@@ -464,6 +536,29 @@ class MemoryStore(JobStore):
             # Deletions, and the ends of jobs lost to the store, wait for no one.
             if self.journal.unsaved():
                 self.journal.save()
+
+
+class AddRates:
+    """How fast each tenant adds jobs, against its limit (GCRA: a burst of a minute's
+    worth, then one every 1/rate of a minute)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        """Per tenant: when its allowance is whole again (its theoretical arrival time)."""
+
+    def take(self, tenant: str, per_minute: int) -> float:
+        """0 if the tenant may add a job now (and it counts), else seconds to wait."""
+        now = self._clock()
+        interval = 60.0 / per_minute
+        arrival = max(self._next.get(tenant, now), now)
+        allowed_from = arrival - 60.0 + interval
+        if now < allowed_from:
+            return allowed_from - now
+        self._next[tenant] = arrival + interval
+        if len(self._next) > 10_000:  # forget tenants whose allowance is whole again
+            self._next = {t: a for t, a in self._next.items() if a > now}
+        return 0.0
 
 
 def _lost_message(error: str) -> str:

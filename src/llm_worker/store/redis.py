@@ -6,8 +6,14 @@ so each Lua script touches one slot):
 ``P:{queue}:jobs``      stream, one entry per queued job; consumer group ``workers``
 ``P:{queue}:pending``   sorted set of waiting job ids by ticket: positions
 ``P:{queue}:tickets``   counter: the order of submission
-``P:job:{ID}``          hash: state, attempt, seq, start, spec, times, error, owner
+``P:{queue}:counts``    hash: bytes of waiting requests; per tenant ``q:T`` its waiting
+                        jobs; per waiting job ``of:ID`` its tenant and size
+``P:{queue}:running:T`` sorted set: tenant T's running jobs (with a limit), by the
+                        end of the lease their worker keeps renewing
+``P:job:{ID}``          hash: state, attempt, seq, start, spec, tenant, size, times,
+                        error, owner
 ``P:events:{ID}``       stream: the job's log, entry ``0-SEQ`` per event
+``P:rate:{T}``          the time tenant T's allowance of adds is whole again (GCRA)
 
 Channels: ``P:ev:ID`` (the job's log grew; payload the last seq), ``P:cancel``
 (a running job was cancelled; payload its id), ``P:queue-moved``.
@@ -45,11 +51,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState
+from llm_worker.access import UNLIMITED, TenantLimits
+from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
 from llm_worker.store.base import (
     JobStore,
     NotOwner,
     QueueFull,
+    RateLimited,
+    StoreError,
     StoreStats,
     StoreUnavailable,
     UnknownJob,
@@ -65,23 +74,79 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSErro
 # What redis-py raises when two tasks read one connection (a reconnect racing a read).
 _CONCURRENT_READ = RuntimeError
 _REFRESH_BATCH = 1000
+# After putting back a job whose tenant runs all it may, before reading the next.
+_DEFER_PAUSE = 0.05
 _POLL_SECONDS = 1.0
 JOB_LOST = (
     "the job store lost this job: Redis restarted without its data, or failed over to a "
     "replica that did not have it"
 )
 
-# KEYS: jobs stream, pending zset, tickets. ARGV: job id, queue max. Returns the
-# job's ticket (the same one when a retry finds it queued already), or -1: full.
+# KEYS: jobs stream, pending zset, tickets, counts. ARGV: job id, queue max, tenant,
+# tenant's max queued (-1: none), size, max bytes. Returns the job's ticket (the same
+# one when a retry finds it queued already), or -1: the queue is full, -3: the
+# tenant's share is, -4: its bytes are.
 _SUBMIT = """
-local max = tonumber(ARGV[2])
 local queued = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if queued then return tonumber(queued) end
-if redis.call('ZCARD', KEYS[2]) >= max then return -1 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return -1 end
+local tenant_max = tonumber(ARGV[4])
+if tenant_max >= 0 and tonumber(redis.call('HGET', KEYS[4], 'q:' .. ARGV[3]) or 0) >= tenant_max
+then return -3 end
+local size = tonumber(ARGV[5])
+if tonumber(redis.call('HGET', KEYS[4], 'bytes') or 0) + size > tonumber(ARGV[6]) then
+  return -4
+end
 local ticket = redis.call('INCR', KEYS[3])
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[1], 'tenant', ARGV[3])
 redis.call('ZADD', KEYS[2], ticket, ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'q:' .. ARGV[3], 1)
+redis.call('HINCRBY', KEYS[4], 'bytes', size)
+redis.call('HSET', KEYS[4], 'of:' .. ARGV[1], ARGV[3] .. ' ' .. size)
 return ticket
+"""
+
+# KEYS: pending zset, counts. ARGV: job id, the queue-moved channel. Takes a job out
+# of the queue, and out of the counts; returns 1, or 0 if it was not queued.
+_DEQUEUE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local of = redis.call('HGET', KEYS[2], 'of:' .. ARGV[1])
+if of then
+  local tenant, size = string.match(of, '^(.*) (%d+)$')
+  redis.call('HDEL', KEYS[2], 'of:' .. ARGV[1])
+  if redis.call('HINCRBY', KEYS[2], 'q:' .. tenant, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], 'q:' .. tenant)
+  end
+  redis.call('HINCRBY', KEYS[2], 'bytes', -tonumber(size))
+end
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: the tenant's running set. ARGV: job id, now (ms), lease (ms), limit. Holds
+# one of the tenant's running places for the job; 0 when all are taken. Leases
+# whose worker stopped renewing them have run out and count no more.
+_RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1])
+  or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: the tenant's rate key. ARGV: ms between adds, ms of burst. Returns 0 when
+# the tenant may add a job now (and it counts), else the ms to wait (GCRA).
+_RATE = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local arrival = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local allowed_from = arrival - tonumber(ARGV[2]) + interval
+if now < allowed_from then return allowed_from - now end
+redis.call('SET', KEYS[1], arrival + interval, 'PX', arrival + interval - now + 1000)
+return 0
 """
 
 # KEYS: job, events. ARGV: owner (worker + entry), takeover (0|1), channel.
@@ -174,20 +239,37 @@ redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 """
 
-# KEYS: jobs stream, pending zset. ARGV: job id, ticket.
+# KEYS: jobs stream, pending zset, counts. ARGV: job id, ticket, tenant, size.
 _REQUEUE = """
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[1], 'tenant', ARGV[3])
+redis.call('HINCRBY', KEYS[3], 'q:' .. ARGV[3], 1)
+redis.call('HINCRBY', KEYS[3], 'bytes', tonumber(ARGV[4]))
+redis.call('HSET', KEYS[3], 'of:' .. ARGV[1], ARGV[3] .. ' ' .. ARGV[4])
+return 1
+"""
+
+# KEYS: jobs stream. ARGV: group, consumer, entry id, job id, tenant. Puts a job this
+# consumer read back at the end of the stream (its tenant runs all it may).
+_DEFER = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if pending[1] and pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[4], 'tenant', ARGV[5])
 return 1
 """
 
 
 @dataclass(slots=True)
 class _Held:
-    """A job this worker claimed: its queue entry and its appends so far."""
+    """A job this worker claimed: its queue entry, its appends so far, and whether it
+    holds a place among its tenant's running jobs."""
 
     entry: str
     attempt: int
+    tenant: str = ""
+    leased: bool = False
     ops: int = 0
 
 
@@ -219,12 +301,16 @@ class RedisStore(JobStore):
         *,
         queue_max: int,
         job_ttl: float,
+        queue_max_bytes: int = 1 << 62,
+        limits: Callable[[str], TenantLimits] | None = None,
         prefix: str = "llmw",
         heartbeat_timeout: float = 15.0,
         outage_grace: float = 10.0,
     ) -> None:
         self.url = url
         self.queue_max = queue_max
+        self.queue_max_bytes = queue_max_bytes
+        self.limits = limits or (lambda tenant: UNLIMITED)
         self.job_ttl = job_ttl
         self.prefix = prefix
         self.heartbeat_timeout = heartbeat_timeout
@@ -235,6 +321,7 @@ class RedisStore(JobStore):
         self.jobs_key = f"{prefix}:{{queue}}:jobs"
         self.pending_key = f"{prefix}:{{queue}}:pending"
         self.tickets_key = f"{prefix}:{{queue}}:tickets"
+        self.counts_key = f"{prefix}:{{queue}}:counts"
         self.cancel_channel = f"{prefix}:cancel"
         self.moved_channel = f"{prefix}:queue-moved"
         self._redis: aioredis.Redis | None = None
@@ -265,6 +352,12 @@ class RedisStore(JobStore):
     def _channel(self, job_id: str) -> str:
         return f"{self.prefix}:ev:{job_id}"
 
+    def _running_key(self, tenant: str) -> str:
+        return f"{self.prefix}:{{queue}}:running:{tenant}"
+
+    def _rate_key(self, tenant: str) -> str:
+        return f"{self.prefix}:rate:{{{tenant}}}"
+
     # -- life cycle ---------------------------------------------------------
 
     async def start(self) -> None:
@@ -289,6 +382,10 @@ class RedisStore(JobStore):
             ("cancel", _CANCEL),
             ("release", _RELEASE),
             ("requeue", _REQUEUE),
+            ("dequeue", _DEQUEUE),
+            ("reserve", _RESERVE),
+            ("rate", _RATE),
+            ("defer", _DEFER),
             ("heartbeat", _HEARTBEAT),
             ("forget", _FORGET),
         ):
@@ -444,7 +541,21 @@ class RedisStore(JobStore):
 
     # -- gateway side -------------------------------------------------------
 
-    async def submit(self, spec: JobSpec) -> JobRecord:
+    async def submit(self, spec: JobSpec, tenant: str = "") -> JobRecord:
+        try:
+            text = spec_json(spec)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        limits = self.limits(tenant)
+        if limits.adds_per_minute:
+            wait_ms = await self._for_client(
+                lambda: self._scripts["rate"](
+                    keys=[self._rate_key(tenant)],
+                    args=[60_000 / limits.adds_per_minute, 60_000],
+                )
+            )
+            if wait_ms:
+                raise RateLimited(tenant, limits.adds_per_minute, float(wait_ms) / 1000)
         job_id = str(uuid.uuid4())
         now = time.time()
         job_key = self._job_key(job_id)
@@ -454,21 +565,35 @@ class RedisStore(JobStore):
             "seq": 0,
             "start": 0,
             "op": 0,
-            "spec": spec.model_dump_json(),
+            "spec": text,
+            "tenant": tenant,
+            "size": len(text),
             "created_at": repr(now),
         }
         await self._for_client(lambda: self._client.hset(job_key, mapping=fields))
+        max_queued = limits.max_queued_jobs
         ticket = await self._for_client(
             lambda: self._scripts["submit"](
-                keys=[self.jobs_key, self.pending_key, self.tickets_key],
-                args=[job_id, self.queue_max],
+                keys=[self.jobs_key, self.pending_key, self.tickets_key, self.counts_key],
+                args=[
+                    job_id,
+                    self.queue_max,
+                    tenant,
+                    -1 if max_queued is None else max_queued,
+                    len(text),
+                    self.queue_max_bytes,
+                ],
             )
         )
-        if ticket == -1:
+        if ticket < 0:
             await self._for_client(lambda: self._client.delete(job_key))
-            raise QueueFull(f"the queue is full ({self.queue_max} jobs waiting); try again later")
+            if ticket == -3:
+                raise QueueFull.of_tenant(tenant, max_queued or 0)
+            if ticket == -4:
+                raise QueueFull.of_bytes(self.queue_max_bytes)
+            raise QueueFull.of_jobs(self.queue_max)
         await self._for_client(lambda: self._client.hset(job_key, "ticket", ticket))
-        return JobRecord(id=job_id, state=JobState.PENDING, created_at=now)
+        return JobRecord(id=job_id, state=JobState.PENDING, created_at=now, tenant=tenant)
 
     async def _fields(self, job_id: str) -> dict[str, str] | None:
         raw = await self._for_client(lambda: self._client.hgetall(self._job_key(job_id)))
@@ -486,6 +611,7 @@ class RedisStore(JobStore):
             attempt=int(fields.get("attempt", 0)),
             error=fields.get("error"),
             finished_at=float(finished_at) if finished_at else None,
+            tenant=fields.get("tenant", ""),
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -495,7 +621,7 @@ class RedisStore(JobStore):
     async def read(self, job_id: str, after: int = 0) -> list[Event]:
         fields = await self._fields(job_id)
         if fields is None:
-            raise UnknownJob(f"unknown job_id {job_id!r}")
+            raise UnknownJob(job_id)
         start = max(after, int(fields.get("start", 0)))
         return await self._for_client(lambda: self._events(job_id, start))
 
@@ -534,16 +660,14 @@ class RedisStore(JobStore):
             )
         )
         if before == "missing":
-            raise UnknownJob(f"unknown job_id {job_id!r}")
+            raise UnknownJob(job_id)
         if before in ("pending", "cancelled"):
-            removed = await self._for_client(lambda: self._client.zrem(self.pending_key, job_id))
-            if removed:
-                await self._for_client(lambda: self._client.publish(self.moved_channel, job_id))
+            await self._for_client(lambda: self._dequeue(job_id))
         elif before == "running":
             await self._for_client(lambda: self._client.publish(self.cancel_channel, job_id))
         record = await self.get(job_id)
         if record is None:
-            raise UnknownJob(f"unknown job_id {job_id!r}")
+            raise UnknownJob(job_id)
         return record
 
     async def position(self, job_id: str) -> int | None:
@@ -587,7 +711,7 @@ class RedisStore(JobStore):
         try:
             exists = await self._for_client(lambda: self._client.exists(self._job_key(feed.job_id)))
             if not exists:
-                raise UnknownJob(f"unknown job_id {feed.job_id!r}")
+                raise UnknownJob(feed.job_id)
             # Subscribed before the first read: nothing appended in between is missed.
             await self._subscribe(self._channel(feed.job_id))
             await self._refresh(feed, deadline=self.outage_grace)
@@ -779,11 +903,46 @@ class RedisStore(JobStore):
                 entry = await self._read_one(deadline - time.monotonic())
                 if entry is None:
                     return None
-            claim = await self._start(*entry, takeover=taken_over)
+            entry_id, job_id, tenant = entry
+            leased = await self._lease(job_id, tenant)
+            if leased is None:
+                await self._defer(entry_id, job_id, tenant)
+                if time.monotonic() >= deadline:
+                    return None
+                continue
+            claim = await self._start(entry_id, job_id, takeover=taken_over, leased=leased)
             if claim is not None:
                 return claim
 
-    async def _read_one(self, wait: float) -> tuple[str, str] | None:
+    async def _lease(self, job_id: str, tenant: str) -> bool | None:
+        """One of the tenant's running places for the job: ``True`` if it took one,
+        ``False`` if the tenant has no limit, ``None`` if all its places are taken."""
+        limit = self.limits(tenant).max_running_jobs
+        if limit is None:
+            return False
+        reserved = await self._retry(
+            lambda: self._scripts["reserve"](
+                keys=[self._running_key(tenant)],
+                args=[job_id, int(time.time() * 1000), int(self.heartbeat_timeout * 1000), limit],
+            ),
+            deadline=self.outage_grace,
+        )
+        return True if reserved else None
+
+    async def _defer(self, entry_id: str, job_id: str, tenant: str) -> None:
+        """The tenant runs all it may: its job goes to the back of the stream, keeping
+        its place in the queue; a short pause, so that a queue of such jobs is not a spin."""
+        await self._retry(
+            lambda: self._grouped(
+                lambda: self._scripts["defer"](
+                    keys=[self.jobs_key], args=[GROUP, self.worker_name, entry_id, job_id, tenant]
+                )
+            ),
+            deadline=self.outage_grace,
+        )
+        await asyncio.sleep(_DEFER_PAUSE)
+
+    async def _read_one(self, wait: float) -> tuple[str, str, str] | None:
         assert self._blocking is not None
         # Wake at least every heartbeat interval to look for jobs to take over.
         block_ms = int(min(wait, self.heartbeat_timeout / 3) * 1000)
@@ -801,10 +960,10 @@ class RedisStore(JobStore):
         )
         for _stream, entries in response or []:
             for entry_id, fields in entries:
-                return _text(entry_id), _text(fields[b"job"])
+                return _text(entry_id), _text(fields[b"job"]), _text(fields.get(b"tenant", b""))
         return None
 
-    async def _take_over_one(self) -> tuple[str, str] | None:
+    async def _take_over_one(self) -> tuple[str, str, str] | None:
         """An entry of a worker silent for ``heartbeat_timeout``: its job runs here now."""
         result = await self._retry(
             lambda: self._grouped(
@@ -827,34 +986,46 @@ class RedisStore(JobStore):
                     # through (Redis was away): it runs here still, once.
                     continue
                 log.warning("taking over job %s from a worker that stopped answering", job_id)
-                return _text(entry_id), job_id
+                return _text(entry_id), job_id, _text(fields.get(b"tenant", b""))
             # Deleted from the stream while pending: nothing to run.
             await self._grouped(
                 lambda entry_id=entry_id: self._client.xack(self.jobs_key, GROUP, entry_id)
             )
         return None
 
-    async def _start(self, entry_id: str, job_id: str, *, takeover: bool) -> Claim | None:
-        async def leave_queue() -> None:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zrem(self.pending_key, job_id)
-                pipe.publish(self.moved_channel, job_id)
-                await pipe.execute()
+    async def _dequeue(self, job_id: str) -> int:
+        return int(
+            await self._scripts["dequeue"](
+                keys=[self.pending_key, self.counts_key], args=[job_id, self.moved_channel]
+            )
+        )
 
-        await self._retry(leave_queue)
+    async def _start(
+        self, entry_id: str, job_id: str, *, takeover: bool, leased: bool
+    ) -> Claim | None:
+        await self._retry(lambda: self._dequeue(job_id))
         attempt, state = await self._retry(
             lambda: self._scripts["start"](
                 keys=[self._job_key(job_id), self._events_key(job_id)],
                 args=[f"{self.worker_name}/{entry_id}", int(takeover), self._channel(job_id)],
             )
         )
-        if not attempt:
+        spec, tenant = await self._retry(
+            lambda: self._client.hmget(self._job_key(job_id), ["spec", "tenant"])
+        )
+        held = _Held(entry_id, int(attempt), _text(tenant or b""), leased=leased)
+        if not attempt or spec is None:
             log.debug("queue entry of job %s skipped: the job is %s", job_id, _text(state))
-            await self._forget_entry(entry_id)
+            await self._let_go(job_id, held)
             return None
-        spec = await self._retry(lambda: self._client.hget(self._job_key(job_id), "spec"))
-        self._held[job_id] = _Held(entry_id, int(attempt))
+        self._held[job_id] = held
         return Claim(job_id=job_id, attempt=int(attempt), spec=JobSpec.model_validate_json(spec))
+
+    async def _let_go(self, job_id: str, held: _Held) -> None:
+        """Done with a job: its queue entry, and its place among its tenant's running ones."""
+        await self._forget_entry(held.entry)
+        if held.leased:
+            await self._retry(lambda: self._client.zrem(self._running_key(held.tenant), job_id))
 
     async def _forget_entry(self, entry_id: str) -> None:
         """Done with a queue entry, unless another worker took it over meanwhile."""
@@ -888,11 +1059,11 @@ class RedisStore(JobStore):
         )
         if seq == -1:
             self._held.pop(job_id, None)
-            await self._forget_entry(held.entry)
+            await self._let_go(job_id, held)
             raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
         if kind.terminal:
             self._held.pop(job_id, None)
-            await self._forget_entry(held.entry)
+            await self._let_go(job_id, held)
         return Event(int(seq), kind, message, attempt)
 
     async def release(self, job_id: str, attempt: int, reason: str) -> None:
@@ -902,13 +1073,18 @@ class RedisStore(JobStore):
             deadline=self.outage_grace,
         )
         if held is not None:
-            await self._forget_entry(held.entry)
+            await self._let_go(job_id, held)
         if ticket == -1:
             return
         log.info("job %s queued again: %s", job_id, reason)
+        tenant, size = await self._retry(
+            lambda: self._client.hmget(self._job_key(job_id), ["tenant", "size"]),
+            deadline=self.outage_grace,
+        )
         await self._retry(
             lambda: self._scripts["requeue"](
-                keys=[self.jobs_key, self.pending_key], args=[job_id, ticket]
+                keys=[self.jobs_key, self.pending_key, self.counts_key],
+                args=[job_id, ticket, _text(tenant or b""), int(size or 0)],
             ),
             deadline=self.outage_grace,
         )
@@ -926,7 +1102,7 @@ class RedisStore(JobStore):
             if held is not None:
                 # The job ended without a last event from this worker (it was
                 # cancelled, or taken over): its queue entry is done with.
-                self._background.spawn(self._forget_entry(held.entry), name="forget-entry")
+                self._background.spawn(self._let_go(job_id, held), name="let-go")
 
         return stop
 
@@ -957,6 +1133,14 @@ class RedisStore(JobStore):
                 log.warning("job %s was taken over by another worker", job_id)
                 self._held.pop(job_id, None)
                 self._cancelled(job_id)
+        leased = [(job_id, h) for job_id, h in held.items() if h.leased and h.entry in kept_ids]
+        if leased:
+            # Renew the places these jobs hold among their tenants' running ones.
+            until = int((time.time() + self.heartbeat_timeout) * 1000)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for job_id, h in leased:
+                    pipe.zadd(self._running_key(h.tenant), {job_id: until}, xx=True)
+                await pipe.execute()
 
     async def _check_held_jobs(self) -> None:
         """After a reconnect: cancels may have been missed while we were away."""

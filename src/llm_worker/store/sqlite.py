@@ -40,9 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic_core import PydanticSerializationError
-
-from llm_worker.jobs import Event, EventKind, JobRecord, JobSpec, JobState
+from llm_worker.access import TenantLimits
+from llm_worker.jobs import Event, EventKind, JobRecord, JobState
 from llm_worker.store import sqlite_writer as writer
 from llm_worker.store.base import StoreError
 from llm_worker.store.journal import Failures, Journal, Restored
@@ -50,7 +49,7 @@ from llm_worker.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -62,7 +61,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     finished_at REAL,
     error TEXT,
-    seq_reserved INTEGER NOT NULL DEFAULT 0
+    seq_reserved INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
@@ -146,10 +146,7 @@ class SQLiteJournal(Journal):
         try:
             with contextlib.closing(writer.connect(str(self.path), self.synchronous)) as connection:
                 connection.executescript(SCHEMA)
-                connection.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+                _migrate(connection)
                 restored = self._load(connection)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the job database {self.path}: {exc}") from exc
@@ -163,15 +160,18 @@ class SQLiteJournal(Journal):
         expired: list[str] = []
         for row in connection.execute(
             "SELECT id, ticket, state, attempt, spec, created_at, finished_at, error,"
-            " seq_reserved FROM jobs"
+            " seq_reserved, tenant FROM jobs"
         ):
-            job_id, ticket, state, attempt, spec, created_at, finished_at, error, reserved = row
+            (job_id, ticket, state, attempt, spec, created_at, finished_at, error, reserved,
+             tenant) = row  # fmt: skip
             if finished_at is not None and finished_at + self.job_ttl <= now:
                 expired.append(job_id)
                 continue
-            record = JobRecord(job_id, JobState(state), created_at, attempt, error, finished_at)
+            record = JobRecord(
+                job_id, JobState(state), created_at, attempt, error, finished_at, tenant
+            )
             # A finished job is only listened to: its request is not needed again.
-            request = JobSpec.model_validate_json(spec) if finished_at is None else None
+            request = spec.encode() if finished_at is None else None
             jobs[job_id] = Restored(record, request, ticket, reset_after=reserved)
         for job_id, seq, kind, message, attempt in connection.execute(
             "SELECT job_id, seq, kind, message, attempt FROM events ORDER BY job_id, seq"
@@ -251,11 +251,7 @@ class SQLiteJournal(Journal):
 
     # -- writes -----------------------------------------------------------------
 
-    def add_job(self, record: JobRecord, spec: JobSpec, ticket: int) -> None:
-        try:
-            text = spec.model_dump_json()
-        except (PydanticSerializationError, ValueError, RecursionError) as exc:
-            raise StoreError(f"the job cannot be stored: {exc}") from None
+    def add_job(self, record: JobRecord, spec: bytes, ticket: int) -> None:
         self._write(
             record.id,
             writer.INSERT_JOB,
@@ -264,10 +260,11 @@ class SQLiteJournal(Journal):
                 ticket,
                 record.state.value,
                 record.attempt,
-                text,
+                spec.decode(),
                 record.created_at,
                 record.finished_at,
                 record.error,
+                record.tenant,
             ),
         )
 
@@ -346,6 +343,17 @@ class SQLiteJournal(Journal):
                 asyncio.get_running_loop().call_soon(self._start_round)
 
 
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a database an earlier version wrote up to this schema."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+    if "tenant" not in columns:  # schema 1
+        connection.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
+    connection.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+        (str(SCHEMA_VERSION),),
+    )
+
+
 async def _read_frame(process: asyncio.subprocess.Process) -> Any:
     """The writer's next message; ``None`` once it has stopped."""
     assert process.stdout is not None
@@ -366,12 +374,21 @@ class SQLiteStore(MemoryStore):
         *,
         queue_max: int,
         job_ttl: float,
+        queue_max_bytes: int = 1 << 62,
+        limits: Callable[[str], TenantLimits] | None = None,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.sqlite = SQLiteJournal(path, job_ttl=job_ttl, synchronous=synchronous, clock=clock)
-        super().__init__(queue_max=queue_max, job_ttl=job_ttl, clock=clock, journal=self.sqlite)
+        super().__init__(
+            queue_max=queue_max,
+            job_ttl=job_ttl,
+            queue_max_bytes=queue_max_bytes,
+            limits=limits,
+            clock=clock,
+            journal=self.sqlite,
+        )
 
     def lock(self) -> None:
         """See :meth:`SQLiteJournal.lock`."""

@@ -36,8 +36,8 @@ DELETE_EVENTS = 3
 DELETE_JOB = 4
 _EVENT_COLUMNS = "INSERT OR REPLACE INTO events (job_id, seq, kind, message, attempt) VALUES"
 STATEMENTS = (
-    "INSERT INTO jobs (id, ticket, state, attempt, spec, created_at, finished_at, error)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "INSERT INTO jobs (id, ticket, state, attempt, spec, created_at, finished_at, error, tenant)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "UPDATE jobs SET state = ?, attempt = ?, finished_at = ?, error = ? WHERE id = ?",
     f"{_EVENT_COLUMNS} (?, ?, ?, ?, ?)",
     "DELETE FROM events WHERE job_id = ?",

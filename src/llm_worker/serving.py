@@ -1,0 +1,254 @@
+"""uvicorn, as this service runs it: its server, and its HTTP and WebSocket protocols
+with the limits no application code can set.
+
+* At most ``MAX_CONNECTIONS`` connections are open at once: one more is answered
+  503 and closed, before it costs more than a moment's file descriptor.
+* A connection has ``HANDSHAKE_TIMEOUT_SECONDS`` to send a request's headers (a
+  WebSocket upgrade's included): half-open sockets are closed, not kept.
+* A WebSocket connection offers the application its transport (ASGI extension
+  ``llm-worker.transport``): how much it has yet to send, and a way to close it
+  with a reason even while the peer reads nothing.
+* On a stop, new connections are refused at once, but the open ones are closed
+  only once :meth:`~llm_worker.app.Service.drain` is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from llm_worker.config import Settings
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from llm_worker.app import Service
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_EXTENSION = "llm-worker.transport"
+# After writing a close frame to a peer that reads nothing, how long before hanging up.
+CLOSE_GRACE_SECONDS = 5.0
+# File descriptors kept for everything but client connections (files, the store, models).
+RESERVED_FILES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_connections: int
+    handshake_timeout: float
+
+
+class Transport:
+    """What a WebSocket connection's application may ask of its transport."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+
+    def unsent(self) -> int:
+        """Bytes written and not yet taken by the peer."""
+        transport = self._protocol.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def blocked(self) -> bool:
+        """Whether a send would wait for the peer to read first."""
+        return not self._protocol.writable.is_set()
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason``, behind what is unsent, without waiting
+        for room to write; hang up if the peer has not answered shortly after."""
+        protocol = self._protocol
+        if protocol.close_sent or protocol.transport is None or protocol.transport.is_closing():
+            return
+        protocol.conn.send_close(code, reason)
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        protocol.close_sent = True
+        protocol.close_timer = protocol.loop.call_later(
+            CLOSE_GRACE_SECONDS, protocol.transport.abort
+        )
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, offering :class:`Transport` to the app."""
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][TRANSPORT_EXTENSION] = Transport(self)
+
+
+def http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, under ``limits``."""
+
+    class HttpProtocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if len(self.server_state.connections) >= limits.max_connections:
+                transport.write(_plain(503, "too many connections (MAX_CONNECTIONS); try again"))
+                transport.close()
+                return
+            super().connection_made(transport)
+            self._start_deadline()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._start_deadline()
+
+        def on_headers_complete(self) -> None:
+            self._stop_deadline()
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            if self.transport is not None:  # not refused in connection_made
+                super().data_received(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_deadline()
+            if self.transport is not None:
+                super().connection_lost(exc)
+
+        def _start_deadline(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(limits.handshake_timeout, self._too_slow)
+
+        def _stop_deadline(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.write(_plain(408, "the request took too long to arrive"))
+                self.transport.close()
+
+    return HttpProtocol
+
+
+def _plain(status: int, text: str) -> bytes:
+    reason = {408: "Request Timeout", 503: "Service Unavailable"}[status]
+    body = text.encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def allow_connections(wanted: int) -> int:
+    """Raise this process's file limit as far as allowed; the connections it leaves room for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted + RESERVED_FILES)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    room = max(soft - RESERVED_FILES, 1)
+    if wanted > room:
+        log.warning(
+            "MAX_CONNECTIONS=%d but the process may open %d files: taking %d connections at most",
+            wanted,
+            soft,
+            room,
+        )
+        return room
+    return wanted
+
+
+def event_loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, serving the app as this service needs.
+
+    ``on_ready`` is called once the listening socket accepts connections, so a
+    line saying so never comes early. On a stop, new connections are refused at
+    once, but the open ones are closed only once :meth:`Service.drain` is over:
+    a listener gets the end of every job that was running.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        service: Service,
+        on_ready: Callable[[uvicorn.Server], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.service = service
+        self.on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready(self)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        log.info(
+            "stopping: taking no new connections or jobs; waiting up to %.0fs for running jobs "
+            "(Ctrl-C again to stop at once)",
+            self.service.settings.shutdown_grace_seconds,
+        )
+        draining = asyncio.create_task(self.service.drain())
+        while not draining.done() and not self.force_exit:
+            await asyncio.wait({draining}, timeout=0.1)
+        draining.cancel()
+        try:
+            await draining
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("draining failed; closing connections now")
+        await super().shutdown(sockets)
+
+
+def make_server(app: Starlette, on_ready: Callable[[uvicorn.Server], None] | None = None) -> Server:
+    """The server of an app made by :func:`~llm_worker.app.create_app`: the same for the
+    command and the tests."""
+    settings: Settings = app.state.settings
+    return Server(server_config(app, settings), app.state.service, on_ready)
+
+
+def server_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves the app."""
+    limits = ConnectionLimits(
+        max_connections=allow_connections(settings.max_connections),
+        handshake_timeout=settings.handshake_timeout_seconds,
+    )
+    return uvicorn.Config(
+        app,
+        host=settings.listen_address,
+        port=settings.listen_port,
+        loop=event_loop_name(),
+        http=http_protocol(limits),
+        # Writes each frame in one call, which the gateway relies on (see Connection.send).
+        ws=WebSocketProtocol,
+        ws_max_size=settings.ws_max_frame_bytes,
+        # Token frames are tiny; compressing them costs CPU and ~100 KiB per connection.
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_config=None,
+        backlog=2048,
+        # Running jobs had their grace before connections are closed (Server.shutdown).
+        timeout_graceful_shutdown=5,
+    )
