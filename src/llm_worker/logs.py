@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from llm_worker.config import Settings
+
+# Keys given in a URL (``?access_token=...``), which uvicorn logs with each request.
+_ACCESS_TOKEN = re.compile(r"(access_token=)[^&\s\"']+")
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats as asked, with keys passed in URLs replaced."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ACCESS_TOKEN.sub(r"\1[redacted]", super().format(record))
 
 
 def configure_logging(settings: Settings) -> None:
@@ -17,7 +28,7 @@ def configure_logging(settings: Settings) -> None:
         handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
     if not handlers:
         handlers.append(logging.NullHandler())
-    formatter = logging.Formatter(settings.log_format)
+    formatter = RedactingFormatter(settings.log_format)
     for handler in handlers:
         handler.setFormatter(formatter)
     logging.basicConfig(level=settings.log_level, handlers=handlers, force=True)

@@ -17,6 +17,7 @@ import orjson
 
 from llm_worker.providers.base import Provider, ProviderError
 from llm_worker.providers.checks import check_integer, check_number, check_stop
+from llm_worker.redaction import redact_url, scrub, url_secrets
 from llm_worker.templates import ChatMessage, TemplateError
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class OpenAICompatibleProvider(Provider):
         self.defaults = dict(defaults or {})
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r} at {self.base_url}>"
+        return f"<{type(self).__name__} {self.name!r} at {redact_url(self.base_url or '')}>"
 
     def configuration_problem(self) -> str | None:
         if not self.base_url:
@@ -165,6 +166,10 @@ class OpenAICompatibleProvider(Provider):
             )
         except openai.APIError as exc:
             raise self._translate(exc) from exc
+        except (ValueError, TypeError) as exc:
+            # The transport refusing the request as configured (a base URL with
+            # credentials in it, say): the job fails saying so, not as a crash.
+            raise self._failure(f"cannot ask {self._where()}: {exc}") from exc
 
         finished = False
         said_anything = False
@@ -177,12 +182,12 @@ class OpenAICompatibleProvider(Provider):
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:
-                    raise ProviderError(f"{self._where()} sent a chunk that is not JSON") from None
+                    raise self._failure(f"{self._where()} sent a chunk that is not JSON") from None
                 if not isinstance(chunk, dict):
                     continue
                 if chunk.get("error"):
                     detail = _error_detail(chunk) or "an error occurred during streaming"
-                    raise ProviderError(f"{self._where()} reported an error: {detail}")
+                    raise self._failure(f"{self._where()} reported an error: {detail}")
                 choices = chunk.get("choices")
                 if not choices:
                     continue
@@ -195,10 +200,10 @@ class OpenAICompatibleProvider(Provider):
                 if choice.get("finish_reason") is not None:
                     finished = True
         except httpx2.TimeoutException as exc:
-            raise ProviderError(f"{self._where()} timed out", retryable=True) from exc
+            raise self._failure(f"{self._where()} timed out", retryable=True) from exc
         except httpx2.HTTPError as exc:
             reason = f": {exc}" if str(exc) else ""
-            raise ProviderError(
+            raise self._failure(
                 f"lost the reply from {self._where()}{reason}", retryable=True
             ) from exc
         finally:
@@ -206,25 +211,36 @@ class OpenAICompatibleProvider(Provider):
         if not said_anything:
             # llama.cpp's server does this when the prompt is longer than its context;
             # the same request would get the same answer, so it is not retried.
-            raise ProviderError(
+            raise self._failure(
                 f"{self._where()} sent no output: its reply stream was empty (some servers "
                 "answer so when the prompt is longer than the model's context)"
             )
         if not finished:
-            raise ProviderError(
+            raise self._failure(
                 f"the reply from {self._where()} ended before the model finished "
                 "(no finish_reason): the stream was cut",
                 retryable=True,
             )
 
     def _where(self) -> str:
-        return f"provider {self.name!r} at {self.base_url}"
+        return f"provider {self.name!r} at {redact_url(self.base_url or '')}"
+
+    def _failure(
+        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+    ) -> ProviderError:
+        """The error for clients: without the key or the credentials of any URL in it.
+        The log keeps what the provider said."""
+        secrets = [self._api_key or "", *url_secrets(self.base_url)]
+        told = scrub(message, secrets)
+        if told != message:
+            log.warning("provider %r: %s", self.name, message)
+        return ProviderError(told, retryable=retryable, retry_after=retry_after)
 
     def _translate(self, exc: openai.APIError) -> ProviderError:
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             detail = _error_detail(exc.body) or exc.response.reason_phrase or ""
-            return ProviderError(
+            return self._failure(
                 f"{self._where()} answered HTTP {status}" + (f": {detail}" if detail else ""),
                 retryable=status in _RETRYABLE_STATUS,
                 retry_after=_retry_after(exc.response.headers.get("retry-after")),
@@ -233,10 +249,10 @@ class OpenAICompatibleProvider(Provider):
             # Judge by the innermost cause: transports label some refusals as timeouts.
             cause = _root_cause(exc)
             if isinstance(cause, TimeoutError) and not isinstance(cause, ConnectionError):
-                return ProviderError(f"{self._where()} timed out", retryable=True)
+                return self._failure(f"{self._where()} timed out", retryable=True)
             reason = f": {cause}" if cause is not exc and str(cause) else ""
-            return ProviderError(f"cannot reach {self._where()}{reason}", retryable=True)
-        return ProviderError(f"{self._where()} reported an error: {exc.message}")
+            return self._failure(f"cannot reach {self._where()}{reason}", retryable=True)
+        return self._failure(f"{self._where()} reported an error: {exc.message}")
 
 
 def _root_cause(exc: BaseException) -> BaseException:

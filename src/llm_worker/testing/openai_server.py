@@ -152,7 +152,7 @@ class OpenAIServer:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+        return [r for r in self.requests if r.path.partition("?")[0].endswith("/chat/completions")]
 
     # -- HTTP ---------------------------------------------------------------
 
@@ -201,10 +201,11 @@ class OpenAIServer:
     async def _respond(
         self, request: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        if request.method == "GET" and request.path.rstrip("/").endswith("/models"):
+        path = request.path.partition("?")[0]
+        if request.method == "GET" and path.rstrip("/").endswith("/models"):
             self._write_json(writer, 200, {"object": "list", "data": []}, {})
             return True
-        if request.method != "POST" or not request.path.endswith("/chat/completions"):
+        if request.method != "POST" or not path.endswith("/chat/completions"):
             self._write_json(writer, 404, {"error": {"message": "not found"}}, {})
             return True
         reply = self.handler(request.body)
