@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from dotenv import load_dotenv
 from pydantic import ValidationError
 
 from llm_worker import __version__
+from llm_worker.access import key_hash
 from llm_worker.app import ROLES, create_app, run_worker
 from llm_worker.config import ConfigError, Settings
 from llm_worker.logs import configure_logging
@@ -45,7 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--env-file", type=Path, default=Path(".env"), help="settings file (default: ./.env)"
     )
+    new_key = commands.add_parser(
+        "new-key", help="make an API key, and the lines that give it to a tenant in API_KEYS_FILE"
+    )
+    new_key.add_argument("tenant", help="the tenant the key is for")
     return parser
+
+
+def print_new_key(tenant: str) -> int:
+    """A new key for ``tenant``: the key to hand over, and what the keys file keeps."""
+    key = f"lw-{secrets.token_urlsafe(32)}"
+    print(f"key (give it to {tenant}; it is not kept anywhere): {key}")
+    print("\nin API_KEYS_FILE:\n")
+    print(f'[tenants.{json.dumps(tenant)}]\nkeys = ["sha256:{key_hash(key)}"]')
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "new-key":
+        return print_new_key(args.tenant)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
