@@ -274,6 +274,20 @@ async def test_provider_secrets_never_reach_clients(
         assert shown in failed, failed
 
 
+async def test_a_base_url_query_goes_with_every_request(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    # Azure-style endpoints take their version and key as query parameters.
+    upstream.handler = lambda body: Reply(tokens=[" ok"])
+    base_url = f"{upstream.base_url}?api-version=2024-06-01&api-key=secret-123"
+    worker = await start_worker(openai_api_key="k", openai_base_url=base_url)
+    client = await connect(worker.ws_url)
+    _, messages = await client.run()
+    assert messages[-1]["type"] == "done"
+    [request] = upstream.chat_requests
+    assert request.path == "/v1/chat/completions?api-version=2024-06-01&api-key=secret-123"
+
+
 def test_a_gateway_with_keys_needs_the_shared_token_secret(tmp_path: Path) -> None:
     from llm_worker.app import Service
 

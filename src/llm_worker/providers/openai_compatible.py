@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx2
 import openai
@@ -60,9 +61,13 @@ class ClientPool:
                 http_client = openai.DefaultAsyncHttpxClient(
                     timeout=self._timeout, limits=self._limits
                 )
+            # A query in the base URL (Azure's ``?api-version=...&api-key=...``)
+            # goes with every request: the SDK would append paths after it.
+            path, _, query = base_url.partition("?")
             # Retries are the runner's: it knows whether output already reached listeners.
             client = openai.AsyncOpenAI(
-                base_url=base_url,
+                base_url=path,
+                default_query=dict(parse_qsl(query, keep_blank_values=True)) or None,
                 api_key=api_key,
                 max_retries=0,
                 timeout=self._timeout,
