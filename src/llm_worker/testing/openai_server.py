@@ -174,6 +174,10 @@ class OpenAIServer:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # close() cancels handlers mid-reply; ending quietly keeps Python 3.11's
+            # start_server from printing each one's traceback (fixed in 3.12).
+            return
         finally:
             self._handlers.discard(handler)
             self._writers.discard(writer)
