@@ -192,15 +192,6 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-async def first_of(client: WSClient, types: set[str], job_id: str, timeout: float = 15) -> Any:
-    """The job's first message of one of ``types``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        message = await client.recv(timeout=max(deadline - asyncio.get_running_loop().time(), 0.01))
-        if message.get("job_id") == job_id and message["type"] in types:
-            return message
-
-
 async def check_store_failure_and_recovery(
     worker: WorkerProcess, upstream: OpenAIServer, break_it: Any, mend_it: Any
 ) -> None:
@@ -214,7 +205,7 @@ async def check_store_failure_and_recovery(
             await client.wait_for("running", job_id)
         break_it()
         for client, job_id in [(full, running[0]), (full, running[1]), (seed, running[2])]:
-            end = await first_of(client, {"done", "failed"}, job_id)
+            end = await client.first_of({"done", "failed"}, job_id, timeout=15)
             assert end["type"] == "failed", end
             assert end["message"].startswith("the job store could not save the job: "), end
         # While it is broken, adds are refused, and the model never hears of them.
@@ -228,7 +219,7 @@ async def check_store_failure_and_recovery(
             {"type": "add", "id": "refused", "query": "refused", "assistant": ASSISTANT}
         )
         job_id = (await seed.wait_for("resp_add"))["job_id"]
-        assert (await first_of(seed, {"failed"}, job_id))["message"].startswith(
+        assert (await seed.first_of({"failed"}, job_id, timeout=15))["message"].startswith(
             "the job store could not save the job: "
         )
         assert "refused" not in by_query(upstream)
@@ -332,7 +323,7 @@ async def test_redis_restarted_empty_loses_its_jobs_but_not_the_service(
             # Every listener of a lost job is told so, in its own dialect.
             for client in (full, seed):
                 for job_id in lost:
-                    end = await first_of(client, {"done", "failed"}, job_id, timeout=20)
+                    end = await client.first_of({"done", "failed"}, job_id, timeout=20)
                     assert end == {"type": "failed", "job_id": job_id, "message": JOB_LOST,
                                    "seq": end["seq"]}  # fmt: skip
             # The queue is made again: new jobs run, on the same processes.

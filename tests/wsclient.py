@@ -80,15 +80,26 @@ class WSClient:
         self, message_type: str, job_id: str | None = None, timeout: float = 10.0
     ) -> dict[str, Any]:
         """The first message of that type (and job); others go to the backlog."""
+        return await self.first_of({message_type}, job_id, timeout)
+
+    async def first_of(
+        self, types: set[str], job_id: str | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """The first message of one of ``types`` (and of the job); others go to the
+        backlog, where later waits find them."""
+
+        def wanted(message: dict[str, Any]) -> bool:
+            return message["type"] in types and job_id in (None, message.get("job_id"))
+
         deadline = asyncio.get_running_loop().time() + timeout
         for index, message in enumerate(self.backlog):
-            if message["type"] == message_type and job_id in (None, message.get("job_id")):
+            if wanted(message):
                 del self.backlog[index]
                 return message
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             message = await self._next(max(remaining, 0.001))
-            if message["type"] == message_type and job_id in (None, message.get("job_id")):
+            if wanted(message):
                 return message
             self.backlog.append(message)
 
