@@ -4,6 +4,7 @@ and secrets kept from clients."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,26 @@ def test_keys_are_kept_only_as_hashes(tmp_path: Path) -> None:
     path.write_text('[tenants.eve]\nkeys = ["the-key-itself"]\n')
     with pytest.raises(ConfigError, match="each key is its SHA-256 in hex"):
         load_access(make_settings(api_keys_file=path))
+
+
+def test_new_key_prints_a_key_and_the_keys_file_lines_that_admit_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llm_worker.cli import main
+
+    assert main(["new-key", "chat backend"]) == 0
+    printed = capsys.readouterr().out
+    key = re.search(r"^key \(give it to chat backend; it is not kept anywhere\): (\S+)$",
+                    printed, re.MULTILINE)[1]  # fmt: skip
+    assert len(key) > 40
+    lines = printed.partition("in API_KEYS_FILE:")[2]
+    assert key not in lines  # only its hash is kept
+    path = tmp_path / "keys.toml"
+    path.write_text(lines)
+    access = load_access(make_settings(api_keys_file=path))
+    assert access.authenticate(key) == Principal("chat backend")
+    assert main(["new-key", "chat backend"]) == 0
+    assert key not in capsys.readouterr().out  # a new key each time
 
 
 def test_api_keys_each_make_a_tenant() -> None:
@@ -155,6 +176,26 @@ async def test_two_tenants_see_their_own_jobs_only(
     await alice.send({"type": "add", "id": "sixth", "query": "q", "assistant": assistant()})
     assert "tenant 'alice' has 5 jobs waiting" in (await alice.wait_for("error"))["message"]
     await bob.add("bob's")  # bob's share is his own
+
+
+async def test_a_tenant_adding_too_fast_is_told_when_to_retry(
+    start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = lambda body: Reply(tokens=[" ok"])
+    worker = await start_worker(api_keys=f"{ALICE},{BOB}", tenant_adds_per_minute=2)
+    alice = await connect(worker.ws_url, **bearer(ALICE))
+    bob = await connect(worker.ws_url, **bearer(BOB))
+    await alice.add("first")
+    await alice.add("second")
+    await alice.send({"type": "add", "id": "third", "query": "q", "assistant": assistant()})
+    refused = await alice.wait_for("error")
+    assert refused["ref"] == "third"
+    assert re.fullmatch(
+        r"tenant 'key-[0-9a-f]{8}' may add 2 jobs a minute; try again in \d+\.\ds",
+        refused["message"],
+    ), refused
+    # The other tenant's rate is its own.
+    assert (await bob.run(request_id="bob's"))[1][-1]["type"] == "done"
 
 
 async def test_a_listen_token_follows_its_job_and_does_nothing_else(
