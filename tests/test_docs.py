@@ -77,6 +77,7 @@ def test_json_examples_in_the_readme_are_valid_messages(example: str) -> None:
             "error",
             "ref",
             "attempt",
+            "listen_token",
         }
     else:
         parse_request(example)
