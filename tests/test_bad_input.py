@@ -319,6 +319,19 @@ async def test_a_template_nested_too_deep_is_refused_and_never_runs(
     await seed.send({"type": "add", "id": "deep", "query": "never asked", "assistant": deep})
     job_id = (await seed.expect("resp_add"))["job_id"]
     assert "nested more than 64 levels" in (await seed.wait_for("failed", job_id))["message"]
+    # Deeper than Python's recursion limit, and deeper than the JSON parser goes:
+    # built as text, as a hostile client would (json.dumps cannot write them).
+    for depth, refusal in [
+        (1000, "field 'assistant' is nested more than 64 levels deep"),
+        (100_000, "depth limit exceeded"),
+    ]:
+        settings = '{"model": "m", "deep": ' + '{"a": ' * depth + "{}" + "}" * depth + "}"
+        frame = json.dumps({"type": "add", "id": "deeper", "query": "q", "assistant": deep})
+        hostile = frame.replace(json.dumps(deep["streams"][0]["settings"]), settings)
+        assert len(hostile) > len(frame)
+        await client.send(hostile)
+        reply = await client.recv()
+        assert reply["type"] == "error" and refusal in reply["message"], reply
     # Settings nested as deep as real ones are (a JSON schema, say) are fine.
     _, messages = await client.run(
         request_id="ok", assistant=assistant(model="m", extra=nested(20))
