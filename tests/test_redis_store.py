@@ -13,9 +13,13 @@ from llm_worker.jobs import EventKind, JobSpec, JobState
 from llm_worker.store import NotOwner, UnknownJob
 from llm_worker.store.redis import GROUP, RedisStore
 from llm_worker.templates import Assistant
-from tests.stores import StoreFactory
+from tests.stores import StoreFactory, until_shown
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
+
+
+def heartbeat(store: RedisStore) -> asyncio.Task[None]:
+    return next(task for task in store._tasks if task.get_name() == "redis-heartbeat")
 
 
 async def owner_of(store: RedisStore, entry: str) -> str | None:
@@ -40,7 +44,7 @@ async def taken_over(factory: StoreFactory) -> tuple[RedisStore, RedisStore, str
     await first.append(job_id, 1, EventKind.RUNNING)
     await first.append(job_id, 1, EventKind.RUNNING, "partial")
     entry = first._held[job_id].entry
-    first._tasks[1].cancel()  # the pause: no more heartbeats
+    heartbeat(first).cancel()  # the pause: no more heartbeats
     for _ in range(40):
         takeover = await second.claim(max_wait=0.1)
         if takeover is not None:
@@ -72,9 +76,15 @@ async def test_a_worker_that_lost_its_job_cannot_write_to_it_nor_drop_its_entry(
     redis_store_factory: StoreFactory,
 ) -> None:
     first, second, job_id, entry = await taken_over(redis_store_factory)
-    # The first worker wakes up and writes on: refused, and the entry stays put.
+    lost = asyncio.Event()
+    first.on_cancel(job_id, lost.set)
+    # The first worker wakes up and writes on: refused when the write reaches Redis,
+    # which stops the job there; the entry stays put.
+    await first.append(job_id, 1, EventKind.RUNNING, "stale")
+    await asyncio.wait_for(lost.wait(), 5)
     with pytest.raises(NotOwner):
-        await first.append(job_id, 1, EventKind.RUNNING, "stale")
+        await first.append(job_id, 1, EventKind.RUNNING, "staler")
+    assert "stale" not in [e.message for e in await second.read(job_id)]
     assert await owner_of(second, entry) == second.worker_name
     await second.beat()
     assert job_id in second._held
@@ -101,15 +111,18 @@ async def test_appends_retried_after_a_lost_reply_are_not_doubled(
     job_id = (await store.submit(SPEC)).id
     await store.claim(max_wait=1)
     await store.append(job_id, 1, EventKind.RUNNING, "a")
-    # Replay the script call of the last append, as a retry after a lost reply would.
+    await store.append(job_id, 1, EventKind.RUNNING, "b")
+    await until_shown(store, job_id, 2)
+    # Replay the write of those events, as a retry after a lost reply would.
     held = store._held[job_id]
     seq = await store._scripts["append"](
         keys=[store._job_key(job_id), store._events_key(job_id)],
-        args=[1, held.ops, "running", "a", 60_000, store._channel(job_id), "0"],
+        args=[1, held.ops, 60_000, "0", "running", "a", "running", "b"],
     )
-    assert seq == 1
-    await store.append(job_id, 1, EventKind.RUNNING, "b")
-    assert [e.message for e in await store.read(job_id)] == ["a", "b"]
+    assert seq == 2
+    await store.append(job_id, 1, EventKind.RUNNING, "c")
+    await until_shown(store, job_id, 3)
+    assert [e.message for e in await store.read(job_id)] == ["a", "b", "c"]
 
 
 async def test_cancel_reaches_the_worker_in_another_process(
@@ -164,11 +177,12 @@ async def test_a_worker_never_takes_over_its_own_running_job(
     job_id = (await store.submit(SPEC)).id
     claim = await store.claim(max_wait=1)
     assert claim is not None
-    store._tasks[1].cancel()  # no heartbeats
+    heartbeat(store).cancel()  # no heartbeats
     await store.append(job_id, 1, EventKind.RUNNING)
     await asyncio.sleep(0.5)
     store._next_takeover_check = 0.0
     assert await store.claim(max_wait=0.2) is None
     await store.append(job_id, 1, EventKind.RUNNING, "one")
     await store.append(job_id, 1, EventKind.RUNNING, "two")
+    await until_shown(store, job_id, 3)
     assert [e.message for e in await store.read(job_id)] == ["", "one", "two"]

@@ -144,7 +144,11 @@ class JobStore(abc.ABC):
     async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
         """Add an event to the job's log; a terminal kind ends the job.
 
-        Raises :class:`NotOwner` when ``attempt`` no longer holds the job.
+        A store may return before it has saved the event (it saves events in
+        rounds), except for a terminal one, and shows an event only once saved.
+        Raises :class:`NotOwner` when ``attempt`` no longer holds the job, as far
+        as the store knows: one that learns it only when it saves the events
+        also stops the job then, through its :meth:`on_cancel` callbacks.
         """
 
     @abc.abstractmethod

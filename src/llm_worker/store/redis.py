@@ -15,8 +15,16 @@ so each Lua script touches one slot):
 ``P:events:{ID}``       stream: the job's log, entry ``0-SEQ`` per event
 ``P:rate:{T}``          the time tenant T's allowance of adds is whole again (GCRA)
 
-Channels: ``P:ev:ID`` (the job's log grew; payload the last seq), ``P:cancel``
-(a running job was cancelled; payload its id), ``P:queue-moved``.
+Channels: ``P:events`` (jobs' logs grew: one message per write, covering every
+job it wrote to, with the events themselves where it has them; see
+:func:`_notice`), ``P:cancel`` (a running job was cancelled; payload its id),
+``P:queue-moved``.
+
+A worker does not wait for Redis at each event: what its jobs append meanwhile
+goes in one pipelined round trip (a script call per job, carrying all of that
+job's new events), one round after the other, as SQLite's rounds do; a job's
+last event waits for its round. Gateways apply the events a notice carries to
+their mirrors of the logs, and read from Redis only what they missed.
 
 A worker claims a job by reading its entry through the consumer group; the
 entry stays in the worker's pending list until the job ends. The worker
@@ -46,6 +54,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -71,8 +80,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 GROUP = "workers"
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-# What redis-py raises when two tasks read one connection (a reconnect racing a read).
-_CONCURRENT_READ = RuntimeError
 _REFRESH_BATCH = 1000
 # After putting back a job whose tenant runs all it may, before reading the next.
 _DEFER_PAUSE = 0.05
@@ -149,61 +156,65 @@ redis.call('SET', KEYS[1], arrival + interval, 'PX', arrival + interval - now + 
 return 0
 """
 
-# KEYS: job, events. ARGV: owner (worker + entry), takeover (0|1), channel.
-# Returns {attempt, ''} or {0, state that forbids starting}. A fresh entry starts
+# KEYS: job, events. ARGV: owner (worker + entry), takeover (0|1).
+# Returns {attempt, '', seq, spec, tenant} or {0, state that forbids starting}. A fresh entry starts
 # a pending job only; one taken over from a dead worker, a running one too.
 _START = """
 local state, attempt, owner = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'owner'))
 if not state then return {0, 'missing'} end
-if state == 'running' and owner == ARGV[1] then return {tonumber(attempt), ''} end
+if state == 'running' and owner == ARGV[1] then
+  return {tonumber(attempt), '', unpack(redis.call('HMGET', KEYS[1], 'seq', 'spec', 'tenant'))}
+end
 if state ~= 'pending' and not (state == 'running' and ARGV[2] == '1') then
   return {0, state}
 end
 attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1], 'op', 0)
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
 if attempt > 1 then
-  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[2], '0-' .. seq, 'k', 'reset', 'm', '', 'a', attempt)
   redis.call('HSET', KEYS[1], 'start', seq - 1)
-  redis.call('PUBLISH', ARGV[3], seq)
 end
-return {attempt, ''}
+return {attempt, '', seq, unpack(redis.call('HMGET', KEYS[1], 'spec', 'tenant'))}
 """
 
-# KEYS: job, events. ARGV: attempt, op, kind, message, ttl (ms), channel, now.
-# Returns the event's seq, or -1 when the attempt no longer holds the job.
+# KEYS: job, events. ARGV: attempt, the batch's last op, ttl (ms), now, then each
+# event's kind and message. Appends the batch unless the attempt no longer holds the
+# job; returns the seq of its last event, or -1. A batch applied already (a retry
+# after a reply that got lost) returns the seq it ended at.
 _APPEND = """
-local state, attempt, op, seq =
-  unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'op', 'seq'))
-if state ~= 'running' or attempt ~= ARGV[1] then
-  if attempt == ARGV[1] and tonumber(op) >= tonumber(ARGV[2]) then return tonumber(seq) end
-  return -1
+local state, attempt, op, opseq, seq =
+  unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'op', 'opseq', 'seq'))
+if attempt ~= ARGV[1] then return -1 end
+if tonumber(op) >= tonumber(ARGV[2]) then return tonumber(opseq) end
+if state ~= 'running' then return -1 end
+seq = tonumber(seq)
+for i = 5, #ARGV, 2 do
+  seq = seq + 1
+  local kind = ARGV[i]
+  redis.call('XADD', KEYS[2], '0-' .. seq, 'k', kind, 'm', ARGV[i + 1], 'a', ARGV[1])
+  if kind == 'done' or kind == 'failed' then
+    redis.call('HSET', KEYS[1], 'state', kind, 'finished_at', ARGV[4])
+    if kind == 'failed' then redis.call('HSET', KEYS[1], 'error', ARGV[i + 1]) end
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  end
 end
-if tonumber(op) >= tonumber(ARGV[2]) then return tonumber(seq) end
-seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], '0-' .. seq, 'k', ARGV[3], 'm', ARGV[4], 'a', ARGV[1])
-redis.call('HSET', KEYS[1], 'op', ARGV[2])
-if ARGV[3] == 'done' or ARGV[3] == 'failed' then
-  redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[7])
-  if ARGV[3] == 'failed' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-end
-redis.call('PUBLISH', ARGV[6], seq)
+redis.call('HSET', KEYS[1], 'seq', seq, 'op', ARGV[2], 'opseq', seq)
 return seq
 """
 
-# KEYS: job, events. ARGV: ttl (ms), channel, now. Returns the state before.
+# KEYS: job, events. ARGV: ttl (ms), now. Returns the state before.
 _CANCEL = """
 local state, attempt = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt'))
 if not state then return 'missing' end
 if state ~= 'pending' and state ~= 'running' then return state end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], '0-' .. seq, 'k', 'cancelled', 'm', '', 'a', attempt)
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
-redis.call('PUBLISH', ARGV[2], seq)
 return state
 """
 
@@ -263,14 +274,36 @@ return 1
 
 @dataclass(slots=True)
 class _Held:
-    """A job this worker claimed: its queue entry, its appends so far, and whether it
-    holds a place among its tenant's running jobs."""
+    """A job this worker claimed: its queue entry, its appends so far and the seq
+    the last will have, and whether it holds a place among its tenant's running jobs."""
 
     entry: str
     attempt: int
     tenant: str = ""
     leased: bool = False
     ops: int = 0
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One job's events not yet written, and who waits for them to be."""
+
+    attempt: int
+    events: list[tuple[str, str]]
+    last_op: int = 0
+    written: asyncio.Future[int] | None = None
+
+
+# Events a worker may hold unwritten (Redis slow or away) before appends wait.
+_MAX_UNWRITTEN = 10_000
+
+
+def _notice(entries: list[list[Any]]) -> bytes:
+    """A message on the events channel: for each job, ``[job_id, last seq]``, and when
+    the message carries them, ``attempt`` and the events themselves (``[kind,
+    message]`` each, ending at that seq)."""
+    return orjson.dumps(entries)
 
 
 class _Feed:
@@ -322,6 +355,7 @@ class RedisStore(JobStore):
         self.pending_key = f"{prefix}:{{queue}}:pending"
         self.tickets_key = f"{prefix}:{{queue}}:tickets"
         self.counts_key = f"{prefix}:{{queue}}:counts"
+        self.events_channel = f"{prefix}:events"
         self.cancel_channel = f"{prefix}:cancel"
         self.moved_channel = f"{prefix}:queue-moved"
         self._redis: aioredis.Redis | None = None
@@ -331,7 +365,6 @@ class RedisStore(JobStore):
         self._held: dict[str, _Held] = {}
         self._cancel_callbacks: dict[str, list[Callable[[], None]]] = {}
         self._feeds: dict[str, _Feed] = {}
-        self._subscribed: dict[str, asyncio.Future[None]] = {}
         self._queue_waiters: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background = TaskSet("redis store")
@@ -340,6 +373,11 @@ class RedisStore(JobStore):
         self._outage_waiters: list[asyncio.Future[str]] = []
         self._recovery_waiters: list[asyncio.Future[None]] = []
         self._outage_announced = False
+        self._outbox: dict[str, _Batch] = {}
+        self._unwritten = 0
+        self._outbox_ready = asyncio.Event()
+        self._all_written = asyncio.Event()
+        self._all_written.set()
 
     # -- keys ---------------------------------------------------------------
 
@@ -348,9 +386,6 @@ class RedisStore(JobStore):
 
     def _events_key(self, job_id: str) -> str:
         return f"{self.prefix}:events:{{{job_id}}}"
-
-    def _channel(self, job_id: str) -> str:
-        return f"{self.prefix}:ev:{job_id}"
 
     def _running_key(self, tenant: str) -> str:
         return f"{self.prefix}:{{queue}}:running:{tenant}"
@@ -392,8 +427,9 @@ class RedisStore(JobStore):
             self._scripts[name] = redis.register_script(source)
         await self._retry(self._create_group, deadline=self.outage_grace)
         self._pubsub = redis.pubsub()
-        await self._pubsub.subscribe(self.cancel_channel, self.moved_channel)
+        await self._pubsub.subscribe(self.events_channel, self.cancel_channel, self.moved_channel)
         self._tasks = [
+            asyncio.create_task(self._write_forever(), name="redis-writes"),
             asyncio.create_task(self._read_notifications(), name="redis-notifications"),
             asyncio.create_task(self._heartbeat_forever(), name="redis-heartbeat"),
             asyncio.create_task(self._poll_feeds_forever(), name="redis-feed-poll"),
@@ -406,7 +442,10 @@ class RedisStore(JobStore):
         )
 
     async def close(self) -> None:
-        # Queue entries being let go of: worth a moment, so no other worker re-runs them.
+        # Events on their way, and queue entries being let go of: worth a moment, so
+        # that listeners get them and no other worker re-runs the jobs.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_written.wait(), 2.0)
         await self._background.close(wait=2.0)
         for task in self._tasks:
             task.cancel()
@@ -651,16 +690,19 @@ class RedisStore(JobStore):
             await self._close_feed(feed)
 
     async def cancel(self, job_id: str) -> JobRecord:
+        await self._unwritten_of(job_id)  # what this process appended goes first
         before = _text(
             await self._for_client(
                 lambda: self._scripts["cancel"](
                     keys=[self._job_key(job_id), self._events_key(job_id)],
-                    args=[self._ttl, self._channel(job_id), repr(time.time())],
+                    args=[self._ttl, repr(time.time())],
                 )
             )
         )
         if before == "missing":
             raise UnknownJob(job_id)
+        if before in ("pending", "running"):
+            await self._for_client(lambda: self._announce([[job_id, 0]]))
         if before in ("pending", "cancelled"):
             await self._for_client(lambda: self._dequeue(job_id))
         elif before == "running":
@@ -712,8 +754,8 @@ class RedisStore(JobStore):
             exists = await self._for_client(lambda: self._client.exists(self._job_key(feed.job_id)))
             if not exists:
                 raise UnknownJob(feed.job_id)
-            # Subscribed before the first read: nothing appended in between is missed.
-            await self._subscribe(self._channel(feed.job_id))
+            # The events channel was subscribed to first (at start): what is appended
+            # from now on is announced to this feed, which is in _feeds already.
             await self._refresh(feed, deadline=self.outage_grace)
         except Exception:
             # Openers from now on start afresh; those waiting get this error.
@@ -730,37 +772,6 @@ class RedisStore(JobStore):
         del self._feeds[feed.job_id]
         if feed.loading is not None and not feed.loading.done():
             feed.loading.cancel()
-        channel = self._channel(feed.job_id)
-        self._subscribed.pop(channel, None)
-        # While the connection is down, the channel stays subscribed: harmless.
-        if self._pubsub is not None and self._notifications_up():
-            with contextlib.suppress(*_UNREACHABLE, _CONCURRENT_READ):
-                await self._pubsub.unsubscribe(channel)
-
-    async def _subscribe(self, channel: str) -> None:
-        confirmed = self._subscribed.get(channel)
-        if confirmed is None:
-            confirmed = self._subscribed[channel] = asyncio.get_running_loop().create_future()
-            await self._for_client(lambda: self._when_notifications_up(channel))
-        await asyncio.wait_for(asyncio.shield(confirmed), self.outage_grace + 5)
-
-    def _notifications_up(self) -> bool:
-        connection = self._pubsub.connection if self._pubsub is not None else None
-        return connection is not None and connection.is_connected
-
-    async def _when_notifications_up(self, channel: str) -> None:
-        """Subscribe once the notifications connection is up.
-
-        Reconnecting it is the reading task's: redis-py reads the handshake on
-        whichever task connects, and two readers of one connection fail.
-        """
-        if not self._notifications_up():
-            await asyncio.sleep(0.05)
-            raise ConnectionError("the notifications connection is down")
-        try:
-            await self._pubsub.subscribe(channel)
-        except _CONCURRENT_READ as exc:
-            raise ConnectionError(f"the notifications connection is reconnecting: {exc}") from exc
 
     async def _refresh(self, feed: _Feed, *, deadline: float | None = None) -> None:
         """Bring the mirror up to date; one refresh at a time per feed."""
@@ -846,27 +857,47 @@ class RedisStore(JobStore):
                 self._reconnected()
             if message is None:
                 continue
-            kind = _text(message["type"])
-            channel = _text(message["channel"])
-            if kind == "subscribe":
-                confirmed = self._subscribed.get(channel)
-                if confirmed is not None and not confirmed.done():
-                    confirmed.set_result(None)
-            elif kind == "message":
-                self._notified(channel, _text(message["data"]))
+            if _text(message["type"]) == "message":
+                self._notified(_text(message["channel"]), message["data"])
 
-    def _notified(self, channel: str, data: str) -> None:
+    def _notified(self, channel: str, data: bytes) -> None:
         if channel == self.moved_channel:
             waiters, self._queue_waiters = self._queue_waiters, []
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
         elif channel == self.cancel_channel:
-            self._cancelled(data)
-        else:
-            feed = self._feeds.get(channel.rpartition(":")[2])
-            if feed is not None and int(data) > feed.log.last_seq:
-                self._refresh_later(feed)
+            self._cancelled(_text(data))
+        elif channel == self.events_channel:
+            self._apply_notice(data)
+
+    def _apply_notice(self, data: bytes | str) -> None:
+        """Events of followed jobs, from a notice: applied to the mirrors when they
+        follow on from what they hold, read from Redis when some are missing."""
+        try:
+            entries = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("an unreadable notice on %s: %r", self.events_channel, data[:200])
+            return
+        for entry in entries:
+            feed = self._feeds.get(entry[0])
+            if feed is None:
+                continue
+            last = entry[1]
+            if len(entry) < 4:
+                if not last or last > feed.log.last_seq:
+                    self._refresh_later(feed)
+                continue
+            attempt, events = entry[2], entry[3]
+            first = last - len(events) + 1
+            if first > feed.log.last_seq + 1:
+                self._refresh_later(feed)  # some went by unseen
+                continue
+            for offset, (kind, message) in enumerate(events):
+                seq = first + offset
+                if seq > feed.log.last_seq:
+                    feed.log.add(Event(seq, EventKind(kind), message, attempt))
+            feed.log.show()
 
     def _reconnected(self) -> None:
         """Notifications may have been lost while the connection was down, and Redis
@@ -879,6 +910,10 @@ class RedisStore(JobStore):
             self._background.spawn(self._check_held_jobs(), name="check-held-jobs")
 
     def _cancelled(self, job_id: str) -> None:
+        """The job ended elsewhere: this worker's attempt at it, if any, stops."""
+        held = self._held.pop(job_id, None)
+        if held is not None:
+            self._background.spawn(self._let_go(job_id, held), name="let-go")
         for callback in self._cancel_callbacks.pop(job_id, []):
             try:
                 callback()
@@ -1003,21 +1038,35 @@ class RedisStore(JobStore):
     async def _start(
         self, entry_id: str, job_id: str, *, takeover: bool, leased: bool
     ) -> Claim | None:
-        await self._retry(lambda: self._dequeue(job_id))
-        attempt, state = await self._retry(
-            lambda: self._scripts["start"](
-                keys=[self._job_key(job_id), self._events_key(job_id)],
-                args=[f"{self.worker_name}/{entry_id}", int(takeover), self._channel(job_id)],
-            )
-        )
-        spec, tenant = await self._retry(
-            lambda: self._client.hmget(self._job_key(job_id), ["spec", "tenant"])
-        )
+        owner = f"{self.worker_name}/{entry_id}"
+
+        async def dequeue_and_start() -> list[Any]:
+            # One round trip: both are safe to repeat.
+            async with self._client.pipeline(transaction=False) as pipe:
+                await self._scripts["dequeue"](
+                    keys=[self.pending_key, self.counts_key],
+                    args=[job_id, self.moved_channel],
+                    client=pipe,
+                )
+                await self._scripts["start"](
+                    keys=[self._job_key(job_id), self._events_key(job_id)],
+                    args=[owner, int(takeover)],
+                    client=pipe,
+                )
+                _, started = await pipe.execute()
+            return list(started)
+
+        attempt, state, *rest = await self._retry(dequeue_and_start)
+        seq, spec, tenant = rest if rest else (0, None, b"")
         held = _Held(entry_id, int(attempt), _text(tenant or b""), leased=leased)
         if not attempt or spec is None:
             log.debug("queue entry of job %s skipped: the job is %s", job_id, _text(state))
             await self._let_go(job_id, held)
             return None
+        held.seq = int(seq)
+        if held.attempt > 1:  # the start wrote a reset
+            notice = [[job_id, held.seq, held.attempt, [[EventKind.RESET.value, ""]]]]
+            await self._retry(lambda: self._announce(notice))
         self._held[job_id] = held
         return Claim(job_id=job_id, attempt=int(attempt), spec=JobSpec.model_validate_json(spec))
 
@@ -1042,31 +1091,115 @@ class RedisStore(JobStore):
         if held is None or held.attempt != attempt:
             raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
         held.ops += 1
-        op = held.ops
-        seq = await self._retry(
-            lambda: self._scripts["append"](
-                keys=[self._job_key(job_id), self._events_key(job_id)],
-                args=[
-                    attempt,
-                    op,
-                    kind.value,
-                    message,
-                    self._ttl,
-                    self._channel(job_id),
-                    repr(time.time()),
-                ],
-            )
-        )
-        if seq == -1:
-            self._held.pop(job_id, None)
-            await self._let_go(job_id, held)
-            raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
+        held.seq += 1  # while the attempt holds the job, only it appends
+        batch = self._outbox.get(job_id)
+        if batch is None:
+            batch = self._outbox[job_id] = _Batch(attempt, [])
+        batch.events.append((kind.value, message))
+        batch.last_op = held.ops
+        self._unwritten += 1
+        self._outbox_ready.set()
+        self._all_written.clear()
+        event = Event(held.seq, kind, message, attempt)
         if kind.terminal:
-            self._held.pop(job_id, None)
+            await self._written(batch)
+            if self._held.get(job_id) is held:
+                del self._held[job_id]
             await self._let_go(job_id, held)
-        return Event(int(seq), kind, message, attempt)
+        elif self._unwritten > _MAX_UNWRITTEN:
+            await self._written(batch)  # Redis is slow or away: wait for room
+        return event
+
+    async def _unwritten_of(self, job_id: str) -> None:
+        """Once what this process appended to the job is written (or refused)."""
+        if (batch := self._outbox.get(job_id)) is not None:
+            with contextlib.suppress(NotOwner):
+                await self._written(batch)
+
+    async def _persist(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` until it succeeds: through outages, and through errors Redis
+        answers (out of memory, say), which are logged."""
+        delay = 0.05
+        while True:
+            try:
+                return await self._retry(call)
+            except ResponseError as exc:
+                log.error("Redis refused a write of job events: %s; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    @staticmethod
+    async def _written(batch: _Batch) -> int:
+        """Once ``batch`` is written, its last seq; :class:`NotOwner` if it was refused."""
+        if batch.written is None:
+            batch.written = asyncio.get_running_loop().create_future()
+            # Its outcome is taken even when the waiter is gone (its job was cancelled).
+            batch.written.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await asyncio.shield(batch.written)
+
+    async def _write_forever(self) -> None:
+        """Writes what jobs append, round after round: each round takes everything
+        appended while the one before was on its way."""
+        notice: list[list[Any]] = []
+        while True:
+            if not self._outbox and notice:
+                await self._persist(lambda notice=notice: self._announce(notice))
+                notice = []
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            batches, self._outbox = self._outbox, {}
+            if not batches:
+                continue
+            seqs = await self._persist(lambda b=batches, n=notice: self._write(b, n))
+            notice = []
+            for (job_id, batch), seq in zip(batches.items(), seqs, strict=True):
+                self._unwritten -= len(batch.events)
+                if seq < 0:
+                    self._refused(job_id, batch)
+                    continue
+                notice.append([job_id, seq, batch.attempt, batch.events])
+                if batch.written is not None:
+                    batch.written.set_result(seq)
+            if not self._unwritten:
+                self._all_written.set()
+
+    async def _write(self, batches: dict[str, _Batch], notice: list[list[Any]]) -> list[int]:
+        """One round trip: the notice of the round before, then each job's new events.
+        Returns each job's last seq, or -1 where the attempt lost the job."""
+        script, now = self._scripts["append"], repr(time.time())
+        async with self._client.pipeline(transaction=False) as pipe:
+            if notice:
+                pipe.publish(self.events_channel, _notice(notice))
+            for job_id, batch in batches.items():
+                args: list[Any] = [batch.attempt, batch.last_op, self._ttl, now]
+                for kind, message in batch.events:
+                    args += (kind, message)
+                await script(
+                    keys=[self._job_key(job_id), self._events_key(job_id)], args=args, client=pipe
+                )
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [int(seq) for seq in results[1 if notice else 0 :]]
+
+    def _refused(self, job_id: str, batch: _Batch) -> None:
+        """The attempt no longer holds the job (cancelled, taken over, queued again)."""
+        held = self._held.get(job_id)
+        if held is not None and held.attempt == batch.attempt:
+            del self._held[job_id]
+            self._background.spawn(self._let_go(job_id, held), name="let-go")
+            self._cancelled(job_id)
+        if batch.written is not None:
+            batch.written.set_exception(
+                NotOwner(f"job {job_id} is no longer held by attempt {batch.attempt}")
+            )
+
+    async def _announce(self, notice: list[list[Any]]) -> None:
+        await self._client.publish(self.events_channel, _notice(notice))
 
     async def release(self, job_id: str, attempt: int, reason: str) -> None:
+        await self._unwritten_of(job_id)
         held = self._held.pop(job_id, None)
         ticket = await self._retry(
             lambda: self._scripts["release"](keys=[self._job_key(job_id)], args=[attempt]),
