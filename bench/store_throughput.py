@@ -1,25 +1,33 @@
-"""Jobs per second through each store, with processes started as a user starts them.
+"""Tokens per second through each store, processes started as a user starts them.
 
 Starts a loopback OpenAI-compatible server (its own process, replies of
-``--tokens`` tokens with no delay), then for each configuration the worker
-processes, and submits ``--jobs`` jobs over ``--connections`` WebSocket
-connections to the (first) gateway, timing from the first ``add`` to the last
-``done``. Configurations:
+``--tokens`` tokens with no delay), then, round after round, each
+configuration's processes, and submits ``--jobs`` jobs over ``--connections``
+WebSocket connections to the gateway, timing from the first ``add`` to the
+last ``done``. Configurations:
 
 * ``memory``, ``sqlite``: one process, gateway and worker together;
-* ``redis-1w``, ``redis-2w``: one gateway process and one or two worker
-  processes around a private redis-server.
+* ``redis``, ``redis-2w``: one gateway process and one or two worker processes
+  around a private redis-server (append-only file, ``appendfsync always``, as
+  durable as SQLite's ``FULL``).
 
-    python bench/store_throughput.py [--jobs 1000] [--tokens 20] [--json out.json]
+Rounds alternate the configurations, so that each meets the same machine; the
+table gives medians. For each process it also gives the CPU time it spent
+per token delivered (its children included: SQLite's writer process), which
+says how far a machine goes. Then time to first token (``add`` to the first
+text) at 1 and at 10 jobs at once, for each configuration.
 
-Everything shares this machine's cores: on 2 cores, a second worker process
-competes with the gateway, Redis and the load generator for CPU.
+    python bench/store_throughput.py [--jobs 400] [--tokens 50] [--markdown]
+
+Everything shares this machine's cores: on 2 cores, the gateway, the worker,
+Redis, the model server and the load generator compete for them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -27,8 +35,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import websockets
 
@@ -44,90 +53,166 @@ ASSISTANT = {
         }
     ]
 }
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-async def load(url: str, jobs: int, connections: int) -> float:
-    """Seconds to get ``jobs`` jobs done, spread over ``connections`` clients."""
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (0-100), nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and every process below it, so far."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            # The command may hold spaces and parentheses: fields count from the last ')'.
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            parents[int(entry.name)] = int(fields[1])
+            times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+    tree, grew = {pid}, True
+    while grew:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        grew = bool(below)
+        tree |= below
+    return sum(times.get(member, 0.0) for member in tree)
+
+
+@dataclass
+class Deployment:
+    """One configuration's processes: a gateway first, and Redis when there is one."""
+
+    processes: list[WorkerProcess] = field(default_factory=list)
+    redis: RedisServer | None = None
+
+    @property
+    def url(self) -> str:
+        return self.processes[0].ws_url
+
+    def pids(self) -> dict[str, int]:
+        if len(self.processes) == 1:
+            named = {"process": self.processes[0].process.pid}
+        else:
+            named = {"gateway": self.processes[0].process.pid}
+            for index, worker in enumerate(self.processes[1:]):
+                named[f"worker{index or ''}"] = worker.process.pid
+        if self.redis is not None and self.redis.process is not None:
+            named["redis"] = self.redis.process.pid
+        return named
+
+
+@contextlib.asynccontextmanager
+async def deployed(config: str, base_env: dict[str, str]) -> AsyncIterator[Deployment]:
+    with tempfile.TemporaryDirectory() as workdir:
+        deployment = Deployment()
+        env = dict(base_env)
+        try:
+            if config in ("memory", "sqlite"):
+                env["STORE_URL"] = "memory://" if config == "memory" else "sqlite:///jobs.db"
+                deployment.processes.append(await WorkerProcess.start(env, Path(workdir)))
+            else:
+                deployment.redis = RedisServer(Path(workdir) / "redis")
+                deployment.redis.start()
+                env["STORE_URL"] = deployment.redis.url
+                env["REDIS_PREFIX"] = unique_prefix()
+                deployment.processes.append(
+                    await WorkerProcess.start(env, Path(workdir), role="gateway")
+                )
+                for _ in range(2 if config == "redis-2w" else 1):
+                    deployment.processes.append(
+                        await WorkerProcess.start(env, Path(workdir), role="worker")
+                    )
+            yield deployment
+        finally:
+            for process in deployment.processes:
+                await process.stop()
+            if deployment.redis is not None:
+                deployment.redis.stop()
+
+
+async def load(url: str, jobs: int, connections: int) -> tuple[float, list[float]]:
+    """Seconds to get ``jobs`` jobs done over ``connections`` clients, and each job's
+    time to first token (s)."""
+    first_tokens: list[float] = []
 
     async def client(count: int) -> None:
         async with websockets.connect(url, max_size=None, compression=None) as ws:
+            sent: dict[int, float] = {}
+            ids: dict[str, int] = {}
             for index in range(count):
+                sent[index] = time.perf_counter()
                 await ws.send(
                     json.dumps({"type": "add", "id": index, "query": "q", "assistant": ASSISTANT})
                 )
             done = 0
             while done < count:
                 message = json.loads(await ws.recv())
-                if message["type"] in ("failed", "error", "cancelled"):
-                    raise RuntimeError(f"job did not finish: {message}")
-                if message["type"] == "done":
+                kind = message["type"]
+                if kind == "resp_add":
+                    ids[message["job_id"]] = message["id"]
+                elif kind == "running" and message["message"]:
+                    index = ids.pop(message["job_id"], None)
+                    if index is not None:
+                        first_tokens.append(time.perf_counter() - sent[index])
+                elif kind == "done":
                     done += 1
+                elif kind in ("failed", "error", "cancelled"):
+                    raise RuntimeError(f"job did not finish: {message}")
 
     shares = [jobs // connections + (i < jobs % connections) for i in range(connections)]
     started = time.perf_counter()
     await asyncio.gather(*(client(n) for n in shares if n))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, first_tokens
 
 
-async def run(
-    config: str, base_env: dict[str, str], jobs: int, connections: int
-) -> tuple[float, dict[str, float]]:
-    """Seconds for the jobs, and each process's peak RSS (MiB) by role."""
-    with tempfile.TemporaryDirectory() as workdir:
-        procs: list[WorkerProcess] = []
-        redis: RedisServer | None = None
-        try:
-            env = dict(base_env)
-            if config in ("memory", "sqlite"):
-                env["STORE_URL"] = "memory://" if config == "memory" else "sqlite:///jobs.db"
-                procs.append(await WorkerProcess.start(env, Path(workdir)))
-            else:
-                redis = RedisServer(Path(workdir) / "redis")
-                redis.start()
-                env["STORE_URL"] = redis.url
-                env["REDIS_PREFIX"] = unique_prefix()
-                procs.append(await WorkerProcess.start(env, Path(workdir), role="gateway"))
-                for _ in range(int(config.removeprefix("redis-").removesuffix("w"))):
-                    procs.append(await WorkerProcess.start(env, Path(workdir), role="worker"))
-            url = procs[0].ws_url
-            await load(url, min(50, jobs), connections)  # warm-up
-            seconds = await load(url, jobs, connections)
-            roles = ["all"] if len(procs) == 1 else ["gateway"] + ["worker"] * (len(procs) - 1)
-            rss = {
-                f"{role}{i}": p.peak_rss_mib()
-                for i, (role, p) in enumerate(zip(roles, procs, strict=True))
-            }
-            return seconds, rss
-        finally:
-            for proc in procs:
-                await proc.stop()
-            if redis is not None:
-                redis.stop()
+@dataclass
+class Measured:
+    seconds: list[float] = field(default_factory=list)
+    cpu_per_token: dict[str, list[float]] = field(default_factory=dict)
+    ttft: dict[int, list[float]] = field(default_factory=dict)
+
+
+async def throughput_round(
+    deployment: Deployment, measured: Measured, jobs: int, tokens: int, connections: int
+) -> None:
+    pids = deployment.pids()
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    seconds, _ = await load(deployment.url, jobs, connections)
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    measured.seconds.append(seconds)
+    for name in pids:
+        per_token = (after[name] - before[name]) / (jobs * tokens)
+        measured.cpu_per_token.setdefault(name, []).append(per_token)
+
+
+async def ttft_round(deployment: Deployment, measured: Measured, at_once: int) -> None:
+    _, first = await load(deployment.url, at_once, at_once)
+    measured.ttft.setdefault(at_once, []).extend(first)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--tokens", type=int, default=20)
-    parser.add_argument("--connections", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--configs", default="memory,sqlite,redis-1w,redis-2w", help="comma-separated"
-    )
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--tokens", type=int, default=50)
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ttft-rounds", type=int, default=100, help="at 1 job; 10 at 10")
+    parser.add_argument("--configs", default="sqlite,redis", help="comma-separated")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
+    configs = args.configs.split(",")
 
     port = free_port()
     upstream = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llm_worker.testing.openai_server",
-        "--port",
-        str(port),
-        "--tokens",
-        str(args.tokens),
+        sys.executable, "-m", "llm_worker.testing.openai_server",
+        "--port", str(port), "--tokens", str(args.tokens),
         stdout=asyncio.subprocess.PIPE,
-    )
+    )  # fmt: skip
     assert upstream.stdout is not None
     await upstream.stdout.readline()
     base_env = clean_env(
@@ -137,41 +222,90 @@ async def main() -> None:
         WORKER_CONCURRENCY="16",
         QUEUE_MAX=str(args.jobs * 2),
     )
-    results: dict[str, Any] = {
-        "jobs": args.jobs,
-        "tokens_per_job": args.tokens,
-        "connections": args.connections,
-        "cpus": os.cpu_count(),
-        "configs": {},
-    }
-    print(
-        f"{args.jobs} jobs of {args.tokens} tokens, {args.connections} connections, "
-        f"{os.cpu_count()} CPUs; median of {args.rounds} rounds"
-    )
-    print(f"{'store':12}{'jobs/s':>10}{'tokens/s':>12}{'seconds':>10}   peak RSS (MiB)")
+    measured = {config: Measured() for config in configs}
     try:
-        for config in args.configs.split(","):
-            rounds = [
-                await run(config, base_env, args.jobs, args.connections) for _ in range(args.rounds)
-            ]
-            seconds = [r[0] for r in rounds]
-            rss = rounds[-1][1]
-            median = statistics.median(seconds)
-            results["configs"][config] = {
-                "seconds": seconds,
-                "jobs_per_second": args.jobs / median,
-                "peak_rss_mib": rss,
+        async with contextlib.AsyncExitStack() as stack:
+            deployments = {
+                config: await stack.enter_async_context(deployed(config, base_env))
+                for config in configs
             }
-            memory = ", ".join(f"{name} {mib:.0f}" for name, mib in rss.items())
-            print(
-                f"{config:12}{args.jobs / median:>10.0f}{args.jobs * args.tokens / median:>12.0f}"
-                f"{median:>10.2f}   {memory}"
-            )
+            for deployment in deployments.values():  # warm-up
+                await load(deployment.url, min(50, args.jobs), args.connections)
+            for _ in range(args.rounds):
+                for config in configs:
+                    await throughput_round(
+                        deployments[config], measured[config],
+                        args.jobs, args.tokens, args.connections,
+                    )  # fmt: skip
+            for at_once, rounds in ((1, args.ttft_rounds), (10, max(1, args.ttft_rounds // 10))):
+                for _ in range(rounds):
+                    for config in configs:
+                        await ttft_round(deployments[config], measured[config], at_once)
     finally:
         upstream.send_signal(signal.SIGTERM)
         await upstream.wait()
+    report(args, configs, measured)
+
+
+def report(args: argparse.Namespace, configs: list[str], measured: dict[str, Measured]) -> None:
+    tokens = args.jobs * args.tokens
+    first = configs[0]
+    base = tokens / statistics.median(measured[first].seconds)
+    print(
+        f"{args.jobs} jobs of {args.tokens} tokens over {args.connections} connections, "
+        f"{os.cpu_count()} CPUs; medians of {args.rounds} rounds, alternating\n"
+    )
+    rows = [["store", "tokens/s", f"against {first}", "CPU µs per token, by process"]]
+    for config in configs:
+        rate = tokens / statistics.median(measured[config].seconds)
+        cpu = ", ".join(
+            f"{name} {statistics.median(values) * 1e6:.1f}"
+            for name, values in measured[config].cpu_per_token.items()
+        )
+        total = sum(statistics.median(v) for v in measured[config].cpu_per_token.values())
+        rows.append([config, f"{rate:,.0f}", f"{rate / base:.2f}", f"{cpu}; all {total * 1e6:.1f}"])
+    table(rows, args.markdown)
+    print()
+    rows = [["store", "jobs at once", "TTFT p50 (ms)", "TTFT p99 (ms)", "samples"]]
+    for at_once in (1, 10):
+        for config in configs:
+            values = [v * 1000 for v in measured[config].ttft.get(at_once, [])]
+            if values:
+                rows.append(
+                    [
+                        config,
+                        str(at_once),
+                        f"{percentile(values, 50):.2f}",
+                        f"{percentile(values, 99):.2f}",
+                        str(len(values)),
+                    ]
+                )
+    table(rows, args.markdown)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "jobs": args.jobs,
+                    "tokens_per_job": args.tokens,
+                    "connections": args.connections,
+                    "cpus": os.cpu_count(),
+                    "configs": {c: measured[c].__dict__ for c in configs},
+                },
+                indent=2,
+            )
+        )
+
+
+def table(rows: list[list[str]], markdown: bool) -> None:
+    if markdown:
+        print("| " + " | ".join(rows[0]) + " |")
+        print("|" + "---|" * len(rows[0]))
+        for row in rows[1:]:
+            print("| " + " | ".join(row) + " |")
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 if __name__ == "__main__":
