@@ -13,10 +13,14 @@ import pytest
 from llm_worker.store import JobStore, MemoryStore
 from llm_worker.store.redis import RedisStore
 from llm_worker.store.sqlite import SQLiteStore
+from llm_worker.testing.redis_cluster import RedisCluster
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
 
 STORE_KINDS = ["memory", "sqlite", "redis"]
 DURABLE_STORE_KINDS = ["sqlite", "redis"]
+# The store's own contract runs on a Redis Cluster of three masters too.
+CONTRACT_STORE_KINDS = [*STORE_KINDS, "redis-cluster"]
+CONTRACT_DURABLE_STORE_KINDS = [*DURABLE_STORE_KINDS, "redis-cluster"]
 
 StoreFactory = Callable[..., Awaitable[JobStore]]
 
@@ -88,14 +92,31 @@ async def redis_store_factory(redis_server: RedisServer) -> AsyncIterator[StoreF
         yield make
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One private Redis Cluster of three masters for the session."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def store_factories(
-    memory_store_factory: StoreFactory,
-    sqlite_store_factory: StoreFactory,
-    redis_store_factory: StoreFactory,
-) -> dict[str, StoreFactory]:
-    return {
-        "memory": memory_store_factory,
-        "sqlite": sqlite_store_factory,
-        "redis": redis_store_factory,
-    }
+async def redis_cluster_store_factory(redis_cluster: RedisCluster) -> AsyncIterator[StoreFactory]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(**options: Any) -> JobStore:
+            options.setdefault("prefix", unique_prefix())
+            options.setdefault("url", redis_cluster.url)
+            store = RedisStore(cluster=True, **options)
+            await store.start()
+            stack.push_async_callback(store.close)
+            return store
+
+        yield make
+
+
+def store_factory(request: pytest.FixtureRequest, kind: str) -> StoreFactory:
+    """The factory of stores of ``kind``, set up now (from a fixture: not once a test runs)."""
+    factory: StoreFactory = request.getfixturevalue(f"{kind.replace('-', '_')}_store_factory")
+    return factory

@@ -18,6 +18,7 @@ import websockets
 from llm_worker.dialects import INTERRUPTED, SEED_TYPES
 from llm_worker.testing.openai_server import OpenAIServer, RecordedRequest, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
+from llm_worker.testing.redis_cluster import RedisCluster
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
 from tests.wsclient import WSClient, text_of
 
@@ -168,9 +169,19 @@ def redis_env(redis_server: RedisServer, upstream: OpenAIServer) -> dict[str, st
     )
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared_env(request: pytest.FixtureRequest, redis_env: dict[str, str]) -> dict[str, str]:
+    """Settings for processes sharing a Redis, or a Redis Cluster of three masters."""
+    if request.param == "redis":
+        return redis_env
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return {**redis_env, "STORE_URL": f"redis+cluster://127.0.0.1:{cluster.ports[0]}"}
+
+
 async def test_redis_two_gateways_two_workers_survive_a_worker_kill_9(
-    upstream: OpenAIServer, redis_env: dict[str, str], tmp_path: Path
+    upstream: OpenAIServer, shared_env: dict[str, str], tmp_path: Path
 ) -> None:
+    redis_env = shared_env
     # Replies of 2 s: long enough that 32 of them stream at once even on a busy
     # machine (at 0.6 s, the first ones could end before the last ones started).
     upstream.handler = slow_replies(0.1)

@@ -1,4 +1,4 @@
-"""The job store contract, on every store: memory, SQLite (and Redis when present)."""
+"""The job store contract, on every store: memory, SQLite, Redis and a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -11,16 +11,25 @@ from llm_worker.access import TenantLimits
 from llm_worker.jobs import EventKind, JobSpec, JobState, spec_json
 from llm_worker.store import JobStore, NotOwner, QueueFull, RateLimited, UnknownJob
 from llm_worker.templates import Assistant
-from tests.stores import DURABLE_STORE_KINDS, STORE_KINDS, StoreFactory, until_shown
+from tests.stores import (
+    CONTRACT_DURABLE_STORE_KINDS,
+    CONTRACT_STORE_KINDS,
+    StoreFactory,
+    store_factory,
+    until_shown,
+)
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
 
 
-@pytest.fixture(params=STORE_KINDS)
-def make_store(
-    request: pytest.FixtureRequest, store_factories: dict[str, StoreFactory]
-) -> StoreFactory:
-    return store_factories[request.param]
+@pytest.fixture(params=CONTRACT_STORE_KINDS)
+def make_store(request: pytest.FixtureRequest) -> StoreFactory:
+    return store_factory(request, request.param)
+
+
+@pytest.fixture(params=CONTRACT_DURABLE_STORE_KINDS)
+def make_durable_store(request: pytest.FixtureRequest) -> StoreFactory:
+    return store_factory(request, request.param)
 
 
 @pytest.fixture
@@ -185,13 +194,10 @@ async def test_finished_jobs_expire_after_their_ttl(make_store: StoreFactory) ->
     assert await store.get(pending_id) is not None
 
 
-@pytest.mark.parametrize("kind", DURABLE_STORE_KINDS)
-async def test_a_new_attempt_resets_the_log(
-    kind: str, store_factories: dict[str, StoreFactory]
-) -> None:
+async def test_a_new_attempt_resets_the_log(make_durable_store: StoreFactory) -> None:
     # release() is how a worker hands a job back (as when it stops); stores that
     # outlive a worker then run it again.
-    store = await store_factories[kind](queue_max=10, job_ttl=60)
+    store = await make_durable_store(queue_max=10, job_ttl=60)
     job_id = (await store.submit(SPEC)).id
     await store.claim(max_wait=0)
     await store.append(job_id, 1, EventKind.RUNNING)

@@ -57,11 +57,13 @@ def open_store(settings: Settings, limits: Callable[[str], TenantLimits] | None 
         )
         store.lock()
         return store
-    if scheme in ("redis", "rediss", "unix") and sep:
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster") and sep:
         from llm_worker.store.redis import RedisStore
 
+        cluster = scheme.endswith("+cluster")
         return RedisStore(
-            url,
+            f"{scheme.removesuffix('+cluster')}://{rest}",
+            cluster=cluster,
             prefix=settings.redis_prefix,
             heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
             outage_grace=settings.redis_outage_grace_seconds,
@@ -69,5 +71,6 @@ def open_store(settings: Settings, limits: Callable[[str], TenantLimits] | None 
         )
     raise ConfigError(
         f"STORE_URL {url!r} is not one of sqlite:///relative/path.db, "
-        "sqlite:////absolute/path.db, redis://host:port/db or memory://"
+        "sqlite:////absolute/path.db, redis://host:port/db, redis+cluster://host:port "
+        "or memory://"
     )

@@ -56,8 +56,8 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ClusterDownError, NoScriptError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_worker.access import UNLIMITED, TenantLimits
@@ -79,7 +79,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GROUP = "workers"
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# What Redis being away looks like; for a cluster, a node down or a slot moving too.
+_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+)
 _REFRESH_BATCH = 1000
 # After putting back a job whose tenant runs all it may, before reading the next.
 _DEFER_PAUSE = 0.05
@@ -113,7 +121,8 @@ redis.call('HSET', KEYS[4], 'of:' .. ARGV[1], ARGV[3] .. ' ' .. size)
 return ticket
 """
 
-# KEYS: pending zset, counts. ARGV: job id, the queue-moved channel. Takes a job out
+# KEYS: pending zset, counts. ARGV: job id, the queue-moved channel, the publish
+# command (SPUBLISH on a cluster: the channel is in the queue's slot). Takes a job out
 # of the queue, and out of the counts; returns 1, or 0 if it was not queued.
 _DEQUEUE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -126,7 +135,7 @@ if of then
   end
   redis.call('HINCRBY', KEYS[2], 'bytes', -tonumber(size))
 end
-redis.call('PUBLISH', ARGV[2], ARGV[1])
+redis.call(ARGV[3], ARGV[2], ARGV[1])
 return 1
 """
 
@@ -339,8 +348,12 @@ class RedisStore(JobStore):
         prefix: str = "llmw",
         heartbeat_timeout: float = 15.0,
         outage_grace: float = 10.0,
+        cluster: bool = False,
     ) -> None:
         self.url = url
+        self.cluster = cluster
+        """A Redis Cluster: notices go by sharded pub/sub, each channel in one slot."""
+        self._publish = "SPUBLISH" if cluster else "PUBLISH"
         self.queue_max = queue_max
         self.queue_max_bytes = queue_max_bytes
         self.limits = limits or (lambda tenant: UNLIMITED)
@@ -355,14 +368,15 @@ class RedisStore(JobStore):
         self.pending_key = f"{prefix}:{{queue}}:pending"
         self.tickets_key = f"{prefix}:{{queue}}:tickets"
         self.counts_key = f"{prefix}:{{queue}}:counts"
-        self.events_channel = f"{prefix}:events"
-        self.cancel_channel = f"{prefix}:cancel"
-        self.moved_channel = f"{prefix}:queue-moved"
+        self.events_channel = f"{prefix}:{{events}}"
+        self.cancel_channel = f"{prefix}:{{queue}}:cancel"
+        self.moved_channel = f"{prefix}:{{queue}}:moved"
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
-        self._pubsub: Any = None
+        self._pubsubs: list[Any] = []
         self._scripts: dict[str, Any] = {}
         self._held: dict[str, _Held] = {}
+        self._letting_go: dict[str, asyncio.Task[None]] = {}
         self._cancel_callbacks: dict[str, list[Callable[[], None]]] = {}
         self._feeds: dict[str, _Feed] = {}
         self._queue_waiters: list[asyncio.Future[None]] = []
@@ -399,17 +413,20 @@ class RedisStore(JobStore):
         # A Redis that stops answering (paused, a network partition) shows as
         # timeouts, so that the outage is noticed and ridden out like any other.
         timeout = self.command_timeout
-        self._redis = aioredis.Redis.from_url(
+        client_class = aioredis.RedisCluster if self.cluster else aioredis.Redis
+        self._redis = client_class.from_url(
             self.url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         # Blocking reads of the queue get their own connection pool, and time to block.
-        self._blocking = aioredis.Redis.from_url(
+        self._blocking = client_class.from_url(
             self.url,
             decode_responses=False,
             socket_timeout=self.heartbeat_timeout / 3 + timeout,
             socket_connect_timeout=timeout,
         )
         redis = self._redis
+        if isinstance(redis, aioredis.RedisCluster):
+            await self._retry(redis.initialize, deadline=self.outage_grace)
         for name, source in (
             ("submit", _SUBMIT),
             ("start", _START),
@@ -425,12 +442,25 @@ class RedisStore(JobStore):
             ("forget", _FORGET),
         ):
             self._scripts[name] = redis.register_script(source)
+        await self._retry(self._load_scripts, deadline=self.outage_grace)
         await self._retry(self._create_group, deadline=self.outage_grace)
-        self._pubsub = redis.pubsub()
-        await self._pubsub.subscribe(self.events_channel, self.cancel_channel, self.moved_channel)
-        self._tasks = [
-            asyncio.create_task(self._write_forever(), name="redis-writes"),
-            asyncio.create_task(self._read_notifications(), name="redis-notifications"),
+        self._tasks = [asyncio.create_task(self._write_forever(), name="redis-writes")]
+        channels = [self.events_channel, self.cancel_channel, self.moved_channel]
+        # On a cluster, a subscription per shard: one reader waiting on one shard's
+        # connection would hold up the messages of another.
+        for group in [channels[:1], channels[1:]] if self.cluster else [channels]:
+            pubsub = redis.pubsub()
+            if self.cluster:
+                await pubsub.ssubscribe(*group)
+            else:
+                await pubsub.subscribe(*group)
+            self._pubsubs.append(pubsub)
+            self._tasks.append(
+                asyncio.create_task(
+                    self._read_notifications(pubsub), name=f"redis-notifications-{group[0]}"
+                )
+            )
+        self._tasks += [
             asyncio.create_task(self._heartbeat_forever(), name="redis-heartbeat"),
             asyncio.create_task(self._poll_feeds_forever(), name="redis-feed-poll"),
         ]
@@ -453,9 +483,9 @@ class RedisStore(JobStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._pubsub is not None:
+        for pubsub in self._pubsubs:
             with contextlib.suppress(*_UNREACHABLE):
-                await self._pubsub.aclose()
+                await pubsub.aclose()
         for client in (self._redis, self._blocking):
             if client is not None:
                 with contextlib.suppress(*_UNREACHABLE):
@@ -706,7 +736,9 @@ class RedisStore(JobStore):
         if before in ("pending", "cancelled"):
             await self._for_client(lambda: self._dequeue(job_id))
         elif before == "running":
-            await self._for_client(lambda: self._client.publish(self.cancel_channel, job_id))
+            await self._for_client(
+                lambda: self._client.execute_command(self._publish, self.cancel_channel, job_id)
+            )
         record = await self.get(job_id)
         if record is None:
             raise UnknownJob(job_id)
@@ -835,12 +867,14 @@ class RedisStore(JobStore):
     def _check_feeds_soon(self) -> None:
         self._background.spawn(self._check_feeds(), name="check-feeds")
 
-    async def _read_notifications(self) -> None:
-        pubsub = self._pubsub
+    async def _read_notifications(self, pubsub: Any) -> None:
         delay = 0.05
         while True:
             try:
-                message = await pubsub.get_message(timeout=1.0)
+                if self.cluster:
+                    message = await pubsub.get_sharded_message(timeout=1.0)
+                else:
+                    message = await pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except _UNREACHABLE as exc:
@@ -857,7 +891,7 @@ class RedisStore(JobStore):
                 self._reconnected()
             if message is None:
                 continue
-            if _text(message["type"]) == "message":
+            if _text(message["type"]) in ("message", "smessage"):
                 self._notified(_text(message["channel"]), message["data"])
 
     def _notified(self, channel: str, data: bytes) -> None:
@@ -913,7 +947,7 @@ class RedisStore(JobStore):
         """The job ended elsewhere: this worker's attempt at it, if any, stops."""
         held = self._held.pop(job_id, None)
         if held is not None:
-            self._background.spawn(self._let_go(job_id, held), name="let-go")
+            self._let_go_soon(job_id, held)
         for callback in self._cancel_callbacks.pop(job_id, []):
             try:
                 callback()
@@ -1031,7 +1065,8 @@ class RedisStore(JobStore):
     async def _dequeue(self, job_id: str) -> int:
         return int(
             await self._scripts["dequeue"](
-                keys=[self.pending_key, self.counts_key], args=[job_id, self.moved_channel]
+                keys=[self.pending_key, self.counts_key],
+                args=[job_id, self.moved_channel, self._publish],
             )
         )
 
@@ -1040,23 +1075,23 @@ class RedisStore(JobStore):
     ) -> Claim | None:
         owner = f"{self.worker_name}/{entry_id}"
 
-        async def dequeue_and_start() -> list[Any]:
+        def dequeue_and_start(pipe: Any) -> None:
             # One round trip: both are safe to repeat.
-            async with self._client.pipeline(transaction=False) as pipe:
-                await self._scripts["dequeue"](
-                    keys=[self.pending_key, self.counts_key],
-                    args=[job_id, self.moved_channel],
-                    client=pipe,
-                )
-                await self._scripts["start"](
-                    keys=[self._job_key(job_id), self._events_key(job_id)],
-                    args=[owner, int(takeover)],
-                    client=pipe,
-                )
-                _, started = await pipe.execute()
-            return list(started)
+            self._queue_script(
+                pipe,
+                "dequeue",
+                [self.pending_key, self.counts_key],
+                [job_id, self.moved_channel, self._publish],
+            )
+            self._queue_script(
+                pipe,
+                "start",
+                [self._job_key(job_id), self._events_key(job_id)],
+                [owner, int(takeover)],
+            )
 
-        attempt, state, *rest = await self._retry(dequeue_and_start)
+        _, started = await self._retry(lambda: self._pipelined(dequeue_and_start))
+        attempt, state, *rest = started
         seq, spec, tenant = rest if rest else (0, None, b"")
         held = _Held(entry_id, int(attempt), _text(tenant or b""), leased=leased)
         if not attempt or spec is None:
@@ -1069,6 +1104,12 @@ class RedisStore(JobStore):
             await self._retry(lambda: self._announce(notice))
         self._held[job_id] = held
         return Claim(job_id=job_id, attempt=int(attempt), spec=JobSpec.model_validate_json(spec))
+
+    def _let_go_soon(self, job_id: str, held: _Held) -> None:
+        """:meth:`_let_go` in the background; an append meanwhile waits for it."""
+        task = self._background.spawn(self._let_go(job_id, held), name="let-go")
+        self._letting_go[job_id] = task
+        task.add_done_callback(lambda _: self._letting_go.pop(job_id, None))
 
     async def _let_go(self, job_id: str, held: _Held) -> None:
         """Done with a job: its queue entry, and its place among its tenant's running ones."""
@@ -1089,6 +1130,8 @@ class RedisStore(JobStore):
     async def append(self, job_id: str, attempt: int, kind: EventKind, message: str = "") -> Event:
         held = self._held.get(job_id)
         if held is None or held.attempt != attempt:
+            if (letting_go := self._letting_go.get(job_id)) is not None:
+                await asyncio.shield(letting_go)  # NotOwner means the job is let go of
             raise NotOwner(f"job {job_id} is no longer held by attempt {attempt}")
         held.ops += 1
         held.seq += 1  # while the attempt holds the job, only it appends
@@ -1166,29 +1209,50 @@ class RedisStore(JobStore):
     async def _write(self, batches: dict[str, _Batch], notice: list[list[Any]]) -> list[int]:
         """One round trip: the notice of the round before, then each job's new events.
         Returns each job's last seq, or -1 where the attempt lost the job."""
-        script, now = self._scripts["append"], repr(time.time())
-        async with self._client.pipeline(transaction=False) as pipe:
+        now = repr(time.time())
+
+        def write(pipe: Any) -> None:
             if notice:
-                pipe.publish(self.events_channel, _notice(notice))
+                pipe.execute_command(self._publish, self.events_channel, _notice(notice))
             for job_id, batch in batches.items():
                 args: list[Any] = [batch.attempt, batch.last_op, self._ttl, now]
                 for kind, message in batch.events:
                     args += (kind, message)
-                await script(
-                    keys=[self._job_key(job_id), self._events_key(job_id)], args=args, client=pipe
+                self._queue_script(
+                    pipe, "append", [self._job_key(job_id), self._events_key(job_id)], args
                 )
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+
+        results = await self._pipelined(write)
         return [int(seq) for seq in results[1 if notice else 0 :]]
+
+    def _queue_script(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
+        """A script call, by its SHA, added to a pipeline (a cluster's included, whose
+        pipelines take EVALSHA only this way)."""
+        pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+
+    async def _pipelined(self, build: Callable[[Any], None]) -> list[Any]:
+        """The results of the commands ``build`` puts in a pipeline, sent in one round
+        trip (one per node on a cluster); the first error is raised. Scripts a node
+        has forgotten (it restarted) are loaded again, and the pipeline sent again."""
+        for last_try in (False, True):
+            async with self._client.pipeline(transaction=False) as pipe:
+                build(pipe)
+                results = await pipe.execute(raise_on_error=False)
+            if not last_try and any(isinstance(r, NoScriptError) for r in results):
+                await self._load_scripts()
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            break
+        return list(results)
 
     def _refused(self, job_id: str, batch: _Batch) -> None:
         """The attempt no longer holds the job (cancelled, taken over, queued again)."""
         held = self._held.get(job_id)
         if held is not None and held.attempt == batch.attempt:
             del self._held[job_id]
-            self._background.spawn(self._let_go(job_id, held), name="let-go")
+            self._let_go_soon(job_id, held)
             self._cancelled(job_id)
         if batch.written is not None:
             batch.written.set_exception(
@@ -1196,7 +1260,13 @@ class RedisStore(JobStore):
             )
 
     async def _announce(self, notice: list[list[Any]]) -> None:
-        await self._client.publish(self.events_channel, _notice(notice))
+        await self._client.execute_command(self._publish, self.events_channel, _notice(notice))
+
+    async def _load_scripts(self) -> None:
+        """Every script into Redis (on a cluster, into every node): pipelines call them
+        by their SHA, and a node that restarted has forgotten them."""
+        for script in self._scripts.values():
+            await self._client.script_load(script.script)
 
     async def release(self, job_id: str, attempt: int, reason: str) -> None:
         await self._unwritten_of(job_id)
@@ -1235,7 +1305,7 @@ class RedisStore(JobStore):
             if held is not None:
                 # The job ended without a last event from this worker (it was
                 # cancelled, or taken over): its queue entry is done with.
-                self._background.spawn(self._let_go(job_id, held), name="let-go")
+                self._let_go_soon(job_id, held)
 
         return stop
 
