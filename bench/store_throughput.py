@@ -9,7 +9,10 @@ last ``done``. Configurations:
 * ``memory``, ``sqlite``: one process, gateway and worker together;
 * ``redis``, ``redis-2w``: one gateway process and one or two worker processes
   around a private redis-server (append-only file, ``appendfsync always``, as
-  durable as SQLite's ``FULL``).
+  durable as SQLite's ``FULL``);
+* ``redis-cluster``: one gateway and one worker around a Redis Cluster of three
+  masters (each as durable); its nodes are named by what they hold: the
+  queue's slot, the events channel's, neither.
 
 Rounds alternate the configurations, so that each meets the same machine; the
 table gives medians. For each process it also gives the CPU time it spent
@@ -40,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import websockets
+from redis.crc import key_slot
 
 from llm_worker.testing.processes import WorkerProcess, clean_env
+from llm_worker.testing.redis_cluster import SLOTS, RedisCluster
 from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix
 
 ASSISTANT = {
@@ -88,6 +93,7 @@ class Deployment:
 
     processes: list[WorkerProcess] = field(default_factory=list)
     redis: RedisServer | None = None
+    cluster: RedisCluster | None = None
 
     @property
     def url(self) -> str:
@@ -102,6 +108,13 @@ class Deployment:
                 named[f"worker{index or ''}"] = worker.process.pid
         if self.redis is not None and self.redis.process is not None:
             named["redis"] = self.redis.process.pid
+        if self.cluster is not None:
+            nodes = len(self.cluster.nodes)
+            tags = (("queue", b"{queue}"), ("events", b"{events}"))
+            holds = {key_slot(tag) * nodes // SLOTS: what for what, tag in tags}
+            for index, node in enumerate(self.cluster.nodes):
+                assert node.process is not None
+                named[f"redis {holds.get(index, 'other')}"] = node.process.pid
         return named
 
 
@@ -115,9 +128,14 @@ async def deployed(config: str, base_env: dict[str, str]) -> AsyncIterator[Deplo
                 env["STORE_URL"] = "memory://" if config == "memory" else "sqlite:///jobs.db"
                 deployment.processes.append(await WorkerProcess.start(env, Path(workdir)))
             else:
-                deployment.redis = RedisServer(Path(workdir) / "redis")
-                deployment.redis.start()
-                env["STORE_URL"] = deployment.redis.url
+                if config == "redis-cluster":
+                    deployment.cluster = RedisCluster(Path(workdir) / "cluster")
+                    deployment.cluster.start()
+                    env["STORE_URL"] = f"redis+cluster://127.0.0.1:{deployment.cluster.ports[0]}"
+                else:
+                    deployment.redis = RedisServer(Path(workdir) / "redis")
+                    deployment.redis.start()
+                    env["STORE_URL"] = deployment.redis.url
                 env["REDIS_PREFIX"] = unique_prefix()
                 deployment.processes.append(
                     await WorkerProcess.start(env, Path(workdir), role="gateway")
@@ -132,6 +150,8 @@ async def deployed(config: str, base_env: dict[str, str]) -> AsyncIterator[Deplo
                 await process.stop()
             if deployment.redis is not None:
                 deployment.redis.stop()
+            if deployment.cluster is not None:
+                deployment.cluster.stop()
 
 
 async def load(url: str, jobs: int, connections: int) -> tuple[float, list[float]]:
