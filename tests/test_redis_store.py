@@ -13,7 +13,7 @@ from llm_worker.jobs import EventKind, JobSpec, JobState
 from llm_worker.store import NotOwner, UnknownJob
 from llm_worker.store.redis import GROUP, RedisStore
 from llm_worker.templates import Assistant
-from tests.stores import StoreFactory, until_shown
+from tests.stores import StoreFactory, store_factory, until_shown
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
 
@@ -186,3 +186,38 @@ async def test_a_worker_never_takes_over_its_own_running_job(
     await store.append(job_id, 1, EventKind.RUNNING, "two")
     await until_shown(store, job_id, 3)
     assert [e.message for e in await store.read(job_id)] == ["", "one", "two"]
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def make_shared_store(request: pytest.FixtureRequest) -> StoreFactory:
+    return store_factory(request, request.param)
+
+
+async def test_hundreds_of_followers_at_once_keep_to_a_bounded_pool(
+    make_shared_store: StoreFactory,
+) -> None:
+    # A gateway whose clients follow 300 jobs loads 300 logs at once: more commands
+    # than a cluster client may have connections per node. They wait their turn.
+    gateway = await make_shared_store(queue_max=1000, job_ttl=60)
+    assert isinstance(gateway, RedisStore)
+    worker = await make_shared_store(queue_max=1000, job_ttl=60, prefix=gateway.prefix)
+    ids = [(await gateway.submit(SPEC)).id for _ in range(300)]
+
+    async def text_of(job_id: str) -> str:
+        text = ""
+        async for batch in gateway.follow(job_id):
+            text += "".join(e.message for e in batch if e.kind is EventKind.RUNNING)
+            if batch[-1].kind.terminal:
+                assert batch[-1].kind is EventKind.DONE
+                return text
+        raise AssertionError("the log ended without an end")
+
+    followers = [asyncio.create_task(text_of(job_id)) for job_id in ids]
+    for _ in ids:
+        claim = await worker.claim(max_wait=5)
+        assert claim is not None
+        await worker.append(claim.job_id, claim.attempt, EventKind.RUNNING)
+        await worker.append(claim.job_id, claim.attempt, EventKind.RUNNING, claim.job_id[:8])
+        await worker.append(claim.job_id, claim.attempt, EventKind.DONE)
+    texts = await asyncio.wait_for(asyncio.gather(*followers), 60)
+    assert texts == [job_id[:8] for job_id in ids]

@@ -306,6 +306,12 @@ class _Batch:
 
 # Events a worker may hold unwritten (Redis slow or away) before appends wait.
 _MAX_UNWRITTEN = 10_000
+# Commands on their way at once, each on a connection of its own: a gateway whose
+# clients follow thousands of jobs must not open thousands of connections (nor
+# exceed a cluster client's connections per node, which fails the command and then
+# closes every connection of the client, the other commands' included).
+_MAX_IN_FLIGHT = 64
+_MAX_CONNECTIONS = 2 * _MAX_IN_FLIGHT
 
 
 def _notice(entries: list[list[Any]]) -> bytes:
@@ -373,10 +379,12 @@ class RedisStore(JobStore):
         self.moved_channel = f"{prefix}:{{queue}}:moved"
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
+        self._notifier: Any = None
         self._pubsubs: list[Any] = []
         self._scripts: dict[str, Any] = {}
         self._held: dict[str, _Held] = {}
         self._letting_go: dict[str, asyncio.Task[None]] = {}
+        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
         self._cancel_callbacks: dict[str, list[Callable[[], None]]] = {}
         self._feeds: dict[str, _Feed] = {}
         self._queue_waiters: list[asyncio.Future[None]] = []
@@ -415,7 +423,11 @@ class RedisStore(JobStore):
         timeout = self.command_timeout
         client_class = aioredis.RedisCluster if self.cluster else aioredis.Redis
         self._redis = client_class.from_url(
-            self.url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout
+            self.url,
+            decode_responses=False,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=_MAX_CONNECTIONS,
         )
         # Blocking reads of the queue get their own connection pool, and time to block.
         self._blocking = client_class.from_url(
@@ -424,9 +436,14 @@ class RedisStore(JobStore):
             socket_timeout=self.heartbeat_timeout / 3 + timeout,
             socket_connect_timeout=timeout,
         )
+        # Notifications too: a subscribed connection is never lent to commands.
+        self._notifier = client_class.from_url(
+            self.url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         redis = self._redis
-        if isinstance(redis, aioredis.RedisCluster):
-            await self._retry(redis.initialize, deadline=self.outage_grace)
+        for client in (redis, self._notifier):
+            if isinstance(client, aioredis.RedisCluster):
+                await self._retry(client.initialize, deadline=self.outage_grace)
         for name, source in (
             ("submit", _SUBMIT),
             ("start", _START),
@@ -449,7 +466,7 @@ class RedisStore(JobStore):
         # On a cluster, a subscription per shard: one reader waiting on one shard's
         # connection would hold up the messages of another.
         for group in [channels[:1], channels[1:]] if self.cluster else [channels]:
-            pubsub = redis.pubsub()
+            pubsub = self._notifier.pubsub()
             if self.cluster:
                 await pubsub.ssubscribe(*group)
             else:
@@ -486,7 +503,7 @@ class RedisStore(JobStore):
         for pubsub in self._pubsubs:
             with contextlib.suppress(*_UNREACHABLE):
                 await pubsub.aclose()
-        for client in (self._redis, self._blocking):
+        for client in (self._redis, self._blocking, self._notifier):
             if client is not None:
                 with contextlib.suppress(*_UNREACHABLE):
                     await client.aclose()
@@ -548,7 +565,8 @@ class RedisStore(JobStore):
         started = time.monotonic()
         while True:
             try:
-                result = await call()
+                async with self._in_flight:
+                    result = await call()
             except _UNREACHABLE as exc:
                 self._went_down(exc)
                 if deadline is not None and time.monotonic() - started >= deadline:
@@ -563,7 +581,7 @@ class RedisStore(JobStore):
     def _went_down(self, exc: BaseException) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("lost contact with Redis at %s: %s; retrying", self._safe_url(), exc)
+            log.warning("lost contact with Redis at %s: %r; retrying", self._safe_url(), exc)
             asyncio.get_running_loop().call_later(self.outage_grace, self._outage_check)
 
     def _outage_check(self) -> None:
