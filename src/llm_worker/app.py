@@ -84,7 +84,9 @@ class Service:
                 "a listen token one hands out must hold on the others"
             )
         # Last of what can refuse to start: it takes the SQLite file for this process.
-        self.store: JobStore = open_store(settings, self.access.tenant_limits)
+        self.store: JobStore = open_store(
+            settings, self.access.tenant_limits, follows=role in ("all", "gateway")
+        )
         if role != "all" and not self.store.shared:
             raise ConfigError(
                 f"--role {role} needs a store shared between processes: STORE_URL "

@@ -31,10 +31,16 @@ __all__ = [
 ]
 
 
-def open_store(settings: Settings, limits: Callable[[str], TenantLimits] | None = None) -> JobStore:
+def open_store(
+    settings: Settings,
+    limits: Callable[[str], TenantLimits] | None = None,
+    *,
+    follows: bool = True,
+) -> JobStore:
     """The store ``STORE_URL`` names, not started yet (an SQLite file is locked already).
 
-    ``limits`` says what each tenant may have at once (see :mod:`llm_worker.access`).
+    ``limits`` says what each tenant may have at once (see :mod:`llm_worker.access`);
+    ``follows`` whether this process follows jobs' logs (it serves listeners).
     """
     url = settings.store_url
     scheme, sep, rest = url.partition("://")
@@ -64,6 +70,7 @@ def open_store(settings: Settings, limits: Callable[[str], TenantLimits] | None 
         return RedisStore(
             f"{scheme.removesuffix('+cluster')}://{rest}",
             cluster=cluster,
+            follows=follows,
             prefix=settings.redis_prefix,
             heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
             outage_grace=settings.redis_outage_grace_seconds,

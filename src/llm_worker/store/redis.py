@@ -355,9 +355,13 @@ class RedisStore(JobStore):
         heartbeat_timeout: float = 15.0,
         outage_grace: float = 10.0,
         cluster: bool = False,
+        follows: bool = True,
     ) -> None:
         self.url = url
         self.cluster = cluster
+        self.follows = follows
+        """Whether this process follows logs (a gateway): only then is it sent every
+        notice of the events channel, which a worker alone would parse for nothing."""
         """A Redis Cluster: notices go by sharded pub/sub, each channel in one slot."""
         self._publish = "SPUBLISH" if cluster else "PUBLISH"
         self.queue_max = queue_max
@@ -462,10 +466,15 @@ class RedisStore(JobStore):
         await self._retry(self._load_scripts, deadline=self.outage_grace)
         await self._retry(self._create_group, deadline=self.outage_grace)
         self._tasks = [asyncio.create_task(self._write_forever(), name="redis-writes")]
-        channels = [self.events_channel, self.cancel_channel, self.moved_channel]
+        queue_channels = [self.cancel_channel, self.moved_channel]
+        events_channels = [self.events_channel] if self.follows else []
         # On a cluster, a subscription per shard: one reader waiting on one shard's
         # connection would hold up the messages of another.
-        for group in [channels[:1], channels[1:]] if self.cluster else [channels]:
+        if self.cluster:
+            groups = [queue_channels, events_channels]
+        else:
+            groups = [queue_channels + events_channels]
+        for group in filter(None, groups):
             pubsub = self._notifier.pubsub()
             if self.cluster:
                 await pubsub.ssubscribe(*group)
