@@ -7,12 +7,12 @@ work the same whatever the store.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 from collections.abc import AsyncIterator, Sequence
 from typing import overload
 
 from llm_worker.jobs import Event, EventKind
+from llm_worker.store.waiters import Waiters
 
 
 def _seq(event: Event) -> int:
@@ -80,7 +80,7 @@ class EventLog:
         """How many events readers see: ``events[:shown]``."""
         self.attempt_start = 0
         """Index of the latest shown ``reset`` event (0 when there is none)."""
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: Waiters[None] = Waiters()
 
     @property
     def last_seq(self) -> int:
@@ -120,10 +120,7 @@ class EventLog:
                 if events[index].kind is EventKind.RESET:
                     self.attempt_start = index
             self.shown = end
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._waiters.wake(None)
 
     def truncate(self) -> int:
         """Drop the events not shown yet; returns how many."""
@@ -177,6 +174,4 @@ class EventLog:
             elif self.finished:
                 return
             else:
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.append(waiter)
-                await waiter
+                await self._waiters.wait()

@@ -44,6 +44,7 @@ from llm_worker.store.base import (
 )
 from llm_worker.store.eventlog import EventLog
 from llm_worker.store.journal import Failures, Journal, NullJournal, Restored
+from llm_worker.store.waiters import Waiters
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ class MemoryStore(JobStore):
         self._tenant_running: Counter[str] = Counter()
         self._rates = AddRates(clock)
         self._running = 0
-        self._claim_waiters: list[asyncio.Future[None]] = []
-        self._queue_waiters: list[asyncio.Future[None]] = []
+        self._claim_waiters: Waiters[None] = Waiters()
+        self._queue_waiters: Waiters[None] = Waiters()
         self._expiry: list[tuple[float, str]] = []
         self._sweeper: asyncio.Task[None] | None = None
         # Per round the journal has under way: the jobs to show once it is saved,
@@ -219,9 +220,7 @@ class MemoryStore(JobStore):
         return index + 1
 
     async def queue_moved(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self._queue_waiters.append(waiter)
-        await waiter
+        await self._queue_waiters.wait()
 
     async def stats(self) -> StoreStats:
         return StoreStats(pending=len(self._pending), running=self._running)
@@ -235,10 +234,8 @@ class MemoryStore(JobStore):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
-            waiter = loop.create_future()
-            self._claim_waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
+                await asyncio.wait_for(self._claim_waiters.wait(), remaining)
             except TimeoutError:
                 return None
         self._leave_queue(job)
@@ -455,14 +452,14 @@ class MemoryStore(JobStore):
         if not self._tenant_running[tenant]:
             del self._tenant_running[tenant]
         # A job of a tenant at its limit of running jobs may now start.
-        _wake(self._claim_waiters)
+        self._claim_waiters.wake(None)
 
     def _enqueue(self, job: StoredJob) -> None:
         bisect.insort(self._pending, job.ticket)
         self._pending_jobs[job.ticket] = job
         bisect.insort(self._tenant_pending.setdefault(job.record.tenant, []), job.ticket)
         self._queued_bytes += len(job.spec or b"")
-        _wake(self._claim_waiters)
+        self._claim_waiters.wake(None)
 
     def _leave_queue(self, job: StoredJob) -> None:
         index = bisect.bisect_left(self._pending, job.ticket)
@@ -475,7 +472,7 @@ class MemoryStore(JobStore):
             if not tickets:
                 del self._tenant_pending[tenant]
             self._queued_bytes -= len(job.spec or b"")
-            _wake(self._queue_waiters)
+            self._queue_waiters.wake(None)
 
     def _restore(self, restored: list[Restored]) -> None:
         """Bring back the jobs the journal kept; those that were running queue again."""
@@ -571,10 +568,3 @@ def _call_all(callbacks: list[Callable[[], None]], job_id: str) -> None:
             callback()
         except Exception:
             log.exception("cancel callback of job %s failed", job_id)
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-    waiters.clear()
