@@ -29,6 +29,7 @@ import websockets
 
 from llm_worker.testing.openai_server import OpenAIServer, Reply, echo_reply
 from llm_worker.testing.processes import WorkerProcess, clean_env
+from percentiles import percentile
 
 SUBPROTOCOL = "llm-worker.v2"
 
@@ -292,8 +293,7 @@ async def drain(target: Target, jobs: int, follow: bool) -> tuple[float, list[fl
 async def queued_followed(target: Target, jobs: int = 10_000) -> str:
     alone, _ = await drain(target, jobs, follow=False)
     followed, pings = await drain(target, jobs, follow=True)
-    pings.sort()
-    p99 = pings[min(len(pings) - 1, int(len(pings) * 0.99))]
+    p99 = percentile(pings, 99)
     return (
         f"{jobs:,} jobs drained in {followed:.1f} s with their adder following them, "
         f"{alone:.1f} s with it gone ({followed / alone:.2f}x); ping p99 {p99:.0f} ms meanwhile "

@@ -17,6 +17,7 @@ import time
 import openai
 
 from llm_worker.testing.openai_server import OpenAIServer, Reply
+from percentiles import percentile
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -25,11 +26,6 @@ async def one_call(client: openai.AsyncOpenAI) -> None:
     stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
     async for _ in stream:
         pass
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def main(rounds: int) -> None:
@@ -55,7 +51,7 @@ async def main(rounds: int) -> None:
     for name, values in (("shared client", reused), ("client per call", fresh)):
         print(
             f"{name:24}{statistics.median(values) * 1e3:>8.2f}ms"
-            f"{quantile(values, 0.9) * 1e3:>8.2f}ms"
+            f"{percentile(values, 90) * 1e3:>8.2f}ms"
         )
     ratio = statistics.median(fresh) / statistics.median(reused)
     extra = (statistics.median(fresh) - statistics.median(reused)) * 1e3

@@ -30,6 +30,8 @@ import httpx2
 import openai
 import orjson
 
+from percentiles import percentile
+
 TERMINAL = {"done", "failed", "cancelled"}
 
 
@@ -224,11 +226,6 @@ async def raw_job(host: str, port: int, model_name: str) -> int:
     return max(events - 3, 0)  # minus the role chunk, the finish chunk and [DONE]
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def ttft(spec: dict[str, Any]) -> dict[str, Any]:
     concurrency = spec["concurrency"]
     name = model(spec.get("tokens", 5))
@@ -255,7 +252,7 @@ async def ttft(spec: dict[str, Any]) -> dict[str, Any]:
         await lean.close()
         await asyncio.gather(*(c.close() for c in connections))
     return {
-        f"{side}_ms": {q: percentile(values, p) * 1e3 for q, p in (("p50", 0.5), ("p99", 0.99))}
+        f"{side}_ms": {q: percentile(values, p) * 1e3 for q, p in (("p50", 50), ("p99", 99))}
         for side, values in samples.items()
     } | {"samples": len(samples["worker"])}
 
@@ -422,8 +419,8 @@ async def peer(spec: dict[str, Any]) -> dict[str, Any]:
         await proxied.close()
     return {
         side: {
-            "p50": percentile(ttft_samples[side], 0.5) * 1e3,
-            "p99": percentile(ttft_samples[side], 0.99) * 1e3,
+            "p50": percentile(ttft_samples[side], 50) * 1e3,
+            "p99": percentile(ttft_samples[side], 99) * 1e3,
             "throughput": sorted(rates[side])[len(rates[side]) // 2],
         }
         for side in clients

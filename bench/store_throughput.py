@@ -48,6 +48,7 @@ from redis.crc import key_slot
 from llm_worker.testing.processes import WorkerProcess, clean_env
 from llm_worker.testing.redis_cluster import SLOTS, RedisCluster
 from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix
+from percentiles import percentile
 
 ASSISTANT = {
     "streams": [
@@ -59,12 +60,6 @@ ASSISTANT = {
     ]
 }
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], p: float) -> float:
-    """The ``p``-th percentile (0-100), nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -84,6 +84,8 @@ class _Batch:
     events: list[tuple[str, str]]
     last_op: int = 0
     written: asyncio.Future[int] | None = None
+    ended: _Held | None = None
+    """The job, when the batch ends it: let go of once the batch is written."""
 
 
 # Events a worker may hold unwritten (Redis slow or away) before appends wait.
@@ -117,8 +119,9 @@ class RedisStore(JobStore):
         self.cluster = cluster
         """A Redis Cluster: notices go by sharded pub/sub, each channel in one slot."""
         self.follows = follows
-        """Whether this process follows logs (a gateway): only then is it sent every
-        notice of the events channel, which a worker alone would parse for nothing."""
+        """Whether this process follows logs and queue positions (a gateway): only then
+        is it sent every notice of the events and queue channels, which a worker alone
+        would parse for nothing."""
         self._publish = "SPUBLISH" if cluster else "PUBLISH"
         self.queue_max = queue_max
         self.queue_max_bytes = queue_max_bytes
@@ -208,8 +211,13 @@ class RedisStore(JobStore):
         await self._reach.retry(self._load_scripts, deadline=self.outage_grace)
         await self._reach.retry(self._create_group, deadline=self.outage_grace)
         self._tasks = [asyncio.create_task(self._write_forever(), name="redis-writes")]
-        queue_channels = [self.keys.cancel_channel, self.keys.moved_channel]
-        events_channels = [self.keys.events_channel] if self.follows else []
+        # A worker needs to hear of cancels only; queue moves and logs are for those
+        # who show them.
+        queue_channels = [self.keys.cancel_channel]
+        events_channels = []
+        if self.follows:
+            queue_channels.append(self.keys.moved_channel)
+            events_channels.append(self.keys.events_channel)
         # On a cluster, a subscription per shard: one reader waiting on one shard's
         # connection would hold up the messages of another.
         if self.cluster:
@@ -733,10 +741,9 @@ class RedisStore(JobStore):
         self._all_written.clear()
         event = Event(held.seq, kind, message, attempt)
         if kind.terminal:
+            # The round after the one that writes it lets go of the job's queue entry.
+            batch.ended = held
             await self._written(batch)
-            if self._held.get(job_id) is held:
-                del self._held[job_id]
-            await self._let_go(job_id, held)
         elif self._unwritten > _MAX_UNWRITTEN:
             await self._written(batch)  # Redis is slow or away: wait for room
         return event
@@ -772,31 +779,41 @@ class RedisStore(JobStore):
         """Writes what jobs append, round after round: each round takes everything
         appended while the one before was on its way."""
         notice: list[list[Any]] = []
+        ended: list[tuple[str, _Held]] = []
         while True:
-            if not self._outbox and notice:
-                await self._persist(lambda notice=notice: self._announce(notice))
-                notice = []
+            if not self._outbox and (notice or ended):
+                await self._persist(lambda n=notice, e=ended: self._write({}, n, e))
+                notice, ended = [], []
+            if not self._unwritten:
+                self._all_written.set()
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             batches, self._outbox = self._outbox, {}
             if not batches:
                 continue
-            seqs = await self._persist(lambda b=batches, n=notice: self._write(b, n))
-            notice = []
+            seqs = await self._persist(lambda b=batches, n=notice, e=ended: self._write(b, n, e))
+            notice, ended = [], []
             for (job_id, batch), seq in zip(batches.items(), seqs, strict=True):
                 self._unwritten -= len(batch.events)
                 if seq < 0:
                     self._refused(job_id, batch)
                     continue
                 notice.append([job_id, seq, batch.attempt, batch.events])
+                if batch.ended is not None and self._held.get(job_id) is batch.ended:
+                    del self._held[job_id]
+                    ended.append((job_id, batch.ended))
                 if batch.written is not None:
                     batch.written.set_result(seq)
-            if not self._unwritten:
-                self._all_written.set()
 
-    async def _write(self, batches: dict[str, _Batch], notice: list[list[Any]]) -> list[int]:
-        """One round trip: the notice of the round before, then each job's new events.
-        Returns each job's last seq, or -1 where the attempt lost the job."""
+    async def _write(
+        self,
+        batches: dict[str, _Batch],
+        notice: list[list[Any]],
+        ended: list[tuple[str, _Held]],
+    ) -> list[int]:
+        """One round trip: the notice of the round before, each job's new events, and
+        the queue entries of the jobs the round before ended. Returns each job's last
+        seq, or -1 where the attempt lost the job."""
         now = repr(time.time())
 
         def write(pipe: Any) -> None:
@@ -809,19 +826,30 @@ class RedisStore(JobStore):
                 self._queue_script(
                     pipe, "append", [self.keys.job_key(job_id), self.keys.events_key(job_id)], args
                 )
+            for job_id, held in ended:
+                self._queue_script(
+                    pipe, "forget", [self.keys.jobs_key], [GROUP, self.worker_name, held.entry]
+                )
+                if held.leased:
+                    pipe.zrem(self.keys.running_key(held.tenant), job_id)
 
-        results = await self._pipelined(write)
-        return [int(seq) for seq in results[1 if notice else 0 :]]
+        # Letting go may fail (the queue lost with Redis's data, say): an entry left
+        # behind is taken over once idle, and let go of then, its job being over.
+        letting_go = len(ended) + sum(held.leased for _, held in ended)
+        results = await self._pipelined(write, optional=letting_go)
+        first = 1 if notice else 0
+        return [int(seq) for seq in results[first : first + len(batches)]]
 
     def _queue_script(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
         """A script call, by its SHA, added to a pipeline (a cluster's included, whose
         pipelines take EVALSHA only this way)."""
         pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
-    async def _pipelined(self, build: Callable[[Any], None]) -> list[Any]:
+    async def _pipelined(self, build: Callable[[Any], None], optional: int = 0) -> list[Any]:
         """The results of the commands ``build`` puts in a pipeline, sent in one round
-        trip (one per node on a cluster); the first error is raised. Scripts a node
-        has forgotten (it restarted) are loaded again, and the pipeline sent again."""
+        trip (one per node on a cluster); the first error is raised, but for the last
+        ``optional`` commands. Scripts a node has forgotten (it restarted) are loaded
+        again, and the pipeline sent again."""
         for last_try in (False, True):
             async with self._client.pipeline(transaction=False) as pipe:
                 build(pipe)
@@ -829,7 +857,7 @@ class RedisStore(JobStore):
             if not last_try and any(isinstance(r, NoScriptError) for r in results):
                 await self._load_scripts()
                 continue
-            for result in results:
+            for result in results[: len(results) - optional]:
                 if isinstance(result, Exception):
                     raise result
             break
