@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     # -- store --------------------------------------------------------------
     store_url: str = "sqlite:///llm-worker.db"
     """Where jobs live: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
-    ``redis://host:6379/0`` or ``memory://``."""
+    ``redis://host:6379/0``, ``redis+cluster://host:6379`` or ``memory://``."""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """SQLite's sync level: FULL survives power loss, NORMAL only process crashes."""
     redis_prefix: str = Field("llmw", pattern=r"^[A-Za-z0-9_.-]+$")
