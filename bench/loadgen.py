@@ -30,6 +30,7 @@ import httpx2
 import openai
 import orjson
 
+from llm_worker.providers.openai_compatible import sse_data
 from percentiles import percentile
 
 TERMINAL = {"done", "failed", "cancelled"}
@@ -190,13 +191,14 @@ async def lean_job(client: openai.AsyncOpenAI, model_name: str) -> tuple[float |
         stream_cls=openai.AsyncStream[httpx2.Response],
     )
     try:
-        async for line in response.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                choices = orjson.loads(line[6:]).get("choices")
-                if choices and choices[0].get("delta", {}).get("content"):
-                    if first is None:
-                        first = time.perf_counter() - started
-                    tokens += 1
+        async for data in sse_data(response):  # the provider's own SSE reading
+            if data == "[DONE]":
+                break
+            choices = orjson.loads(data).get("choices")
+            if choices and choices[0].get("delta", {}).get("content"):
+                if first is None:
+                    first = time.perf_counter() - started
+                tokens += 1
     finally:
         await response.aclose()
     return first, tokens, time.perf_counter() - started

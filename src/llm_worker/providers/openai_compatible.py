@@ -179,7 +179,7 @@ class OpenAICompatibleProvider(Provider):
         finished = False
         said_anything = False
         try:
-            async for data in _sse_data(response):
+            async for data in sse_data(response):
                 said_anything = True
                 if data == "[DONE]":
                     finished = True
@@ -266,7 +266,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _sse_data(response: httpx2.Response) -> AsyncIterator[str]:
+async def sse_data(response: httpx2.Response) -> AsyncIterator[str]:
     """The ``data`` of each server-sent event of ``response``."""
     data: list[str] = []
     async for line in response.aiter_lines():
