@@ -78,6 +78,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, to kill and restart; its append-only file keeps the jobs."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 async def redis_store_factory(redis_server: RedisServer) -> AsyncIterator[StoreFactory]:
     async with contextlib.AsyncExitStack() as stack:
 

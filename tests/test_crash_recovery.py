@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,15 +268,6 @@ async def test_redis_cancel_and_status_work_across_gateways(
 
             await one.send({"type": "status", "job_id": job_id})
             assert (await one.wait_for("status"))["state"] == "cancelled"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of the test's own, to kill and restart; its append-only file keeps the jobs."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_redis_restarted_under_running_jobs(

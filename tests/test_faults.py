@@ -286,12 +286,18 @@ async def test_an_unwritable_database_fails_the_jobs_it_touches_and_kills_nothin
 # -- Redis ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
+async def gateway_and_worker(
+    redis: RedisServer, upstream: OpenAIServer, tmp_path: Path, started: list[WorkerProcess]
+) -> tuple[WorkerProcess, WorkerProcess]:
+    """A gateway and a worker sharing ``redis``, with a grace period of one second."""
+    env = clean_env(LISTEN_PORT="0", STORE_URL=redis.url, REDIS_PREFIX=unique_prefix(),
+                    OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url,
+                    REDIS_OUTAGE_GRACE_SECONDS="1")  # fmt: skip
+    gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
+    started.append(gateway)
+    worker = await WorkerProcess.start(env, tmp_path, role="worker")
+    started.append(worker)
+    return gateway, worker
 
 
 async def health(gateway: WorkerProcess) -> int:
@@ -303,13 +309,8 @@ async def test_redis_restarted_empty_loses_its_jobs_but_not_the_service(
     upstream: OpenAIServer, own_redis: RedisServer, tmp_path: Path
 ) -> None:
     upstream.handler = replies(0.2)
-    env = clean_env(LISTEN_PORT="0", STORE_URL=own_redis.url, REDIS_PREFIX=unique_prefix(),
-                    OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url,
-                    REDIS_OUTAGE_GRACE_SECONDS="1")  # fmt: skip
     async with processes() as started:
-        gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
-        worker = await WorkerProcess.start(env, tmp_path, role="worker")
-        started += [gateway, worker]
+        gateway, worker = await gateway_and_worker(own_redis, upstream, tmp_path, started)
         async with WSClient(gateway.ws_url) as full, WSClient(gateway.ws_url, seed=True) as seed:
             lost = [await full.add(f"j{i}", query=f"lost{i}") for i in range(3)]
             for job_id in lost:
@@ -341,13 +342,8 @@ async def test_redis_paused_past_the_grace_period_then_back(
     upstream: OpenAIServer, own_redis: RedisServer, tmp_path: Path
 ) -> None:
     upstream.handler = replies(0.2)
-    env = clean_env(LISTEN_PORT="0", STORE_URL=own_redis.url, REDIS_PREFIX=unique_prefix(),
-                    OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url,
-                    REDIS_OUTAGE_GRACE_SECONDS="1")  # fmt: skip
     async with processes() as started:
-        gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
-        worker = await WorkerProcess.start(env, tmp_path, role="worker")
-        started += [gateway, worker]
+        gateway, worker = await gateway_and_worker(own_redis, upstream, tmp_path, started)
         async with WSClient(gateway.ws_url) as full, WSClient(gateway.ws_url, seed=True) as seed:
             job_id = await full.add(query="patient")
             await seed.send({"type": "listen", "job_id": job_id})

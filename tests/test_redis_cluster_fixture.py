@@ -20,13 +20,10 @@ from llm_worker.testing.redis_cluster import RedisCluster
 from llm_worker.testing.redis_server import unique_prefix
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """One cluster for the module; tests keep apart by key prefix."""
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
-    cluster.start()
-    yield cluster
-    cluster.stop()
+@pytest.fixture
+def cluster(redis_cluster: RedisCluster) -> RedisCluster:
+    """The session's cluster (tests/stores.py); tests keep apart by key prefix."""
+    return redis_cluster
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llm_worker.config import ConfigError, Settings
+from llm_worker.config import ConfigError, Settings, validation_problems
 
 log = logging.getLogger(__name__)
 
@@ -235,11 +235,7 @@ def _read_keys_file(path: Path) -> _KeysFile:
     try:
         return _KeysFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"API_KEYS_FILE {path}: {problems}") from None
+        raise ConfigError(f"API_KEYS_FILE {path}: {validation_problems(exc)}") from None
 
 
 def _origins(text: str) -> frozenset[str] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -17,6 +17,14 @@ OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 class ConfigError(RuntimeError):
     """Settings that cannot work, found at start-up; the message says which and why."""
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """What a settings file got wrong, one ``where: what`` per problem."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
 
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]

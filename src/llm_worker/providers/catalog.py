@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from llm_worker.config import Settings
+from llm_worker.config import Settings, validation_problems
 from llm_worker.providers.base import Provider
 from llm_worker.providers.local import LocalModels, LocalProvider
 from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider
@@ -88,11 +88,7 @@ def load_providers_file(path: Path) -> ProvidersFile:
     try:
         return ProvidersFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise RegistryError(f"PROVIDERS_FILE {path}: {problems}") from None
+        raise RegistryError(f"PROVIDERS_FILE {path}: {validation_problems(exc)}") from None
 
 
 def vllm_base_url(uri: str | None) -> str | None:
