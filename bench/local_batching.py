@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tables import Table
+
 PROMPTS = [
     "hi",
     "How tall is the Eiffel Tower in Paris, France? Tell me everything.",
@@ -202,28 +204,31 @@ def measure(tokens: int, hidden: int, layers: int) -> dict[str, Any]:
     }
 
 
-def table(result: dict[str, Any]) -> str:
+def local_table(result: dict[str, Any]) -> Table:
+    """Tokens/s of each way of generating, against sequential ``generate()``."""
     base = result["tokens_per_second"]["sequential generate()"]
-    lines = [
-        f"{result['prompts']} prompts x {result['tokens_per_prompt']} greedy tokens, random Llama "
-        f"({result['model']['parameters'] / 1e6:.1f} M parameters, float32, CPU)",
-        f"{'':38}{'tokens/s':>10}{'vs sequential':>15}",
-    ]
+    table = Table(["", "tokens/s", "against sequential generate()"])
     for name, rate in result["tokens_per_second"].items():
         if rate is None:
-            lines.append(f"{name:38}{'n/a':>10}")
+            table.add(name, "n/a", "")
         else:
-            lines.append(f"{name:38}{rate:>10,.0f}{rate / base:>14.1f}x")
+            table.add(name, f"{rate:,.0f}", f"{rate / base:.1f}x")
+    return table
+
+
+def summary(result: dict[str, Any]) -> str:
     lag = result["event_loop_lag_during_16"]
-    lines.append(
-        f"event loop lag while 16 jobs generate: p50 {lag['p50_ms']:.2f} ms, "
-        f"p99 {lag['p99_ms']:.2f} ms, max {lag['max_ms']:.2f} ms"
+    return "\n".join(
+        [
+            f"{result['prompts']} prompts x {result['tokens_per_prompt']} greedy tokens, random "
+            f"Llama ({result['model']['parameters'] / 1e6:.1f} M parameters, float32, CPU)",
+            local_table(result).text(),
+            f"event loop lag while 16 jobs generate: p50 {lag['p50_ms']:.2f} ms, "
+            f"p99 {lag['p99_ms']:.2f} ms, max {lag['max_ms']:.2f} ms",
+            "greedy outputs equal to sequential generate(): "
+            + ("yes" if result["greedy_outputs_equal_sequential"] else "NO"),
+        ]
     )
-    lines.append(
-        "greedy outputs equal to sequential generate(): "
-        + ("yes" if result["greedy_outputs_equal_sequential"] else "NO")
-    )
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -234,7 +239,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = measure(args.tokens, args.hidden, args.layers)
-    print(table(result))
+    print(summary(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from local_batching import local_table
+from tables import Column, Table
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 BASELINE = DOCS / "benchmarks-baseline.json"
@@ -26,84 +29,91 @@ def _ok(passed: bool) -> str:
     return "met" if passed else "**missed**"
 
 
-def _ttft_table(results: dict[str, Any]) -> str:
-    lines = [
-        "| jobs at once | worker p50 | direct p50 | lean p50 | **added p50** | vs lean "
-        "| worker p99 | direct p99 | lean p99 | **added p99** | vs lean |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def ttft_table(results: dict[str, Any]) -> Table:
+    """Time to first token, ms, by how many jobs run at once."""
+    table = Table(
+        [
+            "jobs at once", "worker p50", "direct p50", "lean p50",
+            Column("added p50", key=True), "vs lean p50",
+            "worker p99", "direct p99", "lean p99",
+            Column("added p99", key=True), "vs lean p99",
+        ]
+    )  # fmt: skip
     for level, r in results["ttft"].items():
         w, d, n = r["worker_ms"], r["direct_ms"], r["lean_ms"]
-        lines.append(
-            f"| {level} | {w['p50']:.2f} | {d['p50']:.2f} | {n['p50']:.2f} "
-            f"| **{w['p50'] - d['p50']:+.2f}** | {w['p50'] - n['p50']:+.2f} "
-            f"| {w['p99']:.2f} | {d['p99']:.2f} | {n['p99']:.2f} "
-            f"| **{w['p99'] - d['p99']:+.2f}** | {w['p99'] - n['p99']:+.2f} |"
-        )
-    return "\n".join(lines)
+        table.add(
+            level,
+            f"{w['p50']:.2f}", f"{d['p50']:.2f}", f"{n['p50']:.2f}",
+            f"{w['p50'] - d['p50']:+.2f}", f"{w['p50'] - n['p50']:+.2f}",
+            f"{w['p99']:.2f}", f"{d['p99']:.2f}", f"{n['p99']:.2f}",
+            f"{w['p99'] - d['p99']:+.2f}", f"{w['p99'] - n['p99']:+.2f}",
+        )  # fmt: skip
+    return table
 
 
-def _throughput_table(results: dict[str, Any]) -> str:
-    lines = [
-        "| jobs at once | worker | direct | **worker / direct** | lean | worker / lean "
-        "| upstream ceiling |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def throughput_table(results: dict[str, Any]) -> Table:
+    """Tokens/s delivered to clients, by how many jobs run at once."""
+    table = Table(
+        [
+            "jobs at once", "worker", "direct", Column("worker / direct", key=True),
+            "lean", "worker / lean", "upstream ceiling",
+        ]
+    )  # fmt: skip
     for level, r in results["throughput"].items():
-        lines.append(
-            f"| {level} | {r['worker']:,.0f} | {r['direct']:,.0f} "
-            f"| **{r['worker'] / r['direct']:.2f}** | {r['lean']:,.0f} "
-            f"| {r['worker'] / r['lean']:.2f} | {r['upstream']:,.0f} |"
-        )
-    return "\n".join(lines)
+        table.add(
+            level, f"{r['worker']:,.0f}", f"{r['direct']:,.0f}",
+            f"{r['worker'] / r['direct']:.2f}", f"{r['lean']:,.0f}",
+            f"{r['worker'] / r['lean']:.2f}", f"{r['upstream']:,.0f}",
+        )  # fmt: skip
+    return table
 
 
-def _peer_table(results: dict[str, Any]) -> str:
+def peer_table(results: dict[str, Any]) -> Table | None:
+    """The worker beside its peers at 10 jobs at once, when peers were measured."""
     peer = results.get("peer")
     if not peer:
+        return None
+    table = Table(
+        ["10 jobs at once", "time to first token p50", "p99", "added p50 vs direct", "tokens/s"]
+    )
+    for name, r in peer.items():
+        table.add(
+            name, f"{r['p50']:.2f} ms", f"{r['p99']:.2f} ms", f"{r['added_p50']:+.2f} ms",
+            f"{r['throughput']:,.0f}",
+        )  # fmt: skip
+    return table
+
+
+def _peer(results: dict[str, Any]) -> str:
+    table = peer_table(results)
+    if table is None:
         return (
             "Not measured in this run: `./run_bench.sh --litellm` adds LiteLLM's proxy against "
             "the same upstream, where `pip install 'litellm[proxy]'` works."
         )
-    lines = [
-        "| 10 jobs at once | time to first token p50 | p99 | added p50 vs direct | tokens/s |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in peer.items():
-        lines.append(
-            f"| {name} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['added_p50']:+.2f} ms "
-            f"| {r['throughput']:,.0f} |"
-        )
-    return "\n".join(lines)
+    return table.markdown()
 
 
 def _local(results: dict[str, Any]) -> str:
     local = results.get("local")
     if not local:
         return "Not measured in this run (install `llm-worker[local]`)."
-    base = local["tokens_per_second"]["sequential generate()"]
-    lines = [
-        f"{local['prompts']} prompts of different lengths, {local['tokens_per_prompt']} greedy "
-        f"tokens each, a random-weight Llama of {local['model']['parameters'] / 1e6:.1f} M "
-        f"parameters (float32, CPU; torch threads: {local['torch_threads']['provider']}):",
-        "",
-        "| | tokens/s | against sequential generate() |",
-        "|---|---|---|",
-    ]
-    for name, rate in local["tokens_per_second"].items():
-        if rate is None:
-            lines.append(f"| {name} | n/a | |")
-        else:
-            lines.append(f"| {name} | {rate:,.0f} | {rate / base:.1f}x |")
     lag = local["event_loop_lag_during_16"]
-    lines += [
-        "",
-        f"Greedy outputs identical to sequential `generate()`: "
-        f"{'yes' if local['greedy_outputs_equal_sequential'] else '**no**'}. While 16 jobs "
-        f"generate, the event loop's timers fire late by {lag['p50_ms']:.2f} ms (p50), "
-        f"{lag['p99_ms']:.2f} ms (p99), {lag['max_ms']:.2f} ms at most.",
-    ]
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"{local['prompts']} prompts of different lengths, {local['tokens_per_prompt']} "
+            f"greedy tokens each, a random-weight Llama of "
+            f"{local['model']['parameters'] / 1e6:.1f} M parameters (float32, CPU; torch "
+            f"threads: {local['torch_threads']['provider']}):",
+            "",
+            local_table(local).markdown(),
+            "",
+            f"Greedy outputs identical to sequential `generate()`: "
+            f"{'yes' if local['greedy_outputs_equal_sequential'] else '**no**'}. While 16 jobs "
+            f"generate, the event loop's timers fire late by {lag['p50_ms']:.2f} ms (p50), "
+            f"{lag['p99_ms']:.2f} ms (p99), {lag['max_ms']:.2f} ms at most.",
+        ]
+    )
 
 
 def _baseline(results: dict[str, Any]) -> str:
@@ -141,14 +151,16 @@ def _baseline(results: dict[str, Any]) -> str:
 
 
 def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None:
+    # As results.json holds it: a fresh run's levels are ints until they pass through JSON.
+    report = json.loads(json.dumps(report))
     DOCS.mkdir(exist_ok=True)
     shutil.copy(chart, DOCS / "benchmarks.png")
     (DOCS / "benchmarks.json").write_text(json.dumps(report, indent=2))
     machine = report["machine"]
     results = report["results"]
-    ttft1 = results["ttft"].get("1") or results["ttft"].get(1)
-    ttft10 = results["ttft"].get("10") or results["ttft"].get(10)
-    through100 = results["throughput"].get("100") or results["throughput"].get(100)
+    ttft1 = results["ttft"]["1"]
+    ttft10 = results["ttft"]["10"]
+    through100 = results["throughput"]["100"]
     scale = results["scale"]
     targets = TARGETS.format(
         ttft10_p50=ttft10["worker_ms"]["p50"] - ttft10["direct_ms"]["p50"],
@@ -163,7 +175,7 @@ def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
     template = (Path(__file__).parent / "BENCHMARKS.template.md").read_text()
     text = template.format(
-        date=time.strftime("%Y-%m-%d"),
+        date=report.get("date", time.strftime("%Y-%m-%d")),
         cpu=machine["cpu"],
         cores=machine["cores"],
         memory=machine["memory_gib"],
@@ -171,8 +183,8 @@ def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None
         python=machine["python"],
         packages=packages,
         targets=targets,
-        ttft=_ttft_table(results),
-        throughput=_throughput_table(results),
+        ttft=ttft_table(results).markdown(),
+        throughput=throughput_table(results).markdown(),
         idle=scale["per_idle_connection_kib"],
         per_job=scale["per_running_job_kib"],
         idle_count=report["sizes"]["scale"]["idle"],
@@ -181,7 +193,7 @@ def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None
         fanout=results["fanout"]["tokens_per_second"],
         listeners=report["sizes"]["fanout"]["listeners"],
         fanout_tokens=report["sizes"]["fanout"]["tokens"],
-        peer=_peer_table(results),
+        peer=_peer(results),
         local=_local(results),
         lean1_p50=ttft1["worker_ms"]["p50"] - ttft1["lean_ms"]["p50"],
         lean1_p99=ttft1["worker_ms"]["p99"] - ttft1["lean_ms"]["p99"],

@@ -14,6 +14,7 @@ Prints a table; writes ``results.json`` and ``benchmarks.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -27,6 +28,10 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from llm_worker.testing.processes import WorkerProcess, clean_env, processes
+from local_batching import summary
+from report import peer_table, throughput_table, ttft_table, write_benchmarks_md
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -71,16 +76,16 @@ def wait_for(url: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
-    completed = subprocess.run(
-        [sys.executable, str(HERE / "loadgen.py"), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"{spec['scenario']} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    """One scenario in a fresh load generator process; its result."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "loadgen.py"), json.dumps(spec),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 1800)
+    if process.returncode != 0:
+        raise RuntimeError(f"{spec['scenario']} failed:\n{stderr.decode()[-3000:]}")
+    return json.loads(stdout.decode().strip().splitlines()[-1])
 
 
 def machine() -> dict[str, Any]:
@@ -142,93 +147,108 @@ def litellm_peer(
     }
 
 
-def run(sizes: dict[str, Any], workdir: Path, litellm: str | None = None) -> dict[str, Any]:
+async def run(sizes: dict[str, Any], workdir: Path, litellm: str | None = None) -> dict[str, Any]:
     upstream_port = free_port()
-    worker_port = free_port()
-    upstream = subprocess.Popen(
+    upstream = subprocess.Popen(  # noqa: ASYNC220 - before any measurement
         [sys.executable, "-m", "llm_worker.testing.openai_server", "--port", str(upstream_port)],
         stdout=subprocess.DEVNULL,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "STORE_"))}
-    env.update(
-        LISTEN_PORT=str(worker_port),
+    env = clean_env(
+        LISTEN_PORT="0",
         OPENAI_API_KEY="bench",
         OPENAI_BASE_URL=f"http://127.0.0.1:{upstream_port}/v1",
         WORKER_CONCURRENCY=str(max(sizes["levels"] + [sizes["scale"]["jobs"]])),
         QUEUE_MAX="100000",
-        LOG_STDOUT="false",
-        LOG_FILE=str(workdir / "worker.log"),
     )
-    worker = subprocess.Popen([sys.executable, "-m", "llm_worker", "serve"], cwd=workdir, env=env)
-    base = {
-        "ws_url": f"ws://127.0.0.1:{worker_port}/ws/",
-        "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-        "upstream_host": "127.0.0.1",
-        "upstream_port": upstream_port,
-        "worker_pid": worker.pid,
-    }
     results: dict[str, Any] = {"ttft": {}, "throughput": {}}
-    try:
-        wait_for(f"http://127.0.0.1:{upstream_port}/v1/models")
-        wait_for(f"http://127.0.0.1:{worker_port}/healthz")
-        for level in sizes["levels"]:
-            print(f"  concurrency {level}: time to first token", flush=True)
-            results["ttft"][level] = loadgen(
-                base
-                | {"scenario": "ttft", "concurrency": level, "rounds": sizes["ttft_rounds"][level]}
-            )
-            print(f"  concurrency {level}: throughput", flush=True)
-            results["throughput"][level] = loadgen(
-                base
-                | {
-                    "scenario": "throughput",
-                    "concurrency": level,
-                    "tokens": sizes["throughput_tokens"],
-                    "rounds": sizes["throughput_rounds"][level],
-                }
-            )
-        print("  idle connections and running jobs", flush=True)
-        results["scale"] = loadgen(base | {"scenario": "scale"} | sizes["scale"])
-        print("  fan-out", flush=True)
-        results["fanout"] = loadgen(base | {"scenario": "fanout"} | sizes["fanout"])
-        if litellm:
-            print("  peer: LiteLLM's proxy", flush=True)
-            proxy, reach = litellm_peer(litellm, upstream_port, workdir, sizes["throughput_tokens"])
-            try:
-                measured = loadgen(
+    async with processes() as started:
+        try:
+            await asyncio.to_thread(wait_for, f"http://127.0.0.1:{upstream_port}/v1/models")
+            worker = await WorkerProcess.start(env, workdir)
+            started.append(worker)
+            base = {
+                "ws_url": worker.ws_url,
+                "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                "upstream_host": "127.0.0.1",
+                "upstream_port": upstream_port,
+                "worker_pid": worker.process.pid,
+            }
+            for level in sizes["levels"]:
+                print(f"  concurrency {level}: time to first token", flush=True)
+                results["ttft"][level] = await loadgen(
                     base
-                    | reach
                     | {
-                        "scenario": "peer",
-                        "concurrency": 10,
-                        "rounds": 20,
-                        "tokens": sizes["throughput_tokens"],
+                        "scenario": "ttft",
+                        "concurrency": level,
+                        "rounds": sizes["ttft_rounds"][level],
                     }
                 )
-            finally:
-                proxy.terminate()
-                proxy.wait(30)
-            worker_ttft = results["ttft"][10]
-            direct = measured["direct"]
-            results["peer"] = {
-                "LiteLLM proxy": measured["peer"]
-                | {"added_p50": measured["peer"]["p50"] - direct["p50"]},
-                "LLM Worker": {
-                    "p50": worker_ttft["worker_ms"]["p50"],
-                    "p99": worker_ttft["worker_ms"]["p99"],
-                    "added_p50": worker_ttft["worker_ms"]["p50"] - worker_ttft["direct_ms"]["p50"],
-                    "throughput": results["throughput"][10]["worker"],
-                },
-                "direct (openai SDK)": direct | {"added_p50": 0.0},
-            }
-    finally:
-        for process in (worker, upstream):
-            process.terminate()
-            process.wait(30)
+                print(f"  concurrency {level}: throughput", flush=True)
+                results["throughput"][level] = await loadgen(
+                    base
+                    | {
+                        "scenario": "throughput",
+                        "concurrency": level,
+                        "tokens": sizes["throughput_tokens"],
+                        "rounds": sizes["throughput_rounds"][level],
+                    }
+                )
+            print("  idle connections and running jobs", flush=True)
+            results["scale"] = await loadgen(base | {"scenario": "scale"} | sizes["scale"])
+            print("  fan-out", flush=True)
+            results["fanout"] = await loadgen(base | {"scenario": "fanout"} | sizes["fanout"])
+            if litellm:
+                results["peer"] = await litellm_row(
+                    litellm, base, upstream_port, workdir, sizes, results
+                )
+        finally:
+            upstream.terminate()
+            upstream.wait(30)
     local = local_batching(sizes, workdir)
     if local is not None:
         results["local"] = local
     return results
+
+
+async def litellm_row(
+    litellm: str,
+    base: dict[str, Any],
+    upstream_port: int,
+    workdir: Path,
+    sizes: dict[str, Any],
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    """LiteLLM's proxy beside the worker and the SDK at 10 jobs at once."""
+    print("  peer: LiteLLM's proxy", flush=True)
+    proxy, reach = await asyncio.to_thread(
+        litellm_peer, litellm, upstream_port, workdir, sizes["throughput_tokens"]
+    )
+    try:
+        measured = await loadgen(
+            base
+            | reach
+            | {
+                "scenario": "peer",
+                "concurrency": 10,
+                "rounds": 20,
+                "tokens": sizes["throughput_tokens"],
+            }
+        )
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
+    worker_ttft = results["ttft"][10]
+    direct = measured["direct"]
+    return {
+        "LiteLLM proxy": measured["peer"] | {"added_p50": measured["peer"]["p50"] - direct["p50"]},
+        "LLM Worker": {
+            "p50": worker_ttft["worker_ms"]["p50"],
+            "p99": worker_ttft["worker_ms"]["p99"],
+            "added_p50": worker_ttft["worker_ms"]["p50"] - worker_ttft["direct_ms"]["p50"],
+            "throughput": results["throughput"][10]["worker"],
+        },
+        "direct (openai SDK)": direct | {"added_p50": 0.0},
+    }
 
 
 def local_batching(sizes: dict[str, Any], workdir: Path) -> dict[str, Any] | None:
@@ -252,42 +272,22 @@ def local_batching(sizes: dict[str, Any], workdir: Path) -> dict[str, Any] | Non
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [
-        "time to first token, ms: worker = `add` sent -> first token; direct = the SDK's",
-        "chat.completions.create(); lean = the SDK used as the worker uses it",
-        f"{'jobs at once':>13}{'worker':>9}{'direct':>9}{'lean':>9}{'added':>9}{'vs lean':>9}"
-        f"   p99:{'worker':>8}{'direct':>9}{'lean':>9}{'added':>9}{'vs lean':>9}",
-    ]
-    for level, r in results["ttft"].items():
-        w, d, n = r["worker_ms"], r["direct_ms"], r["lean_ms"]
-        lines.append(
-            f"{level:>13}{w['p50']:>9.2f}{d['p50']:>9.2f}{n['p50']:>9.2f}"
-            f"{w['p50'] - d['p50']:>9.2f}{w['p50'] - n['p50']:>9.2f}"
-            f"       {w['p99']:>8.2f}{d['p99']:>9.2f}{n['p99']:>9.2f}"
-            f"{w['p99'] - d['p99']:>9.2f}{w['p99'] - n['p99']:>9.2f}"
-        )
-    lines += [
-        "",
-        "throughput, tokens/s delivered to clients",
-        f"{'jobs at once':>13}{'worker':>10}{'direct':>10}{'ratio':>7}{'lean':>10}{'ratio':>7}"
-        f"{'upstream ceiling':>18}",
-    ]
-    for level, r in results["throughput"].items():
-        lines.append(
-            f"{level:>13}{r['worker']:>10,.0f}{r['direct']:>10,.0f}"
-            f"{r['worker'] / r['direct']:>7.2f}{r['lean']:>10,.0f}"
-            f"{r['worker'] / r['lean']:>7.2f}{r['upstream']:>18,.0f}"
-        )
-    s = results["scale"]
-    f = results["fanout"]
-    lines += [
-        "",
-        f"scale: RSS per idle connection {s['per_idle_connection_kib']:.1f} KiB, "
-        f"per running job {s['per_running_job_kib']:.1f} KiB, errors {s['errors']}",
-        f"fan-out: one job, {f.get('listeners', '?')} listeners: "
-        f"{f['tokens_per_second']:,.0f} tokens/s delivered",
-    ]
-    return "\n".join(lines)
+    s, f = results["scale"], results["fanout"]
+    return "\n".join(
+        [
+            "time to first token, ms: worker = `add` sent -> first token; direct = the SDK's",
+            "chat.completions.create(); lean = the SDK used as the worker uses it",
+            ttft_table(results).text(),
+            "",
+            "throughput, tokens/s delivered to clients",
+            throughput_table(results).text(),
+            "",
+            f"scale: RSS per idle connection {s['per_idle_connection_kib']:.1f} KiB, "
+            f"per running job {s['per_running_job_kib']:.1f} KiB, errors {s['errors']}",
+            f"fan-out: one job, {f.get('listeners', '?')} listeners: "
+            f"{f['tokens_per_second']:,.0f} tokens/s delivered",
+        ]
+    )
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -347,8 +347,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.report_only:
-        from report import write_benchmarks_md
-
         report = json.loads(args.report_only.read_text())
         chart(report["results"], args.out / "benchmarks.png")
         write_benchmarks_md(report, ROOT / "BENCHMARKS.md", args.out / "benchmarks.png")
@@ -357,27 +355,26 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"benchmark ({'smoke' if args.smoke else 'full'} sizes)", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
-        results = run(sizes, Path(workdir), args.litellm)
+        results = asyncio.run(run(sizes, Path(workdir), args.litellm))
     results["fanout"]["listeners"] = sizes["fanout"]["listeners"]
-    report = {"machine": machine(), "sizes": sizes, "results": results}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "sizes": sizes,
+        "results": results,
+    }
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     chart(results, args.out / "benchmarks.png")
     print()
     print(table(results))
     if "local" in results:
-        from local_batching import table as local_table
-
         print()
-        print(local_table(results["local"]))
-    for name, peer in results.get("peer", {}).items():
-        print(
-            f"peer at 10 jobs at once: {name}: time to first token p50 {peer['p50']:.2f} ms, "
-            f"p99 {peer['p99']:.2f} ms, {peer['throughput']:,.0f} tokens/s"
-        )
+        print(summary(results["local"]))
+    if (peers := peer_table(results)) is not None:
+        print()
+        print(peers.text())
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'benchmarks.png'}")
     if args.docs:
-        from report import write_benchmarks_md
-
         write_benchmarks_md(report, ROOT / "BENCHMARKS.md", args.out / "benchmarks.png")
 
 

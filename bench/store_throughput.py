@@ -49,6 +49,7 @@ from llm_worker.testing.processes import WorkerProcess, clean_env
 from llm_worker.testing.redis_cluster import SLOTS, RedisCluster
 from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix
 from percentiles import percentile
+from tables import Column, Table
 
 ASSISTANT = {
     "streams": [
@@ -270,7 +271,9 @@ def report(args: argparse.Namespace, configs: list[str], measured: dict[str, Mea
         f"{args.jobs} jobs of {args.tokens} tokens over {args.connections} connections, "
         f"{os.cpu_count()} CPUs; medians of {args.rounds} rounds, alternating\n"
     )
-    rows = [["store", "tokens/s", f"against {first}", "CPU µs per token, by process"]]
+    throughput = Table(
+        ["store", "tokens/s", Column(f"against {first}", key=True), "CPU µs per token, by process"]
+    )
     for config in configs:
         rate = tokens / statistics.median(measured[config].seconds)
         cpu = ", ".join(
@@ -278,24 +281,23 @@ def report(args: argparse.Namespace, configs: list[str], measured: dict[str, Mea
             for name, values in measured[config].cpu_per_token.items()
         )
         total = sum(statistics.median(v) for v in measured[config].cpu_per_token.values())
-        rows.append([config, f"{rate:,.0f}", f"{rate / base:.2f}", f"{cpu}; all {total * 1e6:.1f}"])
-    table(rows, args.markdown)
-    print()
-    rows = [["store", "jobs at once", "TTFT p50 (ms)", "TTFT p99 (ms)", "samples"]]
+        throughput.add(
+            config, f"{rate:,.0f}", f"{rate / base:.2f}", f"{cpu}; all {total * 1e6:.1f}"
+        )
+    ttft = Table(["store", "jobs at once", "TTFT p50 (ms)", "TTFT p99 (ms)", "samples"])
     for at_once in (1, 10):
         for config in configs:
             values = [v * 1000 for v in measured[config].ttft.get(at_once, [])]
             if values:
-                rows.append(
-                    [
-                        config,
-                        str(at_once),
-                        f"{percentile(values, 50):.2f}",
-                        f"{percentile(values, 99):.2f}",
-                        str(len(values)),
-                    ]
+                ttft.add(
+                    config,
+                    at_once,
+                    f"{percentile(values, 50):.2f}",
+                    f"{percentile(values, 99):.2f}",
+                    len(values),
                 )
-    table(rows, args.markdown)
+    for table in (throughput, ttft):
+        print(table.markdown() if args.markdown else table.text(), end="\n\n")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -309,18 +311,6 @@ def report(args: argparse.Namespace, configs: list[str], measured: dict[str, Mea
                 indent=2,
             )
         )
-
-
-def table(rows: list[list[str]], markdown: bool) -> None:
-    if markdown:
-        print("| " + " | ".join(rows[0]) + " |")
-        print("|" + "---|" * len(rows[0]))
-        for row in rows[1:]:
-            print("| " + " | ".join(row) + " |")
-        return
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 if __name__ == "__main__":
