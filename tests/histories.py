@@ -12,15 +12,39 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import websockets
 
 from llm_worker.dialects import SUBPROTOCOL
+from llm_worker.testing.openai_server import Reply
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 EVENTS = frozenset({"running", "reset"}) | TERMINAL
 _DROPPED = (websockets.ConnectionClosed, OSError, TimeoutError, websockets.InvalidStatus)
+
+
+@dataclass(frozen=True)
+class Echo:
+    """Replies known in advance: the loopback model answers each query with ``tokens``
+    numbered tokens made of it, so that a checker knows every job's full text."""
+
+    tokens: int
+
+    def tokens_for(self, query: str) -> list[str]:
+        return [f" {query}.{i}" for i in range(self.tokens)]
+
+    def text(self, query: str) -> str:
+        return "".join(self.tokens_for(query))
+
+    def replies(self, delay: float) -> Callable[[dict[str, Any]], Reply]:
+        """An upstream handler sending the tokens ``delay`` seconds apart."""
+
+        def handler(body: dict[str, Any]) -> Reply:
+            return Reply(tokens=self.tokens_for(body["messages"][-1]["content"]), delay=delay)
+
+        return handler
 
 
 class Listener:

@@ -15,28 +15,14 @@ import pytest
 import websockets
 
 from llm_worker.dialects import INTERRUPTED, SEED_TYPES
-from llm_worker.testing.openai_server import OpenAIServer, RecordedRequest, Reply
+from llm_worker.testing.openai_server import OpenAIServer, RecordedRequest
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_cluster import RedisCluster
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
+from tests.histories import Echo
 from tests.wsclient import WSClient, text_of
 
-TOKENS_PER_JOB = 20
-
-
-def tokens_for(query: str) -> list[str]:
-    return [f" {query}.{i}" for i in range(TOKENS_PER_JOB)]
-
-
-def full_text(query: str) -> str:
-    return "".join(tokens_for(query))
-
-
-def slow_replies(delay: float) -> Any:
-    def handler(body: dict[str, Any]) -> Reply:
-        return Reply(tokens=tokens_for(body["messages"][-1]["content"]), delay=delay)
-
-    return handler
+ECHO = Echo(tokens=20)
 
 
 def text_after_last_reset(messages: list[dict[str, Any]]) -> str:
@@ -99,7 +85,7 @@ def assert_never_twice_at_once(upstream: OpenAIServer) -> None:
 async def test_sqlite_kill_9_mid_stream_then_restart_finishes_every_job(
     upstream: OpenAIServer, tmp_path: Path
 ) -> None:
-    upstream.handler = slow_replies(0.05)
+    upstream.handler = ECHO.replies(0.05)
     env = clean_env(
         LISTEN_PORT="0",
         STORE_URL="sqlite:///jobs.db",
@@ -137,12 +123,12 @@ async def test_sqlite_kill_9_mid_stream_then_restart_finishes_every_job(
                 assert rest[0]["attempt"] == 2
                 assert rest[-1]["type"] == "done"
                 assert_in_order(before + rest)
-                assert text_after_last_reset(before + rest) == full_text(query)
+                assert text_after_last_reset(before + rest) == ECHO.text(query)
                 # A fresh replay shows the last attempt only.
                 await client.send({"type": "listen", "job_id": job_id})
                 replay = await client.job_messages(job_id)
                 assert [m["type"] for m in replay[:2]] == ["reset", "running"]
-                assert text_after_last_reset(replay) == full_text(query)
+                assert text_after_last_reset(replay) == ECHO.text(query)
         # A client of the seed's protocol, coming back, hears the job once, whole.
         async with WSClient(second.ws_url, seed=True) as seed:
             for query, job_id in ids.items():
@@ -150,7 +136,7 @@ async def test_sqlite_kill_9_mid_stream_then_restart_finishes_every_job(
                 replay = await seed.job_messages(job_id)
                 assert {m["type"] for m in replay} <= SEED_TYPES, replay
                 assert replay[0]["message"] == "" and replay[-1]["type"] == "done"
-                assert text_of(replay) == full_text(query)
+                assert text_of(replay) == ECHO.text(query)
     assert "12 queued (12 of them were running)" in second.output
     assert all(len(r) == 2 for r in requests_by_query(upstream).values())
     assert_never_twice_at_once(upstream)
@@ -183,7 +169,7 @@ async def test_redis_two_gateways_two_workers_survive_a_worker_kill_9(
     redis_env = shared_env
     # Replies of 2 s: long enough that 32 of them stream at once even on a busy
     # machine (at 0.6 s, the first ones could end before the last ones started).
-    upstream.handler = slow_replies(0.1)
+    upstream.handler = ECHO.replies(0.1)
     queries = [f"job{i}" for i in range(40)]
     async with processes() as started:
         gateway_1 = await WorkerProcess.start(redis_env, tmp_path, role="gateway")
@@ -208,7 +194,7 @@ async def test_redis_two_gateways_two_workers_survive_a_worker_kill_9(
                 messages = await listener.job_messages(job_id, timeout=60)
                 assert messages[-1]["type"] == "done", (query, messages[-3:])
                 assert_in_order(messages)
-                assert text_after_last_reset(messages) == full_text(query)
+                assert text_after_last_reset(messages) == ECHO.text(query)
             interrupted = await seed_listeners_never_mix_attempts(seed, ids)
     # Some jobs ran twice (taken over from the dead worker), never at the same time.
     by_query = requests_by_query(upstream)
@@ -231,19 +217,19 @@ async def seed_listeners_never_mix_attempts(seed: WSClient, ids: dict[str, str])
         if messages[-1]["type"] == "failed":
             assert messages[-1]["message"] == INTERRUPTED
             # What it was shown is the first attempt's, never two attempts' run together.
-            assert full_text(query).startswith(text_of(messages))
+            assert ECHO.text(query).startswith(text_of(messages))
             interrupted.append(query)
             await seed.send({"type": "listen", "job_id": job_id})
             messages = await seed.job_messages(job_id, timeout=60)
         assert messages[-1]["type"] == "done", messages[-3:]
-        assert text_of(messages) == full_text(query)
+        assert text_of(messages) == ECHO.text(query)
     return interrupted
 
 
 async def test_redis_cancel_and_status_work_across_gateways(
     upstream: OpenAIServer, redis_env: dict[str, str], tmp_path: Path
 ) -> None:
-    upstream.handler = slow_replies(0.2)
+    upstream.handler = ECHO.replies(0.2)
     async with processes() as started:
         gateway_1 = await WorkerProcess.start(redis_env, tmp_path, role="gateway")
         gateway_2 = await WorkerProcess.start(redis_env, tmp_path, role="gateway")
@@ -264,7 +250,7 @@ async def test_redis_cancel_and_status_work_across_gateways(
                 assert (await client.job_messages(job_id))[-1]["type"] == "cancelled"
             (request,) = upstream.chat_requests
             await asyncio.wait_for(request.client_gone.wait(), 5)
-            assert request.tokens_sent < TOKENS_PER_JOB
+            assert request.tokens_sent < ECHO.tokens
 
             await one.send({"type": "status", "job_id": job_id})
             assert (await one.wait_for("status"))["state"] == "cancelled"
@@ -275,7 +261,7 @@ async def test_redis_restarted_under_running_jobs(
 ) -> None:
     server = own_redis
     env = {**redis_env, "STORE_URL": server.url, "REDIS_OUTAGE_GRACE_SECONDS": "5"}
-    upstream.handler = slow_replies(0.1)
+    upstream.handler = ECHO.replies(0.1)
     queries = [f"job{i}" for i in range(6)]
     async with processes() as started:
         gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
@@ -291,7 +277,7 @@ async def test_redis_restarted_under_running_jobs(
                 messages = await client.job_messages(job_id, timeout=60)
                 assert messages[-1]["type"] == "done", (query, messages[-3:])
                 assert_in_order(messages)
-                assert text_after_last_reset(messages) == full_text(query)
+                assert text_after_last_reset(messages) == ECHO.text(query)
                 # Back within the grace period: listeners were not told.
                 assert all(m["type"] != "error" for m in messages)
         assert "Redis is reachable again" in worker.output
@@ -302,7 +288,7 @@ async def test_listeners_hear_of_a_redis_outage_longer_than_the_grace_period(
 ) -> None:
     server = own_redis
     env = {**redis_env, "STORE_URL": server.url, "REDIS_OUTAGE_GRACE_SECONDS": "1"}
-    upstream.handler = slow_replies(0.1)
+    upstream.handler = ECHO.replies(0.1)
     async with processes() as started:
         gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
         worker = await WorkerProcess.start(env, tmp_path, role="worker")
@@ -322,8 +308,8 @@ async def test_listeners_hear_of_a_redis_outage_longer_than_the_grace_period(
             server.start()
             messages = await client.job_messages(job_id, timeout=60)
             assert messages[-1]["type"] == "done"
-            assert text_after_last_reset(messages) == full_text("patient")
+            assert text_after_last_reset(messages) == ECHO.text("patient")
             # The seed's clients know no outage notice: theirs just resumes.
             seed_messages = await seed.job_messages(job_id, timeout=60)
             assert {m["type"] for m in seed_messages} <= SEED_TYPES
-            assert text_of(seed_messages) == full_text("patient")
+            assert text_of(seed_messages) == ECHO.text("patient")

@@ -18,28 +18,13 @@ import pytest
 
 from llm_worker.dialects import SEED_TYPES
 from llm_worker.store.redis import JOB_LOST
-from llm_worker.testing.openai_server import OpenAIServer, Reply
+from llm_worker.testing.openai_server import OpenAIServer
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix
-from tests.histories import ASSISTANT, Listener, add_jobs, check_history
+from tests.histories import ASSISTANT, Echo, Listener, add_jobs, check_history
 from tests.wsclient import WSClient, text_of
 
-TOKENS = 10
-
-
-def tokens_for(query: str) -> list[str]:
-    return [f" {query}.{i}" for i in range(TOKENS)]
-
-
-def full_text(query: str) -> str:
-    return "".join(tokens_for(query))
-
-
-def replies(delay: float) -> Any:
-    def handler(body: dict[str, Any]) -> Reply:
-        return Reply(tokens=tokens_for(body["messages"][-1]["content"]), delay=delay)
-
-    return handler
+ECHO = Echo(tokens=10)
 
 
 def assert_clean(output: str) -> None:
@@ -55,7 +40,7 @@ def assert_clean(output: str) -> None:
 async def test_kill_9_the_moment_a_listener_receives_done_takes_back_nothing(
     upstream: OpenAIServer, tmp_path: Path
 ) -> None:
-    upstream.handler = replies(0.001)
+    upstream.handler = ECHO.replies(0.001)
     env = clean_env(LISTEN_PORT="0", STORE_URL="sqlite:///jobs.db", OPENAI_API_KEY="k",
                     OPENAI_BASE_URL=upstream.base_url)  # fmt: skip
     async with processes() as started:
@@ -78,7 +63,7 @@ async def test_kill_9_the_moment_a_listener_receives_done_takes_back_nothing(
                 await client.send({"type": "status", "job_id": job_id})
                 status = await client.expect("status")
                 assert status["state"] == "done", (trial, status)
-                assert status["output"] == text_of(seen) == full_text(query)
+                assert status["output"] == text_of(seen) == ECHO.text(query)
                 # Resuming after the done: the done again, never a re-run.
                 await client.send({"type": "listen", "job_id": job_id, "after": seen[-1]["seq"]})
                 assert await client.job_messages(job_id) == [seen[-1]]
@@ -95,7 +80,7 @@ def by_query(upstream: OpenAIServer) -> dict[str, list[Any]]:
 async def test_random_kill_9s_of_a_sqlite_worker_break_no_promise(
     upstream: OpenAIServer, tmp_path: Path
 ) -> None:
-    upstream.handler = replies(0.03)
+    upstream.handler = ECHO.replies(0.03)
     port = free_port()
     env = clean_env(LISTEN_PORT=str(port), STORE_URL="sqlite:///jobs.db", OPENAI_API_KEY="k",
                     OPENAI_BASE_URL=upstream.base_url, JOB_MAX_ATTEMPTS="50")  # fmt: skip
@@ -121,7 +106,7 @@ async def test_random_kill_9s_of_a_sqlite_worker_break_no_promise(
         acknowledged = await adding
     assert listener.connections > 1  # it had to come back, and resume
     assert len(acknowledged) >= 80, "most adds were acknowledged"
-    attempts = [check_history(listener.frames[job_id], full_text(query))
+    attempts = [check_history(listener.frames[job_id], ECHO.text(query))
                 for query, job_id in acknowledged.items()]  # fmt: skip
     assert max(attempts) > 1, "some jobs were cut and ran again"
     for process in started:
@@ -131,7 +116,7 @@ async def test_random_kill_9s_of_a_sqlite_worker_break_no_promise(
 async def test_random_kill_9s_of_redis_workers_break_no_promise(
     upstream: OpenAIServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    upstream.handler = replies(0.03)
+    upstream.handler = ECHO.replies(0.03)
     env = clean_env(LISTEN_PORT="0", STORE_URL=redis_server.url, REDIS_PREFIX=unique_prefix(),
                     OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url,
                     WORKER_HEARTBEAT_TIMEOUT_SECONDS="1", JOB_MAX_ATTEMPTS="50")  # fmt: skip
@@ -159,7 +144,7 @@ async def test_random_kill_9s_of_redis_workers_break_no_promise(
         await asyncio.wait_for(listener.run(done=lambda: adding.done() and killing.done()), 180)
         acknowledged = await adding
     assert len(acknowledged) == len(queries)  # the gateway never died
-    attempts = [check_history(listener.frames[job_id], full_text(query))
+    attempts = [check_history(listener.frames[job_id], ECHO.text(query))
                 for query, job_id in acknowledged.items()]  # fmt: skip
     assert max(attempts) > 1, "some jobs were taken over and ran again"
     for process in started:
@@ -197,7 +182,7 @@ async def check_store_failure_and_recovery(
 ) -> None:
     """Jobs streaming, the store breaks: each listener gets ``failed`` naming the store,
     nothing refused runs, the process lives; once mended, new jobs run."""
-    upstream.handler = replies(0.05)
+    upstream.handler = ECHO.replies(0.05)
     async with WSClient(worker.ws_url) as full, WSClient(worker.ws_url, seed=True) as seed:
         running = [await full.add(f"r{i}", query=f"running{i}") for i in range(2)]
         running.append(await seed.add("s", query="seed"))
@@ -224,10 +209,10 @@ async def check_store_failure_and_recovery(
         )
         assert "refused" not in by_query(upstream)
         mend_it()
-        upstream.handler = replies(0)
+        upstream.handler = ECHO.replies(0)
         _, messages = await full.run(request_id="after", query="after")
         assert messages[-1]["type"] == "done"
-        assert text_of(messages) == full_text("after")
+        assert text_of(messages) == ECHO.text("after")
         assert {m["type"] for m in seed.backlog if "seq" in m} <= SEED_TYPES
     assert worker.process.returncode is None, "the process died"
 
@@ -308,7 +293,7 @@ async def health(gateway: WorkerProcess) -> int:
 async def test_redis_restarted_empty_loses_its_jobs_but_not_the_service(
     upstream: OpenAIServer, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    upstream.handler = replies(0.2)
+    upstream.handler = ECHO.replies(0.2)
     async with processes() as started:
         gateway, worker = await gateway_and_worker(own_redis, upstream, tmp_path, started)
         async with WSClient(gateway.ws_url) as full, WSClient(gateway.ws_url, seed=True) as seed:
@@ -328,10 +313,10 @@ async def test_redis_restarted_empty_loses_its_jobs_but_not_the_service(
                     assert end == {"type": "failed", "job_id": job_id, "message": JOB_LOST,
                                    "seq": end["seq"]}  # fmt: skip
             # The queue is made again: new jobs run, on the same processes.
-            upstream.handler = replies(0)
+            upstream.handler = ECHO.replies(0)
             _, messages = await full.run(request_id="new", query="new")
             assert messages[-1]["type"] == "done"
-            assert text_of(messages) == full_text("new")
+            assert text_of(messages) == ECHO.text("new")
             assert await health(gateway) == 200
     for process in (gateway, worker):
         assert_clean(process.output)
@@ -341,7 +326,7 @@ async def test_redis_restarted_empty_loses_its_jobs_but_not_the_service(
 async def test_redis_paused_past_the_grace_period_then_back(
     upstream: OpenAIServer, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    upstream.handler = replies(0.2)
+    upstream.handler = ECHO.replies(0.2)
     async with processes() as started:
         gateway, worker = await gateway_and_worker(own_redis, upstream, tmp_path, started)
         async with WSClient(gateway.ws_url) as full, WSClient(gateway.ws_url, seed=True) as seed:
@@ -358,10 +343,10 @@ async def test_redis_paused_past_the_grace_period_then_back(
                 own_redis.resume()
             messages = await full.job_messages(job_id, timeout=60)
             assert messages[-1]["type"] == "done"
-            check_history([m for m in messages if "seq" in m], full_text("patient"))
+            check_history([m for m in messages if "seq" in m], ECHO.text("patient"))
             seed_messages = await seed.job_messages(job_id, timeout=60)
             assert {m["type"] for m in seed_messages} <= SEED_TYPES
-            assert text_of(seed_messages) == full_text("patient")
+            assert text_of(seed_messages) == ECHO.text("patient")
             assert await health(gateway) == 200
     for process in (gateway, worker):
         assert_clean(process.output)
