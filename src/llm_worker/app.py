@@ -11,15 +11,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Literal
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from llm_worker.access import load_access
 from llm_worker.config import ConfigError, Settings
 from llm_worker.gateway import Gateway, GatewayLimits
+from llm_worker.http_api import JobsAPI
 from llm_worker.inserts import builtin_inserts
+from llm_worker.openapi import openapi_document
 from llm_worker.origins import origin_middleware
 from llm_worker.pipelines import builtin_pipelines
 from llm_worker.providers.catalog import build_providers
@@ -34,6 +39,7 @@ Role = Literal["all", "gateway", "worker"]
 # After the grace, how long listeners may take to receive what giving up jobs produced.
 RELAY_AFTER_GRACE_SECONDS = 2.0
 ROLES: tuple[Role, ...] = ("all", "gateway", "worker")
+CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 
 
 def build_runner(settings: Settings, clients: ClientPool) -> Runner:
@@ -171,6 +177,9 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             WebSocketRoute("/ws/", gateway.websocket_endpoint),
             WebSocketRoute("/ws", gateway.websocket_endpoint),
             Route("/healthz", gateway.healthz),
+            *JobsAPI(gateway).routes(),
+            Route("/openapi.json", openapi_json),
+            Route("/client.js", client_js),
         ],
         middleware=origin_middleware(service.access),
         lifespan=lifespan,
@@ -181,6 +190,16 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
     app.state.gateway = gateway
     app.state.worker = service.worker
     return app
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document())
+
+
+async def client_js(request: Request) -> FileResponse:
+    """The browser client (an ES module, also usable from Node), public like the page
+    that loads it: it holds no secret."""
+    return FileResponse(CLIENT_JS, media_type="text/javascript; charset=utf-8")
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:

@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from llm_worker import protocol
 from llm_worker.access import Principal
 from llm_worker.dialects import Dialect, Relay, refusal
-from llm_worker.jobs import JobRecord, JobState, output_of
+from llm_worker.jobs import JobState
 from llm_worker.protocol import (
     AddRequest,
     CancelRequest,
@@ -36,11 +36,10 @@ from llm_worker.protocol import (
     ProtocolError,
     StatusRequest,
 )
-from llm_worker.runner import RequestRefused
+from llm_worker.refusals import Refused
 from llm_worker.serving import TRANSPORT_EXTENSION, Transport
 from llm_worker.store import StoreError, UnknownJob
 from llm_worker.tasks import TaskSet
-from llm_worker.templates import TemplateError
 
 if TYPE_CHECKING:
     from llm_worker.gateway import Gateway
@@ -55,8 +54,6 @@ PENDING_WINDOW = 8
 SLOW_CLOSE_CODE = 1013
 # What sending to, or receiving from, a connection that went away raises.
 GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
-SHUTTING_DOWN = "the worker is shutting down and takes no new jobs; try again shortly"
-LISTEN_ONLY = "a listen token may only listen to its job and ask its status"
 
 
 class TooSlow(OSError):
@@ -192,41 +189,19 @@ class Connection:
         )
 
     async def add(self, request: AddRequest) -> None:
-        if self.principal.listen_only:
-            await self.refuse("add", request.id, LISTEN_ONLY)
-            return
-        if self.gateway.draining:
-            await self.refuse("add", request.id, SHUTTING_DOWN)
-            return
         if (refused := self._cannot_follow_more()) is not None:
             await self.refuse("add", request.id, refused)
             return
-        spec = request.to_spec()
         try:
-            self.gateway.runner.check(spec)
-        except RequestRefused as exc:
-            await self.refuse("add", request.id, str(exc))
+            record, token = await self.gateway.add_job(self.principal, request.to_spec())
+        except Refused as exc:
+            await self.refuse("add", request.id, exc.message)
             return
-        except TemplateError as exc:
-            await self.refuse("add", request.id, f"invalid assistant template: {exc}")
-            return
-        tenant = self.principal.tenant
-        record = await self.store.submit(spec, tenant)
-        log.debug("job %s added", record.id)
-        access = self.gateway.access
-        token = access.listen_token(record.id, tenant) if access.enabled else None
         await self.send(protocol.resp_add(request.id, record.id, token))
         await self.follow(record.id, after=0)
 
-    async def _visible(self, job_id: str) -> JobRecord:
-        """The job's record, if this connection may know of the job at all."""
-        record = await self.store.get(job_id)
-        if record is None or not self.principal.may_see(record.tenant, job_id):
-            raise UnknownJob(job_id)
-        return record
-
     async def listen(self, request: ListenRequest) -> None:
-        await self._visible(request.job_id)
+        await self.gateway.visible(self.principal, request.job_id)
         if request.job_id in self.followers:
             if request.after is None:
                 return  # already following: a second listen must not duplicate events
@@ -246,13 +221,13 @@ class Connection:
         )
 
     async def cancel(self, request: CancelRequest) -> None:
-        await self._visible(request.job_id)
-        if self.principal.listen_only:
-            await self.send(protocol.error(LISTEN_ONLY, request.job_id))
-            return
         # Asked before cancelling: a follower ends as soon as it relays `cancelled`.
         following = request.job_id in self.followers
-        record = await self.store.cancel(request.job_id)
+        try:
+            record = await self.gateway.cancel_job(self.principal, request.job_id)
+        except Refused as exc:
+            await self.send(protocol.error(exc.message, request.job_id))
+            return
         if record.state is not JobState.CANCELLED:
             await self.send(
                 protocol.error(
@@ -265,10 +240,7 @@ class Connection:
             await self.send(protocol.cancelled(record.id))
 
     async def status(self, request: StatusRequest) -> None:
-        record = await self._visible(request.job_id)
-        position = await self.store.position(record.id)
-        output = output_of(await self.store.read(record.id))
-        await self.send(protocol.status(record, position, output))
+        await self.send(await self.gateway.status_of(self.principal, request.job_id))
 
     # -- following jobs -----------------------------------------------------
 

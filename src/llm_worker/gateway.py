@@ -1,4 +1,6 @@
-"""The gateway: the WebSocket endpoint clients talk to, and the HTTP endpoints.
+"""The gateway: the WebSocket endpoint clients talk to, the HTTP endpoints, and the
+operations both serve (add, see, cancel a job, and its status), each checked
+against who asks.
 
 A new WebSocket is checked before it is accepted: its dialect (400 if it asks
 for one not spoken), its key or listen token (401 without a valid one, when
@@ -21,15 +23,21 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.websockets import WebSocket
 
-from llm_worker.access import Access
+from llm_worker import protocol
+from llm_worker.access import Access, Principal
 from llm_worker.connection import Connection
 from llm_worker.dialects import negotiate
-from llm_worker.jobs import JobState
+from llm_worker.jobs import JobRecord, JobSpec, JobState, output_of
 from llm_worker.protocol import ProtocolError
-from llm_worker.runner import Runner
-from llm_worker.store import JobStore, StoreError
+from llm_worker.refusals import Refused
+from llm_worker.runner import RequestRefused, Runner
+from llm_worker.store import JobStore, StoreError, UnknownJob
+from llm_worker.templates import TemplateError
 
 log = logging.getLogger(__name__)
+
+SHUTTING_DOWN = "the worker is shutting down and takes no new jobs; try again shortly"
+LISTEN_ONLY = "a listen token may only listen to its job and ask its status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,8 @@ class Gateway:
         self.access = access or Access()
         self.limits = limits or GatewayLimits()
         self.connections: set[Connection] = set()
+        self.streams: dict[asyncio.Task[None], str] = {}
+        """HTTP event streams relaying a job, and the job each relays."""
         self.draining = False
         """Set when the process stops: no new connections or jobs."""
         self._health_watch: asyncio.Task[None] | None = None
@@ -93,15 +103,71 @@ class Gateway:
             await asyncio.wait(followers, timeout=min(remaining, 0.5))
 
     async def _followers_of_started_jobs(self) -> list[asyncio.Task[None]]:
+        following = [
+            (job_id, task)
+            for connection in list(self.connections)
+            for job_id, task in list(connection.followers.items())
+        ]
+        following += [(job_id, task) for task, job_id in list(self.streams.items())]
         followers = []
-        for connection in list(self.connections):
-            for job_id, task in list(connection.followers.items()):
-                if task.done():
-                    continue
-                record = await self.store.get(job_id)
-                if record is not None and record.state is not JobState.PENDING:
-                    followers.append(task)
+        for job_id, task in following:
+            if task.done():
+                continue
+            record = await self.store.get(job_id)
+            if record is not None and record.state is not JobState.PENDING:
+                followers.append(task)
         return followers
+
+    # -- operations, for the WebSocket and HTTP alike ----------------------------
+
+    def authenticate(self, connection: HTTPConnection) -> Principal:
+        """Who an HTTP request speaks for; :class:`Refused` (401) without a valid key."""
+        principal = self.access.authenticate(credential(connection))
+        if principal is None:
+            raise Refused(NEEDS_KEY, 401, challenge=True)
+        return principal
+
+    async def add_job(self, principal: Principal, spec: JobSpec) -> tuple[JobRecord, str | None]:
+        """Queue a job after checking it; the job and, with keys, its listen token.
+
+        :class:`Refused` for a request the gateway will not queue, the store's
+        :class:`StoreError` for one it cannot."""
+        if principal.listen_only:
+            raise Refused(LISTEN_ONLY, 403)
+        if self.draining:
+            raise Refused(SHUTTING_DOWN, 503)
+        try:
+            self.runner.check(spec)
+        except RequestRefused as exc:
+            raise Refused(str(exc)) from None
+        except TemplateError as exc:
+            raise Refused(f"invalid assistant template: {exc}") from None
+        record = await self.store.submit(spec, principal.tenant)
+        log.debug("job %s added", record.id)
+        token = self.access.listen_token(record.id, record.tenant) if self.access.enabled else None
+        return record, token
+
+    async def visible(self, principal: Principal, job_id: str) -> JobRecord:
+        """The job's record, if ``principal`` may know of the job at all (else
+        :class:`UnknownJob`, as for a job that does not exist)."""
+        record = await self.store.get(job_id)
+        if record is None or not principal.may_see(record.tenant, job_id):
+            raise UnknownJob(job_id)
+        return record
+
+    async def cancel_job(self, principal: Principal, job_id: str) -> JobRecord:
+        """Cancel the job; its record as it now stands (unchanged if it had ended)."""
+        await self.visible(principal, job_id)
+        if principal.listen_only:
+            raise Refused(LISTEN_ONLY, 403)
+        return await self.store.cancel(job_id)
+
+    async def status_of(self, principal: Principal, job_id: str) -> str:
+        """The ``status`` reply about the job."""
+        record = await self.visible(principal, job_id)
+        position = await self.store.position(record.id)
+        output = output_of(await self.store.read(record.id))
+        return protocol.status(record, position, output)
 
     async def websocket_endpoint(self, websocket: WebSocket) -> None:
         try:
@@ -157,9 +223,8 @@ def credential(connection: HTTPConnection) -> str | None:
     return connection.query_params.get("access_token")
 
 
+NEEDS_KEY = "an API key is needed: send it as Authorization: Bearer KEY, or as ?access_token=KEY"
+
+
 def unauthorized() -> PlainTextResponse:
-    return PlainTextResponse(
-        "an API key is needed: send it as Authorization: Bearer KEY, or as ?access_token=KEY",
-        status_code=401,
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    return PlainTextResponse(NEEDS_KEY, status_code=401, headers={"WWW-Authenticate": "Bearer"})

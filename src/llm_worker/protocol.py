@@ -133,6 +133,11 @@ def parse_request(data: str | bytes) -> Request:
     if not isinstance(obj, dict):
         kind = _JSON_TYPE_NAMES.get(type(obj), "something else")
         raise ProtocolError(f"a request must be a JSON object, not {kind}")
+    return request_from(obj)
+
+
+def request_from(obj: dict[str, Any]) -> Request:
+    """The request a parsed JSON object holds; :class:`ProtocolError` otherwise."""
     request_type = obj.get("type")
     if request_type is None:
         raise ProtocolError("missing field 'type'", _ref_of(obj, None))

@@ -7,7 +7,8 @@ with the limits no application code can set.
   WebSocket upgrade's included): half-open sockets are closed, not kept.
 * A WebSocket connection offers the application its transport (ASGI extension
   ``llm-worker.transport``): how much it has yet to send, and a way to close it
-  with a reason even while the peer reads nothing.
+  with a reason even while the peer reads nothing; an HTTP request, whether the
+  peer reads what it is sent and a way to hang up (for event streams).
 * On a stop, new connections are refused at once, but the open ones are closed
   only once :meth:`~llm_worker.app.Service.drain` is over.
 """
@@ -79,6 +80,24 @@ class Transport:
         )
 
 
+class HttpTransport:
+    """What an HTTP response streaming for long (Server-Sent Events) may ask of its
+    transport: whether the peer reads, and a way to hang up on one that does not."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: HttpToolsProtocol) -> None:
+        self._protocol = protocol
+
+    def blocked(self) -> bool:
+        """Whether a send would wait for the peer to read first."""
+        return bool(self._protocol.flow.write_paused)
+
+    def abort(self) -> None:
+        if self._protocol.transport is not None:
+            self._protocol.transport.abort()
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, offering :class:`Transport` to the app."""
 
@@ -110,6 +129,9 @@ def http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._stop_deadline()
             super().on_headers_complete()
+            scope = getattr(self, "scope", None)
+            if scope is not None and scope.get("type") == "http":
+                scope.setdefault("extensions", {})[TRANSPORT_EXTENSION] = HttpTransport(self)
 
         def data_received(self, data: bytes) -> None:
             if self.transport is not None:  # not refused in connection_made

@@ -14,6 +14,7 @@ from llm_worker.store.base import (
     StoreStats,
     StoreUnavailable,
     UnknownJob,
+    Unstorable,
 )
 from llm_worker.store.memory import MemoryStore
 
@@ -27,6 +28,7 @@ __all__ = [
     "StoreStats",
     "StoreUnavailable",
     "UnknownJob",
+    "Unstorable",
     "open_store",
 ]
 

@@ -27,7 +27,11 @@ class StoreError(Exception):
 
 
 class QueueFull(StoreError):
-    """The queue, or a tenant's share of it, is at its limit."""
+    """The queue, or a tenant's share of it (``per_tenant``), is at its limit."""
+
+    def __init__(self, message: str, per_tenant: bool = False) -> None:
+        super().__init__(message)
+        self.per_tenant = per_tenant
 
     @classmethod
     def of_jobs(cls, limit: int) -> QueueFull:
@@ -44,8 +48,13 @@ class QueueFull(StoreError):
     def of_tenant(cls, tenant: str, limit: int) -> QueueFull:
         return cls(
             f"tenant {tenant!r} has {limit} jobs waiting, its limit; "
-            "try again once some of them have run"
+            "try again once some of them have run",
+            per_tenant=True,
         )
+
+
+class Unstorable(StoreError):
+    """A request no store can keep (it does not serialize): the client's to fix."""
 
 
 class RateLimited(StoreError):

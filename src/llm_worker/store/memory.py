@@ -41,6 +41,7 @@ from llm_worker.store.base import (
     StoreError,
     StoreStats,
     UnknownJob,
+    Unstorable,
 )
 from llm_worker.store.eventlog import EventLog
 from llm_worker.store.journal import Failures, Journal, NullJournal, Restored
@@ -149,7 +150,7 @@ class MemoryStore(JobStore):
         try:
             text = spec_json(spec)
         except ValueError as exc:
-            raise StoreError(str(exc)) from None
+            raise Unstorable(str(exc)) from None
         if self._queued_bytes + len(text) > self.queue_max_bytes:
             raise QueueFull.of_bytes(self.queue_max_bytes)
         if limits.adds_per_minute:

@@ -46,9 +46,9 @@ from llm_worker.store.base import (
     NotOwner,
     QueueFull,
     RateLimited,
-    StoreError,
     StoreStats,
     UnknownJob,
+    Unstorable,
 )
 from llm_worker.store.redis.layout import GROUP, SCRIPTS, Keys, decoded, encode_notice
 from llm_worker.store.redis.mirrors import Feed, Mirrors
@@ -324,7 +324,7 @@ class RedisStore(JobStore):
         try:
             text = spec_json(spec)
         except ValueError as exc:
-            raise StoreError(str(exc)) from None
+            raise Unstorable(str(exc)) from None
         limits = self.limits(tenant)
         if limits.adds_per_minute:
             wait_ms = await self._reach.for_client(

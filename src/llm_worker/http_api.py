@@ -1,0 +1,328 @@
+"""The HTTP API beside the WebSocket: jobs created, read, streamed and cancelled with
+plain HTTP, on the same port, with the same keys, tenants, origins and limits.
+
+    POST /v1/jobs                  the ``add`` fields as JSON -> 201 {"job_id": ...}
+    GET  /v1/jobs/{id}             the ``status`` reply
+    GET  /v1/jobs/{id}/events      Server-Sent Events, resumable
+    POST /v1/jobs/{id}/cancel      the ``cancelled`` reply, or 409 if the job had ended
+
+The events endpoint sends each frame of the full protocol as one event: ``id:``
+is its ``seq``, ``event:`` its ``type``, ``data:`` the frame. It starts after
+``Last-Event-ID`` (what a browser's ``EventSource`` sends when it reconnects) or
+``?after=``, and ends after the job's terminal event. Asked for more once the
+job has ended, it answers 204, which tells ``EventSource`` to stop reconnecting.
+A stream whose reader leaves it unread for ``SLOW_LISTENER_SECONDS`` is cut, to
+be resumed like any other.
+
+Errors are JSON, ``{"type": "error", "message": ...}``, with the WebSocket's
+messages and the status codes of HTTP: 400 a bad request, 401 no valid key, 403
+a listen token asking more than to listen, 404 an unknown job, 409 a cancel of a
+job that ended, 413 a request above ``MAX_MESSAGE_BYTES``, 429 a tenant over its
+limits, 503 the queue full, the store away or the worker stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from llm_worker import protocol
+from llm_worker.access import Principal
+from llm_worker.dialects import Dialect, Relay
+from llm_worker.jobs import JobState
+from llm_worker.protocol import AddRequest, ProtocolError
+from llm_worker.refusals import Refused, http_status
+from llm_worker.serving import TRANSPORT_EXTENSION
+from llm_worker.store import StoreError
+
+if TYPE_CHECKING:
+    from llm_worker.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+# A comment line this often keeps an idle stream open through proxies, and finds
+# readers that went away.
+KEEPALIVE_SECONDS = 15.0
+SSE_HEADERS = {
+    "cache-control": "no-cache",
+    # Tells nginx not to buffer the stream.
+    "x-accel-buffering": "no",
+}
+
+
+def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        protocol.error(message), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def refusal_response(exc: Refused | StoreError) -> Response:
+    """The response to a request refused by the gateway or the store."""
+    if isinstance(exc, Refused):
+        return error_response(exc.message, exc.status, exc.headers())
+    status, headers = http_status(exc)
+    return error_response(str(exc), status, headers)
+
+
+class JobsAPI:
+    """The ``/v1/jobs`` routes, served by the gateway's operations."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/jobs", _answered(self.create), methods=["POST"]),
+            Route("/v1/jobs/{job_id}", _answered(self.get), methods=["GET"]),
+            Route("/v1/jobs/{job_id}/events", _answered(self.events), methods=["GET"]),
+            Route("/v1/jobs/{job_id}/cancel", _answered(self.cancel), methods=["POST"]),
+        ]
+
+    # -- requests -------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        try:
+            principal = self.gateway.authenticate(request)
+            body = await self._body(request)
+            add = self._add_request(body)
+            record, token = await self.gateway.add_job(principal, add.to_spec())
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        reply: dict[str, Any] = {"job_id": record.id, "state": record.state.value}
+        if token is not None:
+            reply["listen_token"] = token
+        return JSONResponse(reply, status_code=201, headers={"location": f"/v1/jobs/{record.id}"})
+
+    async def get(self, request: Request) -> Response:
+        try:
+            principal = self.gateway.authenticate(request)
+            frame = await self.gateway.status_of(principal, request.path_params["job_id"])
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        return Response(frame, media_type="application/json")
+
+    async def cancel(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        try:
+            principal = self.gateway.authenticate(request)
+            record = await self.gateway.cancel_job(principal, job_id)
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        if record.state is not JobState.CANCELLED:
+            return error_response(
+                f"job {record.id} already ended ({record.state.value}); nothing to cancel", 409
+            )
+        return Response(protocol.cancelled(record.id), media_type="application/json")
+
+    async def events(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        try:
+            principal = self.gateway.authenticate(request)
+            after = _resume_point(request)
+            record = await self.gateway.visible(principal, job_id)
+            if record.state.finished and not await self.gateway.store.read(job_id, after):
+                # Nothing more will come: 204 tells EventSource not to reconnect.
+                return Response(status_code=204)
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        return EventStream(self.gateway, principal, job_id, after)
+
+    # -- reading requests -------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        """The request's body, refused (413) past ``MAX_MESSAGE_BYTES`` without reading on."""
+        limit = self.gateway.limits.max_message_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise Refused(_too_large(int(declared), limit), 413)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Refused(_too_large(size, limit), 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _add_request(body: bytes) -> AddRequest:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Refused(f"not valid JSON: {exc}", 400) from None
+        if not isinstance(obj, dict):
+            raise Refused("a job must be a JSON object with the fields of 'add'", 400)
+        try:
+            request = protocol.request_from({**obj, "type": "add"})
+        except ProtocolError as exc:
+            raise Refused(exc.message, 400) from None
+        assert isinstance(request, AddRequest)
+        return request
+
+
+def _answered(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """``handler``, answering in JSON even when it fails: a bug of ours costs the one
+    request a 500, with a message in the API's shape, and a traceback in the log."""
+
+    @functools.wraps(handler)
+    async def answer(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error_response(
+                f"internal error while handling {request.method} {request.url.path}", 500
+            )
+
+    return answer
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"message too large: {size} bytes, the limit is {limit} (MAX_MESSAGE_BYTES)"
+
+
+def _resume_point(request: Request) -> int:
+    """The seq to resume after: ``Last-Event-ID`` first (a reconnecting ``EventSource``
+    sends it, with the URL it started with), else ``?after=``, else 0."""
+    for name, value in (
+        ("Last-Event-ID", request.headers.get("last-event-id")),
+        ("after", request.query_params.get("after")),
+    ):
+        if value is None or value == "":
+            continue
+        if not value.isdigit():
+            raise Refused(f"{name} must be a seq, a whole number >= 0, not {value[:40]!r}", 400)
+        return int(value)
+    return 0
+
+
+class EventStream(Response):
+    """One job's log as Server-Sent Events, live, in the full protocol's frames."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, gateway: Gateway, principal: Principal, job_id: str, after: int) -> None:
+        # Not Response.__init__: it would say the body is empty (content-length: 0).
+        self.status_code = 200
+        self.background = None
+        self.init_headers(SSE_HEADERS)
+        self.gateway = gateway
+        self.principal = principal
+        self.job_id = job_id
+        self.after = after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        # The stream counts as a follower while it relays a job, so a stopping worker
+        # lets it relay the job's end (Gateway.drain), as a WebSocket's followers do.
+        relaying = asyncio.create_task(self._relay(transport, send), name=f"sse-{self.job_id}")
+        watching = asyncio.create_task(_disconnected(receive), name="sse-disconnect")
+        self.gateway.streams[relaying] = self.job_id
+        try:
+            await asyncio.wait({relaying, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.gateway.streams.pop(relaying, None)
+            for task in (relaying, watching):
+                task.cancel()
+            for task in (relaying, watching):
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await task
+        if relaying.done() and not relaying.cancelled() and relaying.exception() is None:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relay(self, transport: Any, send: Send) -> None:
+        limit = self.gateway.limits.slow_listener_seconds
+
+        async def write(data: bytes) -> None:
+            message = {"type": "http.response.body", "body": data, "more_body": True}
+            if transport is None or not transport.blocked():
+                await send(message)
+                return
+            try:
+                await asyncio.wait_for(send(message), limit)
+            except TimeoutError:
+                log.info("cutting an event stream left unread for %.0fs", limit)
+                transport.abort()
+                raise OSError("the reader was too slow") from None
+
+        async for chunk in self._chunks():
+            await write(chunk)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """The stream's bytes: its events, comments to keep it alive, and its end."""
+        relay = Relay(self.job_id, Dialect.FULL, self.after)
+        position = await self.gateway.store.position(self.job_id)
+        if position is not None:
+            yield _sse(protocol.pending(self.job_id, position), "pending")
+        batches = self.gateway.store.follow(self.job_id, self.after).__aiter__()
+        queue_moved: asyncio.Future[None] | None = None
+        next_batch: asyncio.Future[list[Any]] | None = None
+        try:
+            while True:
+                if next_batch is None:
+                    next_batch = asyncio.ensure_future(batches.__anext__())
+                waits: set[asyncio.Future[Any]] = {next_batch}
+                if position is not None:
+                    if queue_moved is None:
+                        queue_moved = asyncio.ensure_future(self.gateway.store.queue_moved())
+                    waits.add(queue_moved)
+                done, _ = await asyncio.wait(waits, timeout=KEEPALIVE_SECONDS)
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                if queue_moved is not None and queue_moved in done:
+                    queue_moved = None
+                    moved_to = await self.gateway.store.position(self.job_id)
+                    if moved_to is not None and moved_to != position:
+                        yield _sse(protocol.pending(self.job_id, moved_to), "pending")
+                    position = moved_to
+                if next_batch not in done:
+                    continue
+                try:
+                    batch = next_batch.result()
+                except StopAsyncIteration:
+                    return
+                next_batch = None
+                position = None  # started, or ended: its place is of no more interest
+                frames = relay.frames(batch)
+                yield b"".join(_sse(frame) for frame in frames)
+        finally:
+            for future in (queue_moved, next_batch):
+                if future is not None:
+                    future.cancel()
+            with contextlib.suppress(Exception):
+                await batches.aclose()  # type: ignore[attr-defined]
+
+
+def _sse(frame: str, event_type: str | None = None) -> bytes:
+    """One frame as one Server-Sent Event: its seq as ``id:``, its type as ``event:``."""
+    data = orjson.loads(frame)
+    lines = []
+    if "seq" in data:
+        lines.append(f"id: {data['seq']}")
+    lines.append(f"event: {event_type or data['type']}")
+    # A frame is one line of JSON: its newlines are escaped, so one data line holds it.
+    lines.append(f"data: {frame}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
