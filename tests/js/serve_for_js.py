@@ -1,0 +1,260 @@
+"""A worker for the JavaScript client's tests, behind a proxy the tests can cut.
+
+Starts, in this process and one event loop:
+
+* a loopback OpenAI-compatible server whose reply depends on the user's query:
+  ``slow:N`` is N tokens `` t0`` ... 0.05 s apart, ``tokens:N`` the same at once,
+  ``fail`` an HTTP 400 from upstream (the job fails), anything else its own words,
+  one token each (the job's text is then the query, trimmed);
+* the worker (gateway and worker, ``memory://`` store), its ``openai`` provider
+  pointed at that server;
+* a TCP proxy in front of the worker, and a control server:
+  ``POST /cut`` aborts every connection through the proxy (answers ``{"cut": n}``),
+  ``POST /block`` makes the proxy drop new connections at once, ``POST /unblock``
+  undoes it, ``GET /stats`` answers ``{"accepted", "open", "dropped"}``.
+
+When ready it prints one JSON line, ``{"url": proxy, "direct": worker, "control":
+control}``, and runs until its stdin closes.
+
+    .venv/bin/python tests/js/serve_for_js.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llm_worker.app import create_app
+from llm_worker.config import Settings
+from llm_worker.serving import make_server
+from llm_worker.testing.openai_server import OpenAIServer, Reply
+
+_WORD = re.compile(r"\s*\S+")
+SLOW_TOKEN_SECONDS = 0.05
+
+
+def reply_for(body: dict[str, Any]) -> Reply:
+    """The upstream's reply, chosen by the last user message (the job's query)."""
+    query = next(
+        (m.get("content", "") for m in reversed(body.get("messages", [])) if m["role"] == "user"),
+        "",
+    )
+    kind, _, count = query.partition(":")
+    if kind == "slow" and count.isdigit():
+        return Reply(tokens=[f" t{i}" for i in range(int(count))], delay=SLOW_TOKEN_SECONDS)
+    if kind == "tokens" and count.isdigit():
+        return Reply(tokens=[f" t{i}" for i in range(int(count))])
+    if query == "fail":
+        return Reply(status=400, error="told to fail")
+    return Reply(tokens=_WORD.findall(query))
+
+
+def settings_for(upstream: OpenAIServer) -> Settings:
+    """As ``tests/conftest.py``'s ``make_settings`` and ``start_worker`` make them."""
+    values: dict[str, Any] = {
+        "listen_address": "127.0.0.1",
+        "listen_port": 0,
+        "log_level": "DEBUG",
+        "provider_retry_base_seconds": 0.01,
+        "shutdown_grace_seconds": 1.0,
+        "store_url": "memory://",
+        "openai_api_key": "sk-test",
+        "openai_base_url": upstream.base_url,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def serve_worker(settings: Settings) -> AsyncIterator[int]:
+    """The worker as ``tests/conftest.py``'s ``serve`` runs it; yields its port."""
+    app = create_app(settings)
+    server = make_server(app)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.005)
+        yield port
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+class CuttableProxy:
+    """Forwards TCP connections to ``target_port``; can abort them all at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.blocked = False
+        self.accepted = 0
+        self.dropped = 0
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.cut()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+
+    def cut(self) -> int:
+        """Aborts every open connection, both sides; returns how many there were."""
+        pairs = list(self._pairs)
+        for client, upstream in pairs:
+            client.transport.abort()
+            upstream.transport.abort()
+        self._pairs.clear()
+        return len(pairs)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if self.blocked:
+            self.dropped += 1
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._tasks.discard(task)
+            self._pairs.discard(pair)
+            for side in pair:
+                side.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+
+
+class Control:
+    """A tiny HTTP server that orders the proxy about."""
+
+    def __init__(self, proxy: CuttableProxy) -> None:
+        self.proxy = proxy
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def answer(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+        proxy = self.proxy
+        if method == "POST" and path == "/cut":
+            return 200, {"cut": proxy.cut()}
+        if method == "POST" and path == "/block":
+            proxy.blocked = True
+            return 200, {"blocked": True}
+        if method == "POST" and path == "/unblock":
+            proxy.blocked = False
+            return 200, {"blocked": False}
+        if method == "GET" and path == "/stats":
+            return 200, {
+                "accepted": proxy.accepted,
+                "open": len(proxy._pairs),
+                "dropped": proxy.dropped,
+            }
+        return 404, {"error": f"no {method} {path}"}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, path, _ = head.decode("latin-1").split("\r\n", 1)[0].split(" ", 2)
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length" and value.strip().isdigit():
+                    await reader.readexactly(int(value.strip()))
+            status, body = self.answer(method, path.partition("?")[0])
+            payload = json.dumps(body).encode()
+            writer.write(
+                f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+                "connection: close\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+def stdin_closed(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """An event set once stdin reaches its end (the test runner went away)."""
+    closed = asyncio.Event()
+
+    def wait() -> None:
+        with contextlib.suppress(Exception):
+            while sys.stdin.buffer.read(4096):
+                pass
+        loop.call_soon_threadsafe(closed.set)
+
+    threading.Thread(target=wait, name="stdin-watch", daemon=True).start()
+    return closed
+
+
+async def main() -> None:
+    closed = stdin_closed(asyncio.get_running_loop())
+    async with OpenAIServer(reply_for) as upstream, serve_worker(settings_for(upstream)) as port:
+        proxy = CuttableProxy(port)
+        control = Control(proxy)
+        await proxy.start()
+        await control.start()
+        try:
+            ready = {
+                "url": f"http://127.0.0.1:{proxy.port}",
+                "direct": f"http://127.0.0.1:{port}",
+                "control": f"http://127.0.0.1:{control.port}",
+            }
+            print(json.dumps(ready), flush=True)
+            await closed.wait()
+        finally:
+            await control.close()
+            await proxy.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

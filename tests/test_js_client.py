@@ -1,0 +1,37 @@
+"""The JavaScript client's tests (tests/js/, Node's test runner) against a real worker.
+
+They start the worker themselves (tests/js/serve_for_js.py, with this interpreter);
+this test runs them and shows their output when they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_js_client() -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not on PATH: the JavaScript client's tests (tests/js/) need it")
+    result = subprocess.run(
+        [node, "--test", "tests/js/"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"node --test tests/js/ exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
