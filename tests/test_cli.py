@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -186,10 +187,11 @@ async def test_sigterm_drains_running_jobs_to_their_listeners_then_stops(
         LISTEN_PORT="0",
         OPENAI_API_KEY="k",
         OPENAI_BASE_URL=upstream.base_url,
-        WORKER_CONCURRENCY="2",
+        WORKER_CONCURRENCY="3",
         SHUTDOWN_GRACE_SECONDS="30",
     )
     worker = await WorkerProcess.start(env, tmp_path)
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}", timeout=30)
     try:
         async with (
             WSClient(worker.ws_url) as full,
@@ -197,6 +199,9 @@ async def test_sigterm_drains_running_jobs_to_their_listeners_then_stops(
             WSClient(worker.ws_url) as idle,
         ):
             running = [await full.add("a"), await seed.add("b")]
+            # And one followed over HTTP, as Server-Sent Events.
+            over_http = await http.post("/v1/jobs", json={"query": "c", "assistant": assistant()})
+            streamed = asyncio.create_task(sse_frames(http, over_http.json()["job_id"]))
             queued = await full.add("queued")
             for client, job_id in zip((full, seed), running, strict=True):
                 await client.wait_for("running", job_id)
@@ -217,6 +222,9 @@ async def test_sigterm_drains_running_jobs_to_their_listeners_then_stops(
                 messages = await client.job_messages(job_id, timeout=20)
                 assert messages[-1]["type"] == "done"
                 assert text_of(messages) == "".join(tokens)
+            frames = await asyncio.wait_for(streamed, 20)
+            assert frames[-1]["type"] == "done"
+            assert text_of(frames) == "".join(tokens)
             # Then every connection is closed: "service restart", come back later.
             for client in (full, seed, idle):
                 code, rest = await until_closed(client)
@@ -226,11 +234,23 @@ async def test_sigterm_drains_running_jobs_to_their_listeners_then_stops(
         # Done when the jobs were, not at the end of the 30 s grace.
         assert asyncio.get_running_loop().time() - stopped_at < 15
     finally:
+        await http.aclose()
         await worker.stop()
     assert "stopping: taking no new connections or jobs" in worker.output
     assert "Traceback" not in worker.output
     # The queued job waits in the database for the next start.
-    assert len(upstream.chat_requests) == 2
+    assert len(upstream.chat_requests) == 3
+
+
+async def sse_frames(http: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:
+    """The frames of a job's event stream, until it ends."""
+    async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        assert response.status_code == 200
+        return [
+            json.loads(line.removeprefix("data: "))
+            async for line in response.aiter_lines()
+            if line.startswith("data: ")
+        ]
 
 
 async def until_closed(client: WSClient) -> tuple[int | None, list[dict[str, Any]]]:

@@ -81,3 +81,16 @@ def test_json_examples_in_the_readme_are_valid_messages(example: str) -> None:
         }
     else:
         parse_request(example)
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to dashes."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_within_the_readme_lead_to_its_headings() -> None:
+    anchors = {anchor(h) for h in re.findall(r"^#+ (.+)$", README, re.MULTILINE)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", README))
+    assert links, "no links found: the pattern is wrong"
+    assert links - anchors == set()
