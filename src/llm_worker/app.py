@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,7 +19,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from llm_worker.access import load_access
-from llm_worker.config import ConfigError, Settings
+from llm_worker.config import ConfigError, Role, Settings
 from llm_worker.gateway import Gateway, GatewayLimits
 from llm_worker.http_api import JobsAPI
 from llm_worker.inserts import builtin_inserts
@@ -35,10 +34,8 @@ from llm_worker.worker import Worker
 
 log = logging.getLogger(__name__)
 
-Role = Literal["all", "gateway", "worker"]
 # After the grace, how long listeners may take to receive what giving up jobs produced.
 RELAY_AFTER_GRACE_SECONDS = 2.0
-ROLES: tuple[Role, ...] = ("all", "gateway", "worker")
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 
 

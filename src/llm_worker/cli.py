@@ -12,18 +12,17 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import uvicorn
-from dotenv import load_dotenv
-from pydantic import ValidationError
+from llm_worker import __version__, cli_client
+from llm_worker.config import ROLES
 
-from llm_worker import __version__
-from llm_worker.access import key_hash
-from llm_worker.app import ROLES, create_app, run_worker
-from llm_worker.config import ConfigError, Settings
-from llm_worker.logs import configure_logging
-from llm_worker.serving import event_loop_name, make_server
-from llm_worker.store import StoreError
+# What serving needs is imported when serving: the client commands start in a
+# third of the time without the server's modules (uvicorn, the app, the providers).
+if TYPE_CHECKING:
+    import uvicorn
+
+    from llm_worker.config import Settings
 
 log = logging.getLogger("llm_worker")
 
@@ -52,11 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         "new-key", help="make an API key, and the lines that give it to a tenant in API_KEYS_FILE"
     )
     new_key.add_argument("tenant", help="the tenant the key is for")
+    cli_client.add_commands(commands)
     return parser
 
 
 def print_new_key(tenant: str) -> int:
     """A new key for ``tenant``: the key to hand over, and what the keys file keeps."""
+    from llm_worker.access import key_hash
+
     key = f"lw-{secrets.token_urlsafe(32)}"
     print(f"key (give it to {tenant}; it is not kept anywhere): {key}")
     print("\nin API_KEYS_FILE:\n")
@@ -65,6 +67,15 @@ def print_new_key(tenant: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from dotenv import load_dotenv
+    from pydantic import ValidationError
+
+    from llm_worker.app import create_app
+    from llm_worker.config import ConfigError, Settings
+    from llm_worker.logs import configure_logging
+    from llm_worker.serving import make_server
+    from llm_worker.store import StoreError
+
     # Export the file's values so that everything reading the environment sees
     # them (the key variables named in PROVIDERS_FILE, the openai SDK).
     load_dotenv(args.env_file, override=False)
@@ -121,6 +132,8 @@ def _freeze_startup_objects() -> None:
 
 def _serve_worker(settings: Settings) -> int:
     """Runs jobs until SIGINT or SIGTERM, then stops as gracefully as a gateway does."""
+    from llm_worker.app import run_worker
+    from llm_worker.serving import event_loop_name
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -146,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "new-key":
         return print_new_key(args.tenant)
+    if args.command in cli_client.COMMANDS:
+        return cli_client.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

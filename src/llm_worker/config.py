@@ -28,6 +28,9 @@ def validation_problems(exc: ValidationError) -> str:
 
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+Role = Literal["all", "gateway", "worker"]
+"""What a process runs: gateway and worker (``all``), or one of them."""
+ROLES: tuple[Role, ...] = ("all", "gateway", "worker")
 
 
 class Settings(BaseSettings):
