@@ -5,6 +5,7 @@ WebSocket's messages and HTTP's status codes, and the OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from openapi_spec_validator import validate
 
 from llm_worker.access import key_hash
 from llm_worker.testing.openai_server import OpenAIServer, Reply
+from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from tests.conftest import RunningWorker, StartWorker
 from tests.wsclient import WSClient, assistant, text_of
 
@@ -352,3 +354,35 @@ async def test_the_openapi_document_is_valid_and_describes_every_route(
     job_schema = document["components"]["schemas"]["JobRequest"]
     assert set(job_schema["required"]) == {"query", "assistant"}
     assert "type" not in job_schema["properties"]
+
+
+async def test_an_event_stream_resumed_after_kill_9_shows_the_reset_then_the_new_attempt(
+    upstream: OpenAIServer, tmp_path: Path
+) -> None:
+    upstream.handler = lambda body: Reply(tokens=TOKENS, delay=0.1)
+    env = clean_env(
+        LISTEN_PORT="0", STORE_URL="sqlite:///jobs.db", OPENAI_API_KEY="k",
+        OPENAI_BASE_URL=upstream.base_url,
+    )  # fmt: skip
+    async with processes() as started:
+        first = await WorkerProcess.start(env, tmp_path)
+        started.append(first)
+        before: list[dict[str, Any]] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{first.port}") as http:
+            job_id = (await http.post("/v1/jobs", json=job())).json()["job_id"]
+            with contextlib.suppress(httpx.HTTPError):
+                async for event in events(http, job_id):
+                    before.append(event)
+                    if len(before) == 4:
+                        first.kill()  # mid-answer: the stream breaks off
+        await first.process.wait()
+        assert [e["data"]["type"] for e in before[:2]] == ["running", "running"]
+        second = await WorkerProcess.start(env, tmp_path)
+        started.append(second)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{second.port}") as http:
+            rest = await all_events(http, job_id, headers={"Last-Event-ID": before[-1]["id"]})
+    frames = [e["data"] for e in rest]
+    assert frames[0]["type"] == "reset" and frames[0]["attempt"] == 2
+    assert int(rest[0]["id"]) > int(before[-1]["id"])
+    assert frames[-1]["type"] == "done"
+    assert text_of(frames[1:]) == FULL  # the new attempt, whole, after the reset
