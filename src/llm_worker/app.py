@@ -23,13 +23,14 @@ from llm_worker.config import ConfigError, Role, Settings
 from llm_worker.gateway import Gateway, GatewayLimits
 from llm_worker.http_api import JobsAPI
 from llm_worker.inserts import builtin_inserts
+from llm_worker.metrics import CONTENT_TYPE, Metrics, Readings, local_model_readings
 from llm_worker.openapi import openapi_document
 from llm_worker.origins import origin_middleware
 from llm_worker.pipelines import builtin_pipelines
 from llm_worker.providers.catalog import build_providers
 from llm_worker.providers.openai_compatible import ClientPool
 from llm_worker.runner import RequestLimits, RetryPolicy, Runner
-from llm_worker.store import JobStore, open_store
+from llm_worker.store import JobStore, StoreError, open_store
 from llm_worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ RELAY_AFTER_GRACE_SECONDS = 2.0
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 
 
-def build_runner(settings: Settings, clients: ClientPool) -> Runner:
+def build_runner(settings: Settings, clients: ClientPool, metrics: Metrics | None = None) -> Runner:
     """The runner with every provider, insert and pipeline the settings name."""
     inserts = builtin_inserts()
     inserts.load_entry_points("llm_worker.inserts")
@@ -59,6 +60,7 @@ def build_runner(settings: Settings, clients: ClientPool) -> Runner:
             max_history_messages=settings.max_history_messages,
             max_model_request_chars=settings.max_model_request_chars,
         ),
+        metrics,
     )
 
 
@@ -79,7 +81,8 @@ class Service:
             # Every running job may hold a connection; keep them all for reuse.
             max_connections=settings.worker_concurrency + 16,
         )
-        self.runner = build_runner(settings, self.clients)
+        self.metrics = Metrics()
+        self.runner = build_runner(settings, self.clients, self.metrics)
         self.access = load_access(settings)
         if self.access.enabled and role == "gateway" and settings.token_secret is None:
             raise ConfigError(
@@ -90,6 +93,7 @@ class Service:
         self.store: JobStore = open_store(
             settings, self.access.tenant_limits, follows=role in ("all", "gateway")
         )
+        self.store.report_commits(self.metrics.store_commit.observe)
         if role != "all" and not self.store.shared:
             raise ConfigError(
                 f"--role {role} needs a store shared between processes: STORE_URL "
@@ -105,6 +109,7 @@ class Service:
                     max_followed_jobs=settings.max_followed_jobs,
                     slow_listener_seconds=settings.slow_listener_seconds,
                 ),
+                metrics=self.metrics,
             )
             if role in ("all", "gateway")
             else None
@@ -116,6 +121,7 @@ class Service:
                 concurrency=settings.worker_concurrency,
                 max_attempts=settings.job_max_attempts,
                 shutdown_grace=settings.shutdown_grace_seconds,
+                metrics=self.metrics,
             )
             if role in ("all", "worker")
             else None
@@ -174,6 +180,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             WebSocketRoute("/ws/", gateway.websocket_endpoint),
             WebSocketRoute("/ws", gateway.websocket_endpoint),
             Route("/healthz", gateway.healthz),
+            Route("/metrics", gateway.metrics_endpoint),
             *JobsAPI(gateway).routes(),
             Route("/openapi.json", openapi_json),
             Route("/client.js", client_js),
@@ -200,10 +207,14 @@ async def client_js(request: Request) -> FileResponse:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    """A worker-only process: runs jobs from the shared store until ``stop`` is set."""
+    """A worker-only process: runs jobs from the shared store until ``stop`` is set,
+    serving ``/metrics`` on ``METRICS_PORT`` when set."""
     service = Service(settings, "worker")
     await service.start()
     assert service.worker is not None
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server = await serve_metrics(service, settings)
     log.info(
         "worker ready: up to %d jobs at once from %s",
         settings.worker_concurrency,
@@ -213,4 +224,49 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("stopping: waiting up to %.0fs for running jobs", settings.shutdown_grace_seconds)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         await service.stop()
+
+
+async def serve_metrics(service: Service, settings: Settings) -> asyncio.Server:
+    """``/metrics`` of a worker-only process, on a plain HTTP server of its own: one
+    short request at a time is all a scraper asks, so the standard library's
+    streams serve it without a web framework."""
+    worker = service.worker
+    assert worker is not None
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            if path.split(b"?")[0] == b"/metrics":
+                try:
+                    queued = (await service.store.stats()).pending
+                except StoreError:
+                    service.metrics.store_errors.labels("stats").inc()
+                    queued = 0
+                # Running: this worker's jobs; the gateway's figure is every worker's.
+                readings = Readings(
+                    queued, worker.running, 0, 0, **local_model_readings(service.runner)
+                )
+                status, body = b"200 OK", service.metrics.render(readings)
+            else:
+                status, body = b"404 Not Found", b"only /metrics here\n"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\ncontent-type: " + CONTENT_TYPE.encode()
+                + b"\r\ncontent-length: " + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n" + body
+            )  # fmt: skip
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(
+        answer, settings.listen_address, settings.metrics_port, limit=16 * 1024
+    )
+    host, port = server.sockets[0].getsockname()[:2]
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     """Interface to bind. The old default, 0.0.0.0, exposed the worker to every network."""
     listen_port: int = Field(8001, ge=0, le=65535)
     """TCP port; 0 picks a free one (the log says which)."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Where a ``--role worker`` process serves ``/metrics`` (a gateway serves it on its
+    own port); unset: nowhere."""
 
     # -- access -------------------------------------------------------------
     api_keys: SecretStr = SecretStr("")
@@ -87,6 +90,8 @@ class Settings(BaseSettings):
     log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     log_file: Path | None = None
     log_stdout: bool = True
+    log_json: bool = False
+    """One JSON object per line (with ``job_id`` and ``tenant`` on lines about a job)."""
 
     # -- providers ----------------------------------------------------------
     openai_api_key: SecretStr | None = None
@@ -149,7 +154,9 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_file", "providers_file", "vllm_uri", "api_keys_file", mode="before")
+    @field_validator(
+        "log_file", "providers_file", "vllm_uri", "api_keys_file", "metrics_port", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

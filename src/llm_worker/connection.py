@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -27,7 +28,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from llm_worker import protocol
 from llm_worker.access import Principal
 from llm_worker.dialects import Dialect, Relay, refusal
-from llm_worker.jobs import JobState
+from llm_worker.jobs import JobState, has_text
+from llm_worker.logs import set_job
 from llm_worker.protocol import (
     AddRequest,
     CancelRequest,
@@ -270,7 +272,9 @@ class Connection:
             log.error("following job %s failed", job_id, exc_info=exc)
 
     async def _follow(self, job_id: str, after: int) -> None:
+        set_job(job_id, self.principal.tenant)  # this task's log lines are about the job
         relay = Relay(job_id, self.dialect, after)
+        awaiting_text = True  # for the latency the worker adds: measured at the first text
         try:
             async for batch in self.store.follow(job_id, after):
                 # Started (or ended): its place in the queue is of no more interest.
@@ -278,6 +282,9 @@ class Connection:
                 self._unannounced.pop(job_id, None)
                 for frame in relay.frames(batch):
                     await self.send(frame)
+                if awaiting_text and has_text(batch):
+                    awaiting_text = False
+                    self.gateway.metrics.first_frame_sent(job_id, time.perf_counter())
                 if relay.finished:
                     return
         except UnknownJob:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
 from llm_worker import protocol
@@ -28,10 +28,12 @@ from llm_worker.access import Access, Principal
 from llm_worker.connection import Connection
 from llm_worker.dialects import negotiate
 from llm_worker.jobs import JobRecord, JobSpec, JobState, output_of
+from llm_worker.logs import about
+from llm_worker.metrics import CONTENT_TYPE, Metrics, Readings, local_model_readings
 from llm_worker.protocol import ProtocolError
 from llm_worker.refusals import Refused
 from llm_worker.runner import RequestRefused, Runner
-from llm_worker.store import JobStore, StoreError, UnknownJob
+from llm_worker.store import JobStore, StoreError, StoreStats, UnknownJob
 from llm_worker.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,11 @@ class Gateway:
         *,
         access: Access | None = None,
         limits: GatewayLimits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
+        self.metrics = metrics or runner.metrics
         self.access = access or Access()
         self.limits = limits or GatewayLimits()
         self.connections: set[Connection] = set()
@@ -143,7 +147,8 @@ class Gateway:
         except TemplateError as exc:
             raise Refused(f"invalid assistant template: {exc}") from None
         record = await self.store.submit(spec, principal.tenant)
-        log.debug("job %s added", record.id)
+        self.metrics.job_added(record.tenant)
+        log.debug("job %s added", record.id, extra=about(record.id, record.tenant))
         token = self.access.listen_token(record.id, record.tenant) if self.access.enabled else None
         return record, token
 
@@ -157,10 +162,15 @@ class Gateway:
 
     async def cancel_job(self, principal: Principal, job_id: str) -> JobRecord:
         """Cancel the job; its record as it now stands (unchanged if it had ended)."""
-        await self.visible(principal, job_id)
+        before = await self.visible(principal, job_id)
         if principal.listen_only:
             raise Refused(LISTEN_ONLY, 403)
-        return await self.store.cancel(job_id)
+        record = await self.store.cancel(job_id)
+        if record.state is JobState.CANCELLED and before.state is JobState.PENDING:
+            # A waiting job never reaches a worker: its end is counted here (a running
+            # one's by its worker, which knows its provider).
+            self.metrics.waiting_job_cancelled(record.tenant)
+        return record
 
     async def status_of(self, principal: Principal, job_id: str) -> str:
         """The ``status`` reply about the job."""
@@ -193,6 +203,26 @@ class Gateway:
             await connection.serve()
         finally:
             self.connections.discard(connection)
+
+    async def readings(self) -> Readings:
+        """The gauges ``/metrics`` shows, as they stand (the store's, if it answers)."""
+        try:
+            stats = await self.store.stats()
+        except StoreError:
+            self.metrics.store_errors.labels("stats").inc()
+            stats = StoreStats(pending=0, running=0)
+        followed = sum(len(c.followers) for c in self.connections) + len(self.streams)
+        return Readings(
+            queued=stats.pending,
+            running=stats.running,
+            connections=len(self.connections),
+            followed_jobs=followed,
+            **local_model_readings(self.runner),
+        )
+
+    async def metrics_endpoint(self, request: HTTPRequest) -> Response:
+        body = self.metrics.render(await self.readings())
+        return Response(body, media_type=CONTENT_TYPE)
 
     async def healthz(self, request: HTTPRequest) -> JSONResponse:
         if self.draining:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,8 @@ from starlette.types import Receive, Scope, Send
 from llm_worker import protocol
 from llm_worker.access import Principal
 from llm_worker.dialects import Dialect, Relay
-from llm_worker.jobs import JobState
+from llm_worker.jobs import JobState, has_text
+from llm_worker.logs import set_job
 from llm_worker.protocol import AddRequest, ProtocolError
 from llm_worker.refusals import Refused, http_status
 from llm_worker.serving import TRANSPORT_EXTENSION
@@ -245,6 +247,7 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _relay(self, transport: Any, send: Send) -> None:
+        set_job(self.job_id, self.principal.tenant)  # this task's log lines are about the job
         limit = self.gateway.limits.slow_listener_seconds
 
         async def write(data: bytes) -> None:
@@ -270,6 +273,7 @@ class EventStream(Response):
             yield _sse(protocol.pending(self.job_id, position), "pending")
         batches = self.gateway.store.follow(self.job_id, self.after).__aiter__()
         queue_moved: asyncio.Future[None] | None = None
+        awaiting_text = True
         next_batch: asyncio.Future[list[Any]] | None = None
         try:
             while True:
@@ -300,6 +304,9 @@ class EventStream(Response):
                 position = None  # started, or ended: its place is of no more interest
                 frames = relay.frames(batch)
                 yield b"".join(_sse(frame) for frame in frames)
+                if awaiting_text and has_text(batch):
+                    awaiting_text = False
+                    self.gateway.metrics.first_frame_sent(self.job_id, time.perf_counter())
         finally:
             for future in (queue_moved, next_batch):
                 if future is not None:

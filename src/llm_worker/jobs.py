@@ -109,6 +109,11 @@ class JobRecord:
     """Whose job it is: only that tenant's connections can see it ("" without keys)."""
 
 
+def has_text(events: list[Event]) -> bool:
+    """Whether some of ``events`` carry text of the answer."""
+    return any(event.kind is EventKind.RUNNING and event.message for event in events)
+
+
 def spec_json(spec: JobSpec) -> bytes:
     """The request as it is kept while it waits: compact JSON, a tenth of its objects' size."""
     try:
@@ -124,3 +129,6 @@ class Claim:
     job_id: str
     attempt: int
     spec: JobSpec
+    tenant: str = ""
+    created_at: float = 0.0
+    """When the job was added (``time.time()``), for the time it waited."""

@@ -18,6 +18,7 @@ from typing import Any
 from llm_worker.context import CheckContext, StreamContext
 from llm_worker.inserts import Insert
 from llm_worker.jobs import JobSpec
+from llm_worker.metrics import Metrics
 from llm_worker.pipelines import Pipeline
 from llm_worker.providers import Provider, ProviderError
 from llm_worker.registry import Registry
@@ -119,12 +120,14 @@ class Runner:
         pipelines: Registry[Pipeline],
         retry: RetryPolicy | None = None,
         limits: RequestLimits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.providers = providers
         self.inserts = inserts
         self.pipelines = pipelines
         self.retry = retry or RetryPolicy()
         self.limits = limits or RequestLimits()
+        self.metrics = metrics or Metrics()
 
     # -- checking -----------------------------------------------------------
 
@@ -306,15 +309,20 @@ class Runner:
         while True:
             tries += 1
             started = False
+            call = self.metrics.model_call(provider, settings)
             try:
                 async with aclosing(chosen.stream(messages, settings)) as deltas:
                     async for delta in deltas:
                         started = True
+                        call.delta()
                         yield delta
+                call.finished()
                 return
             except ProviderError as error:
+                call.failed(error.kind)
                 if started or not error.retryable or tries > self.retry.retries:
                     raise _exhausted(error, tries) from error
+                call.retried()
                 await self._pause(tries, error)
 
     async def complete(
@@ -326,12 +334,20 @@ class Runner:
         tries = 0
         while True:
             tries += 1
+            call = self.metrics.model_call(provider, settings)
             try:
                 async with aclosing(chosen.stream(messages, settings)) as deltas:
-                    return "".join([delta async for delta in deltas])
+                    parts = []
+                    async for delta in deltas:
+                        call.delta()
+                        parts.append(delta)
+                call.finished()
+                return "".join(parts)
             except ProviderError as error:
+                call.failed(error.kind)
                 if not error.retryable or tries > self.retry.retries:
                     raise _exhausted(error, tries) from error
+                call.retried()
                 await self._pause(tries, error)
 
     async def _pause(self, tries: int, error: ProviderError) -> None:

@@ -15,6 +15,8 @@ import time
 from contextlib import aclosing
 
 from llm_worker.jobs import Claim, EventKind
+from llm_worker.logs import set_job
+from llm_worker.metrics import Metrics
 from llm_worker.providers import ProviderError
 from llm_worker.runner import Runner
 from llm_worker.store import JobStore, NotOwner, StoreError
@@ -35,9 +37,11 @@ class Worker:
         concurrency: int,
         max_attempts: int = 3,
         shutdown_grace: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
+        self.metrics = metrics or runner.metrics
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.shutdown_grace = shutdown_grace
@@ -91,6 +95,7 @@ class Worker:
                 raise
             except Exception as exc:
                 self._slots.release()
+                self.metrics.store_errors.labels("claim").inc()
                 if isinstance(exc, StoreError):  # an outage, said in one line
                     log.warning("claiming a job failed: %s; trying again shortly", exc)
                 else:
@@ -127,8 +132,13 @@ class Worker:
             cancelled = True
             task.cancel()
 
+        set_job(job_id, claim.tenant)  # this task's log lines are about the job
         stop_watching = store.on_cancel(job_id, on_cancel)
         started = time.perf_counter()
+        metrics = self.metrics
+        if attempt == 1 and claim.created_at:
+            metrics.queue_wait.observe(max(time.time() - claim.created_at, 0.0))
+        outcome: str | None = None
         log.debug("job %s started (attempt %d)", job_id, attempt)
         # The start event is stored while the model call begins (a store may take a
         # round trip for it); every later event goes after it.
@@ -139,6 +149,7 @@ class Worker:
             async with aclosing(self.runner.run(claim.spec)) as deltas:
                 async for delta in deltas:
                     if start is not None:
+                        metrics.first_delta(job_id, time.perf_counter())
                         start, pending = None, start
                         await pending
                     await store.append(job_id, attempt, EventKind.RUNNING, delta)
@@ -146,12 +157,14 @@ class Worker:
                 start, pending = None, start
                 await pending
             await store.append(job_id, attempt, EventKind.DONE)
+            outcome = "done"
             # A line per job is noise at INFO under load; failures and cancels are logged there.
             log.debug("job %s done in %.3fs", job_id, time.perf_counter() - started)
         except (ProviderError, TemplateError) as exc:
             log.info("job %s failed: %s", job_id, exc)
             await self._settled(start)
-            await self._fail(claim, str(exc))
+            if await self._fail(claim, str(exc)):
+                outcome = "failed"
         except NotOwner:
             log.info("job %s ended elsewhere (cancelled, taken over, or lost)", job_id)
         except StoreError as exc:
@@ -161,13 +174,20 @@ class Worker:
             if not cancelled:
                 raise  # the worker is stopping; stop() gives the job up
             log.info("job %s cancelled after %.3fs", job_id, time.perf_counter() - started)
+            outcome = "cancelled"
         except Exception as exc:
             log.exception("job %s crashed", job_id)
             await self._settled(start)
-            await self._fail(claim, f"internal error while running the job: {exc!r}")
+            if await self._fail(claim, f"internal error while running the job: {exc!r}"):
+                outcome = "failed"
         finally:
             _discard(start)
             stop_watching()
+            if outcome != "done":  # a done job's first text may be on its way still
+                metrics.forget(job_id)
+            if outcome is not None:
+                metrics.job_duration.labels(outcome).observe(time.perf_counter() - started)
+                metrics.job_finished(outcome, claim.spec, claim.tenant)
 
     @staticmethod
     async def _settled(start: asyncio.Future[object] | None) -> None:
@@ -176,13 +196,17 @@ class Worker:
             with contextlib.suppress(Exception):
                 await start
 
-    async def _fail(self, claim: Claim, message: str) -> None:
+    async def _fail(self, claim: Claim, message: str) -> bool:
+        """Fail the job; whether its failure was stored (the job was still its attempt's)."""
         try:
             await self.store.append(claim.job_id, claim.attempt, EventKind.FAILED, message)
         except NotOwner:
-            pass
+            return False
         except StoreError as exc:
+            self.metrics.store_errors.labels("append").inc()
             log.warning("job %s: its failure could not be stored: %s", claim.job_id, exc)
+            return False
+        return True
 
 
 def _discard(start: asyncio.Future[object] | None) -> None:

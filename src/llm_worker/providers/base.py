@@ -16,6 +16,21 @@ from typing import Any
 
 from llm_worker.templates import ChatMessage
 
+KINDS = frozenset(
+    {
+        "error",  # any other
+        "configuration",  # the deployment lacks a key or a URL
+        "rate_limited",  # HTTP 429
+        "http_4xx",
+        "http_5xx",
+        "timeout",
+        "connection",  # cannot connect, or the connection was lost
+        "cut",  # the reply stream ended before the model finished
+        "empty",  # the reply stream said nothing
+        "bad_reply",  # the reply was not what the API says
+    }
+)
+
 
 class ProviderError(Exception):
     """A model call that failed; the message is shown to the job's listeners.
@@ -23,16 +38,23 @@ class ProviderError(Exception):
     ``retryable`` marks failures worth another try (rate limits, server errors,
     lost connections); the runner retries them only while nothing of the
     call's output has reached a listener. ``retry_after`` is the delay the
-    server asked for, in seconds, when it said.
+    server asked for, in seconds, when it said. ``kind`` names the failure for
+    metrics, from a short fixed list (:data:`KINDS`).
     """
 
     def __init__(
-        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        kind: str = "error",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.kind = kind if kind in KINDS else "error"
 
 
 class Provider(abc.ABC):

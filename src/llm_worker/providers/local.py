@@ -57,6 +57,13 @@ class LocalModels:
         self._engines: OrderedDict[tuple[str, str, str], LocalEngine] = OrderedDict()
         self._loading: dict[tuple[str, str, str], asyncio.Future[LocalEngine]] = {}
 
+    def loaded(self) -> int:
+        return len(self._engines)
+
+    def batched(self) -> int:
+        """Jobs in the loaded models' batches now."""
+        return sum(engine.running for engine in self._engines.values())
+
     async def get(self, name: str, device: str | None, dtype: str) -> LocalEngine:
         if device is None:
             device = await asyncio.to_thread(_default_device)

@@ -146,7 +146,7 @@ class OpenAICompatibleProvider(Provider):
         # Checked at add too; a job queued before a restart with other settings lands here.
         problem = self.configuration_problem()
         if problem is not None:
-            raise ProviderError(problem)
+            raise ProviderError(problem, kind="configuration")
         assert self.base_url is not None and self._api_key is not None
         return self._clients.get(self.base_url, self._api_key)
 
@@ -174,7 +174,7 @@ class OpenAICompatibleProvider(Provider):
         except (ValueError, TypeError) as exc:
             # The transport refusing the request as configured (a base URL with
             # credentials in it, say): the job fails saying so, not as a crash.
-            raise self._failure(f"cannot ask {self._where()}: {exc}") from exc
+            raise self._failure(f"cannot ask {self._where()}: {exc}", kind="configuration") from exc
 
         finished = False
         said_anything = False
@@ -187,7 +187,9 @@ class OpenAICompatibleProvider(Provider):
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:
-                    raise self._failure(f"{self._where()} sent a chunk that is not JSON") from None
+                    raise self._failure(
+                        f"{self._where()} sent a chunk that is not JSON", kind="bad_reply"
+                    ) from None
                 if not isinstance(chunk, dict):
                     continue
                 if chunk.get("error"):
@@ -205,11 +207,13 @@ class OpenAICompatibleProvider(Provider):
                 if choice.get("finish_reason") is not None:
                     finished = True
         except httpx2.TimeoutException as exc:
-            raise self._failure(f"{self._where()} timed out", retryable=True) from exc
+            raise self._failure(
+                f"{self._where()} timed out", retryable=True, kind="timeout"
+            ) from exc
         except httpx2.HTTPError as exc:
             reason = f": {exc}" if str(exc) else ""
             raise self._failure(
-                f"lost the reply from {self._where()}{reason}", retryable=True
+                f"lost the reply from {self._where()}{reason}", retryable=True, kind="connection"
             ) from exc
         finally:
             await response.aclose()
@@ -218,20 +222,27 @@ class OpenAICompatibleProvider(Provider):
             # the same request would get the same answer, so it is not retried.
             raise self._failure(
                 f"{self._where()} sent no output: its reply stream was empty (some servers "
-                "answer so when the prompt is longer than the model's context)"
+                "answer so when the prompt is longer than the model's context)",
+                kind="empty",
             )
         if not finished:
             raise self._failure(
                 f"the reply from {self._where()} ended before the model finished "
                 "(no finish_reason): the stream was cut",
                 retryable=True,
+                kind="cut",
             )
 
     def _where(self) -> str:
         return f"provider {self.name!r} at {redact_url(self.base_url or '')}"
 
     def _failure(
-        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        kind: str = "error",
     ) -> ProviderError:
         """The error for clients: without the key or the credentials of any URL in it.
         The log keeps what the provider said."""
@@ -239,7 +250,7 @@ class OpenAICompatibleProvider(Provider):
         told = scrub(message, secrets)
         if told != message:
             log.warning("provider %r: %s", self.name, message)
-        return ProviderError(told, retryable=retryable, retry_after=retry_after)
+        return ProviderError(told, retryable=retryable, retry_after=retry_after, kind=kind)
 
     def _translate(self, exc: openai.APIError) -> ProviderError:
         if isinstance(exc, openai.APIStatusError):
@@ -249,14 +260,17 @@ class OpenAICompatibleProvider(Provider):
                 f"{self._where()} answered HTTP {status}" + (f": {detail}" if detail else ""),
                 retryable=status in _RETRYABLE_STATUS,
                 retry_after=_retry_after(exc.response.headers.get("retry-after")),
+                kind="rate_limited" if status == 429 else f"http_{status // 100}xx",
             )
         if isinstance(exc, openai.APIConnectionError):
             # Judge by the innermost cause: transports label some refusals as timeouts.
             cause = _root_cause(exc)
             if isinstance(cause, TimeoutError) and not isinstance(cause, ConnectionError):
-                return self._failure(f"{self._where()} timed out", retryable=True)
+                return self._failure(f"{self._where()} timed out", retryable=True, kind="timeout")
             reason = f": {cause}" if cause is not exc and str(cause) else ""
-            return self._failure(f"cannot reach {self._where()}{reason}", retryable=True)
+            return self._failure(
+                f"cannot reach {self._where()}{reason}", retryable=True, kind="connection"
+            )
         return self._failure(f"{self._where()} reported an error: {exc.message}")
 
 

@@ -96,6 +96,10 @@ class JobStore(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release everything :meth:`start` took."""
 
+    def report_commits(self, observe: Callable[[float], None]) -> None:  # noqa: B027
+        """Have ``observe`` told how long each round of durable writes took, in
+        seconds (for metrics); a store that keeps nothing has none to tell."""
+
     # -- gateway side -------------------------------------------------------
 
     @abc.abstractmethod

@@ -49,6 +49,8 @@ class Journal(abc.ABC):
         self.on_round_end: Callable[[asyncio.Future[Failures], Failures], None] = _ignore
         """Called when a round ends, before its future resolves and before the next
         round starts, with the round's future and its failures."""
+        self.on_commit: Callable[[float], None] = _ignore_seconds
+        """Told how long each round took to save, in seconds."""
 
     async def open(self) -> list[Restored]:
         """Start, and return the jobs kept from earlier runs."""
@@ -84,6 +86,10 @@ class Journal(abc.ABC):
     def unsaved(self) -> bool:
         """Whether some writes wait for a round."""
         return False
+
+
+def _ignore_seconds(seconds: float) -> None:
+    pass
 
 
 def _ignore(round_: asyncio.Future[Failures], failures: Failures) -> None:

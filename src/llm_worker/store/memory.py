@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Callable
 
 from llm_worker.access import UNLIMITED, TenantLimits
 from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
+from llm_worker.logs import about
 from llm_worker.store.base import (
     JobStore,
     NotOwner,
@@ -137,6 +138,9 @@ class MemoryStore(JobStore):
                 await self._sweeper
             self._sweeper = None
         await self.journal.close()
+
+    def report_commits(self, observe: Callable[[float], None]) -> None:
+        self.journal.on_commit = observe
 
     # -- gateway side -------------------------------------------------------
 
@@ -255,7 +259,13 @@ class MemoryStore(JobStore):
         self._save(job)
         assert job.spec is not None, "a queued job keeps its spec"
         spec = JobSpec.model_validate_json(job.spec)
-        return Claim(job_id=record.id, attempt=record.attempt, spec=spec)
+        return Claim(
+            job_id=record.id,
+            attempt=record.attempt,
+            spec=spec,
+            tenant=record.tenant,
+            created_at=record.created_at,
+        )
 
     def _next_to_run(self) -> StoredJob | None:
         """The oldest waiting job whose tenant may run one more."""
@@ -307,7 +317,7 @@ class MemoryStore(JobStore):
             with contextlib.suppress(StoreError):
                 await self.append(job_id, attempt, EventKind.FAILED, reason)
             return
-        log.info("job %s queued again: %s", job_id, reason)
+        log.info("job %s queued again: %s", job_id, reason, extra=about(job_id))
         job.record.state = JobState.PENDING
         self._stopped_running(job)
         self._enqueue(job)
@@ -426,7 +436,9 @@ class MemoryStore(JobStore):
         if job.record.state.finished:
             self._end_unsaved(job, error)
             return
-        log.error("job %s failed: the job store could not save it: %s", job_id, error)
+        log.error(
+            "job %s failed: the job store could not save it: %s", job_id, error, extra=about(job_id)
+        )
         if job.record.state is JobState.PENDING:
             self._leave_queue(job)
         callbacks, job.cancel_callbacks = job.cancel_callbacks, []
@@ -438,7 +450,12 @@ class MemoryStore(JobStore):
         """Write the end of a job again, for a later round: it is shown, not saved."""
         job.end_tries += 1
         if job.end_tries > SAVE_END_TRIES:
-            log.error("job %s: giving up saving its end: %s", job.record.id, error)
+            log.error(
+                "job %s: giving up saving its end: %s",
+                job.record.id,
+                error,
+                extra=about(job.record.id),
+            )
             return
         self.journal.update_job(job.record)
         for event in job.log.events[-1:]:
@@ -568,4 +585,4 @@ def _call_all(callbacks: list[Callable[[], None]], job_id: str) -> None:
         try:
             callback()
         except Exception:
-            log.exception("cancel callback of job %s failed", job_id)
+            log.exception("cancel callback of job %s failed", job_id, extra=about(job_id))

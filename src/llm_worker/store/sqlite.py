@@ -110,6 +110,7 @@ class SQLiteJournal(Journal):
         self._gathering: asyncio.Future[Failures] | None = None
         """The next round: it saves what is unsaved when it starts."""
         self._saving: tuple[asyncio.Future[Failures], list[str]] | None = None
+        self._round_started = 0.0
         """The round being committed, and its jobs."""
 
     # -- the file -------------------------------------------------------------
@@ -317,6 +318,7 @@ class SQLiteJournal(Journal):
         groups, self._unsaved = list(self._unsaved.items()), {}
         job_ids = [job_id for job_id, _ in groups]
         self._saving = (round_, job_ids)
+        self._round_started = time.perf_counter()
         process = self._process
         if not groups:
             asyncio.get_running_loop().call_soon(self._round_done, round_, {})
@@ -334,6 +336,7 @@ class SQLiteJournal(Journal):
         if self._saving is None or self._saving[0] is not round_:
             return
         self._saving = None
+        self.on_commit(time.perf_counter() - self._round_started)
         # The store lets go of lost jobs' writes before the next round can take them.
         try:
             self.on_round_end(round_, failures)

@@ -150,13 +150,15 @@ return 0
 """
 
 # KEYS: job, events. ARGV: owner (worker + entry), takeover (0|1).
-# Returns {attempt, '', seq, spec, tenant} or {0, state that forbids starting}. A fresh entry starts
-# a pending job only; one taken over from a dead worker, a running one too.
+# Returns {attempt, '', seq, spec, tenant, created_at} or {0, state that forbids
+# starting}. A fresh entry starts a pending job only; one taken over from a dead
+# worker, a running one too.
 _START = """
 local state, attempt, owner = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'owner'))
 if not state then return {0, 'missing'} end
 if state == 'running' and owner == ARGV[1] then
-  return {tonumber(attempt), '', unpack(redis.call('HMGET', KEYS[1], 'seq', 'spec', 'tenant'))}
+  local held = redis.call('HMGET', KEYS[1], 'seq', 'spec', 'tenant', 'created_at')
+  return {tonumber(attempt), '', unpack(held)}
 end
 if state ~= 'pending' and not (state == 'running' and ARGV[2] == '1') then
   return {0, state}
@@ -169,7 +171,7 @@ if attempt > 1 then
   redis.call('XADD', KEYS[2], '0-' .. seq, 'k', 'reset', 'm', '', 'a', attempt)
   redis.call('HSET', KEYS[1], 'start', seq - 1)
 end
-return {attempt, '', seq, unpack(redis.call('HMGET', KEYS[1], 'spec', 'tenant'))}
+return {attempt, '', seq, unpack(redis.call('HMGET', KEYS[1], 'spec', 'tenant', 'created_at'))}
 """
 
 # KEYS: job, events. ARGV: attempt, the batch's last op, ttl (ms), now, then each

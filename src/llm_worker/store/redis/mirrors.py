@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 
 from llm_worker.jobs import Event, EventKind
+from llm_worker.logs import about
 from llm_worker.store.base import UnknownJob
 from llm_worker.store.eventlog import EventLog
 from llm_worker.store.redis.reachability import UNREACHABLE, Reachability
@@ -171,7 +172,11 @@ class Mirrors:
                 self._refresh_later(feed)
             elif not feed.log.finished and feed.loading is not None and feed.loading.done():
                 # Gone before its end: Redis restarted without its data, or failed over.
-                log.error("job %s was lost by Redis; telling its listeners", feed.job_id)
+                log.error(
+                    "job %s was lost by Redis; telling its listeners",
+                    feed.job_id,
+                    extra=about(feed.job_id),
+                )
                 feed.log.add(Event(feed.log.last_seq + 1, EventKind.FAILED, JOB_LOST, 0))
                 feed.log.show()
 

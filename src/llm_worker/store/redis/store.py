@@ -41,6 +41,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from llm_worker.access import UNLIMITED, TenantLimits
 from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
+from llm_worker.logs import about
 from llm_worker.store.base import (
     JobStore,
     NotOwner,
@@ -160,6 +161,10 @@ class RedisStore(JobStore):
         self._outbox_ready = asyncio.Event()
         self._all_written = asyncio.Event()
         self._all_written.set()
+        self._on_commit: Callable[[float], None] = lambda seconds: None
+
+    def report_commits(self, observe: Callable[[float], None]) -> None:
+        self._on_commit = observe
 
     # -- keys, as tests reach them ------------------------------------------
 
@@ -301,7 +306,11 @@ class RedisStore(JobStore):
         await self._create_group()
         for job_id, held in list(self._held.items()):
             if not await self._client.exists(self.keys.job_key(job_id)):
-                log.error("job %s, running here, was lost by Redis: stopping it", job_id)
+                log.error(
+                    "job %s, running here, was lost by Redis: stopping it",
+                    job_id,
+                    extra=about(job_id),
+                )
                 if self._held.get(job_id) is held:
                     del self._held[job_id]
                 self._cancelled(job_id)
@@ -541,7 +550,7 @@ class RedisStore(JobStore):
             try:
                 callback()
             except Exception:
-                log.exception("cancel callback of job %s failed", job_id)
+                log.exception("cancel callback of job %s failed", job_id, extra=about(job_id))
 
     # -- worker side --------------------------------------------------------
 
@@ -648,7 +657,11 @@ class RedisStore(JobStore):
                     # Our own job, idle only because our heartbeats could not get
                     # through (Redis was away): it runs here still, once.
                     continue
-                log.warning("taking over job %s from a worker that stopped answering", job_id)
+                log.warning(
+                    "taking over job %s from a worker that stopped answering",
+                    job_id,
+                    extra=about(job_id),
+                )
                 return decoded(entry_id), job_id, decoded(fields.get(b"tenant", b""))
             # Deleted from the stream while pending: nothing to run.
             await self._grouped(
@@ -686,10 +699,15 @@ class RedisStore(JobStore):
 
         _, started = await self._reach.retry(lambda: self._pipelined(dequeue_and_start))
         attempt, state, *rest = started
-        seq, spec, tenant = rest if rest else (0, None, b"")
+        seq, spec, tenant, created_at = rest if rest else (0, None, b"", None)
         held = _Held(entry_id, int(attempt), decoded(tenant or b""), leased=leased)
         if not attempt or spec is None:
-            log.debug("queue entry of job %s skipped: the job is %s", job_id, decoded(state))
+            log.debug(
+                "queue entry of job %s skipped: the job is %s",
+                job_id,
+                decoded(state),
+                extra=about(job_id),
+            )
             await self._let_go(job_id, held)
             return None
         held.seq = int(seq)
@@ -697,7 +715,13 @@ class RedisStore(JobStore):
             notice = [[job_id, held.seq, held.attempt, [[EventKind.RESET.value, ""]]]]
             await self._reach.retry(lambda: self._announce(notice))
         self._held[job_id] = held
-        return Claim(job_id=job_id, attempt=int(attempt), spec=JobSpec.model_validate_json(spec))
+        return Claim(
+            job_id=job_id,
+            attempt=int(attempt),
+            spec=JobSpec.model_validate_json(spec),
+            tenant=held.tenant,
+            created_at=float(created_at or 0),
+        )
 
     def _let_go_soon(self, job_id: str, held: _Held) -> None:
         """:meth:`_let_go` in the background; an append meanwhile waits for it."""
@@ -791,7 +815,9 @@ class RedisStore(JobStore):
             batches, self._outbox = self._outbox, {}
             if not batches:
                 continue
+            started = time.perf_counter()
             seqs = await self._persist(lambda b=batches, n=notice, e=ended: self._write(b, n, e))
+            self._on_commit(time.perf_counter() - started)
             notice, ended = [], []
             for (job_id, batch), seq in zip(batches.items(), seqs, strict=True):
                 self._unwritten -= len(batch.events)
@@ -897,7 +923,7 @@ class RedisStore(JobStore):
             await self._let_go(job_id, held)
         if ticket == -1:
             return
-        log.info("job %s queued again: %s", job_id, reason)
+        log.info("job %s queued again: %s", job_id, reason, extra=about(job_id))
         tenant, size = await self._reach.retry(
             lambda: self._client.hmget(self.keys.job_key(job_id), ["tenant", "size"]),
             deadline=self.outage_grace,
@@ -951,7 +977,7 @@ class RedisStore(JobStore):
         kept_ids = {decoded(entry) for entry in kept}
         for job_id, h in held.items():
             if h.entry not in kept_ids and self._held.get(job_id) is h:
-                log.warning("job %s was taken over by another worker", job_id)
+                log.warning("job %s was taken over by another worker", job_id, extra=about(job_id))
                 self._held.pop(job_id, None)
                 self._cancelled(job_id)
         leased = [(job_id, h) for job_id, h in held.items() if h.leased and h.entry in kept_ids]
