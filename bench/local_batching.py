@@ -126,7 +126,7 @@ async def through_provider(
 
     async def job(prompt: str) -> str:
         messages = [ChatMessage(role="user", content=prompt)]
-        return "".join([d async for d in provider.stream(messages, settings)])
+        return "".join([d async for d in provider.stream(messages, settings) if isinstance(d, str)])
 
     lags: list[float] = []
     running = True

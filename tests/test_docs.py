@@ -78,6 +78,8 @@ def test_json_examples_in_the_readme_are_valid_messages(example: str) -> None:
             "ref",
             "attempt",
             "listen_token",
+            "usage",
+            "finish_reason",
         }
     else:
         parse_request(example)

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llm_worker.providers import ProviderError  # noqa: E402
+from llm_worker.providers import CallEnd, ProviderError  # noqa: E402
 from llm_worker.providers.local import LocalModels, LocalProvider  # noqa: E402
 from llm_worker.templates import ChatMessage, TemplateError  # noqa: E402
 from llm_worker.testing.openai_server import OpenAIServer, Reply  # noqa: E402
@@ -73,7 +73,26 @@ def user(text: str) -> list[ChatMessage]:
 
 
 async def collect(provider: LocalProvider, text: str, **settings: Any) -> list[str]:
-    return [delta async for delta in provider.stream(user(text), settings)]
+    """The text deltas; the :class:`CallEnd` that closes the stream is checked apart."""
+    deltas = [delta async for delta in provider.stream(user(text), settings)]
+    assert isinstance(deltas[-1], CallEnd), deltas[-1:]
+    return deltas[:-1]
+
+
+async def test_the_provider_counts_its_tokens_and_says_why_it_stopped(
+    provider: LocalProvider, tiny_model: Path
+) -> None:
+    settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 7, "ignore_eos": True}
+    deltas = [delta async for delta in provider.stream(user("hello there"), settings)]
+    end = deltas[-1]
+    assert isinstance(end, CallEnd)
+    assert end.finish_reason == "length"
+    assert end.completion_tokens == 7
+    engine = next(iter(provider.models._engines.values()))
+    prompt = engine._prompt([{"role": "user", "content": "hello there"}])
+    assert end.prompt_tokens == len(prompt) > 0
+    stopped = [d async for d in provider.stream(user("hi"), {**settings, "stop": [" "]})]
+    assert stopped[-1].finish_reason in ("stop", "length")
 
 
 async def test_greedy_output_is_what_transformers_generates(
@@ -263,6 +282,16 @@ async def test_end_to_end_over_the_websocket_beside_remote_jobs(
         messages = await client.job_messages(job_id)
         assert messages[-1]["type"] == "done"
         assert text_of(messages) == expected
+        # The provider counted its own tokens, and said why it stopped.
+        done = messages[-1]
+        usage = done["usage"]
+        assert usage["prompt_tokens"] > 0 and 1 <= usage["completion_tokens"] <= 30
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        assert (done["finish_reason"], usage["completion_tokens"] == 30) in (
+            ("stop", True),
+            ("stop", False),
+            ("length", True),
+        )
     await client.send({"type": "cancel", "job_id": long_id})
     assert (await client.job_messages(long_id))[-1]["type"] == "cancelled"
 

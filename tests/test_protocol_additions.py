@@ -19,7 +19,7 @@ from tests.conftest import (
     serve,
 )
 from tests.stores import STORE_KINDS
-from tests.wsclient import WSClient, assert_exactly_once, assistant, text_of
+from tests.wsclient import WSClient, assert_exactly_once, assistant, done_frame, text_of
 
 TOKENS = [f" t{i}" for i in range(20)]
 
@@ -44,7 +44,8 @@ async def test_running_frames_carry_consecutive_seq(
     job_id, messages = await client.run()
     events = [m for m in messages if m["type"] != "pending"]
     assert_exactly_once(events, "".join(TOKENS), last_seq=len(TOKENS) + 2)
-    assert events[-1] == {"type": "done", "job_id": job_id, "seq": len(TOKENS) + 2}
+    body = upstream.chat_requests[-1].body
+    assert events[-1] == done_frame(job_id, len(TOKENS) + 2, body, len(TOKENS))
     # The log itself numbers every delta.
     await client.send({"type": "listen", "job_id": job_id, "after": 5})
     replay = await client.job_messages(job_id)
@@ -186,11 +187,14 @@ async def test_status_of_a_running_and_a_finished_job(
     messages = seen + await client.job_messages(job_id)
     await observer.send({"type": "status", "job_id": job_id})
     status = await observer.expect("status")
+    done = done_frame(job_id, 0, upstream.chat_requests[-1].body, len(TOKENS))
     assert status == {
         "type": "status",
         "job_id": job_id,
         "state": "done",
         "output": "".join(TOKENS),
+        "usage": done["usage"],
+        "finish_reason": "stop",
     }
     assert text_of(messages) == status["output"]
 
@@ -243,7 +247,8 @@ async def test_listen_after_resumes_without_gap_or_duplicate(
     seqs = [m["seq"] for m in combined]
     assert seqs[:6] == list(range(1, 7))
     assert seqs == sorted(set(seqs)), seqs
-    assert combined[-1] == {"type": "done", "job_id": job_id, "seq": len(TOKENS) + 2}
+    body = upstream.chat_requests[-1].body
+    assert combined[-1] == done_frame(job_id, len(TOKENS) + 2, body, len(TOKENS))
     assert text_of(combined) == "".join(TOKENS)
 
 

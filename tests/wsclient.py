@@ -177,3 +177,19 @@ def assert_exactly_once(
     assert text_of(events) == text
     assert events[-1]["type"] in TERMINAL
     assert events[-1]["seq"] == last_seq
+
+
+def done_frame(job_id: str, seq: int, request_body: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """The ``done`` of a one-stream job the loopback server answered with ``tokens``
+    tokens to ``request_body``: its usage as that server counts it, and why it ended."""
+    from llm_worker.testing.openai_server import prompt_tokens
+
+    prompt = prompt_tokens(request_body)
+    usage = {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
+    return {
+        "type": "done",
+        "job_id": job_id,
+        "seq": seq,
+        "usage": usage | {"streams": [usage]},
+        "finish_reason": "stop",
+    }

@@ -176,8 +176,9 @@ class Gateway:
         """The ``status`` reply about the job."""
         record = await self.visible(principal, job_id)
         position = await self.store.position(record.id)
-        output = output_of(await self.store.read(record.id))
-        return protocol.status(record, position, output)
+        events = await self.store.read(record.id)
+        summary = protocol.summary_of(events[-1]) if events else None
+        return protocol.status(record, position, output_of(events), summary)
 
     async def websocket_endpoint(self, websocket: WebSocket) -> None:
         try:

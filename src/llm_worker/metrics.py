@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llm_worker.jobs import JobSpec
+from llm_worker.providers import CallEnd
 from llm_worker.templates import ModelStream
 
 if TYPE_CHECKING:
@@ -125,6 +126,13 @@ class Metrics:
             "From the first delta of a job's model to its first frame sent to a listener "
             "(measured where the gateway and the worker share a process).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llm_worker_tokens",
+            "Tokens into (prompt) and out of (completion) the models, as they counted them, "
+            "by provider and model.",
+            ["direction", "provider", "model"],
             registry=r,
         )
         self.provider_calls = Counter(
@@ -233,11 +241,21 @@ class ModelCall:
         self.last = now
         self.deltas += 1
 
-    def finished(self) -> None:
-        if self.deltas > 1:
-            self.metrics.time_per_output_token.labels(self.provider, self.model).observe(
-                (self.last - self.first) / (self.deltas - 1)
+    def finished(self, end: CallEnd | None = None) -> None:
+        """The call ended well; ``end`` is what the model said of its tokens, if anything."""
+        metrics = self.metrics
+        completion = end.completion_tokens if end is not None else None
+        # Per token when the model counted them, else per delta (one token each, mostly).
+        steps = (completion or self.deltas) - 1
+        if self.deltas > 1 and steps > 0:
+            metrics.time_per_output_token.labels(self.provider, self.model).observe(
+                (self.last - self.first) / steps
             )
+        if end is not None:
+            if end.prompt_tokens is not None:
+                metrics.tokens.labels("in", self.provider, self.model).inc(end.prompt_tokens)
+            if completion is not None:
+                metrics.tokens.labels("out", self.provider, self.model).inc(completion)
 
     def failed(self, kind: str) -> None:
         self.metrics.provider_errors.labels(self.provider, kind).inc()

@@ -282,7 +282,18 @@ def event(job_id: str, event: Event) -> str:
         return _frame(
             {"type": "reset", "job_id": job_id, "attempt": event.attempt, "seq": event.seq}
         )
+    if kind is EventKind.DONE and event.message:
+        # The job's ``usage`` and ``finish_reason``, as the worker summed them up.
+        return _frame({"type": "done", "job_id": job_id, "seq": event.seq} | summary_of(event))
     return _frame({"type": kind.value, "job_id": job_id, "seq": event.seq})
+
+
+def summary_of(event: Event) -> dict[str, Any]:
+    """What a ``done`` event says of the job: ``usage`` and ``finish_reason``."""
+    if event.kind is not EventKind.DONE or not event.message:
+        return {}
+    summary = orjson.loads(event.message)
+    return summary if isinstance(summary, dict) else {}
 
 
 def event_frames(job_id: str, events: list[Event]) -> list[str]:
@@ -338,13 +349,18 @@ def cancelled(job_id: str) -> str:
     return _frame({"type": "cancelled", "job_id": job_id})
 
 
-def status(record: JobRecord, position: int | None, output: str) -> str:
+def status(
+    record: JobRecord, position: int | None, output: str, summary: dict[str, Any] | None = None
+) -> str:
+    """The ``status`` reply; ``summary`` is what its ``done`` said (usage, finish_reason)."""
     body: dict[str, Any] = {"type": "status", "job_id": record.id, "state": record.state.value}
     if position is not None:
         body["position"] = position
     body["output"] = output
     if record.error is not None:
         body["error"] = record.error
+    if summary:
+        body.update(summary)
     return _frame(body)
 
 

@@ -18,9 +18,9 @@ from typing import Any
 from llm_worker.context import CheckContext, StreamContext
 from llm_worker.inserts import Insert
 from llm_worker.jobs import JobSpec
-from llm_worker.metrics import Metrics
+from llm_worker.metrics import Metrics, ModelCall
 from llm_worker.pipelines import Pipeline
-from llm_worker.providers import Provider, ProviderError
+from llm_worker.providers import CallEnd, Provider, ProviderError
 from llm_worker.registry import Registry
 from llm_worker.templates import (
     BUILTIN_PLACEHOLDERS,
@@ -35,6 +35,8 @@ from llm_worker.templates import (
     check_placeholders,
     compile_text,
 )
+from llm_worker.usage import JobUsage, track
+from llm_worker.usage import current as current_usage
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,13 @@ def _values_set(index: int, stream: PipelineStream, context: StreamContext) -> d
             f"setting {missing[0]!r}, which it declares"
         )
     return context.set_values
+
+
+def _ended(call: ModelCall, end: CallEnd | None) -> None:
+    """A model call ended well: its figures to the metrics, its tokens to its job's."""
+    call.finished(end)
+    if (usage := current_usage()) is not None:
+        usage.record(end)
 
 
 def _exhausted(error: ProviderError, tries: int) -> ProviderError:
@@ -226,8 +235,9 @@ class Runner:
 
     # -- running ------------------------------------------------------------
 
-    async def run(self, spec: JobSpec) -> AsyncIterator[str]:
-        """Yield the text deltas of the job's last stream.
+    async def run(self, spec: JobSpec, usage: JobUsage | None = None) -> AsyncIterator[str]:
+        """Yield the text deltas of the job's last stream; the tokens its model calls
+        take go to ``usage``, by stream.
 
         Raises :class:`ProviderError` or :class:`TemplateError` when the job
         cannot complete; the message is meant for the job's listeners.
@@ -235,8 +245,12 @@ class Runner:
         streams = spec.assistant.streams
         values = {**spec.assistant.placeholder_values(), **spec.variables}
         previous_output = ""
+        if usage is not None:
+            track(usage)
         for index, stream in enumerate(streams):
             last = index == len(streams) - 1
+            if usage is not None:
+                usage.current = index
             here = {**values, QUERY: spec.query, PREVIOUS_STREAM_OUTPUT: previous_output}
             if isinstance(stream, PipelineStream):
                 pipeline = self.pipelines.get(stream.pipeline)
@@ -310,13 +324,17 @@ class Runner:
             tries += 1
             started = False
             call = self.metrics.model_call(provider, settings)
+            end: CallEnd | None = None
             try:
                 async with aclosing(chosen.stream(messages, settings)) as deltas:
                     async for delta in deltas:
+                        if type(delta) is not str:
+                            end = delta if isinstance(delta, CallEnd) else None
+                            continue
                         started = True
                         call.delta()
                         yield delta
-                call.finished()
+                _ended(call, end)
                 return
             except ProviderError as error:
                 call.failed(error.kind)
@@ -335,13 +353,17 @@ class Runner:
         while True:
             tries += 1
             call = self.metrics.model_call(provider, settings)
+            end: CallEnd | None = None
             try:
                 async with aclosing(chosen.stream(messages, settings)) as deltas:
                     parts = []
                     async for delta in deltas:
+                        if type(delta) is not str:
+                            end = delta if isinstance(delta, CallEnd) else None
+                            continue
                         call.delta()
                         parts.append(delta)
-                call.finished()
+                _ended(call, end)
                 return "".join(parts)
             except ProviderError as error:
                 call.failed(error.kind)

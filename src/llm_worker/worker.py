@@ -14,6 +14,8 @@ import logging
 import time
 from contextlib import aclosing
 
+import orjson
+
 from llm_worker.jobs import Claim, EventKind
 from llm_worker.logs import set_job
 from llm_worker.metrics import Metrics
@@ -21,6 +23,7 @@ from llm_worker.providers import ProviderError
 from llm_worker.runner import Runner
 from llm_worker.store import JobStore, NotOwner, StoreError
 from llm_worker.templates import TemplateError
+from llm_worker.usage import JobUsage
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +148,9 @@ class Worker:
         start: asyncio.Future[object] | None = asyncio.ensure_future(
             store.append(job_id, attempt, EventKind.RUNNING)
         )
+        usage = JobUsage(len(claim.spec.assistant.streams))
         try:
-            async with aclosing(self.runner.run(claim.spec)) as deltas:
+            async with aclosing(self.runner.run(claim.spec, usage)) as deltas:
                 async for delta in deltas:
                     if start is not None:
                         metrics.first_delta(job_id, time.perf_counter())
@@ -156,7 +160,9 @@ class Worker:
             if start is not None:  # a reply without any text
                 start, pending = None, start
                 await pending
-            await store.append(job_id, attempt, EventKind.DONE)
+            # What the calls took, and why the answer ended: carried by `done`.
+            summary = orjson.dumps(usage.as_json()).decode()
+            await store.append(job_id, attempt, EventKind.DONE, summary)
             outcome = "done"
             # A line per job is noise at INFO under load; failures and cancels are logged there.
             log.debug("job %s done in %.3fs", job_id, time.perf_counter() - started)

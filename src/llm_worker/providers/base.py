@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llm_worker.templates import ChatMessage
@@ -57,6 +58,17 @@ class ProviderError(Exception):
         self.kind = kind if kind in KINDS else "error"
 
 
+@dataclass(frozen=True, slots=True)
+class CallEnd:
+    """What a provider may yield last, after the text: why the model stopped
+    (``stop``, ``length``, ...) and the tokens the call took, each ``None`` where the
+    model did not say."""
+
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
 class Provider(abc.ABC):
     """Turns chat messages into a stream of text deltas."""
 
@@ -75,8 +87,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
-    ) -> AsyncIterator[str]:
-        """Yield the model's reply as non-empty text deltas.
+    ) -> AsyncIterator[str | CallEnd]:
+        """Yield the model's reply as non-empty text deltas, then, if the model said,
+        a :class:`CallEnd` (a provider that yields none has its usage reported as
+        unknown).
 
         Ends normally only when the model finished its reply; raises
         :class:`ProviderError` otherwise, a stream cut short included.

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from llm_worker.providers.base import Provider, ProviderError
+from llm_worker.providers.base import CallEnd, Provider, ProviderError
 from llm_worker.providers.checks import check_integer, check_number, check_stop
 from llm_worker.templates import ChatMessage, TemplateError
 
@@ -190,7 +190,7 @@ class LocalProvider(Provider):
 
     async def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | CallEnd]:
         params = {**self.defaults, **settings}
         engine = await self.models.get(
             params["model"], params.get("device"), params.get("dtype", "auto")
@@ -219,6 +219,8 @@ class LocalProvider(Provider):
         finally:
             if not finished:
                 request.cancel()
+        # Counted by the engine's thread before its last output, which came after.
+        yield CallEnd(request.finish_reason, request.prompt_tokens, request.completion_tokens)
 
     async def aclose(self) -> None:
         await self.models.aclose()

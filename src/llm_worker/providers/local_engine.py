@@ -63,6 +63,12 @@ class LocalRequest:
     on_output: Callable[[str, bool, str | None], None]
     ignore_eos: bool = False
     cancelled: bool = False
+    prompt_tokens: int = 0
+    """Set by the engine when the request starts."""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    """Set by the engine before its last output: ``stop`` (end of sequence, or a stop
+    sequence) or ``length`` (``max_tokens`` reached)."""
 
     def cancel(self) -> None:
         """Free the request's place in the batch at the next step."""
@@ -221,6 +227,7 @@ class LocalEngine:
             raise ValueError(
                 f"the prompt has {len(ids)} tokens; the model takes at most {self.max_positions}"
             )
+        request.prompt_tokens = len(ids)
         generator = None
         if request.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(request.seed)
@@ -325,6 +332,8 @@ class LocalEngine:
         done = ended or row.stopper.stopped or row.produced >= request.max_tokens
         if done:
             text += row.stopper.push(row.detokenizer.finish()) + row.stopper.finish()
+            request.completion_tokens = row.produced
+            request.finish_reason = "stop" if ended or row.stopper.stopped else "length"
         if text or done:
             outputs.append((request, text, done, None))
         return done

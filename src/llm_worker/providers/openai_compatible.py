@@ -16,7 +16,7 @@ import httpx2
 import openai
 import orjson
 
-from llm_worker.providers.base import Provider, ProviderError
+from llm_worker.providers.base import CallEnd, Provider, ProviderError
 from llm_worker.providers.checks import check_integer, check_number, check_stop
 from llm_worker.redaction import redact_url, scrub, url_secrets
 from llm_worker.templates import ChatMessage, TemplateError
@@ -152,11 +152,17 @@ class OpenAICompatibleProvider(Provider):
 
     async def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | CallEnd]:
         client = self._client()
         body = {**self.defaults, **settings}
         body["messages"] = [m.to_openai() for m in messages]
         body["stream"] = True
+        # The last chunk then says what the call took (OpenAI, vLLM, llama.cpp, Ollama);
+        # a server that ignores it leaves the job's usage unknown. For one that refuses
+        # it, the provider's settings say "stream_options": null.
+        options = body.setdefault("stream_options", {"include_usage": True})
+        if options is None:
+            del body["stream_options"]
         try:
             # The SDK's generic request: its base URL, auth, timeouts and error types,
             # without the per-request parameter transform and the per-chunk models
@@ -178,6 +184,8 @@ class OpenAICompatibleProvider(Provider):
 
         finished = False
         said_anything = False
+        finish_reason: str | None = None
+        usage: Any = None
         try:
             async for data in sse_data(response):
                 said_anything = True
@@ -192,6 +200,8 @@ class OpenAICompatibleProvider(Provider):
                     ) from None
                 if not isinstance(chunk, dict):
                     continue
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
                 if chunk.get("error"):
                     detail = _error_detail(chunk) or "an error occurred during streaming"
                     raise self._failure(f"{self._where()} reported an error: {detail}")
@@ -206,6 +216,7 @@ class OpenAICompatibleProvider(Provider):
                         yield content
                 if choice.get("finish_reason") is not None:
                     finished = True
+                    finish_reason = str(choice["finish_reason"])
         except httpx2.TimeoutException as exc:
             raise self._failure(
                 f"{self._where()} timed out", retryable=True, kind="timeout"
@@ -232,6 +243,7 @@ class OpenAICompatibleProvider(Provider):
                 retryable=True,
                 kind="cut",
             )
+        yield CallEnd(finish_reason, *_token_counts(usage))
 
     def _where(self) -> str:
         return f"provider {self.name!r} at {redact_url(self.base_url or '')}"
@@ -272,6 +284,17 @@ class OpenAICompatibleProvider(Provider):
                 f"cannot reach {self._where()}{reason}", retryable=True, kind="connection"
             )
         return self._failure(f"{self._where()} reported an error: {exc.message}")
+
+
+def _token_counts(usage: Any) -> tuple[int | None, int | None]:
+    """The prompt and completion tokens of an OpenAI ``usage`` object, where it says."""
+    if not isinstance(usage, dict):
+        return None, None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (
+        prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None,
+        completion if isinstance(completion, int) and not isinstance(completion, bool) else None,
+    )
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -57,6 +57,9 @@ class Reply:
     """``abort``: drop the connection mid-body. ``clean``: end the body properly,
     but with neither ``finish_reason`` nor ``[DONE]``."""
     finish_reason: str = "stop"
+    usage: bool = True
+    """Whether to say what the reply took (a last chunk with ``usage``) when the request
+    asks (``stream_options.include_usage``), as OpenAI does; some servers never do."""
 
 
 def directed_reply(body: dict[str, Any]) -> Reply | None:
@@ -283,11 +286,11 @@ class OpenAIServer:
             await _stop(watcher)
             if request.client_gone.is_set():
                 return False
-            writer.write(
-                _chunk(_event(model, {}, reply.finish_reason))
-                + _chunk(b"data: [DONE]\n\n")
-                + b"0\r\n\r\n"
-            )
+            ending = _chunk(_event(model, {}, reply.finish_reason))
+            options = request.body.get("stream_options")
+            if reply.usage and isinstance(options, dict) and options.get("include_usage"):
+                ending += _chunk(_usage_event(model, request.body, len(reply.tokens)))
+            writer.write(ending + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
             await writer.drain()
             request.completed = True
             return True
@@ -311,6 +314,20 @@ async def _wait_for_eof(reader: asyncio.StreamReader, gone: asyncio.Event) -> No
         # the connection closed.
         await reader.read(1)
     gone.set()
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """What this server counts as a request's prompt tokens: its messages' words."""
+    return sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+
+
+def _usage_event(model: str, body: dict[str, Any], completion: int) -> bytes:
+    prompt = prompt_tokens(body)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}  # fmt: skip
+    chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+             "model": model, "choices": [], "usage": usage}  # fmt: skip
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 def _event(model: str, delta: dict[str, Any], finish_reason: str | None) -> bytes:
