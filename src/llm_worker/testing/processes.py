@@ -37,6 +37,7 @@ class WorkerProcess:
         self.role = role
         self.lines: list[str] = []
         self.port: int | None = None
+        self.said_ready = False
         self._ready = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
 
@@ -60,6 +61,10 @@ class WorkerProcess:
         except TimeoutError:
             await started.stop()
             raise AssertionError(f"{role} did not start:\n{started.output}") from None
+        if not started.said_ready:
+            # It ended before it was ready: say why, rather than hand out no port.
+            await started.stop()
+            raise AssertionError(f"{role} stopped before it was ready:\n{started.output}")
         return started
 
     async def _read(self) -> None:
@@ -70,8 +75,10 @@ class WorkerProcess:
             # The lines that say the process is ready: a gateway's once its port accepts.
             if match := LISTENING.search(text):
                 self.port = int(match.group(2))
+                self.said_ready = True
                 self._ready.set()
             elif "worker ready" in text:
+                self.said_ready = True
                 self._ready.set()
         self._ready.set()
 
