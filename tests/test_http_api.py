@@ -88,7 +88,17 @@ async def test_a_job_created_over_http_streams_as_server_sent_events(
     assert seqs == [frame["seq"] for frame in frames]
     assert seqs == sorted(set(seqs))
     status = (await http.get(f"/v1/jobs/{job_id}")).json()
-    assert status == {"type": "status", "job_id": job_id, "state": "done", "output": FULL}
+    done = frames[-1]
+    assert done["finish_reason"] == "stop"
+    assert done["usage"]["completion_tokens"] == len(TOKENS)
+    assert status == {
+        "type": "status",
+        "job_id": job_id,
+        "state": "done",
+        "output": FULL,
+        "usage": done["usage"],
+        "finish_reason": "stop",
+    }
 
 
 async def test_events_resume_after_last_event_id_or_after_without_loss_or_duplicate(
@@ -350,6 +360,7 @@ async def test_the_openapi_document_is_valid_and_describes_every_route(
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/events",
         "/v1/jobs/{job_id}/cancel",
+        "/v1/catalog",
     }
     job_schema = document["components"]["schemas"]["JobRequest"]
     assert set(job_schema["required"]) == {"query", "assistant"}
@@ -386,3 +397,95 @@ async def test_an_event_stream_resumed_after_kill_9_shows_the_reset_then_the_new
     assert int(rest[0]["id"]) > int(before[-1]["id"])
     assert frames[-1]["type"] == "done"
     assert text_of(frames[1:]) == FULL  # the new attempt, whole, after the reset
+
+
+async def test_jobs_are_listed_newest_first_by_state_and_limit(http: httpx.AsyncClient) -> None:
+    first = (await http.post("/v1/jobs", json=job())).json()["job_id"]
+    await all_events(http, first)
+    second = (await http.post("/v1/jobs", json=job())).json()["job_id"]
+    await all_events(http, second)
+    listed = await http.get("/v1/jobs")  # without keys, anyone may
+    assert listed.status_code == 200
+    jobs = listed.json()["jobs"]
+    assert [j["job_id"] for j in jobs] == [second, first]
+    assert set(jobs[0]) == {
+        "job_id", "state", "created_at", "finished_at", "attempt", "error", "tenant",
+    }  # fmt: skip
+    assert (jobs[1]["state"], jobs[1]["attempt"], jobs[1]["error"], jobs[1]["tenant"]) == (
+        "done", 1, None, "",
+    )  # fmt: skip
+    assert jobs[1]["created_at"] <= jobs[1]["finished_at"] <= jobs[0]["created_at"]
+    one = (await http.get("/v1/jobs", params={"limit": 1, "state": "done"})).json()["jobs"]
+    assert [j["job_id"] for j in one] == [second]
+    assert (await http.get("/v1/jobs", params={"state": "failed"})).json() == {"jobs": []}
+    for params, words in [
+        ({"state": "finished"}, "state must be one of pending, running, done, failed, cancelled"),
+        ({"limit": 501}, "limit must be a whole number from 1 to 500"),
+        ({"limit": 0}, "limit must be a whole number from 1 to 500"),
+        ({"limit": "ten"}, "limit must be a whole number from 1 to 500, not 'ten'"),
+        ({"limit": "²"}, "limit must be a whole number from 1 to 500"),
+        ({"limit": "9" * 5000}, "limit must be a whole number from 1 to 500"),
+    ]:
+        refused = await http.get("/v1/jobs", params=params)
+        assert refused.status_code == 400, params
+        assert refused.json()["type"] == "error" and words in refused.json()["message"]
+
+
+async def test_only_an_admin_key_lists_every_tenant_s_jobs(
+    start_worker: StartWorker, keys_file: Path
+) -> None:
+    admin = "key-of-the-admin-0123456789"
+    worker = await start_worker(
+        api_keys_file=keys_file, api_keys=admin, admin_keys=f"sha256:{key_hash(admin)}"
+    )
+    async with httpx.AsyncClient(base_url=worker.http_url, timeout=30) as http:
+        alice = {"authorization": f"Bearer {ALICE}"}
+        bob = {"authorization": f"Bearer {BOB}"}
+        alice_job = (await http.post("/v1/jobs", json=job(), headers=alice)).json()
+        await all_events(http, alice_job["job_id"], headers=alice)
+        bob_job = (await http.post("/v1/jobs", json=job(), headers=bob)).json()["job_id"]
+        assert (await http.get("/v1/jobs")).status_code == 401
+        for credential in (alice, bob, {"authorization": f"Bearer {alice_job['listen_token']}"}):
+            refused = await http.get("/v1/jobs", headers=credential)
+            assert refused.status_code == 403
+            assert refused.json() == {"type": "error", "message": "only an admin key may list jobs"}
+        listed = await http.get("/v1/jobs", headers={"authorization": f"Bearer {admin}"})
+        assert listed.status_code == 200
+        jobs = listed.json()["jobs"]
+        assert [(j["job_id"], j["tenant"]) for j in jobs] == [
+            (bob_job, "bob"),
+            (alice_job["job_id"], "alice"),
+        ]
+        assert jobs[1]["state"] == "done"
+
+
+async def test_the_catalog_names_what_templates_may_use(
+    start_worker: StartWorker, keys_file: Path
+) -> None:
+    worker = await start_worker(api_keys_file=keys_file)
+    async with httpx.AsyncClient(base_url=worker.http_url, timeout=30) as http:
+        assert (await http.get("/v1/catalog")).status_code == 401
+        answer = await http.get("/v1/catalog", headers={"authorization": f"Bearer {ALICE}"})
+        assert answer.status_code == 200
+        catalog = answer.json()
+        # openai is configured (a key and a URL); vllm is not: a template may not name it.
+        assert "openai" in catalog["providers"] and "vllm" not in catalog["providers"]
+        assert {"history", "history_summary"} <= set(catalog["inserts"])
+        assert "echo" in catalog["pipelines"]
+        assert all(names == sorted(names) for names in catalog.values())
+        alice = {"authorization": f"Bearer {ALICE}"}
+        token = (await http.post("/v1/jobs", json=job(), headers=alice)).json()["listen_token"]
+        by_token = await http.get("/v1/catalog", headers={"authorization": f"Bearer {token}"})
+        assert by_token.status_code == 403
+
+
+async def test_a_resume_point_that_is_no_seq_is_a_400_not_an_internal_error(
+    http: httpx.AsyncClient,
+) -> None:
+    job_id = (await http.post("/v1/jobs", json=job())).json()["job_id"]
+    for after in ["²", "9" * 5000, "-1"]:
+        refused = await http.get(f"/v1/jobs/{job_id}/events", params={"after": after})
+        assert refused.status_code == 400, after
+        assert refused.json()["message"].startswith("after must be a seq, a whole number >= 0")
+    refused = await http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "1e3"})
+    assert refused.status_code == 400

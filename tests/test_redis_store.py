@@ -221,3 +221,33 @@ async def test_hundreds_of_followers_at_once_keep_to_a_bounded_pool(
         await worker.append(claim.job_id, claim.attempt, EventKind.DONE)
     texts = await asyncio.wait_for(asyncio.gather(*followers), 60)
     assert texts == [job_id[:8] for job_id in ids]
+
+
+async def test_the_index_of_recent_jobs_pages_through_ties_and_drops_expired_jobs(
+    make_shared_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_worker.store.redis import store as redis_store
+
+    monkeypatch.setattr(redis_store, "_RECENT_PAGE", 2)  # pages of two ids
+    store = await make_shared_store(queue_max=20, job_ttl=0.3)
+    assert isinstance(store, RedisStore)
+    ids = [(await store.submit(SPEC)).id for _ in range(5)]
+    assert [r.id for r in await store.recent(None, 10, None)] == ids[::-1]
+    client = aioredis.RedisCluster.from_url(store.url) if store.cluster else None
+    client = client or aioredis.Redis.from_url(store.url)
+    try:
+        # Jobs created at the very same time: each is listed once all the same.
+        await client.zadd(store.keys.recent_key, dict.fromkeys(ids[1:], 1000.0))
+        listed = [r.id for r in await store.recent(None, 10, None)]
+        assert listed[0] == ids[0] and sorted(listed[1:]) == sorted(ids[1:])
+        assert len(await store.recent(None, 3, None)) == 3
+        # A finished job expires: a sweep drops it from the index, as a listing would.
+        claim = await store.claim(max_wait=0)
+        assert claim is not None
+        await store.append(claim.job_id, 1, EventKind.DONE)
+        await asyncio.sleep(0.5)
+        assert await store.sweep_recent() == 1
+        assert await client.zcard(store.keys.recent_key) == 4
+        assert claim.job_id not in [r.id for r in await store.recent(None, 10, None)]
+    finally:
+        await client.aclose()

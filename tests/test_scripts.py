@@ -62,3 +62,46 @@ def test_ensure_redis_says_what_to_install_when_it_cannot(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert result.stdout == ""
     assert "the tests need redis-server on PATH; install it" in result.stderr
+
+
+ENSURE_CHROMIUM = ROOT / "scripts" / "ensure-chromium.sh"
+
+
+def test_ensure_chromium_does_nothing_but_forbid_browser_downloads_when_it_is_there(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "chromium").write_text("#!/bin/bash\n")
+    (tmp_path / "chromium").chmod(0o755)
+    calls = fake_apt_get(tmp_path)
+    result = subprocess.run(
+        ["/bin/bash", "-c", f"set -euo pipefail; source {ENSURE_CHROMIUM}; "
+         'echo "$PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"'],
+        env={"PATH": str(tmp_path)}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "1\n", result
+    assert not calls.exists()
+
+
+def test_ensure_chromium_installs_debian_s_package_when_missing(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root installs packages; the refusal is tested either way")
+    calls = tmp_path / "apt-get.calls"
+    apt_get = tmp_path / "apt-get"
+    apt_get.write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> {calls}\n'
+        f"printf '#!/bin/bash\\n' > {tmp_path}/chromium\n"
+        f"/bin/chmod +x {tmp_path}/chromium\n"
+    )
+    apt_get.chmod(0o755)
+    result = run_sourced(ENSURE_CHROMIUM, tmp_path)
+    assert result.returncode == 0 and result.stdout == "sourced\n", result
+    assert calls.read_text() == "install -y -qq chromium\n"
+    assert "installing chromium" in result.stderr
+
+
+def test_ensure_chromium_says_what_to_install_when_it_cannot(tmp_path: Path) -> None:
+    result = run_sourced(ENSURE_CHROMIUM, tmp_path)  # no apt-get to install with
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "the tests need chromium on PATH; install it" in result.stderr

@@ -334,3 +334,20 @@ def test_a_gateway_with_keys_needs_the_shared_token_secret(tmp_path: Path) -> No
 
     with pytest.raises(ConfigError, match="needs TOKEN_SECRET"):
         Service(make_settings(api_keys=ALICE, store_url="redis://127.0.0.1:1/0"), "gateway")
+
+
+def test_admin_keys_name_keys_by_their_hash() -> None:
+    keys = f"{ALICE},{BOB}"
+    access = load_access(make_settings(api_keys=keys, admin_keys=f" sha256:{key_hash(BOB)} "))
+    alice, bob = access.authenticate(ALICE), access.authenticate(BOB)
+    assert alice is not None and not alice.admin
+    assert bob is not None and bob.admin and bob.tenant == f"key-{key_hash(BOB)[:8]}"
+    token = access.listen_token("job-1", bob.tenant)
+    assert access.authenticate(token) == Principal(bob.tenant, job_id="job-1")  # no admin
+    anyone = Access().authenticate(None)
+    assert anyone is not None and anyone.admin  # without keys, anyone may list jobs
+    with pytest.raises(ConfigError, match="not the key itself") as refused:
+        load_access(make_settings(api_keys=keys, admin_keys=BOB))
+    assert BOB not in str(refused.value)
+    with pytest.raises(ConfigError, match="is the SHA-256 of no key"):
+        load_access(make_settings(api_keys=ALICE, admin_keys=key_hash(BOB)))

@@ -303,3 +303,42 @@ async def test_a_tenant_adds_no_faster_than_its_rate(make_store: StoreFactory) -
         await store.submit(SPEC, tenant="a")
     assert 0 < limited.value.retry_after <= 30
     await store.submit(SPEC, tenant="b")
+
+
+async def test_recent_lists_the_newest_jobs_first_of_a_state_and_a_tenant(
+    store: JobStore,
+) -> None:
+    ids = [(await store.submit(SPEC, tenant)).id for tenant in ["a", "b", "a", "b", "a"]]
+    a0, b0, a1, b1, a2 = ids
+    claim = await store.claim(max_wait=0)
+    assert claim is not None and claim.job_id == a0
+    await store.append(a0, 1, EventKind.DONE)
+    await store.cancel(b0)
+    newest = await store.recent(None, 10, None)
+    assert [r.id for r in newest] == [a2, b1, a1, b0, a0]
+    created = [r.created_at for r in newest]
+    assert created == sorted(created, reverse=True)
+    assert [r.id for r in await store.recent(None, 2, None)] == [a2, b1]
+    assert [r.id for r in await store.recent(None, 10, "a")] == [a2, a1, a0]
+    assert [r.id for r in await store.recent(JobState.PENDING, 10, None)] == [a2, b1, a1]
+    assert [r.id for r in await store.recent(JobState.PENDING, 1, "b")] == [b1]
+    (done,) = await store.recent(JobState.DONE, 10, None)
+    assert (done.id, done.state, done.tenant, done.attempt, done.error) == (
+        a0, JobState.DONE, "a", 1, None,
+    )  # fmt: skip
+    assert done.finished_at is not None and done.finished_at >= done.created_at
+    assert [r.id for r in await store.recent(JobState.CANCELLED, 10, "b")] == [b0]
+    assert await store.recent(JobState.FAILED, 10, None) == []
+    assert await store.recent(None, 10, "nobody") == []
+
+
+async def test_recent_leaves_out_expired_jobs(make_store: StoreFactory) -> None:
+    store = await make_store(queue_max=10, job_ttl=0.3)
+    done_id = (await store.submit(SPEC)).id
+    pending_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    await store.append(done_id, 1, EventKind.DONE)
+    assert [r.id for r in await store.recent(None, 10, None)] == [pending_id, done_id]
+    await asyncio.sleep(0.5)
+    assert [r.id for r in await store.recent(None, 10, None)] == [pending_id]
+    assert [r.id for r in await store.recent(JobState.DONE, 10, None)] == []

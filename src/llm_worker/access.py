@@ -6,7 +6,8 @@ speaks for the tenant of the key it presents, and sees that tenant's jobs only;
 or it presents a *listen token*, a capability for one job that ``resp_add``
 hands out, and may only follow that job and ask its status. Origins are
 checked whatever the keys: a browser page from an origin not allowed cannot
-use the worker, even with a key.
+use the worker, even with a key. An *admin key*, one whose SHA-256
+``ADMIN_KEYS`` lists, may also list every tenant's jobs; without keys, anyone may.
 
 Keys are kept as their SHA-256 only. A listen token is ``lt1.<job>.<tenant>.<mac>``
 (base64url parts), the MAC an HMAC-SHA256 under ``TOKEN_SECRET``, which every
@@ -52,6 +53,8 @@ class Principal:
 
     tenant: str
     job_id: str | None = None
+    admin: bool = False
+    """Whether it may list every tenant's jobs (``GET /v1/jobs``)."""
 
     @property
     def listen_only(self) -> bool:
@@ -62,7 +65,8 @@ class Principal:
         return tenant == self.tenant and self.job_id in (None, job_id)
 
 
-ANYONE = Principal("")
+# Without keys, anyone may do anything: listing every job included.
+ANYONE = Principal("", admin=True)
 
 
 def key_hash(key: str) -> str:
@@ -73,6 +77,8 @@ def key_hash(key: str) -> str:
 class Access:
     keys: dict[str, str] = field(default_factory=dict)
     """SHA-256 (hex) of each key -> its tenant."""
+    admins: frozenset[str] = frozenset()
+    """SHA-256 (hex) of the keys that may list every tenant's jobs."""
     limits: dict[str, TenantLimits] = field(default_factory=dict)
     default_limits: TenantLimits = UNLIMITED
     """The limits of a tenant with none of its own (with keys only)."""
@@ -92,8 +98,9 @@ class Access:
             return None
         if credential.startswith(TOKEN_PREFIX):
             return self._verify(credential)
-        tenant = self.keys.get(key_hash(credential))
-        return Principal(tenant) if tenant is not None else None
+        digest = key_hash(credential)
+        tenant = self.keys.get(digest)
+        return Principal(tenant, admin=digest in self.admins) if tenant is not None else None
 
     def tenant_limits(self, tenant: str) -> TenantLimits:
         if not self.enabled:
@@ -211,6 +218,7 @@ def load_access(settings: Settings) -> Access:
     secret = settings.token_secret.get_secret_value() if settings.token_secret else ""
     access = Access(
         keys=keys,
+        admins=_admin_keys(settings.admin_keys, keys),
         limits=limits,
         default_limits=default_limits,
         origins=_origins(settings.allowed_origins),
@@ -223,6 +231,25 @@ def load_access(settings: Settings) -> Access:
             "own, valid on this process only until it stops"
         )
     return access
+
+
+def _admin_keys(listed: str, keys: dict[str, str]) -> frozenset[str]:
+    """The hashes ``ADMIN_KEYS`` lists; each must be that of a key configured."""
+    admins = set()
+    for entry in filter(None, (e.strip() for e in listed.split(","))):
+        digest = entry.removeprefix("sha256:").lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(
+                "ADMIN_KEYS: each entry is the SHA-256 of a key in hex "
+                "(`llm-worker new-key` prints one), not the key itself"
+            )
+        if digest not in keys:
+            raise ConfigError(
+                f"ADMIN_KEYS: sha256:{digest[:12]}... is the SHA-256 of no key "
+                "in API_KEYS or API_KEYS_FILE"
+            )
+        admins.add(digest)
+    return frozenset(admins)
 
 
 def _read_keys_file(path: Path) -> _KeysFile:

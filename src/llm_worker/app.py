@@ -38,6 +38,17 @@ log = logging.getLogger(__name__)
 # After the grace, how long listeners may take to receive what giving up jobs produced.
 RELAY_AFTER_GRACE_SECONDS = 2.0
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
+CONSOLE_HTML = Path(__file__).parent / "static" / "console.html"
+CONSOLE_JS = Path(__file__).parent / "static" / "console.js"
+# The console loads nothing from anywhere but the worker (it works offline, and an
+# injected tag could call nowhere else), and no other page may frame it.
+CONSOLE_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
+    "style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
 
 
 def build_runner(settings: Settings, clients: ClientPool, metrics: Metrics | None = None) -> Runner:
@@ -184,6 +195,8 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             *JobsAPI(gateway).routes(),
             Route("/openapi.json", openapi_json),
             Route("/client.js", client_js),
+            Route("/console", console_page),
+            Route("/console.js", console_js),
         ],
         middleware=origin_middleware(service.access),
         lifespan=lifespan,
@@ -204,6 +217,20 @@ async def client_js(request: Request) -> FileResponse:
     """The browser client (an ES module, also usable from Node), public like the page
     that loads it: it holds no secret."""
     return FileResponse(CLIENT_JS, media_type="text/javascript; charset=utf-8")
+
+
+async def console_page(request: Request) -> FileResponse:
+    """The web console: a static page, public like the client it is built on; what it
+    shows comes from the API, with the key its user types."""
+    return FileResponse(
+        CONSOLE_HTML, media_type="text/html; charset=utf-8", headers=CONSOLE_HEADERS
+    )
+
+
+async def console_js(request: Request) -> FileResponse:
+    return FileResponse(
+        CONSOLE_JS, media_type="text/javascript; charset=utf-8", headers=CONSOLE_HEADERS
+    )
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:

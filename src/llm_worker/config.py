@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     API_KEYS_FILE, anyone who reaches the port may do anything."""
     api_keys_file: Path | None = None
     """TOML file of tenants: the SHA-256 of each of their keys, and their limits."""
+    admin_keys: str = ""
+    """Comma-separated SHA-256 (hex) of the keys, among those above, that may list every
+    tenant's jobs (``GET /v1/jobs``)."""
     token_secret: SecretStr | None = None
     """Signs listen tokens; every gateway must share it."""
     allowed_origins: str = ""

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "the worker is shutting down and takes no new jobs; try again shortly"
 LISTEN_ONLY = "a listen token may only listen to its job and ask its status"
+ADMIN_ONLY = "only an admin key may list jobs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,26 @@ class Gateway:
         events = await self.store.read(record.id)
         summary = protocol.summary_of(events[-1]) if events else None
         return protocol.status(record, position, output_of(events), summary)
+
+    async def recent_jobs(
+        self, principal: Principal, state: JobState | None, limit: int
+    ) -> list[JobRecord]:
+        """The newest jobs of every tenant, for an admin (:class:`Refused`, 403, for
+        anyone else)."""
+        if not principal.admin:
+            raise Refused(ADMIN_ONLY, 403)
+        return await self.store.recent(state, limit, None)
+
+    def catalog(self, principal: Principal) -> dict[str, list[str]]:
+        """What a template may name here: the providers configured, the inserts and
+        the pipelines."""
+        if principal.listen_only:
+            raise Refused(LISTEN_ONLY, 403)
+        return {
+            "providers": self.runner.providers.usable(),
+            "inserts": list(self.runner.inserts),
+            "pipelines": list(self.runner.pipelines),
+        }
 
     async def websocket_endpoint(self, websocket: WebSocket) -> None:
         try:

@@ -5,6 +5,8 @@ plain HTTP, on the same port, with the same keys, tenants, origins and limits.
     GET  /v1/jobs/{id}             the ``status`` reply
     GET  /v1/jobs/{id}/events      Server-Sent Events, resumable
     POST /v1/jobs/{id}/cancel      the ``cancelled`` reply, or 409 if the job had ended
+    GET  /v1/jobs?state=&limit=    the newest jobs of every tenant: for an admin key
+    GET  /v1/catalog               the providers, inserts and pipelines templates may name
 
 The events endpoint sends each frame of the full protocol as one event: ``id:``
 is its ``seq``, ``event:`` its ``type``, ``data:`` the frame. It starts after
@@ -16,9 +18,10 @@ be resumed like any other.
 
 Errors are JSON, ``{"type": "error", "message": ...}``, with the WebSocket's
 messages and the status codes of HTTP: 400 a bad request, 401 no valid key, 403
-a listen token asking more than to listen, 404 an unknown job, 409 a cancel of a
-job that ended, 413 a request above ``MAX_MESSAGE_BYTES``, 429 a tenant over its
-limits, 503 the queue full, the store away or the worker stopping.
+a listen token asking more than to listen (or a key not an admin's listing jobs),
+404 an unknown job, 409 a cancel of a job that ended, 413 a request above
+``MAX_MESSAGE_BYTES``, 429 a tenant over its limits, 503 the queue full, the store
+away or the worker stopping.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from starlette.types import Receive, Scope, Send
 from llm_worker import protocol
 from llm_worker.access import Principal
 from llm_worker.dialects import Dialect, Relay
-from llm_worker.jobs import JobState, has_text
+from llm_worker.jobs import JobRecord, JobState, has_text
 from llm_worker.logs import set_job
 from llm_worker.protocol import AddRequest, ProtocolError
 from llm_worker.refusals import Refused, http_status
@@ -60,6 +63,9 @@ SSE_HEADERS = {
     # Tells nginx not to buffer the stream.
     "x-accel-buffering": "no",
 }
+# Jobs a listing answers with, unless it asks for fewer; at most.
+LISTING_LIMIT = 50
+LISTING_MAX = 500
 
 
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -85,6 +91,8 @@ class JobsAPI:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/jobs", _answered(self.create), methods=["POST"]),
+            Route("/v1/jobs", _answered(self.listing), methods=["GET"]),
+            Route("/v1/catalog", _answered(self.catalog), methods=["GET"]),
             Route("/v1/jobs/{job_id}", _answered(self.get), methods=["GET"]),
             Route("/v1/jobs/{job_id}/events", _answered(self.events), methods=["GET"]),
             Route("/v1/jobs/{job_id}/cancel", _answered(self.cancel), methods=["POST"]),
@@ -125,6 +133,22 @@ class JobsAPI:
                 f"job {record.id} already ended ({record.state.value}); nothing to cancel", 409
             )
         return Response(protocol.cancelled(record.id), media_type="application/json")
+
+    async def listing(self, request: Request) -> Response:
+        try:
+            principal = self.gateway.authenticate(request)
+            state, limit = _listing_query(request)
+            records = await self.gateway.recent_jobs(principal, state, limit)
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        return JSONResponse({"jobs": [_summary(record) for record in records]})
+
+    async def catalog(self, request: Request) -> Response:
+        try:
+            principal = self.gateway.authenticate(request)
+            return JSONResponse(self.gateway.catalog(principal))
+        except Refused as exc:
+            return refusal_response(exc)
 
     async def events(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -195,6 +219,45 @@ def _too_large(size: int, limit: int) -> str:
     return f"message too large: {size} bytes, the limit is {limit} (MAX_MESSAGE_BYTES)"
 
 
+def _listing_query(request: Request) -> tuple[JobState | None, int]:
+    """A listing's ``state`` (any when absent) and ``limit``; :class:`Refused` (400) for
+    a state that is none, or a limit that is not a whole number from 1 to the most."""
+    state_text = request.query_params.get("state", "")
+    limit_text = request.query_params.get("limit", "")
+    state = None
+    if state_text:
+        try:
+            state = JobState(state_text)
+        except ValueError:
+            states = ", ".join(JobState)
+            raise Refused(f"state must be one of {states}, not {state_text[:40]!r}") from None
+    if not limit_text:
+        return state, LISTING_LIMIT
+    if not (
+        limit_text.isascii()
+        and limit_text.isdigit()
+        and len(limit_text) <= len(str(LISTING_MAX))
+        and 1 <= int(limit_text) <= LISTING_MAX
+    ):
+        raise Refused(
+            f"limit must be a whole number from 1 to {LISTING_MAX}, not {limit_text[:40]!r}"
+        )
+    return state, int(limit_text)
+
+
+def _summary(record: JobRecord) -> dict[str, Any]:
+    """A job as a listing shows it."""
+    return {
+        "job_id": record.id,
+        "state": record.state.value,
+        "created_at": record.created_at,
+        "finished_at": record.finished_at,
+        "attempt": record.attempt,
+        "error": record.error,
+        "tenant": record.tenant,
+    }
+
+
 def _resume_point(request: Request) -> int:
     """The seq to resume after: ``Last-Event-ID`` first (a reconnecting ``EventSource``
     sends it, with the URL it started with), else ``?after=``, else 0."""
@@ -204,7 +267,9 @@ def _resume_point(request: Request) -> int:
     ):
         if value is None or value == "":
             continue
-        if not value.isdigit():
+        # ASCII digits only ("²" is a digit to str.isdigit, not to int), and few enough
+        # for int() and for a seq (Redis keeps seqs in 64 bits).
+        if not (value.isascii() and value.isdigit() and len(value) <= 18):
             raise Refused(f"{name} must be a seq, a whole number >= 0, not {value[:40]!r}", 400)
         return int(value)
     return 0

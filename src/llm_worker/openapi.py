@@ -56,6 +56,57 @@ def _schemas() -> dict[str, Any]:
                     "error": {"type": "string", "description": "Why it failed, if it did."},
                 },
             },
+            "JobSummary": {
+                "type": "object",
+                "required": [
+                    "job_id",
+                    "state",
+                    "created_at",
+                    "finished_at",
+                    "attempt",
+                    "error",
+                    "tenant",
+                ],
+                "properties": {
+                    "job_id": {"type": "string"},
+                    "state": {"type": "string", "enum": STATES},
+                    "created_at": {"type": "number", "description": "Unix time, seconds."},
+                    "finished_at": {
+                        "type": ["number", "null"],
+                        "description": "Unix time, seconds; null while it has not ended.",
+                    },
+                    "attempt": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Times a worker started it; 0 if it never ran.",
+                    },
+                    "error": {"type": ["string", "null"], "description": "Why it failed."},
+                    "tenant": {"type": "string", "description": "Whose job; empty without keys."},
+                },
+            },
+            "JobList": {
+                "type": "object",
+                "required": ["jobs"],
+                "properties": {
+                    "jobs": {
+                        "type": "array",
+                        "items": {"$ref": _REF.format(model="JobSummary")},
+                        "description": "Newest first.",
+                    }
+                },
+            },
+            "Catalog": {
+                "type": "object",
+                "required": ["providers", "inserts", "pipelines"],
+                "properties": {
+                    name: {"type": "array", "items": {"type": "string"}, "description": text}
+                    for name, text in (
+                        ("providers", "Providers configured here."),
+                        ("inserts", "Inserts a template's messages may name."),
+                        ("pipelines", "Pipelines a template's streams may name."),
+                    )
+                },
+            },
             "Cancelled": {
                 "type": "object",
                 "required": ["type", "job_id"],
@@ -126,6 +177,48 @@ def openapi_document() -> dict[str, Any]:
                         "403": _error("A listen token may not add jobs."),
                         "413": _error("Larger than MAX_MESSAGE_BYTES."),
                         "429": _error("The tenant is over its rate or its queued jobs."),
+                        **_COMMON,
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "The newest jobs of every tenant (an admin key's)",
+                    "description": "With API keys, only for a key that `ADMIN_KEYS` lists; "
+                    "without keys, for anyone.",
+                    "parameters": [
+                        {
+                            "name": "state",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": STATES},
+                            "description": "Only the jobs in this state.",
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 500,
+                                "default": 50,
+                            },
+                            "description": "At most this many jobs.",
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("The jobs, newest first.", "JobList"),
+                        "400": _error("`state` or `limit` is not valid."),
+                        "403": _error("Not an admin key."),
+                        **_COMMON,
+                    },
+                },
+            },
+            "/v1/catalog": {
+                "get": {
+                    "operationId": "getCatalog",
+                    "summary": "The providers, inserts and pipelines a template may name",
+                    "responses": {
+                        "200": _json("What this deployment offers.", "Catalog"),
+                        "403": _error("A listen token may not ask."),
                         **_COMMON,
                     },
                 }

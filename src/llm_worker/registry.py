@@ -79,6 +79,12 @@ class Registry(Generic[T]):
             f"; not configured: {', '.join(unusable)}" if unusable else ""
         )
 
+    def usable(self) -> list[str]:
+        """The names of the items nothing keeps from being used (a template may name
+        them), sorted."""
+        problem = self._problem
+        return [n for n, item in self.items() if problem is None or not problem(item)]
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec
+from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState
 
 
 class StoreError(Exception):
@@ -146,6 +146,14 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> StoreStats:
         """How many jobs wait and how many run."""
+
+    @abc.abstractmethod
+    async def recent(
+        self, state: JobState | None, limit: int, tenant: str | None
+    ) -> list[JobRecord]:
+        """The ``limit`` newest jobs that have not expired, newest first (by
+        ``created_at``): only those in ``state``, and only ``tenant``'s, when given
+        (``None``: any state, every tenant)."""
 
     # -- worker side --------------------------------------------------------
 

@@ -230,6 +230,23 @@ class MemoryStore(JobStore):
     async def stats(self) -> StoreStats:
         return StoreStats(pending=len(self._pending), running=self._running)
 
+    async def recent(
+        self, state: JobState | None, limit: int, tenant: str | None
+    ) -> list[JobRecord]:
+        # Every job this store knows is in memory (the SQLite store too: it restores
+        # them all at start), so one pass with a bounded heap, O(jobs x log limit),
+        # answers without an index to keep up on each submit and expiry.
+        jobs = (
+            job
+            for job in self._jobs.values()
+            if job.saved
+            and (state is None or job.record.state is state)
+            and (tenant is None or job.record.tenant == tenant)
+            and not self._expired(job.record)
+        )
+        newest = heapq.nlargest(limit, jobs, key=lambda job: (job.record.created_at, job.ticket))
+        return [job.record for job in newest]
+
     # -- worker side --------------------------------------------------------
 
     async def claim(self, max_wait: float) -> Claim | None:

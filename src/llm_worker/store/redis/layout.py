@@ -10,6 +10,8 @@ so each Lua script touches one slot):
                         jobs; per waiting job ``of:ID`` its tenant and size
 ``P:{queue}:running:T`` sorted set: tenant T's running jobs (with a limit), by the
                         end of the lease their worker keeps renewing
+``P:{queue}:recent``    sorted set of job ids by created_at: the listing of recent jobs;
+                        ids whose job expired are dropped as they are found
 ``P:job:{ID}``          hash: state, attempt, seq, start, spec, tenant, size, times,
                         error, owner
 ``P:events:{ID}``       stream: the job's log, entry ``0-SEQ`` per event
@@ -43,6 +45,7 @@ class Keys:
         "moved_channel",
         "pending_key",
         "prefix",
+        "recent_key",
         "tickets_key",
     )
 
@@ -52,6 +55,7 @@ class Keys:
         self.pending_key = f"{prefix}:{{queue}}:pending"
         self.tickets_key = f"{prefix}:{{queue}}:tickets"
         self.counts_key = f"{prefix}:{{queue}}:counts"
+        self.recent_key = f"{prefix}:{{queue}}:recent"
         self.events_channel = f"{prefix}:{{events}}"
         self.cancel_channel = f"{prefix}:{{queue}}:cancel"
         self.moved_channel = f"{prefix}:{{queue}}:moved"
@@ -81,10 +85,11 @@ def decoded(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# KEYS: jobs stream, pending zset, tickets, counts. ARGV: job id, queue max, tenant,
-# tenant's max queued (-1: none), size, max bytes. Returns the job's ticket (the same
-# one when a retry finds it queued already), or -1: the queue is full, -3: the
-# tenant's share is, -4: its bytes are.
+# KEYS: jobs stream, pending zset, tickets, counts, recent zset. ARGV: job id, queue
+# max, tenant, tenant's max queued (-1: none), size, max bytes, created_at. Returns the
+# job's ticket (the same one when a retry finds it queued already), or -1: the queue
+# is full, -3: the tenant's share is, -4: its bytes are. A queued job joins the index
+# of recent jobs; a refused one never does.
 _SUBMIT = """
 local queued = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if queued then return tonumber(queued) end
@@ -102,6 +107,7 @@ redis.call('ZADD', KEYS[2], ticket, ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'q:' .. ARGV[3], 1)
 redis.call('HINCRBY', KEYS[4], 'bytes', size)
 redis.call('HSET', KEYS[4], 'of:' .. ARGV[1], ARGV[3] .. ' ' .. size)
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
 return ticket
 """
 

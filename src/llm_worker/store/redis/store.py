@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -62,6 +63,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # After putting back a job whose tenant runs all it may, before reading the next.
 _DEFER_PAUSE = 0.05
+# Ids of the index of recent jobs read at once, by a listing or a sweep of it.
+_RECENT_PAGE = 500
+_RECORD_FIELDS = ("state", "created_at", "attempt", "error", "finished_at", "tenant")
 
 
 @dataclass(slots=True)
@@ -245,6 +249,10 @@ class RedisStore(JobStore):
             asyncio.create_task(self._heartbeat_forever(), name="redis-heartbeat"),
             asyncio.create_task(self._mirrors.poll_forever(), name="redis-feed-poll"),
         ]
+        if self.follows:  # gateways add to the index of recent jobs: they trim it too
+            self._tasks.append(
+                asyncio.create_task(self._sweep_recent_forever(), name="redis-recent-sweep")
+            )
         log.info(
             "job store: Redis at %s, keys %s:*, worker %s",
             self._safe_url(),
@@ -367,6 +375,7 @@ class RedisStore(JobStore):
                     self.keys.pending_key,
                     self.keys.tickets_key,
                     self.keys.counts_key,
+                    self.keys.recent_key,
                 ],
                 args=[
                     job_id,
@@ -375,6 +384,7 @@ class RedisStore(JobStore):
                     -1 if max_queued is None else max_queued,
                     len(text),
                     self.queue_max_bytes,
+                    repr(now),
                 ],
             )
         )
@@ -489,6 +499,110 @@ class RedisStore(JobStore):
             lambda: self._grouped(lambda: self._client.xpending(self.keys.jobs_key, GROUP))
         )
         return StoreStats(pending=int(pending), running=int(summary["pending"]))
+
+    # Recent jobs come from an index kept for them, a sorted set of job ids by
+    # created_at that the submit script adds to with the queue (one ZADD in the slot it
+    # writes anyway). The other way, SCAN over the jobs' keys, reads the whole keyspace
+    # (every node's, on a cluster) and fetches and sorts every job at each listing; with
+    # the index a listing reads the newest ids and their records, a page at a time, and
+    # goes further only while a filter skips some. Redis expires a finished job's hash
+    # without telling the index, so ids whose job is gone are dropped where a listing
+    # meets them, and each gateway sweeps those created over JOB_TTL ago (no younger
+    # job can have expired): the index stays about the size of the jobs kept.
+
+    async def recent(
+        self, state: JobState | None, limit: int, tenant: str | None
+    ) -> list[JobRecord]:
+        found: list[JobRecord] = []
+        below = math.inf  # the page starts at this score...
+        ties = 0  # ...past the ids at that very score seen (and kept) already
+        while len(found) < limit:
+            top = "+inf" if below == math.inf else repr(below)
+            page = await self._reach.for_client(
+                lambda top=top, ties=ties: self._client.zrevrangebyscore(
+                    self.keys.recent_key,
+                    top,
+                    "-inf",
+                    start=ties,
+                    num=_RECENT_PAGE,
+                    withscores=True,
+                )
+            )
+            if not page:
+                break
+            ids = [decoded(member) for member, _ in page]
+            records = await self._reach.for_client(lambda ids=ids: self._records(ids))
+            gone = [job_id for job_id, record in zip(ids, records, strict=True) if record is None]
+            if gone:
+                await self._reach.for_client(
+                    lambda gone=gone: self._client.zrem(self.keys.recent_key, *gone)
+                )
+            last = float(page[-1][1])
+            kept_at_last = sum(
+                1
+                for (_, score), record in zip(page, records, strict=True)
+                if record is not None and float(score) == last
+            )
+            ties = ties + kept_at_last if last == below else kept_at_last
+            below = last
+            found += [
+                record
+                for record in records
+                if record is not None
+                and (state is None or record.state is state)
+                and (tenant is None or record.tenant == tenant)
+            ]
+        return found[:limit]
+
+    async def _records(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """The jobs' records, ``None`` for each job that is gone: one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self.keys.job_key(job_id), list(_RECORD_FIELDS))
+            rows = await pipe.execute()
+        records: list[JobRecord | None] = []
+        for job_id, values in zip(job_ids, rows, strict=True):
+            fields = {
+                name: decoded(value)
+                for name, value in zip(_RECORD_FIELDS, values, strict=True)
+                if value is not None
+            }
+            records.append(self._record(job_id, fields) if "state" in fields else None)
+        return records
+
+    async def sweep_recent(self) -> int:
+        """Drop from the index of recent jobs the ids of jobs that are gone, among those
+        created over JOB_TTL ago; returns how many."""
+        horizon = repr(time.time() - self.job_ttl)
+        removed = 0
+        offset = 0
+        while True:
+            page = await self._client.zrangebyscore(
+                self.keys.recent_key, "-inf", horizon, start=offset, num=_RECENT_PAGE
+            )
+            if not page:
+                return removed
+            ids = [decoded(member) for member in page]
+            exists = await self._jobs_exist(ids)
+            gone = [job_id for job_id, alive in zip(ids, exists, strict=True) if not alive]
+            if gone:
+                removed += int(await self._client.zrem(self.keys.recent_key, *gone))
+            offset += len(ids) - len(gone)
+
+    async def _sweep_recent_forever(self) -> None:
+        interval = min(max(self.job_ttl / 4, 1.0), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await self.sweep_recent()
+            except UNREACHABLE as exc:
+                self._reach.went_down(exc)
+                continue
+            except Exception:
+                log.exception("sweeping the index of recent jobs failed")
+                continue
+            if removed:
+                log.debug("dropped %d expired jobs from the index of recent jobs", removed)
 
     @property
     def _ttl(self) -> int:
