@@ -134,7 +134,10 @@ async def test_submit_json_prints_each_event_as_a_line(worker: RunningWorker) ->
     assert lines[1] == {"type": "started", "seq": 1}
     assert "".join(line["text"] for line in lines if line["type"] == "text") == "Echo: Hello there"
     assert {line["type"] for line in lines[2:-1]} == {"text"}
-    assert lines[-1] == {"type": "done", "seq": lines[-2]["seq"] + 1}
+    done = lines[-1]
+    assert (done["type"], done["seq"]) == ("done", lines[-2]["seq"] + 1)
+    assert done["finish_reason"] == "stop"
+    assert done["usage"]["completion_tokens"] == 3  # "Echo:", " Hello", " there"
 
 
 async def test_listen_after_a_seq_prints_the_rest(
@@ -167,12 +170,16 @@ async def test_status_prints_json(worker: RunningWorker) -> None:
         await job.text()
     result = await cli(worker, "status", job.id)
     assert result.code == 0, result
-    assert json.loads(result.stdout) == {
+    status = json.loads(result.stdout)
+    usage = status.pop("usage")
+    assert usage["completion_tokens"] == 2  # "Echo:", " status"
+    assert status == {
         "job_id": job.id,
         "state": "done",
         "position": None,
         "output": "Echo: status",
         "error": None,
+        "finish_reason": "stop",
     }
 
 

@@ -121,7 +121,11 @@ async def test_submit_streams_the_answer_once_in_order(
         job = await client.submit("How tall is it?", ASSISTANT)
         events = await collect(job)
         assert events[0] == Started(1)
-        assert isinstance(events[-1], Done)
+        end = events[-1]
+        assert isinstance(end, Done)
+        assert end.finish_reason == "stop"
+        assert end.usage is not None
+        assert end.usage["completion_tokens"] == upstream.chat_requests[-1].tokens_sent > 0
         assert texts(events) == "Echo: How tall is it?"
         assert_growing(events)
         assert job.last_seq == events[-1].seq

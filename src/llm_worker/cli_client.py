@@ -202,6 +202,8 @@ async def _status(args: argparse.Namespace, progress: _Progress) -> int:
         "position": status.position,
         "output": status.output,
         "error": status.error,
+        "usage": status.usage,
+        "finish_reason": status.finish_reason,
     }
     print(orjson.dumps(record).decode())
     return EXIT_DONE
@@ -308,8 +310,8 @@ def event_record(event: Event) -> dict[str, Any]:
             return {"type": "pending", "position": position}
         case Reset(attempt, seq):
             return {"type": "reset", "attempt": attempt, "seq": seq}
-        case Done(seq):
-            return {"type": "done", "seq": seq}
+        case Done(seq, usage, finish_reason):
+            return {"type": "done", "seq": seq, "usage": usage, "finish_reason": finish_reason}
         case Failed(message, seq):
             return {"type": "failed", "message": message, "seq": seq}
         case Cancelled(seq):

@@ -143,9 +143,13 @@ class Reset:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The job finished."""
+    """The job finished. ``usage``: the tokens its model calls took (``prompt_tokens``,
+    ``completion_tokens``, ``total_tokens``, and per stream in ``streams``), ``None``
+    where the models did not say; ``finish_reason``: why the answer ended."""
 
     seq: int
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,9 @@ class Status:
     """The text of the current attempt so far."""
     error: str | None
     """Why the job failed, when it did."""
+    usage: dict[str, Any] | None = None
+    """When done: the tokens the job took (see :class:`Done`)."""
+    finish_reason: str | None = None
 
 
 def decode_event(frame: Mapping[str, Any]) -> Event | None:
@@ -207,7 +214,7 @@ def decode_event(frame: Mapping[str, Any]) -> Event | None:
     if kind == "reset":
         return Reset(int(frame["attempt"]), int(frame["seq"]))
     if kind == "done":
-        return Done(int(frame["seq"]))
+        return Done(int(frame["seq"]), frame.get("usage"), frame.get("finish_reason"))
     if kind == "failed":
         return Failed(str(frame.get("message", "")), int(frame["seq"]))
     if kind == "cancelled":
@@ -690,6 +697,8 @@ class Client:
                     position=frame.get("position"),
                     output=frame.get("output", ""),
                     error=frame.get("error"),
+                    usage=frame.get("usage"),
+                    finish_reason=frame.get("finish_reason"),
                 )
             )
 

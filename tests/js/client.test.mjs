@@ -149,7 +149,7 @@ describe("the client, on scripted answers", () => {
     { type: "text", text: "Héllo ✓ 🎉", seq: 2 },
     { type: "notice", message: "the job store is unreachable" },
     { type: "text", text: " wörld", seq: 3 },
-    { type: "done", seq: 5 },
+    { type: "done", seq: 5, usage: null, finishReason: null },
   ];
 
   for (const size of [1, 2, 3, 5, 7, 64, Infinity]) {
@@ -204,7 +204,7 @@ describe("the client, on scripted answers", () => {
       { type: "text", text: "a", seq: 2 },
       { type: "text", text: "b", seq: 3 },
       { type: "text", text: "cd", seq: 5 },
-      { type: "done", seq: 5 },
+      { type: "done", seq: 5, usage: null, finishReason: null },
     ]);
     assert.deepEqual(
       calls.map((c) => [c.path, c.lastEventId]),
@@ -310,7 +310,14 @@ describe("the client, on scripted answers", () => {
     assert.equal(job.listenToken, "lt1.token");
     assert.equal(job.lastSeq, 2);
     await collect(job);
-    assert.deepEqual(await job.status(), { state: "done", position: null, output: "x", error: null });
+    assert.deepEqual(await job.status(), {
+      state: "done",
+      position: null,
+      output: "x",
+      error: null,
+      usage: null,
+      finishReason: null,
+    });
     assert.deepEqual(
       calls.map((c) => [c.lastEventId, c.authorization]),
       [
@@ -396,6 +403,9 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
     assertSeqsIncrease(events);
     const end = events.at(-1);
     assert.equal(end.type, "done");
+    assert.equal(end.finishReason, "stop");
+    assert.equal(end.usage.completion_tokens, 4);
+    assert.equal(end.usage.total_tokens, end.usage.prompt_tokens + 4);
     assert.equal(job.lastSeq, end.seq);
     assert.ok(job.ended);
     for (const event of events.slice(0, -1)) {
@@ -413,11 +423,15 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
   test("status of a done job and of a failed one", { timeout: TEST_TIMEOUT }, async () => {
     const done = await client.submit("tokens:12", ASSISTANT);
     assert.equal(await done.text(), tokens(12));
-    assert.deepEqual(await done.status(), {
+    const doneStatus = await done.status();
+    assert.equal(doneStatus.usage.completion_tokens, 12);
+    assert.deepEqual(doneStatus, {
       state: "done",
       position: null,
       output: tokens(12),
       error: null,
+      usage: doneStatus.usage,
+      finishReason: "stop",
     });
     // Too late to cancel: refused with 409.
     await assert.rejects(done.cancel(), (error) => {
@@ -480,7 +494,7 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
     // After its end there is nothing more (204): the end, from the job's status.
     const end = full.at(-1);
     assert.deepEqual(await collect(client.job(job.id, { after: end.seq })), [
-      { type: "done", seq: end.seq },
+      { type: "done", seq: end.seq, usage: end.usage, finishReason: "stop" },
     ]);
   });
 

@@ -49,7 +49,8 @@
  * - `{type: "text", text, seq}`: text to append (several deltas may come merged in one);
  * - `{type: "reset", attempt, seq}`: the job restarted after its worker died: the text
  *   so far is void, the next attempt's text follows;
- * - `{type: "done", seq}`, `{type: "failed", message, seq}`, `{type: "cancelled", seq}`:
+ * - `{type: "done", seq, usage, finishReason}`, `{type: "failed", message, seq}`,
+ *   `{type: "cancelled", seq}`:
  *   the end, always the last event;
  * - `{type: "notice", message}`: something the server wants known (e.g. its store is
  *   away for a moment); the job goes on.
@@ -58,7 +59,7 @@
  *   | {type: "started", seq: number}
  *   | {type: "text", text: string, seq: number}
  *   | {type: "reset", attempt: number, seq: number}
- *   | {type: "done", seq: number}
+ *   | {type: "done", seq: number, usage: object | null, finishReason: string | null}
  *   | {type: "failed", message: string, seq: number}
  *   | {type: "cancelled", seq: number | null}
  *   | {type: "notice", message: string}} JobEvent
@@ -71,6 +72,8 @@
  * @property {"pending"|"running"|"done"|"failed"|"cancelled"} state
  * @property {number | null} position Its place in the queue while pending, 1 being next.
  * @property {string} output The text of the current attempt so far.
+ * @property {object | null} usage When done: the tokens the job took, or null if unknown.
+ * @property {string | null} finishReason When done: why the model stopped.
  * @property {string | null} error Why it failed, when it did.
  */
 
@@ -443,6 +446,8 @@ export class Job {
       position: typeof body.position === "number" ? body.position : null,
       output: typeof body.output === "string" ? body.output : "",
       error: typeof body.error === "string" ? body.error : null,
+      usage: body.usage ?? null,
+      finishReason: body.finish_reason ?? null,
     };
   }
 
@@ -548,7 +553,12 @@ export class Job {
         this._text = "";
         return { type: "reset", attempt: frame.attempt, seq };
       case "done":
-        return (this._end = { type: "done", seq });
+        return (this._end = {
+          type: "done",
+          seq,
+          usage: frame.usage ?? null,
+          finishReason: frame.finish_reason ?? null,
+        });
       case "failed":
         return (this._end = { type: "failed", message: String(frame.message ?? ""), seq });
       case "cancelled":
@@ -568,7 +578,12 @@ export class Job {
     const seq = this.lastSeq;
     switch (status.state) {
       case "done":
-        return (this._end = { type: "done", seq });
+        return (this._end = {
+          type: "done",
+          seq,
+          usage: status.usage,
+          finishReason: status.finishReason,
+        });
       case "failed":
         return (this._end = { type: "failed", message: String(status.error ?? ""), seq });
       case "cancelled":

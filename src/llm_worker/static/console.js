@@ -250,9 +250,24 @@ function showEvent(event) {
     default:
       showState(event.type);
       ui.jobPosition.textContent = "";
-      logEvent(event.seq, event.type, event.type === "failed" ? event.message : "");
+      logEvent(event.seq, event.type, endDetail(event));
       if (event.type === "failed") ui.jobError.textContent = event.message;
   }
+}
+
+/**
+ * What a job's end says: why it failed, or what it took and why the answer ended.
+ *
+ * @param {any} event
+ * @returns {string}
+ */
+function endDetail(event) {
+  if (event.type === "failed") return event.message;
+  if (event.type !== "done") return "";
+  const usage = event.usage
+    ? `${event.usage.prompt_tokens ?? "?"} tokens in, ${event.usage.completion_tokens ?? "?"} out`
+    : "usage unknown";
+  return event.finishReason ? `${usage} (${event.finishReason})` : usage;
 }
 
 /**
