@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -292,6 +293,11 @@ async def test_end_to_end_over_the_websocket_beside_remote_jobs(
             ("stop", False),
             ("length", True),
         )
+    # /metrics shows the model loaded, and the long job in its batch.
+    async with httpx.AsyncClient(base_url=worker.http_url) as http:
+        scraped = (await http.get("/metrics")).text
+    assert "llm_worker_local_models_loaded 1.0" in scraped.splitlines()
+    assert "llm_worker_local_batch_size 1.0" in scraped.splitlines()
     await client.send({"type": "cancel", "job_id": long_id})
     assert (await client.job_messages(long_id))[-1]["type"] == "cancelled"
 
