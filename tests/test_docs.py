@@ -80,6 +80,7 @@ def test_json_examples_in_the_readme_are_valid_messages(example: str) -> None:
             "listen_token",
             "usage",
             "finish_reason",
+            "providers",
         }
     else:
         parse_request(example)

@@ -98,6 +98,7 @@ async def test_a_job_created_over_http_streams_as_server_sent_events(
         "output": FULL,
         "usage": done["usage"],
         "finish_reason": "stop",
+        "providers": ["openai"],
     }
 
 

@@ -195,6 +195,7 @@ async def test_status_of_a_running_and_a_finished_job(
         "output": "".join(TOKENS),
         "usage": done["usage"],
         "finish_reason": "stop",
+        "providers": ["openai"],
     }
     assert text_of(messages) == status["output"]
 

@@ -192,4 +192,5 @@ def done_frame(job_id: str, seq: int, request_body: dict[str, Any], tokens: int)
         "seq": seq,
         "usage": usage | {"streams": [usage]},
         "finish_reason": "stop",
+        "providers": ["openai"],
     }

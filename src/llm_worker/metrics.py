@@ -144,6 +144,12 @@ class Metrics:
             ["provider", "kind"],
             registry=r,
         )
+        self.provider_fallbacks = Counter(
+            "llm_worker_provider_fallbacks",
+            "Streams handed to their next fallback, by the provider that failed.",
+            ["provider"],
+            registry=r,
+        )
         self.provider_retries = Counter(
             "llm_worker_provider_retries", "Model calls tried again, by provider.", ["provider"],
             registry=r,

@@ -113,6 +113,17 @@ def _ended(call: ModelCall, end: CallEnd | None) -> None:
         usage.record(end)
 
 
+def _answered(usage: JobUsage | None, provider: str) -> None:
+    if usage is not None:
+        usage.answered(provider)
+
+
+def _all_failed(failures: list[tuple[str, ProviderError]]) -> ProviderError:
+    """The error of a stream whose provider and every fallback failed: each one's."""
+    said = "; ".join(f"{provider!r}: {error.message}" for provider, error in failures)
+    return ProviderError(f"every provider of the stream failed: {said}", kind="error")
+
+
 def _exhausted(error: ProviderError, tries: int) -> ProviderError:
     if tries <= 1:
         return error
@@ -222,6 +233,11 @@ class Runner:
 
     def _check_model_stream(self, stream: ModelStream, context: CheckContext, where: str) -> None:
         self.providers.get(stream.provider).check_settings(stream.settings)
+        for number, fallback in enumerate(stream.fallbacks):
+            try:
+                self.providers.get(fallback.provider).check_settings(fallback.settings)
+            except TemplateError as exc:
+                raise TemplateError(f"fallbacks[{number}]: {exc}") from None
         for position, item in enumerate(stream.messages):
             item_where = f"{where}.messages[{position}]"
             if isinstance(item, InsertItem):
@@ -264,11 +280,9 @@ class Runner:
                 if not last:
                     # Nothing of an inner stream reaches listeners: it may be retried
                     # from scratch even after part of it arrived.
-                    previous_output = await self.complete(
-                        stream.provider, messages, stream.settings
-                    )
+                    previous_output = await self._complete_any(stream, messages, usage)
                     continue
-                deltas = self.stream(stream.provider, messages, stream.settings)
+                deltas = self._stream_any(stream, messages, usage)
             try:
                 async with aclosing(deltas):
                     if last:
@@ -281,6 +295,57 @@ class Runner:
                 raise _in_stream(index, stream, exc) from None
             if isinstance(stream, PipelineStream):
                 values.update(_values_set(index, stream, context))
+
+    async def _stream_any(
+        self, stream: ModelStream, messages: Sequence[ChatMessage], usage: JobUsage | None
+    ) -> AsyncIterator[str]:
+        """The stream's reply from its provider, or, when that fails before any output,
+        from each of its fallbacks in turn; ``usage`` learns which one answered."""
+        failures: list[tuple[str, ProviderError]] = []
+        for provider, settings in stream.choices():
+            started = False
+            try:
+                async with aclosing(self.stream(provider, messages, settings)) as deltas:
+                    async for delta in deltas:
+                        if not started:
+                            started = True
+                            _answered(usage, provider)
+                        yield delta
+                if not started:  # a reply without text
+                    _answered(usage, provider)
+                return
+            except ProviderError as error:
+                if started or not stream.fallbacks:
+                    raise
+                failures.append((provider, error))
+                self._falling_back(provider, error, stream, len(failures))
+        raise _all_failed(failures)
+
+    async def _complete_any(
+        self, stream: ModelStream, messages: Sequence[ChatMessage], usage: JobUsage | None
+    ) -> str:
+        """The stream's whole reply, from its provider or from its fallbacks in turn."""
+        failures: list[tuple[str, ProviderError]] = []
+        for provider, settings in stream.choices():
+            try:
+                reply = await self.complete(provider, messages, settings)
+            except ProviderError as error:
+                if not stream.fallbacks:
+                    raise
+                failures.append((provider, error))
+                self._falling_back(provider, error, stream, len(failures))
+                continue
+            _answered(usage, provider)
+            return reply
+        raise _all_failed(failures)
+
+    def _falling_back(
+        self, provider: str, error: ProviderError, stream: ModelStream, failed: int
+    ) -> None:
+        if failed < len(stream.fallbacks) + 1:
+            following = stream.fallbacks[failed - 1].provider
+            log.warning("%s; falling back to provider %r", error.message, following)
+            self.metrics.provider_fallbacks.labels(provider).inc()
 
     async def build_messages(
         self, stream: ModelStream, context: StreamContext

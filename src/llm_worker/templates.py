@@ -96,14 +96,34 @@ MessageItem = Annotated[
 ]
 
 
+class Fallback(BaseModel):
+    """A provider to ask instead when the stream's own fails before any output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+# Each fallback may cost a whole round of retries: a few are plenty.
+MAX_FALLBACKS = 4
+
+
 class ModelStream(BaseModel):
-    """A model call: messages rendered and sent to ``provider`` with ``settings``."""
+    """A model call: messages rendered and sent to ``provider`` with ``settings``; when
+    that fails before any output (after its own retries), to each of ``fallbacks`` in
+    turn."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     provider: str
     settings: dict[str, Any] = Field(default_factory=dict)
     messages: list[MessageItem] = Field(min_length=1)
+    fallbacks: list[Fallback] = Field(default_factory=list, max_length=MAX_FALLBACKS)
+
+    def choices(self) -> list[tuple[str, dict[str, Any]]]:
+        """The providers to ask, in order, with their settings."""
+        return [(self.provider, self.settings)] + [(f.provider, f.settings) for f in self.fallbacks]
 
 
 Stream = Annotated[

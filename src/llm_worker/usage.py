@@ -55,6 +55,12 @@ class JobUsage:
         self.current = 0
         """The stream being run: calls made now count for it."""
         self.finish_reason: str | None = None
+        self.providers: list[str | None] = [None] * streams
+        """The provider that answered each model stream (its own, or a fallback)."""
+
+    def answered(self, provider: str) -> None:
+        """The stream being run got its reply from ``provider``."""
+        self.providers[self.current] = provider
 
     def record(self, end: CallEnd | None) -> None:
         """A model call ended, having said ``end`` (``None``: it said nothing)."""
@@ -67,10 +73,15 @@ class JobUsage:
 
     def as_json(self) -> dict[str, Any]:
         """What ``done`` and ``status`` carry: ``usage`` (``null`` when no model said
-        anything of its tokens; a part unknown is ``null`` too) and ``finish_reason``."""
+        anything of its tokens; a part unknown is ``null`` too), ``finish_reason``, and
+        ``providers``, the one that answered each stream (``null`` for a pipeline)."""
         streams = [tokens.as_json() for tokens in self.streams]
         if all(stream is None for stream in streams):
-            return {"usage": None, "finish_reason": self.finish_reason}
+            return {
+                "usage": None,
+                "finish_reason": self.finish_reason,
+                "providers": self.providers,
+            }
         total = Tokens()
         for tokens in self.streams:
             total.add(tokens.prompt_tokens, tokens.completion_tokens)
@@ -78,7 +89,7 @@ class JobUsage:
             ("prompt_tokens", "completion_tokens", "total_tokens")
         )
         usage["streams"] = streams
-        return {"usage": usage, "finish_reason": self.finish_reason}
+        return {"usage": usage, "finish_reason": self.finish_reason, "providers": self.providers}
 
 
 def track(usage: JobUsage) -> None:
