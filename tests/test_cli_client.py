@@ -180,6 +180,7 @@ async def test_status_prints_json(worker: RunningWorker) -> None:
         "output": "Echo: status",
         "error": None,
         "finish_reason": "stop",
+        "providers": ["openai"],
     }
 
 

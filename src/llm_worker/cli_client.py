@@ -204,6 +204,7 @@ async def _status(args: argparse.Namespace, progress: _Progress) -> int:
         "error": status.error,
         "usage": status.usage,
         "finish_reason": status.finish_reason,
+        "providers": status.providers,
     }
     print(orjson.dumps(record).decode())
     return EXIT_DONE
@@ -310,8 +311,9 @@ def event_record(event: Event) -> dict[str, Any]:
             return {"type": "pending", "position": position}
         case Reset(attempt, seq):
             return {"type": "reset", "attempt": attempt, "seq": seq}
-        case Done(seq, usage, finish_reason):
-            return {"type": "done", "seq": seq, "usage": usage, "finish_reason": finish_reason}
+        case Done(seq, usage, finish_reason, providers):
+            return {"type": "done", "seq": seq, "usage": usage,
+                    "finish_reason": finish_reason, "providers": providers}  # fmt: skip
         case Failed(message, seq):
             return {"type": "failed", "message": message, "seq": seq}
         case Cancelled(seq):

@@ -145,11 +145,13 @@ class Reset:
 class Done:
     """The job finished. ``usage``: the tokens its model calls took (``prompt_tokens``,
     ``completion_tokens``, ``total_tokens``, and per stream in ``streams``), ``None``
-    where the models did not say; ``finish_reason``: why the answer ended."""
+    where the models did not say; ``finish_reason``: why the answer ended;
+    ``providers``: the provider that answered each stream (a fallback, perhaps)."""
 
     seq: int
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
+    providers: list[str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,7 @@ class Status:
     usage: dict[str, Any] | None = None
     """When done: the tokens the job took (see :class:`Done`)."""
     finish_reason: str | None = None
+    providers: list[str | None] | None = None
 
 
 def decode_event(frame: Mapping[str, Any]) -> Event | None:
@@ -214,7 +217,8 @@ def decode_event(frame: Mapping[str, Any]) -> Event | None:
     if kind == "reset":
         return Reset(int(frame["attempt"]), int(frame["seq"]))
     if kind == "done":
-        return Done(int(frame["seq"]), frame.get("usage"), frame.get("finish_reason"))
+        seq = int(frame["seq"])
+        return Done(seq, frame.get("usage"), frame.get("finish_reason"), frame.get("providers"))
     if kind == "failed":
         return Failed(str(frame.get("message", "")), int(frame["seq"]))
     if kind == "cancelled":
@@ -699,6 +703,7 @@ class Client:
                     error=frame.get("error"),
                     usage=frame.get("usage"),
                     finish_reason=frame.get("finish_reason"),
+                    providers=frame.get("providers"),
                 )
             )
 

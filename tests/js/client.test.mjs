@@ -149,7 +149,7 @@ describe("the client, on scripted answers", () => {
     { type: "text", text: "Héllo ✓ 🎉", seq: 2 },
     { type: "notice", message: "the job store is unreachable" },
     { type: "text", text: " wörld", seq: 3 },
-    { type: "done", seq: 5, usage: null, finishReason: null },
+    { type: "done", seq: 5, usage: null, finishReason: null, providers: null },
   ];
 
   for (const size of [1, 2, 3, 5, 7, 64, Infinity]) {
@@ -204,7 +204,7 @@ describe("the client, on scripted answers", () => {
       { type: "text", text: "a", seq: 2 },
       { type: "text", text: "b", seq: 3 },
       { type: "text", text: "cd", seq: 5 },
-      { type: "done", seq: 5, usage: null, finishReason: null },
+      { type: "done", seq: 5, usage: null, finishReason: null, providers: null },
     ]);
     assert.deepEqual(
       calls.map((c) => [c.path, c.lastEventId]),
@@ -317,6 +317,7 @@ describe("the client, on scripted answers", () => {
       error: null,
       usage: null,
       finishReason: null,
+      providers: null,
     });
     assert.deepEqual(
       calls.map((c) => [c.lastEventId, c.authorization]),
@@ -432,6 +433,7 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
       error: null,
       usage: doneStatus.usage,
       finishReason: "stop",
+      providers: ["openai"],
     });
     // Too late to cancel: refused with 409.
     await assert.rejects(done.cancel(), (error) => {
@@ -494,7 +496,7 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
     // After its end there is nothing more (204): the end, from the job's status.
     const end = full.at(-1);
     assert.deepEqual(await collect(client.job(job.id, { after: end.seq })), [
-      { type: "done", seq: end.seq, usage: end.usage, finishReason: "stop" },
+      { type: "done", seq: end.seq, usage: end.usage, finishReason: "stop", providers: ["openai"] },
     ]);
   });
 

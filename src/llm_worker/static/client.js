@@ -49,7 +49,7 @@
  * - `{type: "text", text, seq}`: text to append (several deltas may come merged in one);
  * - `{type: "reset", attempt, seq}`: the job restarted after its worker died: the text
  *   so far is void, the next attempt's text follows;
- * - `{type: "done", seq, usage, finishReason}`, `{type: "failed", message, seq}`,
+ * - `{type: "done", seq, usage, finishReason, providers}`, `{type: "failed", message, seq}`,
  *   `{type: "cancelled", seq}`:
  *   the end, always the last event;
  * - `{type: "notice", message}`: something the server wants known (e.g. its store is
@@ -59,7 +59,8 @@
  *   | {type: "started", seq: number}
  *   | {type: "text", text: string, seq: number}
  *   | {type: "reset", attempt: number, seq: number}
- *   | {type: "done", seq: number, usage: object | null, finishReason: string | null}
+ *   | {type: "done", seq: number, usage: object | null, finishReason: string | null,
+ *      providers: (string | null)[] | null}
  *   | {type: "failed", message: string, seq: number}
  *   | {type: "cancelled", seq: number | null}
  *   | {type: "notice", message: string}} JobEvent
@@ -74,6 +75,8 @@
  * @property {string} output The text of the current attempt so far.
  * @property {object | null} usage When done: the tokens the job took, or null if unknown.
  * @property {string | null} finishReason When done: why the model stopped.
+ * @property {(string | null)[] | null} providers When done: the provider that answered
+ *   each stream.
  * @property {string | null} error Why it failed, when it did.
  */
 
@@ -448,6 +451,7 @@ export class Job {
       error: typeof body.error === "string" ? body.error : null,
       usage: body.usage ?? null,
       finishReason: body.finish_reason ?? null,
+      providers: body.providers ?? null,
     };
   }
 
@@ -558,6 +562,7 @@ export class Job {
           seq,
           usage: frame.usage ?? null,
           finishReason: frame.finish_reason ?? null,
+          providers: frame.providers ?? null,
         });
       case "failed":
         return (this._end = { type: "failed", message: String(frame.message ?? ""), seq });
@@ -583,6 +588,7 @@ export class Job {
           seq,
           usage: status.usage,
           finishReason: status.finishReason,
+          providers: status.providers,
         });
       case "failed":
         return (this._end = { type: "failed", message: String(status.error ?? ""), seq });
