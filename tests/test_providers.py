@@ -311,7 +311,7 @@ async def test_vllm_provider_uses_vllm_uri(
 async def test_unconfigured_providers_are_refused_and_not_listed_as_available(
     start_worker: StartWorker, connect: ConnectClient
 ) -> None:
-    worker = await start_worker(vllm_uri=None)
+    worker = await start_worker(vllm_uri=None, anthropic_api_key=None)
     client = await connect(worker.ws_url)
     await client.send(
         {"type": "add", "id": "v", "query": "q", "assistant": assistant(provider="vllm")}
@@ -325,7 +325,7 @@ async def test_unconfigured_providers_are_refused_and_not_listed_as_available(
     )
     assert (await client.recv())["message"] == (
         "invalid assistant template: assistant.streams[0]: unknown provider 'opena1' "
-        "(available: local, openai; not configured: vllm)"
+        "(available: local, openai; not configured: anthropic, vllm)"
     )
 
 

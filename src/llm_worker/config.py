@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# The SDK appends the API's own paths (/v1/messages) to it.
+ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
 
 
 class ConfigError(RuntimeError):
@@ -101,6 +103,9 @@ class Settings(BaseSettings):
     openai_base_url: str = OPENAI_DEFAULT_BASE_URL
     vllm_uri: str | None = None
     vllm_api_key: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str = ANTHROPIC_DEFAULT_BASE_URL
+    """Where the ``anthropic`` provider sends requests (the Messages API's root, no /v1)."""
     providers_file: Path | None = None
     """TOML or YAML file naming further OpenAI-compatible endpoints."""
     provider_timeout_seconds: float = Field(120.0, gt=0)
@@ -169,7 +174,14 @@ class Settings(BaseSettings):
     def _empty_is_default(cls, value: object) -> object:
         return OPENAI_DEFAULT_BASE_URL if value in ("", None) else value
 
-    @field_validator("openai_api_key", "vllm_api_key", "token_secret", mode="before")
+    @field_validator("anthropic_base_url", mode="before")
+    @classmethod
+    def _empty_is_anthropic_default(cls, value: object) -> object:
+        return ANTHROPIC_DEFAULT_BASE_URL if value in ("", None) else value
+
+    @field_validator(
+        "openai_api_key", "vllm_api_key", "anthropic_api_key", "token_secret", mode="before"
+    )
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:
         return None if value == "" else value

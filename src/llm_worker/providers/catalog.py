@@ -1,9 +1,10 @@
 """The providers a deployment offers, built from its settings.
 
 Built in: ``openai`` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), ``vllm``
-(``VLLM_URI``, ``VLLM_API_KEY``) and ``local`` (models in this process).
-``PROVIDERS_FILE`` names more OpenAI-compatible endpoints, or local models, in
-TOML::
+(``VLLM_URI``, ``VLLM_API_KEY``), ``anthropic`` (``ANTHROPIC_API_KEY``,
+``ANTHROPIC_BASE_URL``) and ``local`` (models in this process).
+``PROVIDERS_FILE`` names more OpenAI-compatible endpoints, Anthropic presets or
+local models, in TOML::
 
     [providers.ollama]
     base_url = "http://127.0.0.1:11434/v1"
@@ -16,6 +17,10 @@ TOML::
     [providers.qwen]
     type = "local"                           # a model run in this process
     settings = { model = "Qwen/Qwen2.5-0.5B-Instruct", temperature = 0.7 }
+
+    [providers.claude]
+    type = "anthropic"                       # the Messages API; base_url is optional
+    settings = { model = "claude-sonnet-4-5", max_tokens = 4096 }
 
 or the same structure in YAML. Plugins come from entry points
 (``llm_worker.providers``) and ``EXTRA_PROVIDERS``.
@@ -31,7 +36,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from llm_worker.config import Settings, validation_problems
+from llm_worker.config import ANTHROPIC_DEFAULT_BASE_URL, Settings, validation_problems
+from llm_worker.providers.anthropic import SETTINGS as ANTHROPIC_SETTINGS
+from llm_worker.providers.anthropic import AnthropicClients, AnthropicProvider
 from llm_worker.providers.base import Provider
 from llm_worker.providers.local import LocalModels, LocalProvider
 from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider
@@ -42,11 +49,13 @@ NO_KEY = "no-key"
 
 
 class EndpointConfig(BaseModel):
-    """One entry of ``PROVIDERS_FILE``: an OpenAI-compatible endpoint, or a local model."""
+    """One entry of ``PROVIDERS_FILE``: an OpenAI-compatible endpoint, a local model, or
+    the Anthropic API (at ``base_url`` when given, with the key in ``api_key_env``, else
+    ``ANTHROPIC_API_KEY``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["openai", "local"] = "openai"
+    type: Literal["openai", "local", "anthropic"] = "openai"
     base_url: str | None = None
     api_key_env: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -57,6 +66,11 @@ class EndpointConfig(BaseModel):
             raise ValueError("an openai endpoint needs base_url")
         if self.type == "local" and (self.base_url or self.api_key_env):
             raise ValueError("a local model takes neither base_url nor api_key_env")
+        if self.type == "anthropic" and (
+            unknown := sorted(set(self.settings) - ANTHROPIC_SETTINGS)
+        ):
+            known = ", ".join(sorted(ANTHROPIC_SETTINGS))
+            raise ValueError(f"settings.{unknown[0]} is not an anthropic setting (known: {known})")
         return self
 
 
@@ -103,6 +117,25 @@ def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
+def _anthropic_entry(
+    name: str, endpoint: EndpointConfig, settings: Settings, clients: AnthropicClients
+) -> AnthropicProvider:
+    """A providers-file entry of ``type = "anthropic"``: its own key variable, or the
+    deployment's ``ANTHROPIC_API_KEY``."""
+    if endpoint.api_key_env:
+        api_key, variable = os.environ.get(endpoint.api_key_env) or None, endpoint.api_key_env
+    else:
+        api_key, variable = _secret(settings.anthropic_api_key), "ANTHROPIC_API_KEY"
+    return AnthropicProvider(
+        name,
+        clients=clients,
+        base_url=endpoint.base_url or ANTHROPIC_DEFAULT_BASE_URL,
+        api_key=api_key,
+        missing_key=f"provider {name!r} needs an API key: set {variable}",
+        defaults=endpoint.settings,
+    )
+
+
 def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provider]:
     """Every provider this deployment offers, by name."""
     providers: Registry[Provider] = Registry("provider", lambda p: p.configuration_problem())
@@ -132,11 +165,32 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
         threads=settings.local_threads,
     )
     providers.register("local", LocalProvider("local", models=local_models))
+    anthropic_clients = AnthropicClients(
+        timeout=settings.provider_timeout_seconds,
+        connect_timeout=settings.provider_connect_timeout_seconds,
+        # As many as the openai clients keep: every running job may hold one.
+        max_connections=settings.worker_concurrency + 16,
+    )
+    providers.register(
+        "anthropic",
+        AnthropicProvider(
+            "anthropic",
+            clients=anthropic_clients,
+            base_url=settings.anthropic_base_url,
+            api_key=_secret(settings.anthropic_api_key),
+            missing_key="provider 'anthropic' needs an API key: set ANTHROPIC_API_KEY",
+        ),
+    )
     if settings.providers_file is not None:
         for name, endpoint in load_providers_file(settings.providers_file).providers.items():
             if endpoint.type == "local":
                 providers.register(
                     name, LocalProvider(name, models=local_models, defaults=endpoint.settings)
+                )
+                continue
+            if endpoint.type == "anthropic":
+                providers.register(
+                    name, _anthropic_entry(name, endpoint, settings, anthropic_clients)
                 )
                 continue
             api_key: str | None = NO_KEY
