@@ -194,6 +194,7 @@ def measure(tokens: int, hidden: int, layers: int) -> dict[str, Any]:
         rows["one padded generate() of all 16"] = padded(model, tokenizer, tokens)
     return {
         "model": {"hidden": hidden, "layers": layers, "parameters": parameters, "dtype": "float32"},
+        "date": time.strftime("%Y-%m-%d"),
         "prompts": len(PROMPTS),
         "tokens_per_prompt": tokens,
         "tokens_per_second": rows,

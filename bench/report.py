@@ -94,7 +94,7 @@ def _peer(results: dict[str, Any]) -> str:
     return table.markdown()
 
 
-def _local(results: dict[str, Any]) -> str:
+def _local(results: dict[str, Any], report_date: str = "") -> str:
     local = results.get("local")
     if not local:
         return "Not measured in this run (install `llm-worker[local]`)."
@@ -108,6 +108,16 @@ def _local(results: dict[str, Any]) -> str:
             "",
             local_table(local).markdown(),
             "",
+            *(
+                [
+                    f"Measured on {local['date']}, apart from the tables above (the machine "
+                    "then ran `generate()` several times slower): compare the rows with each "
+                    "other, not with those tables.",
+                    "",
+                ]
+                if "date" in local and local["date"] != report_date
+                else []
+            ),
             f"Greedy outputs identical to sequential `generate()`: "
             f"{'yes' if local['greedy_outputs_equal_sequential'] else '**no**'}. While 16 jobs "
             f"generate, the event loop's timers fire late by {lag['p50_ms']:.2f} ms (p50), "
@@ -194,7 +204,7 @@ def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None
         listeners=report["sizes"]["fanout"]["listeners"],
         fanout_tokens=report["sizes"]["fanout"]["tokens"],
         peer=_peer(results),
-        local=_local(results),
+        local=_local(results, report.get("date", "")),
         lean1_p50=ttft1["worker_ms"]["p50"] - ttft1["lean_ms"]["p50"],
         lean1_p99=ttft1["worker_ms"]["p99"] - ttft1["lean_ms"]["p99"],
         lean10_p50=ttft10["worker_ms"]["p50"] - ttft10["lean_ms"]["p50"],

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_worker.providers.base import CallEnd, Provider, ProviderError
 from llm_worker.providers.checks import check_integer, check_number, check_stop
+from llm_worker.providers.local_request import LocalRequest, Output
 from llm_worker.templates import ChatMessage, TemplateError
 
 if TYPE_CHECKING:
@@ -195,9 +196,9 @@ class LocalProvider(Provider):
         engine = await self.models.get(
             params["model"], params.get("device"), params.get("dtype", "auto")
         )
-        outputs: asyncio.Queue[tuple[str, bool, str | None]] = asyncio.Queue()
+        outputs: asyncio.Queue[Output] = asyncio.Queue()
         stop = params.get("stop") or []
-        request = _request(
+        request = LocalRequest(
             messages=[m.to_openai() for m in messages],
             max_tokens=params.get("max_tokens", DEFAULT_MAX_TOKENS),
             temperature=float(params.get("temperature", 1.0)),
@@ -205,17 +206,18 @@ class LocalProvider(Provider):
             seed=params.get("seed"),
             stop=[stop] if isinstance(stop, str) else list(stop),
             ignore_eos=bool(params.get("ignore_eos", False)),
-            on_output=lambda text, done, error: outputs.put_nowait((text, done, error)),
+            on_output=outputs.put_nowait,
         )
         engine.submit(request)
         finished = False
         try:
             while not finished:
-                text, finished, error = await outputs.get()
-                if error is not None:
-                    raise ProviderError(f"provider {self.name!r}: {error}")
-                if text:
-                    yield text
+                output = await outputs.get()
+                finished = output.finished
+                if output.error is not None:
+                    raise ProviderError(f"provider {self.name!r}: {output.error}")
+                if output.text:
+                    yield output.text
         finally:
             if not finished:
                 request.cancel()
@@ -224,9 +226,3 @@ class LocalProvider(Provider):
 
     async def aclose(self) -> None:
         await self.models.aclose()
-
-
-def _request(**fields: Any) -> Any:
-    from llm_worker.providers.local_engine import LocalRequest
-
-    return LocalRequest(**fields)
