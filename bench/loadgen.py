@@ -30,7 +30,7 @@ import httpx2
 import openai
 import orjson
 
-from llm_worker.providers.openai_compatible import sse_data
+from llm_worker.providers.http_replies import sse_data
 from percentiles import percentile
 
 TERMINAL = {"done", "failed", "cancelled"}

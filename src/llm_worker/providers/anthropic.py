@@ -33,7 +33,7 @@ import orjson
 
 from llm_worker.providers.base import CallEnd, Provider, ProviderError
 from llm_worker.providers.checks import check_integer, check_number, check_stop
-from llm_worker.providers.openai_compatible import sse_data
+from llm_worker.providers.http_replies import retry_after, root_cause, sse_data
 from llm_worker.redaction import redact_url, scrub, url_secrets
 from llm_worker.templates import ChatMessage, TemplateError
 
@@ -62,7 +62,6 @@ _RETRYABLE_STREAM_ERRORS = {
     "rate_limit_error": "rate_limited",
     "timeout_error": "timeout",
 }
-_MAX_RETRY_AFTER = 60.0
 
 
 @functools.cache
@@ -372,12 +371,12 @@ class AnthropicProvider(Provider):
             return self._failure(
                 f"{self._where()} answered HTTP {status}" + (f": {detail}" if detail else ""),
                 retryable=status == 429 or status >= 500,
-                retry_after=_retry_after(exc.response.headers.get("retry-after")),
+                retry_after=retry_after(exc.response.headers.get("retry-after")),
                 kind="rate_limited" if status == 429 else f"http_{status // 100}xx",
             )
         if isinstance(exc, anthropic.APIConnectionError):
             # Judge by the innermost cause: transports label some refusals as timeouts.
-            cause = _root_cause(exc)
+            cause = root_cause(exc)
             if isinstance(exc, anthropic.APITimeoutError) and not isinstance(
                 cause, ConnectionError
             ):
@@ -463,19 +462,3 @@ def _error_message(body: object) -> str | None:
         if isinstance(body.get("message"), str):
             return body["message"][:500] or None
     return None
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return exc
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)

@@ -18,6 +18,7 @@ import orjson
 
 from llm_worker.providers.base import CallEnd, Provider, ProviderError
 from llm_worker.providers.checks import check_integer, check_number, check_stop
+from llm_worker.providers.http_replies import retry_after, root_cause, sse_data
 from llm_worker.redaction import redact_url, scrub, url_secrets
 from llm_worker.templates import ChatMessage, TemplateError
 
@@ -31,7 +32,6 @@ _RESERVED_SETTINGS = {
     "extra_body": "put extra parameters directly in settings",
 }
 _RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
-_MAX_RETRY_AFTER = 60.0
 
 
 class ClientPool:
@@ -271,12 +271,12 @@ class OpenAICompatibleProvider(Provider):
             return self._failure(
                 f"{self._where()} answered HTTP {status}" + (f": {detail}" if detail else ""),
                 retryable=status in _RETRYABLE_STATUS,
-                retry_after=_retry_after(exc.response.headers.get("retry-after")),
+                retry_after=retry_after(exc.response.headers.get("retry-after")),
                 kind="rate_limited" if status == 429 else f"http_{status // 100}xx",
             )
         if isinstance(exc, openai.APIConnectionError):
             # Judge by the innermost cause: transports label some refusals as timeouts.
-            cause = _root_cause(exc)
+            cause = root_cause(exc)
             if isinstance(cause, TimeoutError) and not isinstance(cause, ConnectionError):
                 return self._failure(f"{self._where()} timed out", retryable=True, kind="timeout")
             reason = f": {cause}" if cause is not exc and str(cause) else ""
@@ -295,28 +295,6 @@ def _token_counts(usage: Any) -> tuple[int | None, int | None]:
         prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None,
         completion if isinstance(completion, int) and not isinstance(completion, bool) else None,
     )
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return exc
-
-
-async def sse_data(response: httpx2.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event of ``response``."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
-        # event:, id:, retry: and comments carry nothing a chat completion needs.
-    if data:
-        yield "\n".join(data)
 
 
 def _error_detail(body: object) -> str | None:
@@ -349,13 +327,3 @@ def _problem(item: object) -> str:
             return f"{'.'.join(str(part) for part in location)}: {item['msg']}"
         return item["msg"]
     return str(item)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
