@@ -6,7 +6,8 @@ clients know it. Such clients are strict: F-AI's knows ``resp_add``,
 every request on it. So a seed-dialect connection is never sent, unasked, a
 type other than ``resp_add``, ``running``, ``done`` and ``failed``:
 
-* a job's ``pending`` positions and store-outage notices are not sent;
+* a job's ``pending`` positions, its ``notice`` events (a local model loading,
+  say) and store-outage notices are not sent;
 * ``cancelled`` (another client cancelled the job) becomes ``failed`` with the
   message ``the job was cancelled``;
 * ``reset`` (the job runs again after its worker died) is not sent. While the
@@ -98,7 +99,9 @@ class Relay:
         self.job_id = job_id
         self.dialect = dialect
         self.finished = False
-        # Seq 1 is the job's empty start event: a listener that saw more saw text.
+        # Seq 1 is the job's empty start event: a listener that saw more saw text, or
+        # perhaps a notice only; counting it as text errs on the safe side (a reset
+        # then ends the listening rather than following the new attempt).
         self._shown_text = after > 1
 
     def frames(self, events: list[Event]) -> list[str]:
@@ -110,7 +113,7 @@ class Relay:
         """The events as a seed listener is to get them; most batches as they are."""
         for event in events:
             kind = event.kind
-            if kind is EventKind.RESET or kind is EventKind.CANCELLED:
+            if kind is EventKind.RESET or kind is EventKind.CANCELLED or kind is EventKind.NOTICE:
                 break
             if not self._shown_text and kind is EventKind.RUNNING and event.message:
                 self._shown_text = True
@@ -119,6 +122,8 @@ class Relay:
         shown: list[Event] = []
         for event in events:
             kind = event.kind
+            if kind is EventKind.NOTICE:
+                continue
             if kind is EventKind.RESET:
                 if not self._shown_text:
                     continue

@@ -38,6 +38,9 @@ class EventKind(enum.StrEnum):
     """The job started (empty message) or produced a delta of text."""
     RESET = "reset"
     """A new attempt starts from scratch: what earlier attempts produced is void."""
+    NOTICE = "notice"
+    """A message to the listeners about the job that is no text of its answer (the
+    local model it waits for is loading, say)."""
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -59,13 +62,26 @@ _STATE_AFTER = {
 }
 
 
+def stored_kind(value: str) -> EventKind | None:
+    """The kind a store wrote as ``value``; ``None`` for one this version does not know.
+
+    Readers skip such events rather than fail: a kind added later then rolls out one
+    process at a time, older processes leaving out what they cannot show.
+    """
+    return _KINDS.get(value)
+
+
+_KINDS = {kind.value: kind for kind in EventKind}
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One entry of a job's log.
 
-    ``message`` is the text delta of a ``running`` event and the reason of a
-    ``failed`` one; it is empty otherwise. ``attempt`` is the attempt that
-    wrote it (0 for a job cancelled before it ever ran).
+    ``message`` is the text delta of a ``running`` event, the reason of a
+    ``failed`` one and the words of a ``notice``; it is empty otherwise.
+    ``attempt`` is the attempt that wrote it (0 for a job cancelled before it
+    ever ran).
     """
 
     seq: int

@@ -2,7 +2,7 @@
 
 Requests (client to server): ``add``, ``listen``, ``cancel``, ``status``, ``ping``.
 Replies and events (server to client): ``resp_add``, ``pending``, ``running``,
-``done``, ``failed``, ``cancelled``, ``status``, ``error``, ``pong``.
+``notice``, ``reset``, ``done``, ``failed``, ``cancelled``, ``status``, ``error``, ``pong``.
 
 The seed's messages are kept exactly; everything else is additive, so a client
 of the old system ignores what it does not know. Unknown fields in a request
@@ -272,9 +272,10 @@ def pending(job_id: str, position: int) -> str:
 
 
 def event(job_id: str, event: Event) -> str:
-    """The frame of one log event: ``running``, ``reset``, ``done``, ``failed`` or ``cancelled``."""
+    """The frame of one log event: ``running``, ``notice``, ``reset``, ``done``, ``failed``
+    or ``cancelled``."""
     kind = event.kind
-    if kind is EventKind.RUNNING or kind is EventKind.FAILED:
+    if kind is EventKind.RUNNING or kind is EventKind.FAILED or kind is EventKind.NOTICE:
         return _frame(
             {"type": kind.value, "job_id": job_id, "message": event.message, "seq": event.seq}
         )
@@ -304,8 +305,8 @@ def event_frames(job_id: str, events: list[Event]) -> list[str]:
     clients that concatenate ``message`` (as those of the old protocol do) and
     clients that resume with ``after`` see no difference. A merged frame holds
     up to :data:`MAX_FRAME_TEXT` characters (so what a connection holds unsent
-    stays small); the empty ``running`` that marks the start of a job stays a
-    frame of its own.
+    stays small); the empty ``running`` that marks the start of a job, and each
+    ``notice``, stay frames of their own, between the text before and after them.
     """
     if len(events) == 1:
         return [event(job_id, events[0])]

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from llm_worker.access import TenantLimits
-from llm_worker.jobs import Event, EventKind, JobRecord, JobState
+from llm_worker.jobs import Event, JobRecord, JobState, stored_kind
 from llm_worker.store import sqlite_writer as writer
 from llm_worker.store.base import StoreError
 from llm_worker.store.journal import Failures, Journal, Restored
@@ -178,8 +178,9 @@ class SQLiteJournal(Journal):
             "SELECT job_id, seq, kind, message, attempt FROM events ORDER BY job_id, seq"
         ):
             kept = jobs.get(job_id)
-            if kept is not None:
-                kept.events.append(Event(seq, EventKind(kind), message, attempt))
+            known = stored_kind(kind)
+            if kept is not None and known is not None:
+                kept.events.append(Event(seq, known, message, attempt))
         for job_id in expired:
             connection.execute(writer.STATEMENTS[writer.DELETE_EVENTS], (job_id,))
             connection.execute(writer.STATEMENTS[writer.DELETE_JOB], (job_id,))

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 
-from llm_worker.jobs import Event, EventKind
+from llm_worker.jobs import Event, EventKind, stored_kind
 from llm_worker.logs import about
 from llm_worker.store.base import UnknownJob
 from llm_worker.store.eventlog import EventLog
@@ -208,6 +208,9 @@ class Mirrors:
                 continue
             for offset, (kind, message) in enumerate(events):
                 seq = first + offset
-                if seq > feed.log.last_seq:
-                    feed.log.add(Event(seq, EventKind(kind), message, attempt))
+                known = stored_kind(kind)
+                # A kind written by a newer version is left out (the next notice then
+                # seems to skip one, and a refresh reads what the mirror lacks).
+                if seq > feed.log.last_seq and known is not None:
+                    feed.log.add(Event(seq, known, message, attempt))
             feed.log.show()

@@ -41,7 +41,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from llm_worker.access import UNLIMITED, TenantLimits
-from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
+from llm_worker.jobs import (
+    Claim,
+    Event,
+    EventKind,
+    JobRecord,
+    JobSpec,
+    JobState,
+    spec_json,
+    stored_kind,
+)
 from llm_worker.logs import about
 from llm_worker.store.base import (
     JobStore,
@@ -434,15 +443,11 @@ class RedisStore(JobStore):
         )
         events = []
         for entry_id, fields in entries:
+            kind = stored_kind(decoded(fields[b"k"]))
+            if kind is None:
+                continue  # written by a newer version: left out
             seq = int(decoded(entry_id).partition("-")[2])
-            events.append(
-                Event(
-                    seq,
-                    EventKind(decoded(fields[b"k"])),
-                    decoded(fields[b"m"]),
-                    int(fields[b"a"]),
-                )
-            )
+            events.append(Event(seq, kind, decoded(fields[b"m"]), int(fields[b"a"])))
         return events
 
     async def _job_exists(self, job_id: str) -> bool:
