@@ -274,7 +274,8 @@ class Connection:
     async def _follow(self, job_id: str, after: int) -> None:
         set_job(job_id, self.principal.tenant)  # this task's log lines are about the job
         relay = Relay(job_id, self.dialect, after)
-        awaiting_text = True  # for the latency the worker adds: measured at the first text
+        # For the latency the worker adds: measured at the first text, if it came after this.
+        awaiting_text, since = True, time.perf_counter()
         try:
             async for batch in self.store.follow(job_id, after):
                 # Started (or ended): its place in the queue is of no more interest.
@@ -284,7 +285,7 @@ class Connection:
                     await self.send(frame)
                 if awaiting_text and has_text(batch):
                     awaiting_text = False
-                    self.gateway.metrics.first_frame_sent(job_id, time.perf_counter())
+                    self.gateway.metrics.first_frame_sent(job_id, since, time.perf_counter())
                 if relay.finished:
                     return
         except UnknownJob:

@@ -338,7 +338,7 @@ class EventStream(Response):
             yield _sse(protocol.pending(self.job_id, position), "pending")
         batches = self.gateway.store.follow(self.job_id, self.after).__aiter__()
         queue_moved: asyncio.Future[None] | None = None
-        awaiting_text = True
+        awaiting_text, since = True, time.perf_counter()  # for the latency the worker adds
         next_batch: asyncio.Future[list[Any]] | None = None
         try:
             while True:
@@ -371,7 +371,8 @@ class EventStream(Response):
                 yield b"".join(_sse(frame) for frame in frames)
                 if awaiting_text and has_text(batch):
                     awaiting_text = False
-                    self.gateway.metrics.first_frame_sent(self.job_id, time.perf_counter())
+                    metrics = self.gateway.metrics
+                    metrics.first_frame_sent(self.job_id, since, time.perf_counter())
         finally:
             for future in (queue_moved, next_batch):
                 if future is not None:

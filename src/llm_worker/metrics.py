@@ -123,8 +123,9 @@ class Metrics:
         )
         self.added_latency = Histogram(
             "llm_worker_added_latency_seconds",
-            "From the first delta of a job's model to its first frame sent to a listener "
-            "(measured where the gateway and the worker share a process).",
+            "From a job's first text arriving from its model to its send to a listener "
+            "that was following the job already, once per job (where the gateway and the "
+            "worker share a process; a listener that came later is not counted).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -185,11 +186,17 @@ class Metrics:
             del first_deltas[next(iter(first_deltas))]
         first_deltas[job_id] = at
 
-    def first_frame_sent(self, job_id: str, at: float) -> None:
-        """A listener was sent the job's first text; observed once per job."""
-        started = self._first_deltas.pop(job_id, None)
-        if started is not None:
-            self.added_latency.observe(max(at - started, 0.0))
+    def first_frame_sent(self, job_id: str, since: float, at: float) -> None:
+        """A listener following the job since ``since`` was sent its first text at ``at``.
+
+        Observed once per job, and only for a listener that was there before the text
+        arrived: one that came later waited for its own arrival, not for the worker, and
+        leaves the job's first text for those who were there.
+        """
+        arrived = self._first_deltas.get(job_id)
+        if arrived is not None and since <= arrived:
+            del self._first_deltas[job_id]
+            self.added_latency.observe(max(at - arrived, 0.0))
 
     def forget(self, job_id: str) -> None:
         self._first_deltas.pop(job_id, None)
