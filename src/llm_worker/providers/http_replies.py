@@ -7,24 +7,25 @@ from collections.abc import AsyncIterator
 
 import httpx2
 
+from llm_worker.providers.sse import EventStreamDecoder
+
 # The longest wait a server's retry-after may impose before a retry.
 MAX_RETRY_AFTER = 60.0
 
 
 async def sse_data(response: httpx2.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event of ``response``."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
-        # event:, id:, retry: and comments carry nothing a reply needs.
-    if data:
-        yield "\n".join(data)
+    """The ``data`` of each server-sent event of ``response``, the last one's too when
+    the body ends without the empty line that closes it.
+
+    Read from the body's bytes, whose lines end only at CRLF, LF or CR: a text
+    decoder's lines (``aiter_lines()``) also end at U+2028, U+2029 and U+0085, which
+    JSON strings may hold unescaped, and would cut such an event in two."""
+    decoder = EventStreamDecoder()
+    async for piece in response.aiter_bytes():
+        for data in decoder.feed(piece):
+            yield data
+    for data in decoder.end():
+        yield data
 
 
 def retry_after(value: str | None) -> float | None:

@@ -35,11 +35,12 @@ from typing import Any, Literal
 import orjson
 
 from llm_worker.testing.openai_server import (
+    LineEnd,
     OpenAIServer,
     RecordedRequest,
-    _chunk,
     _stop,
     _wait_for_eof,
+    write_events,
 )
 
 _WORD = re.compile(r"\s*\S+")
@@ -82,6 +83,13 @@ class Reply:
     hold_after: int | None = None
     """After this many tokens, send nothing more until the client hangs up (a model
     still thinking): what a test of cancellation needs, without timing."""
+    line_end: LineEnd = "\n"
+    """How the event stream's lines end, of the three ways the SSE standard allows:
+    LF, CRLF or CR (``"\\n"``, ``"\\r\\n"``, ``"\\r"``)."""
+    write_size: int | None = None
+    """Send the event stream in HTTP chunks of this many bytes, each written and drained
+    on its own, so that a client reads it split everywhere (``1``: a byte per read);
+    ``None``: a chunk per write of events."""
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
@@ -190,15 +198,19 @@ class AnthropicServer(OpenAIServer):
         # A hang-up shows as EOF on the read side while we write.
         watcher = asyncio.create_task(_wait_for_eof(reader, request.client_gone))
         position, ending = _ending(reply)
+
+        async def send(events: bytes) -> None:
+            await write_events(writer, events, reply.line_end, reply.write_size)
+
         try:
-            writer.write(_chunk(_start_events(request.body, reply)))
+            await send(_start_events(request.body, reply))
             for token in reply.tokens[:position]:
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
                 if request.client_gone.is_set():
                     return False
                 delta = {"type": "text_delta", "text": token}
-                writer.write(_chunk(_event("content_block_delta", index=0, delta=delta)))
+                await send(_event("content_block_delta", index=0, delta=delta))
                 request.tokens_sent += 1
                 await writer.drain()
             if ending == "hold":
@@ -208,9 +220,9 @@ class AnthropicServer(OpenAIServer):
                 writer.transport.abort()
                 return False
             if ending == "error":
-                writer.write(_chunk(_event("error", error=reply.stream_error)))
+                await send(_event("error", error=reply.stream_error))
             elif ending == "finish":
-                writer.write(_chunk(_end_events(reply)))
+                await send(_end_events(reply))
             # Stop watching before the reply ends: the client's next request may follow it.
             await _stop(watcher)
             if request.client_gone.is_set():

@@ -31,6 +31,8 @@ import orjson
 
 _WORD = re.compile(r"\s*\S+")
 
+LineEnd = Literal["\n", "\r\n", "\r"]
+
 
 @dataclass
 class Reply:
@@ -60,6 +62,13 @@ class Reply:
     usage: bool = True
     """Whether to say what the reply took (a last chunk with ``usage``) when the request
     asks (``stream_options.include_usage``), as OpenAI does; some servers never do."""
+    line_end: LineEnd = "\n"
+    """How the event stream's lines end, of the three ways the SSE standard allows:
+    LF, CRLF or CR (``"\\n"``, ``"\\r\\n"``, ``"\\r"``)."""
+    write_size: int | None = None
+    """Send the event stream in HTTP chunks of this many bytes, each written and drained
+    on its own, so that a client reads it split everywhere (``1``: a byte per read);
+    ``None``: a chunk per event."""
 
 
 def directed_reply(body: dict[str, Any]) -> Reply | None:
@@ -261,8 +270,11 @@ class OpenAIServer:
             return True
         # A hang-up shows as EOF on the read side while we write.
         watcher = asyncio.create_task(_wait_for_eof(reader, request.client_gone))
+        # Lines ended or pieces sized otherwise than by default take the slow road.
+        reshaped = reply.line_end != "\n" or reply.write_size is not None
         try:
-            writer.write(_chunk(_event(model, {"role": "assistant", "content": ""}, None)))
+            opening = _event(model, {"role": "assistant", "content": ""}, None)
+            await write_events(writer, opening, reply.line_end, reply.write_size)
             for index, token in enumerate(reply.tokens):
                 if reply.cut_after is not None and index >= reply.cut_after:
                     if reply.cut_mode == "abort":
@@ -277,7 +289,11 @@ class OpenAIServer:
                     await asyncio.sleep(0)  # a burst must not starve other replies
                 if request.client_gone.is_set():
                     return False
-                writer.write(_content_chunk(model, token))
+                if reshaped:
+                    content = _event(model, {"content": token}, None)
+                    await write_events(writer, content, reply.line_end, reply.write_size)
+                else:
+                    writer.write(_content_chunk(model, token))
                 request.tokens_sent += 1
                 # Wait for the client only when it falls behind, not after every token.
                 if writer.transport.get_write_buffer_size() > _HIGH_WATER:
@@ -286,11 +302,14 @@ class OpenAIServer:
             await _stop(watcher)
             if request.client_gone.is_set():
                 return False
-            ending = _chunk(_event(model, {}, reply.finish_reason))
+            endings = [_event(model, {}, reply.finish_reason)]
             options = request.body.get("stream_options")
             if reply.usage and isinstance(options, dict) and options.get("include_usage"):
-                ending += _chunk(_usage_event(model, request.body, len(reply.tokens)))
-            writer.write(ending + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                endings.append(_usage_event(model, request.body, len(reply.tokens)))
+            endings.append(b"data: [DONE]\n\n")
+            for ending in endings:
+                await write_events(writer, ending, reply.line_end, reply.write_size)
+            writer.write(b"0\r\n\r\n")
             await writer.drain()
             request.completed = True
             return True
@@ -300,6 +319,22 @@ class OpenAIServer:
         finally:
             await _stop(watcher)
             request.ended_at = time.monotonic()
+
+
+async def write_events(
+    writer: asyncio.StreamWriter, events: bytes, line_end: LineEnd, write_size: int | None
+) -> None:
+    """Write ``events`` (server-sent events whose lines end in LF) in the HTTP chunks of
+    a chunked body, their lines ended by ``line_end``, ``write_size`` bytes a chunk."""
+    if line_end != "\n":
+        # The JSON of an event holds no raw LF or CR: every one is a line end.
+        events = events.replace(b"\n", line_end.encode())
+    if write_size is None:
+        writer.write(_chunk(events))
+        return
+    for start in range(0, len(events), write_size):
+        writer.write(_chunk(events[start : start + write_size]))
+        await writer.drain()
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
