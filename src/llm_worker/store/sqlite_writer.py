@@ -15,13 +15,16 @@ pickle. The writer says ``("ready",)`` once the database is open (or
 list of ``(job_id, [(statement, params), ...])``, ``statement`` an index into
 :data:`STATEMENTS` -- is committed as one transaction and answered with the
 dict of the jobs whose writes failed (job id -> why). End of input, or
-``("close",)``, ends the process after what it was given.
+``("close",)``, ends the process after what it was given. So does the store's
+process going away (a ``kill -9``), quietly: input cut off mid-frame is the end
+of input, and replies nobody reads are dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import pickle
 import signal
 import sqlite3
@@ -135,7 +138,10 @@ def read_frame(stream: BinaryIO) -> Any:
     if len(head) < _LENGTH.size:
         return None
     (length,) = _LENGTH.unpack(head)
-    return pickle.loads(stream.read(length))
+    payload = stream.read(length)
+    if len(payload) < length:
+        return None  # cut off: the store's process has gone
+    return pickle.loads(payload)
 
 
 def frame(message: Any) -> bytes:
@@ -147,6 +153,16 @@ def main(path: str, synchronous: str) -> int:
     # The store's process says when to stop (end of input), signals or not.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        return serve(path, synchronous)
+    except BrokenPipeError:
+        # The store's process has gone: nobody to answer. Python flushes stdout on
+        # exit; pointed at devnull, that flush cannot fail aloud in the shared log.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def serve(path: str, synchronous: str) -> int:
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     try:
         connection = connect(path, synchronous)
@@ -158,10 +174,12 @@ def main(path: str, synchronous: str) -> int:
         return 1
     replies.write(frame(("ready",)))
     replies.flush()
-    while (message := read_frame(requests)) is not None and message[0] == "round":
-        replies.write(frame(write_round(connection, message[1])))
-        replies.flush()
-    connection.close()
+    try:
+        while (message := read_frame(requests)) is not None and message[0] == "round":
+            replies.write(frame(write_round(connection, message[1])))
+            replies.flush()
+    finally:
+        connection.close()
     return 0
 
 
