@@ -1,4 +1,5 @@
-"""Runs one job: its template's streams in order, the last one's deltas out.
+"""Runs one job: its template's streams in order, the last one's deltas out (and
+every stream's notices: why the listeners wait).
 
 The runner is also where a template is checked against what this deployment
 offers (providers, inserts, pipelines, placeholders), so that a job that cannot
@@ -20,7 +21,7 @@ from llm_worker.inserts import Insert
 from llm_worker.jobs import JobSpec
 from llm_worker.metrics import Metrics, ModelCall
 from llm_worker.pipelines import Pipeline
-from llm_worker.providers import CallEnd, Provider, ProviderError
+from llm_worker.providers import CallEnd, Notice, Provider, ProviderError
 from llm_worker.registry import Registry
 from llm_worker.templates import (
     BUILTIN_PLACEHOLDERS,
@@ -251,8 +252,11 @@ class Runner:
 
     # -- running ------------------------------------------------------------
 
-    async def run(self, spec: JobSpec, usage: JobUsage | None = None) -> AsyncIterator[str]:
-        """Yield the text deltas of the job's last stream; the tokens its model calls
+    async def run(
+        self, spec: JobSpec, usage: JobUsage | None = None
+    ) -> AsyncIterator[str | Notice]:
+        """Yield the text deltas of the job's last stream, and the notices of its model
+        streams' providers (inner ones' too) as they come; the tokens its model calls
         take go to ``usage``, by stream.
 
         Raises :class:`ProviderError` or :class:`TemplateError` when the job
@@ -278,9 +282,14 @@ class Runner:
                 context = StreamContext(spec, index, previous_output, self, here)
                 messages = await self.build_messages(stream, context)
                 if not last:
-                    # Nothing of an inner stream reaches listeners: it may be retried
-                    # from scratch even after part of it arrived.
-                    previous_output = await self._complete_any(stream, messages, usage)
+                    # Nothing of an inner stream's text reaches listeners: it may be
+                    # retried from scratch even after part of it arrived.
+                    async with aclosing(self._complete_any(stream, messages, usage)) as parts:
+                        async for part in parts:
+                            if type(part) is str:
+                                previous_output = part
+                            else:
+                                yield part
                     continue
                 deltas = self._stream_any(stream, messages, usage)
             try:
@@ -298,16 +307,16 @@ class Runner:
 
     async def _stream_any(
         self, stream: ModelStream, messages: Sequence[ChatMessage], usage: JobUsage | None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | Notice]:
         """The stream's reply from its provider, or, when that fails before any output,
         from each of its fallbacks in turn; ``usage`` learns which one answered."""
         failures: list[tuple[str, ProviderError]] = []
         for provider, settings in stream.choices():
             started = False
             try:
-                async with aclosing(self.stream(provider, messages, settings)) as deltas:
+                async with aclosing(self._parts(provider, messages, settings)) as deltas:
                     async for delta in deltas:
-                        if not started:
+                        if not started and type(delta) is str:
                             started = True
                             _answered(usage, provider)
                         yield delta
@@ -323,12 +332,19 @@ class Runner:
 
     async def _complete_any(
         self, stream: ModelStream, messages: Sequence[ChatMessage], usage: JobUsage | None
-    ) -> str:
-        """The stream's whole reply, from its provider or from its fallbacks in turn."""
+    ) -> AsyncIterator[str | Notice]:
+        """The stream's notices, then its whole reply (one ``str``), from its provider or
+        from its fallbacks in turn."""
         failures: list[tuple[str, ProviderError]] = []
         for provider, settings in stream.choices():
+            reply = ""
             try:
-                reply = await self.complete(provider, messages, settings)
+                async with aclosing(self._completion(provider, messages, settings)) as parts:
+                    async for part in parts:
+                        if type(part) is str:
+                            reply = part
+                        else:
+                            yield part
             except ProviderError as error:
                 if not stream.fallbacks:
                     raise
@@ -336,7 +352,8 @@ class Runner:
                 self._falling_back(provider, error, stream, len(failures))
                 continue
             _answered(usage, provider)
-            return reply
+            yield reply
+            return
         raise _all_failed(failures)
 
     def _falling_back(
@@ -382,6 +399,27 @@ class Runner:
         self, provider: str, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
     ) -> AsyncIterator[str]:
         """The reply as deltas, retried while none has been yielded."""
+        async with aclosing(self._parts(provider, messages, settings)) as parts:
+            async for part in parts:
+                if type(part) is str:
+                    yield part
+
+    async def complete(
+        self, provider: str, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
+    ) -> str:
+        """The whole reply; a retryable failure starts it again from scratch."""
+        reply = ""
+        async with aclosing(self._completion(provider, messages, settings)) as parts:
+            async for part in parts:
+                if type(part) is str:
+                    reply = part
+        return reply
+
+    async def _parts(
+        self, provider: str, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
+    ) -> AsyncIterator[str | Notice]:
+        """:meth:`stream`, with the provider's notices: a notice is no output, so a
+        call that failed after one may still be retried."""
         self._check_size(provider, messages)
         chosen = self.providers.get(provider)
         tries = 0
@@ -394,7 +432,10 @@ class Runner:
                 async with aclosing(chosen.stream(messages, settings)) as deltas:
                     async for delta in deltas:
                         if type(delta) is not str:
-                            end = delta if isinstance(delta, CallEnd) else None
+                            if isinstance(delta, Notice):
+                                yield delta
+                            else:
+                                end = delta if isinstance(delta, CallEnd) else None
                             continue
                         started = True
                         call.delta()
@@ -408,10 +449,11 @@ class Runner:
                 call.retried()
                 await self._pause(tries, error)
 
-    async def complete(
+    async def _completion(
         self, provider: str, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
-    ) -> str:
-        """The whole reply; a retryable failure starts it again from scratch."""
+    ) -> AsyncIterator[str | Notice]:
+        """:meth:`complete`: the provider's notices as they come, then the whole reply
+        (one ``str``)."""
         self._check_size(provider, messages)
         chosen = self.providers.get(provider)
         tries = 0
@@ -424,12 +466,16 @@ class Runner:
                     parts = []
                     async for delta in deltas:
                         if type(delta) is not str:
-                            end = delta if isinstance(delta, CallEnd) else None
+                            if isinstance(delta, Notice):
+                                yield delta
+                            else:
+                                end = delta if isinstance(delta, CallEnd) else None
                             continue
                         call.delta()
                         parts.append(delta)
                 _ended(call, end)
-                return "".join(parts)
+                yield "".join(parts)
+                return
             except ProviderError as error:
                 call.failed(error.kind)
                 if not error.retryable or tries > self.retry.retries:

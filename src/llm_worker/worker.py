@@ -19,7 +19,7 @@ import orjson
 from llm_worker.jobs import Claim, EventKind
 from llm_worker.logs import set_job
 from llm_worker.metrics import Metrics
-from llm_worker.providers import ProviderError
+from llm_worker.providers import Notice, ProviderError
 from llm_worker.runner import Runner
 from llm_worker.store import JobStore, NotOwner, StoreError
 from llm_worker.templates import TemplateError
@@ -149,11 +149,18 @@ class Worker:
             store.append(job_id, attempt, EventKind.RUNNING)
         )
         usage = JobUsage(len(claim.spec.assistant.streams))
+        awaiting_text = True
         try:
             async with aclosing(self.runner.run(claim.spec, usage)) as deltas:
                 async for delta in deltas:
-                    if start is not None:
+                    if isinstance(delta, Notice):  # for the listeners, no text of the answer
+                        start = await _landed(start)
+                        await store.append(job_id, attempt, EventKind.NOTICE, delta.message)
+                        continue
+                    if awaiting_text:
+                        awaiting_text = False
                         metrics.first_delta(job_id, time.perf_counter())
+                    if start is not None:
                         start, pending = None, start
                         await pending
                     await store.append(job_id, attempt, EventKind.RUNNING, delta)
@@ -213,6 +220,12 @@ class Worker:
             log.warning("job %s: its failure could not be stored: %s", claim.job_id, exc)
             return False
         return True
+
+
+async def _landed(start: asyncio.Future[object] | None) -> None:
+    """Wait for the start event to be stored: every later event goes after it."""
+    if start is not None:
+        await start
 
 
 def _discard(start: asyncio.Future[object] | None) -> None:

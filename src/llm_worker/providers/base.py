@@ -69,6 +69,14 @@ class CallEnd:
     completion_tokens: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """What a provider may yield for the job's listeners that is no text of the reply:
+    why they wait (``loading local model 'x' ...``), in words for a person."""
+
+    message: str
+
+
 class Provider(abc.ABC):
     """Turns chat messages into a stream of text deltas."""
 
@@ -84,13 +92,23 @@ class Provider(abc.ABC):
         URL), in words for a client; ``None`` when it can."""
         return None
 
+    def settings_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the settings :meth:`check_settings` accepts, for the HTTP
+        API's document (``/openapi.json``); by default any object."""
+        return {"type": "object"}
+
     @abc.abstractmethod
     def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
-    ) -> AsyncIterator[str | CallEnd]:
+    ) -> AsyncIterator[str | Notice | CallEnd]:
         """Yield the model's reply as non-empty text deltas, then, if the model said,
         a :class:`CallEnd` (a provider that yields none has its usage reported as
         unknown).
+
+        Before the text, a :class:`Notice` tells the job's listeners why they wait
+        (a model loading, say); it is no output: the call may still be retried, or
+        fall back to another provider, after one. Keep notices few: each is an
+        event of the job's log.
 
         Ends normally only when the model finished its reply; raises
         :class:`ProviderError` otherwise, a stream cut short included.
