@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llm_worker.providers import CallEnd, ProviderError  # noqa: E402
+from llm_worker.providers import CallEnd, Notice, ProviderError  # noqa: E402
 from llm_worker.providers.local import LocalModels, LocalProvider  # noqa: E402
 from llm_worker.templates import ChatMessage, TemplateError  # noqa: E402
 from llm_worker.testing.openai_server import OpenAIServer, Reply  # noqa: E402
@@ -74,9 +74,13 @@ def user(text: str) -> list[ChatMessage]:
 
 
 async def collect(provider: LocalProvider, text: str, **settings: Any) -> list[str]:
-    """The text deltas; the :class:`CallEnd` that closes the stream is checked apart."""
+    """The text deltas; the :class:`CallEnd` that closes the stream, and the notice of a
+    model loading that may open it, are checked apart."""
     deltas = [delta async for delta in provider.stream(user(text), settings)]
     assert isinstance(deltas[-1], CallEnd), deltas[-1:]
+    if isinstance(deltas[0], Notice):
+        deltas = deltas[1:]
+    assert all(isinstance(delta, str) for delta in deltas[:-1]), deltas
     return deltas[:-1]
 
 

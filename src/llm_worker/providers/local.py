@@ -10,6 +10,10 @@ Needs the ``local`` extra (``pip install 'llm-worker[local]'``): torch and
 transformers are imported when the first local job runs, not before. Each
 model is loaded once and serves every job that names it; at most
 ``LOCAL_MAX_MODELS`` stay loaded, the least recently used idle one making room.
+A job that has to wait for its model to load tells its listeners so (a
+:class:`~llm_worker.providers.base.Notice`). A hub id is taken from the hub's
+cache when it is there; otherwise the hub is asked once, briefly, before any
+download, so that a model that cannot be had fails the job in seconds.
 """
 
 from __future__ import annotations
@@ -23,8 +27,17 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from llm_worker.providers.base import CallEnd, Provider, ProviderError
-from llm_worker.providers.checks import check_integer, check_number, check_stop
+from llm_worker.providers.base import CallEnd, Notice, Provider, ProviderError
+from llm_worker.providers.checks import (
+    MODEL_SCHEMA,
+    STOP_SCHEMA,
+    check_integer,
+    check_number,
+    check_stop,
+    integer_schema,
+    number_schema,
+    settings_schema,
+)
 from llm_worker.providers.local_request import LocalRequest, Output
 from llm_worker.templates import ChatMessage, TemplateError
 
@@ -57,6 +70,7 @@ class LocalModels:
         self.loads = 0
         self._engines: OrderedDict[tuple[str, str, str], LocalEngine] = OrderedDict()
         self._loading: dict[tuple[str, str, str], asyncio.Future[LocalEngine]] = {}
+        self._usual_device: str | None = None
 
     def loaded(self) -> int:
         return len(self._engines)
@@ -65,13 +79,27 @@ class LocalModels:
         """Jobs in the loaded models' batches now."""
         return sum(engine.running for engine in self._engines.values())
 
-    async def get(self, name: str, device: str | None, dtype: str) -> LocalEngine:
-        if device is None:
-            device = await asyncio.to_thread(_default_device)
+    async def device(self, device: str | None) -> str:
+        """``device``, or the default one when it is ``None``."""
+        if device is not None:
+            return device
+        if self._usual_device is None:
+            self._usual_device = await asyncio.to_thread(_default_device)
+        return self._usual_device
+
+    def ready(self, name: str, device: str, dtype: str) -> LocalEngine | None:
+        """The model's engine if it is loaded; ``None`` if a job would wait for a load."""
         key = (name, device, dtype)
         engine = self._engines.get(key)
         if engine is not None:
             self._engines.move_to_end(key)
+        return engine
+
+    async def get(self, name: str, device: str | None, dtype: str) -> LocalEngine:
+        device = await self.device(device)
+        key = (name, device, dtype)
+        engine = self.ready(name, device, dtype)
+        if engine is not None:
             return engine
         loading = self._loading.get(key)
         if loading is not None:
@@ -189,13 +217,40 @@ class LocalProvider(Provider):
                 f"settings.ignore_eos must be true or false, not {merged['ignore_eos']!r}"
             )
 
+    def settings_schema(self) -> dict[str, Any]:
+        devices = ["cpu", "cuda", "mps"]
+        return settings_schema(
+            {
+                "model": MODEL_SCHEMA,
+                "max_tokens": integer_schema(1),
+                "temperature": number_schema(0),
+                "top_p": number_schema(0, 1),
+                "seed": integer_schema(),
+                "stop": STOP_SCHEMA,
+                # cpu, cuda, cuda:N, mps (no "$": a trailing newline would pass it).
+                "device": {
+                    "anyOf": [
+                        {"enum": [*devices, None]},
+                        {"type": "string", "pattern": f"^({'|'.join(devices)}):"},
+                    ]
+                },
+                "dtype": {"enum": sorted(DTYPE_NAMES)},
+                "ignore_eos": {"type": "boolean"},
+            },
+            self.defaults,
+            closed=True,
+        )
+
     async def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
-    ) -> AsyncIterator[str | CallEnd]:
+    ) -> AsyncIterator[str | Notice | CallEnd]:
         params = {**self.defaults, **settings}
-        engine = await self.models.get(
-            params["model"], params.get("device"), params.get("dtype", "auto")
-        )
+        name, dtype = params["model"], params.get("dtype", "auto")
+        device = await self.models.device(params.get("device"))
+        engine = self.models.ready(name, device, dtype)
+        if engine is None:
+            yield Notice(f"loading local model {name!r}: the answer starts once it is loaded")
+            engine = await self.models.get(name, device, dtype)
         outputs: asyncio.Queue[Output] = asyncio.Queue()
         stop = params.get("stop") or []
         request = LocalRequest(
