@@ -318,8 +318,10 @@ def event_record(event: Event) -> dict[str, Any]:
             return {"type": "failed", "message": message, "seq": seq}
         case Cancelled(seq):
             return {"type": "cancelled", "seq": seq}
-        case Notice(message):
+        case Notice(message, None):
             return {"type": "notice", "message": message}
+        case Notice(message, seq):
+            return {"type": "notice", "message": message, "seq": seq}
     raise TypeError(f"not an event: {event!r}")
 
 

@@ -172,10 +172,16 @@ class Cancelled:
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """A message from the service about the job that changes nothing of it (the job
-    store is unreachable, say): events resume when the problem is over."""
+    """A message from the service about the job that is no text of its answer.
+
+    With a ``seq``, an event of the job's log (``notice``): why its listeners wait
+    (its local model is loading, say), replayed to late listeners like the rest.
+    Without, news of the service that changes nothing of the job (the job store is
+    unreachable, say): events resume when the problem is over.
+    """
 
     message: str
+    seq: int | None = None
 
 
 Event = Started | TextDelta | Pending | Reset | Done | Failed | Cancelled | Notice
@@ -214,6 +220,8 @@ def decode_event(frame: Mapping[str, Any]) -> Event | None:
         return TextDelta(text, int(frame["seq"])) if text else Started(int(frame["seq"]))
     if kind == "pending":
         return Pending(int(frame["position"]))
+    if kind == "notice":
+        return Notice(str(frame.get("message", "")), int(frame["seq"]))
     if kind == "reset":
         return Reset(int(frame["attempt"]), int(frame["seq"]))
     if kind == "done":
@@ -234,8 +242,8 @@ class EventFilter:
     the client got; anything at or before it (a duplicate) is dropped. The end
     is let through once even when its ``seq`` is not past it: a ``listen`` with
     ``after`` at or past a finished job's end replays the end. Events without a
-    ``seq`` (queue positions, notices) carry no order and always pass, until
-    the end.
+    ``seq`` (queue positions, the service's notices) carry no order and always
+    pass, until the end.
     """
 
     __slots__ = ("ended", "last_seq")

@@ -52,8 +52,10 @@
  * - `{type: "done", seq, usage, finishReason, providers}`, `{type: "failed", message, seq}`,
  *   `{type: "cancelled", seq}`:
  *   the end, always the last event;
- * - `{type: "notice", message}`: something the server wants known (e.g. its store is
- *   away for a moment); the job goes on.
+ * - `{type: "notice", message, seq}`: why the job's listeners wait (e.g. its local
+ *   model is loading), an event of the job's log; no text of the answer;
+ * - `{type: "notice", message}` (no `seq`): something the server wants known (e.g. its
+ *   store is away for a moment); the job goes on.
  *
  * @typedef {{type: "pending", position: number}
  *   | {type: "started", seq: number}
@@ -63,7 +65,7 @@
  *      providers: (string | null)[] | null}
  *   | {type: "failed", message: string, seq: number}
  *   | {type: "cancelled", seq: number | null}
- *   | {type: "notice", message: string}} JobEvent
+ *   | {type: "notice", message: string, seq?: number}} JobEvent
  */
 
 /**
@@ -391,7 +393,7 @@ export class Job {
           }
           const event = this._accept(next.value);
           if (event === null) continue;
-          if (event.type !== "notice") progressed = true;
+          if (event.type !== "notice" || event.seq !== undefined) progressed = true;
           yield event;
           if (TERMINAL.has(event.type)) return;
         }
@@ -553,6 +555,8 @@ export class Job {
         if (!frame.message) return { type: "started", seq };
         this._text += frame.message;
         return { type: "text", text: frame.message, seq };
+      case "notice":
+        return { type: "notice", message: String(frame.message ?? ""), seq };
       case "reset":
         this._text = "";
         return { type: "reset", attempt: frame.attempt, seq };
