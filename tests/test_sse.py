@@ -150,9 +150,9 @@ def test_invalid_utf8_becomes_replacement_characters_in_its_event_alone() -> Non
 def test_empty_reads_change_nothing() -> None:
     decoder = EventStreamDecoder()
     events = []
-    for piece in (b"", b"data: a\r", b"", b"\n", b"", b"\n", b""):
+    for piece in (b"", b"data: a\r", b"", b"\ndata: b\r", b"", b"\n", b"", b"\n", b""):
         events += decoder.feed(piece)
-    assert events + decoder.end() == ["a"]
+    assert events + decoder.end() == ["a\nb"]
 
 
 def test_a_decoder_reads_one_stream_after_another_piece_by_piece() -> None:

@@ -29,17 +29,12 @@ class EventStreamDecoder:
 
     def feed(self, piece: bytes) -> list[str]:
         """The data of each event that ``piece``, the next bytes of the stream, ends."""
+        if self._after_cr and piece:
+            self._after_cr = False
+            if piece[0] == 10:  # LF
+                piece = piece[1:]
         if not piece:
             return []
-        if self._after_cr:
-            self._after_cr = False
-            if piece[:1] == b"\n":
-                piece = piece[1:]
-        if b"\r" in piece:
-            # The rare road: CRLF and CR become LF (a CR ending the piece too; the LF
-            # that may open the next piece is dropped then).
-            self._after_cr = piece[-1] == 13
-            piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._unended:
             piece = self._unended + piece
         if not self._started:
@@ -49,8 +44,20 @@ class EventStreamDecoder:
             self._started = True
             if piece.startswith(_BOM):
                 piece = piece[len(_BOM) :]
-        lines = piece.split(b"\n")
-        self._unended = lines.pop()
+                if not piece:
+                    self._unended = b""
+                    return []
+        # bytes.splitlines() ends lines at CRLF, LF and CR alone (str's also at U+2028,
+        # U+2029, U+0085 and more), in one pass whatever the stream uses.
+        lines = piece.splitlines()
+        last = piece[-1]
+        if last == 10:  # LF
+            self._unended = b""
+        elif last == 13:  # CR: an LF opening the next piece is part of this line end
+            self._unended = b""
+            self._after_cr = True
+        else:
+            self._unended = lines.pop()
         return self._read(lines)
 
     def end(self) -> list[str]:
