@@ -93,6 +93,31 @@ def test_the_full_protocol_gets_every_event() -> None:
     assert [m["type"] for m in sent] == ["running", "reset", "running"]
 
 
+def test_notices_go_to_full_protocol_listeners_only() -> None:
+    notice = Event(2, EventKind.NOTICE, "loading local model 'm'", 1)
+    batch = [START, notice, delta(3, "a"), delta(4, "b"), Event(5, EventKind.DONE, "", 1)]
+    full = frames(Relay("j", Dialect.FULL, 0).frames(batch))
+    assert [(m["type"], m["seq"]) for m in full] == [
+        ("running", 1),
+        ("notice", 2),
+        ("running", 4),
+        ("done", 5),
+    ]
+    seed = Relay("j", Dialect.SEED, 0)
+    sent = frames(seed.frames(batch))
+    assert sent == frames(Relay("j", Dialect.SEED, 0).frames([START, *batch[2:]]))
+    assert [m["type"] for m in sent] == ["running", "running", "done"]
+    assert text_of(sent) == "ab"
+    assert seed.frames([notice]) == []
+    # A notice is no text: a reset after one still passes unseen.
+    seed = Relay("j", Dialect.SEED, 0)
+    seed.frames([START, notice])
+    assert frames(seed.frames([Event(9, EventKind.RESET, "", 2), delta(10, "new", 2)])) == [
+        {"type": "running", "job_id": "j", "message": "new", "seq": 10}
+    ]
+    assert not seed.finished
+
+
 def test_a_cancel_reaches_a_seed_listener_as_failed() -> None:
     relay = Relay("j", Dialect.SEED, 0)
     sent = frames(relay.frames([START, delta(2, "a"), Event(3, EventKind.CANCELLED, "", 1)]))

@@ -126,6 +126,30 @@ def test_frames_keep_the_seed_key_order() -> None:
     assert frame.startswith('{"type":"running","job_id":"j","message":""')
 
 
+def test_a_notice_is_a_frame_of_its_own_with_its_seq() -> None:
+    notice = Event(2, EventKind.NOTICE, "loading local model 'm'", 1)
+    assert json.loads(protocol.event("j", notice)) == {
+        "type": "notice",
+        "job_id": "j",
+        "message": "loading local model 'm'",
+        "seq": 2,
+    }
+    events = [
+        Event(1, EventKind.RUNNING, ""),
+        Event(2, EventKind.RUNNING, "a"),
+        notice := Event(3, EventKind.NOTICE, "said between", 1),
+        Event(4, EventKind.RUNNING, "b"),
+        Event(5, EventKind.RUNNING, "c"),
+    ]
+    frames = [json.loads(f) for f in protocol.event_frames("j", events)]
+    assert [(f["type"], f["message"], f["seq"]) for f in frames] == [
+        ("running", "", 1),
+        ("running", "a", 2),
+        ("notice", notice.message, 3),
+        ("running", "bc", 5),
+    ]
+
+
 def test_event_frames_merge_consecutive_deltas_only() -> None:
     events = [
         Event(1, EventKind.RUNNING, ""),

@@ -251,3 +251,39 @@ async def test_the_index_of_recent_jobs_pages_through_ties_and_drops_expired_job
         assert claim.job_id not in [r.id for r in await store.recent(None, 10, None)]
     finally:
         await client.aclose()
+
+
+async def test_kinds_from_a_newer_version_are_left_out(redis_store_factory: StoreFactory) -> None:
+    store = await redis_store_factory(queue_max=10, job_ttl=60)
+    assert isinstance(store, RedisStore)
+    job_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=1)
+    await store.append(job_id, 1, EventKind.RUNNING)
+    await store.append(job_id, 1, EventKind.NOTICE, "loading local model 'm'")
+    await store.append(job_id, 1, EventKind.RUNNING, "an answer")
+    await store.append(job_id, 1, EventKind.DONE)
+    await until_shown(store, job_id, 4)
+    # The log as a newer version might have written it: a kind this one does not know
+    # between the notice and the text.
+    key = store._events_key(job_id)
+    client = aioredis.Redis.from_url(store.url)
+    try:
+        entries = [fields for _, fields in await client.xrange(key)]
+        await client.delete(key)
+        entries.insert(2, {b"k": b"from-the-future", b"m": b"?", b"a": b"1"})
+        for seq, fields in enumerate(entries, start=1):
+            await client.xadd(key, fields, id=f"0-{seq}")
+    finally:
+        await client.aclose()
+
+    reader = await redis_store_factory(queue_max=10, job_ttl=60, prefix=store.prefix)
+    events = await reader.read(job_id)
+    assert [(e.seq, e.kind, e.message) for e in events] == [
+        (1, EventKind.RUNNING, ""),
+        (2, EventKind.NOTICE, "loading local model 'm'"),
+        (4, EventKind.RUNNING, "an answer"),
+        (5, EventKind.DONE, ""),
+    ]
+    for after, seqs in ((1, [2, 4, 5]), (3, [4, 5]), (4, [5])):
+        followed = [e.seq async for batch in reader.follow(job_id, after) for e in batch]
+        assert followed == seqs, after

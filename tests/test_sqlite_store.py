@@ -157,3 +157,37 @@ async def test_expired_jobs_are_deleted_on_start(tmp_path: Path) -> None:
         await store.close()
     assert rows(path, "SELECT count(*) FROM jobs") == [(0,)]
     assert rows(path, "SELECT count(*) FROM events") == [(0,)]
+
+
+async def test_notices_outlive_a_restart_and_kinds_from_a_newer_version_are_left_out(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    store = await opened(path)
+    job_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    await store.append(job_id, 1, EventKind.RUNNING)
+    await store.append(job_id, 1, EventKind.NOTICE, "loading local model 'm'")
+    await store.append(job_id, 1, EventKind.NOTICE, "to be a kind from the future")
+    await store.append(job_id, 1, EventKind.RUNNING, "an answer")
+    await store.append(job_id, 1, EventKind.DONE)
+    await until_shown(store, job_id, 5)
+    await store.close()
+    # As a newer version might have written it: a kind this one does not know.
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("UPDATE events SET kind = 'from-the-future' WHERE seq = 3")
+
+    store = await opened(path)
+    try:
+        events = await store.read(job_id)
+        assert [(e.seq, e.kind, e.message) for e in events] == [
+            (1, EventKind.RUNNING, ""),
+            (2, EventKind.NOTICE, "loading local model 'm'"),
+            (4, EventKind.RUNNING, "an answer"),
+            (5, EventKind.DONE, ""),
+        ]
+        for after, seqs in ((2, [4, 5]), (3, [4, 5]), (4, [5])):
+            followed = [e.seq async for batch in store.follow(job_id, after) for e in batch]
+            assert followed == seqs, after
+    finally:
+        await store.close()

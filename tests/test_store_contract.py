@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from llm_worker.access import TenantLimits
-from llm_worker.jobs import EventKind, JobSpec, JobState, spec_json
+from llm_worker.jobs import EventKind, JobSpec, JobState, has_text, output_of, spec_json
 from llm_worker.store import JobStore, NotOwner, QueueFull, RateLimited, UnknownJob
 from llm_worker.templates import Assistant
 from tests.stores import (
@@ -128,6 +128,42 @@ async def test_follow_replays_then_goes_live_then_ends(store: JobStore) -> None:
         batches.clear()
         await asyncio.wait_for(follow(after), 1)
         assert batches == [[5]]
+
+
+async def test_a_notice_is_kept_replayed_and_resumed_across(store: JobStore) -> None:
+    job_id = (await store.submit(SPEC)).id
+    await store.claim(max_wait=0)
+    await store.append(job_id, 1, EventKind.RUNNING)
+    notice = await store.append(job_id, 1, EventKind.NOTICE, "loading local model 'm'")
+    assert notice.seq == 2
+    await until_shown(store, job_id, 2)
+    before_text = await store.read(job_id)
+    assert not has_text(before_text)
+    assert output_of(before_text) == ""
+    await store.append(job_id, 1, EventKind.RUNNING, "an answer")
+    await store.append(job_id, 1, EventKind.DONE)
+    await until_shown(store, job_id, 4)
+    events = await store.read(job_id)
+    assert [(e.seq, e.kind, e.message) for e in events] == [
+        (1, EventKind.RUNNING, ""),
+        (2, EventKind.NOTICE, "loading local model 'm'"),
+        (3, EventKind.RUNNING, "an answer"),
+        (4, EventKind.DONE, ""),
+    ]
+    assert output_of(events) == "an answer"
+    record = await store.get(job_id)
+    assert record is not None
+    assert (record.state, record.error) == (JobState.DONE, None)
+
+    async def follow(after: int) -> list[tuple[int, EventKind]]:
+        return [(e.seq, e.kind) async for batch in store.follow(job_id, after) for e in batch]
+
+    assert await asyncio.wait_for(follow(1), 5) == [
+        (2, EventKind.NOTICE),
+        (3, EventKind.RUNNING),
+        (4, EventKind.DONE),
+    ]
+    assert await asyncio.wait_for(follow(2), 5) == [(3, EventKind.RUNNING), (4, EventKind.DONE)]
 
 
 async def test_follow_an_unknown_job(store: JobStore) -> None:

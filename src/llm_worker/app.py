@@ -15,7 +15,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 from starlette.routing import Route, WebSocketRoute
 
 from llm_worker.access import load_access
@@ -27,7 +27,7 @@ from llm_worker.metrics import CONTENT_TYPE, Metrics, Readings, local_model_read
 from llm_worker.openapi import openapi_document
 from llm_worker.origins import origin_middleware
 from llm_worker.pipelines import builtin_pipelines
-from llm_worker.providers.catalog import build_providers
+from llm_worker.providers.catalog import build_providers, provider_readiness
 from llm_worker.providers.openai_compatible import ClientPool
 from llm_worker.runner import RequestLimits, RetryPolicy, Runner
 from llm_worker.store import JobStore, StoreError, open_store
@@ -137,6 +137,10 @@ class Service:
             if role in ("all", "worker")
             else None
         )
+        # All could be built: what runs jobs says what it can run them with.
+        if self.worker is not None:
+            for ready, line in provider_readiness(self.runner.providers):
+                log.log(logging.INFO if ready else logging.WARNING, "%s", line)
 
     async def start(self) -> None:
         await self.store.start()
@@ -195,6 +199,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             *JobsAPI(gateway).routes(),
             Route("/openapi.json", openapi_json),
             Route("/client.js", client_js),
+            Route("/", to_console),
             Route("/console", console_page),
             Route("/console.js", console_js),
         ],
@@ -225,6 +230,11 @@ async def console_page(request: Request) -> FileResponse:
     return FileResponse(
         CONSOLE_HTML, media_type="text/html; charset=utf-8", headers=CONSOLE_HEADERS
     )
+
+
+async def to_console(request: Request) -> RedirectResponse:
+    """The root leads a browser to the console."""
+    return RedirectResponse("/console", status_code=307)
 
 
 async def console_js(request: Request) -> FileResponse:

@@ -16,6 +16,7 @@ with the limits no application code can set.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
 import socket
@@ -27,7 +28,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from llm_worker.config import Settings
+from llm_worker.config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -274,3 +275,34 @@ def server_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         # Running jobs had their grace before connections are closed (Server.shutdown).
         timeout_graceful_shutdown=5,
     )
+
+
+def check_can_listen(host: str, port: int, *, host_setting: str, port_setting: str) -> None:
+    """Raise :class:`~llm_worker.config.ConfigError`, naming the setting, if ``host``:
+    ``port`` cannot be listened on: checked before anything else starts, so that an
+    address in use stops the start-up before a database file or a connection exists.
+
+    (A socket bound here and handed to the server would do too, but uvloop serves
+    a duplicate of it, and the original would go on accepting after a stop.)
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(
+            f"{host_setting} {host!r} is not an address of this machine: {exc}"
+        ) from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{port_setting} {port} on {host} is in use by another process"
+                ) from None
+            raise ConfigError(
+                f"cannot listen on {host_setting} {host!r}, {port_setting} {port}: "
+                f"{exc.strerror or exc}"
+            ) from None
