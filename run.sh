@@ -8,4 +8,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 EXTRAS=${EXTRAS:-yaml}
 source "$here/scripts/ensure-venv.sh"
 cd "$here"
-exec "$venv/bin/llm-worker" serve "$@"
+# A first run answers with nothing else started: the echo provider stands in while no
+# real provider is configured, unless ECHO_PROVIDER says otherwise.
+exec "$venv/bin/llm-worker" serve --echo-when-unconfigured "$@"

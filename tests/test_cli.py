@@ -6,10 +6,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 
 from llm_worker.config import Settings
@@ -274,3 +276,109 @@ async def refused(url: str, timeout: float = 5) -> None:
             return
         assert asyncio.get_running_loop().time() < deadline, "new connections still accepted"
         await asyncio.sleep(0.05)
+
+
+# -- settings checked at start ------------------------------------------------
+
+
+async def test_misspelt_and_unknown_variables_of_ours_are_warned_about(tmp_path: Path) -> None:
+    env = clean_env(
+        LISTEN_PORT="0", STORE_URL="memory://", WORKER_CONCURENCY="4", LLM_WORKER_COLOUR="1"
+    )
+    (tmp_path / ".env").write_text("OPENAI_API_BASE=http://127.0.0.1:9/v1\n")
+    async with processes() as started:
+        worker = await WorkerProcess.start(env, tmp_path)
+        started.append(worker)
+    output = worker.output
+    assert (
+        "WORKER_CONCURENCY is not a setting and is ignored: did you mean WORKER_CONCURRENCY?"
+        in (output)
+    )
+    assert (
+        "OPENAI_API_BASE is not a setting and is ignored: did you mean OPENAI_BASE_URL?" in output
+    )
+    assert "LLM_WORKER_COLOUR is not a setting and is ignored" in output
+
+
+async def test_a_missing_env_file_named_on_the_command_line_is_an_error(tmp_path: Path) -> None:
+    code, output = await failed_start(clean_env(), tmp_path, "--env-file", "/nonexistent/x.env")
+    assert code == 2
+    assert output.decode().splitlines() == [
+        "llm-worker: --env-file /nonexistent/x.env: no such file"
+    ]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        (
+            {"OPENAI_BASE_URL": "notaurl"},
+            "bad setting OPENAI_BASE_URL: must be an http:// or https:// URL",
+        ),
+        ({"VLLM_URI": "gpu-box:8000"}, "bad setting VLLM_URI: must be an http:// or https:// URL"),
+        ({"ANTHROPIC_BASE_URL": "ftp://x"}, "bad setting ANTHROPIC_BASE_URL: must be an http://"),
+        (
+            {"LISTEN_ADDRESS": "999.1.1.1"},
+            "cannot start: LISTEN_ADDRESS '999.1.1.1' is not an address",
+        ),
+        ({"ECHO_PROVIDER": "maybe"}, "bad setting ECHO_PROVIDER"),
+    ],
+)
+async def test_a_bad_value_names_its_setting_before_anything_is_on_disk(
+    env: dict[str, str], said: str, tmp_path: Path
+) -> None:
+    code, output = await failed_start(
+        clean_env(LISTEN_PORT="0", STORE_URL="sqlite:///jobs.db", **env), tmp_path
+    )
+    assert code == 2
+    text = output.decode()
+    assert said in text, text
+    assert "Traceback" not in text
+    assert not (tmp_path / "jobs.db").exists()
+
+
+async def test_a_port_in_use_is_said_before_the_database_exists(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = await failed_start(
+            clean_env(LISTEN_PORT=str(port), STORE_URL="sqlite:///jobs.db"), tmp_path
+        )
+    assert code == 2
+    (line,) = output.decode().splitlines()
+    assert line.endswith(
+        f"cannot start: LISTEN_PORT {port} on 127.0.0.1 is in use by another process"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_malformed_yaml_providers_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "providers.yaml").write_text("providers:\n  x: [unclosed\n")
+    code, output = await failed_start(
+        clean_env(PROVIDERS_FILE="providers.yaml", LISTEN_PORT="0"), tmp_path
+    )
+    assert code == 2
+    (line,) = output.decode().splitlines()
+    assert "cannot start: PROVIDERS_FILE providers.yaml is not valid YAML:" in line
+
+
+async def test_a_providers_file_base_url_must_be_a_url(tmp_path: Path) -> None:
+    (tmp_path / "providers.toml").write_text('[providers.x]\nbase_url = "gpu-box:8000/v1"\n')
+    code, output = await failed_start(
+        clean_env(PROVIDERS_FILE="providers.toml", LISTEN_PORT="0"), tmp_path
+    )
+    assert code == 2
+    assert b"providers.x: Value error, base_url must be an http:// or https:// URL" in output or (
+        b"providers.x: base_url must be an http:// or https:// URL" in output
+    ), output
+
+
+async def test_the_sqlite_store_speaks_in_its_own_name(tmp_path: Path) -> None:
+    env = clean_env(LISTEN_PORT="0", STORE_URL="sqlite:///jobs.db")
+    async with processes() as started:
+        worker = await WorkerProcess.start(env, tmp_path)
+        started.append(worker)
+    assert "llm_worker.store.sqlite: 0 jobs kept" in worker.output
+    assert "llm_worker.store.memory" not in worker.output

@@ -45,7 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (LISTEN_ADDRESS)")
     serve.add_argument("--port", type=int, help="TCP port, 0 for any free one (LISTEN_PORT)")
     serve.add_argument(
-        "--env-file", type=Path, default=Path(".env"), help="settings file (default: ./.env)"
+        "--echo-when-unconfigured",
+        action="store_true",
+        help="offer the echo provider while no real provider is configured, unless "
+        "ECHO_PROVIDER says otherwise (./run.sh passes this, so that a first run answers)",
+    )
+    serve.add_argument(
+        "--env-file",
+        type=Path,
+        help="settings file (default: ./.env if there is one); a file named here must exist",
     )
     new_key = commands.add_parser(
         "new-key", help="make an API key, and the lines that give it to a tenant in API_KEYS_FILE"
@@ -71,31 +79,50 @@ def serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from llm_worker.app import create_app
-    from llm_worker.config import ConfigError, Settings
+    from llm_worker.config import ConfigError, Settings, unknown_variables
     from llm_worker.logs import configure_logging
-    from llm_worker.serving import make_server
+    from llm_worker.serving import check_can_listen, make_server
     from llm_worker.store import StoreError
 
+    env_file: Path | None = args.env_file
+    if env_file is not None and not env_file.is_file():
+        print(f"llm-worker: --env-file {env_file}: no such file", file=sys.stderr)
+        return 2
+    if env_file is None and Path(".env").is_file():
+        env_file = Path(".env")
     # Export the file's values so that everything reading the environment sees
     # them (the key variables named in PROVIDERS_FILE, the openai SDK).
-    load_dotenv(args.env_file, override=False)
+    if env_file is not None:
+        load_dotenv(env_file, override=False)
     try:
-        settings = Settings(_env_file=args.env_file)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             name = "_".join(str(p) for p in error["loc"]).upper()
-            print(f"llm-worker: bad setting {name}: {error['msg']}", file=sys.stderr)
+            said = error["msg"].removeprefix("Value error, ")
+            print(f"llm-worker: bad setting {name}: {said}", file=sys.stderr)
         return 2
     overrides = {}
     if args.host is not None:
         overrides["listen_address"] = args.host
     if args.port is not None:
         overrides["listen_port"] = args.port
+    if args.echo_when_unconfigured and "ECHO_PROVIDER" not in {n.upper() for n in os.environ}:
+        overrides["echo_provider"] = "auto"  # the environment and the file are in os.environ
     settings = settings.model_copy(update=overrides)
     configure_logging(settings)
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     try:
         if args.role == "worker":
             return _serve_worker(settings)
+        # The port first: one that cannot be had stops here, before a database exists.
+        check_can_listen(
+            settings.listen_address,
+            settings.listen_port,
+            host_setting="--host" if args.host is not None else "LISTEN_ADDRESS",
+            port_setting="--port" if args.port is not None else "LISTEN_PORT",
+        )
         app = create_app(settings, args.role)
     except (ConfigError, StoreError) as exc:
         log.error("cannot start: %s", exc)
@@ -108,15 +135,23 @@ def serve(args: argparse.Namespace) -> int:
             "llm-worker %s (%s) listening on ws://%s:%d/ws/ (pid %d)",
             __version__,
             args.role,
-            host,
+            _url_host(host),
             port,
             os.getpid(),
         )
+        log.info("console: http://%s:%d/console", _url_host(host), port)
 
     server = make_server(app, on_ready=ready)
     _freeze_startup_objects()
     server.run()
     return 0
+
+
+def _url_host(host: str) -> str:
+    """How a URL names the address a socket is bound to (the wildcard as loopback)."""
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _freeze_startup_objects() -> None:
@@ -133,7 +168,16 @@ def _freeze_startup_objects() -> None:
 def _serve_worker(settings: Settings) -> int:
     """Runs jobs until SIGINT or SIGTERM, then stops as gracefully as a gateway does."""
     from llm_worker.app import run_worker
-    from llm_worker.serving import event_loop_name
+    from llm_worker.serving import check_can_listen, event_loop_name
+
+    # Its port first, as a gateway's: one that cannot be had stops the start here.
+    if settings.metrics_port is not None:
+        check_can_listen(
+            settings.listen_address,
+            settings.metrics_port,
+            host_setting="LISTEN_ADDRESS",
+            port_setting="METRICS_PORT",
+        )
 
     async def main() -> None:
         stop = asyncio.Event()

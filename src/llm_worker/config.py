@@ -6,8 +6,11 @@ names of the system we replace keep their meaning.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +30,13 @@ def validation_problems(exc: ValidationError) -> str:
         f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
         for err in exc.errors()
     )
+
+
+def check_http_url(value: str) -> None:
+    """Raise :class:`ValueError` unless ``value`` is an ``http(s)://host...`` URL."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, not {value[:200]!r}")
 
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -108,6 +118,12 @@ class Settings(BaseSettings):
     """Where the ``anthropic`` provider sends requests (the Messages API's root, no /v1)."""
     providers_file: Path | None = None
     """TOML or YAML file naming further OpenAI-compatible endpoints."""
+    echo_provider: Literal["off", "on", "auto"] = "off"
+    """The ``echo`` provider, which repeats the question word by word, for trying and
+    testing: ``on``; ``auto``, only while no real provider is configured (what
+    ``./run.sh`` sets); ``off``."""
+    echo_delay_seconds: float = Field(0.02, ge=0, le=1)
+    """Seconds between the words of an echo (a job may set its own ``delay``)."""
     provider_timeout_seconds: float = Field(120.0, gt=0)
     """Longest wait for the next bytes of a model's reply."""
     provider_connect_timeout_seconds: float = Field(10.0, gt=0)
@@ -152,6 +168,18 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     """How long running jobs may go on after a stop is asked for."""
 
+    @field_validator("echo_provider", mode="before")
+    @classmethod
+    def _lower_echo(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("openai_base_url", "anthropic_base_url", "vllm_uri")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_http_url(value)
+        return value
+
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
     def _upper_sync(cls, value: object) -> object:
@@ -190,3 +218,43 @@ class Settings(BaseSettings):
     def ws_max_frame_bytes(self) -> int:
         """The transport's hard limit; frames between the two limits get an ``error``."""
         return self.max_message_bytes * 4
+
+
+# Variables of ours that are not settings of the server: the clients' and the scripts'.
+OTHER_VARIABLES = frozenset({"LLM_WORKER_URL", "LLM_WORKER_API_KEY", "LLM_WORKER_VENV"})
+OUR_PREFIX = "LLM_WORKER_"
+# Names people reach for that mean one of ours.
+LIKELY_MEANT = {
+    "OPENAI_API_BASE": "OPENAI_BASE_URL",
+    "OPENAI_API_BASE_URL": "OPENAI_BASE_URL",
+    "ANTHROPIC_API_URL": "ANTHROPIC_BASE_URL",
+    "VLLM_BASE_URL": "VLLM_URI",
+    "VLLM_URL": "VLLM_URI",
+    "OPENAI_KEY": "OPENAI_API_KEY",
+    "ANTHROPIC_KEY": "ANTHROPIC_API_KEY",
+}
+
+
+def setting_names() -> frozenset[str]:
+    """Every setting's variable, as the environment spells it."""
+    return frozenset(name.upper() for name in Settings.model_fields)
+
+
+def unknown_variables(names: Iterable[str]) -> list[str]:
+    """Warnings about variables among ``names`` that look meant for this service but
+    are none of its settings (and so are ignored): ours by their prefix, or a known
+    setting's name misspelt. Each says which setting was likely meant."""
+    known = setting_names()
+    warnings = []
+    for name in sorted({name.upper() for name in names}):
+        if name in known or name in OTHER_VARIABLES:
+            continue
+        meant = LIKELY_MEANT.get(name)
+        if meant is None and len(name) >= 6:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            meant = close[0] if close else None
+        if meant is not None:
+            warnings.append(f"{name} is not a setting and is ignored: did you mean {meant}?")
+        elif name.startswith(OUR_PREFIX):
+            warnings.append(f"{name} is not a setting and is ignored")
+    return warnings

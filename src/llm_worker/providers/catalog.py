@@ -2,7 +2,8 @@
 
 Built in: ``openai`` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), ``vllm``
 (``VLLM_URI``, ``VLLM_API_KEY``), ``anthropic`` (``ANTHROPIC_API_KEY``,
-``ANTHROPIC_BASE_URL``) and ``local`` (models in this process).
+``ANTHROPIC_BASE_URL``), ``local`` (models in this process) and, where
+``ECHO_PROVIDER`` asks for it, ``echo`` (repeats the question; for trying and testing).
 ``PROVIDERS_FILE`` names more OpenAI-compatible endpoints, Anthropic presets or
 local models, in TOML::
 
@@ -36,12 +37,19 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from llm_worker.config import ANTHROPIC_DEFAULT_BASE_URL, Settings, validation_problems
+from llm_worker.config import (
+    ANTHROPIC_DEFAULT_BASE_URL,
+    Settings,
+    check_http_url,
+    validation_problems,
+)
 from llm_worker.providers.anthropic import SETTINGS as ANTHROPIC_SETTINGS
 from llm_worker.providers.anthropic import AnthropicClients, AnthropicProvider
 from llm_worker.providers.base import Provider
+from llm_worker.providers.echo import EchoProvider
 from llm_worker.providers.local import LocalModels, LocalProvider
 from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider
+from llm_worker.redaction import redact_url
 from llm_worker.registry import Registry, RegistryError
 
 # Servers that check no key still need the SDK to send one.
@@ -64,6 +72,11 @@ class EndpointConfig(BaseModel):
     def _endpoint_needs_a_url(self) -> EndpointConfig:
         if self.type == "openai" and not self.base_url:
             raise ValueError("an openai endpoint needs base_url")
+        if self.base_url is not None:
+            try:
+                check_http_url(self.base_url)
+            except ValueError as exc:
+                raise ValueError(f"base_url {exc}") from None
         if self.type == "local" and (self.base_url or self.api_key_env):
             raise ValueError("a local model takes neither base_url nor api_key_env")
         if self.type == "anthropic" and (
@@ -86,6 +99,8 @@ def load_providers_file(path: Path) -> ProvidersFile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RegistryError(f"PROVIDERS_FILE {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"PROVIDERS_FILE {path} is not UTF-8 text: {exc}") from None
     try:
         if path.suffix.lower() in {".yaml", ".yml"}:
             try:
@@ -94,7 +109,12 @@ def load_providers_file(path: Path) -> ProvidersFile:
                 raise RegistryError(
                     f"PROVIDERS_FILE {path} is YAML: install llm-worker[yaml] to read it"
                 ) from None
-            data = yaml.safe_load(text) or {}
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                # Its message spans lines (where, and a quote of the line): one line here.
+                said = " ".join(str(exc).split())
+                raise RegistryError(f"PROVIDERS_FILE {path} is not valid YAML: {said}") from None
         else:
             data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, ValueError) as exc:
@@ -209,4 +229,53 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
             )
     providers.load_entry_points("llm_worker.providers")
     providers.load_specs(settings.extra_providers)
+    if settings.echo_provider == "on" or (
+        settings.echo_provider == "auto" and not real_providers(providers)
+    ):
+        providers.register("echo", EchoProvider("echo", delay=settings.echo_delay_seconds))
     return providers
+
+
+def real_providers(providers: Registry[Provider]) -> list[str]:
+    """The providers ready to answer with a model: configured ones, not the built-in
+    ``local`` that offers itself wherever torch is installed, nor ``echo``."""
+    return [
+        name
+        for name, provider in providers.items()
+        if provider.configuration_problem() is None
+        and not isinstance(provider, EchoProvider)
+        and not (name == "local" and isinstance(provider, LocalProvider) and not provider.defaults)
+    ]
+
+
+def provider_readiness(providers: Registry[Provider]) -> list[tuple[bool, str]]:
+    """A line per provider for the start-up log: ready (and where it sends requests),
+    or what the deployment must set first; a last line if none but ``echo`` is."""
+    lines = []
+    for name, provider in providers.items():
+        problem = provider.configuration_problem()
+        if problem is not None:
+            said = problem.removeprefix(f"provider {name!r} ")
+            lines.append((False, f"provider {name!r}: not ready: {said}"))
+        elif isinstance(provider, EchoProvider):
+            lines.append(
+                (
+                    True,
+                    f"provider {name!r}: ready; it repeats each question word by word, "
+                    "for trying and testing (ECHO_PROVIDER), never for answers",
+                )
+            )
+        else:
+            base_url = getattr(provider, "base_url", None)
+            where = f" ({redact_url(base_url)})" if isinstance(base_url, str) else ""
+            lines.append((True, f"provider {name!r}: ready{where}"))
+    if not real_providers(providers):
+        lines.append(
+            (
+                False,
+                "no model provider is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL "
+                "for a server of your own), ANTHROPIC_API_KEY, VLLM_URI or PROVIDERS_FILE"
+                + ("" if "echo" in providers else ", or ECHO_PROVIDER=on to try the worker"),
+            )
+        )
+    return lines

@@ -532,7 +532,8 @@ class MemoryStore(JobStore):
                 self._schedule_expiry(record)
                 job.log.freeze()
         self._tickets = itertools.count(max((r.ticket for r in restored), default=0) + 1)
-        log.info(
+        # Said in the name of the store in use (SQLite's, for one), not of this base.
+        logging.getLogger(type(self).__module__).info(
             "%d jobs kept, %d queued (%d of them were running)",
             len(restored),
             len(self._pending),
