@@ -22,7 +22,9 @@ class EventStreamDecoder:
     __slots__ = ("_after_cr", "_data", "_started", "_unended")
 
     def __init__(self) -> None:
-        self._unended = b""  # the start of a line whose end has not arrived yet
+        # The pieces of a line whose end has not arrived yet, joined once it has: a
+        # long line in many small reads costs its length, not its length squared.
+        self._unended: list[bytes] = []
         self._data: bytes | None = None  # the event's data so far; None: no data line yet
         self._after_cr = False  # the last piece ended with CR: an LF opening the next is its
         self._started = False  # past where a BOM may be
@@ -36,36 +38,36 @@ class EventStreamDecoder:
         if not piece:
             return []
         if self._unended:
-            piece = self._unended + piece
+            self._unended.append(piece)
+            if b"\n" not in piece and b"\r" not in piece:
+                return []
+            piece = b"".join(self._unended)
+            self._unended.clear()
         if not self._started:
             if len(piece) < len(_BOM) and _BOM.startswith(piece):
-                self._unended = piece  # maybe a BOM, maybe not: wait for more
+                self._unended.append(piece)  # maybe a BOM, maybe not: wait for more
                 return []
             self._started = True
             if piece.startswith(_BOM):
                 piece = piece[len(_BOM) :]
                 if not piece:
-                    self._unended = b""
                     return []
         # bytes.splitlines() ends lines at CRLF, LF and CR alone (str's also at U+2028,
         # U+2029, U+0085 and more), in one pass whatever the stream uses.
         lines = piece.splitlines()
         last = piece[-1]
-        if last == 10:  # LF
-            self._unended = b""
-        elif last == 13:  # CR: an LF opening the next piece is part of this line end
-            self._unended = b""
+        if last == 13:  # CR: an LF opening the next piece is part of this line end
             self._after_cr = True
-        else:
-            self._unended = lines.pop()
+        elif last != 10:  # LF
+            self._unended.append(lines.pop())
         return self._read(lines)
 
     def end(self) -> list[str]:
         """The data of the event the stream's end cuts short, if it has any: a last line
         without its end is read as a line, and an event without its empty line is
         dispatched (servers that end their stream so are read whole)."""
-        lines = [self._unended, b""] if self._unended else [b""]
-        self._unended = b""
+        lines = [b"".join(self._unended), b""] if self._unended else [b""]
+        self._unended.clear()
         self._after_cr = False
         return self._read(lines)
 
