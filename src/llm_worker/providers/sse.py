@@ -58,7 +58,7 @@ class EventStreamDecoder:
         last = piece[-1]
         if last == 13:  # CR: an LF opening the next piece is part of this line end
             self._after_cr = True
-        elif last != 10:  # LF
+        elif last != 10:  # no LF either: the last line goes on in the next piece
             self._unended.append(lines.pop())
         return self._read(lines)
 
