@@ -88,6 +88,8 @@ def test_frames_decode_to_typed_events() -> None:
     assert decode_event({**job, "type": "running", "message": "Hi", "seq": 3}) == TextDelta("Hi", 3)
     assert decode_event({**job, "type": "pending", "position": 2}) == Pending(2)
     assert decode_event({**job, "type": "reset", "attempt": 2, "seq": 257}) == Reset(2, 257)
+    notice = {**job, "type": "notice", "message": "loading local model 'm'", "seq": 2}
+    assert decode_event(notice) == Notice("loading local model 'm'", 2)
     assert decode_event({**job, "type": "done", "seq": 9}) == Done(9)
     assert decode_event({**job, "type": "failed", "message": "no", "seq": 4}) == Failed("no", 4)
     assert decode_event({**job, "type": "cancelled", "seq": 5}) == Cancelled(5)
@@ -102,7 +104,10 @@ def test_the_filter_drops_what_was_seen_and_lets_the_end_through_once() -> None:
     assert not seen.admit(TextDelta("old", 2))
     assert seen.admit(TextDelta("new", 4))  # a merged frame: seq 3 and 4
     assert not seen.admit(TextDelta("new again", 4))
+    assert not seen.admit(Notice("loading, said before", 3))
+    assert seen.admit(Notice("loading", 5))
     assert seen.admit(Pending(1))  # no seq: no order to keep
+    assert seen.admit(Notice("the job store is unreachable"))
     assert seen.admit(Reset(2, 257))
     # A listen at or past a finished job's end replays the end: shown once.
     assert seen.admit(Done(250))

@@ -4,8 +4,11 @@ model is: streaming, batching, cancel, caching, and end to end over the WebSocke
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from llm_worker.client import Client, TextDelta  # noqa: E402
+from llm_worker.client import Notice as NoticeEvent  # noqa: E402
 from llm_worker.providers import CallEnd, Notice, ProviderError  # noqa: E402
 from llm_worker.providers.local import LocalModels, LocalProvider  # noqa: E402
 from llm_worker.templates import ChatMessage, TemplateError  # noqa: E402
@@ -230,6 +235,59 @@ async def test_a_model_that_does_not_exist_fails_clearly(
         await collect(provider, "hi", model=str(tmp_path / "no-such-model"))
 
 
+async def test_only_a_job_that_waits_for_its_model_to_load_gets_a_notice(
+    provider: LocalProvider, tiny_model: Path
+) -> None:
+    settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 3}
+
+    async def parts() -> list[object]:
+        return [part async for part in provider.stream(user("hi"), settings)]
+
+    loading = f"loading local model {str(tiny_model)!r}: the answer starts once it is loaded"
+    # Jobs arriving together all wait for the one load, and each says so first.
+    together = await asyncio.gather(parts(), parts())
+    for each in together:
+        assert each[0] == Notice(loading)
+        assert [type(part) for part in each[1:-1]] == [str] * (len(each) - 2)
+    assert provider.models.loads == 1
+    assert not any(isinstance(part, Notice) for part in await parts())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that takes connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield int(sock.getsockname()[1])
+
+
+async def test_a_hub_that_does_not_answer_fails_the_load_within_its_timeout(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from llm_worker.providers.local_engine import HUB_TIMEOUT_SECONDS
+
+    with silent_server() as port:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        started = time.monotonic()
+        with pytest.raises(ProviderError, match="cannot be reached") as raised:
+            await collect(provider, "hi", model="nobody/no-such-model")
+        elapsed = time.monotonic() - started
+    assert HUB_TIMEOUT_SECONDS - 0.5 < elapsed < HUB_TIMEOUT_SECONDS + 5
+    assert "cannot load local model 'nobody/no-such-model'" in raised.value.message
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ProviderError, match="HF_HUB_OFFLINE is set"):
+        await collect(provider, "hi", model="nobody/no-such-model")
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -322,3 +380,123 @@ async def test_named_local_models_from_the_providers_file(
     _, messages = await client.run(query="hi", assistant=template)
     assert messages[-1]["type"] == "done"
     assert text_of(messages) == reference(tiny_model, [{"role": "user", "content": "hi"}], 12)
+
+
+def local_template(model: Path, **settings: Any) -> dict[str, Any]:
+    settings = {"model": str(model), "temperature": 0, "max_tokens": 8, **settings}
+    return {
+        "streams": [
+            {
+                "provider": "local",
+                "settings": settings,
+                "messages": [{"role": "user", "content": "{query}"}],
+            }
+        ]
+    }
+
+
+def sse_events(body: str) -> list[dict[str, str]]:
+    events = []
+    for block in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            events.append(fields)
+    return events
+
+
+async def test_a_job_waiting_for_its_model_hears_so_in_the_full_dialect_only(
+    start_worker: StartWorker, connect: ConnectClient, tiny_model: Path
+) -> None:
+    worker = await start_worker()
+    full = await connect(worker.ws_url)
+    seed = await connect(worker.ws_url, seed=True)
+    expected = reference(tiny_model, [{"role": "user", "content": "hi"}], 8)
+    job_id = await full.add("loading", query="hi", assistant=local_template(tiny_model))
+    await seed.send({"type": "listen", "job_id": job_id})
+
+    messages = await full.job_messages(job_id)
+    types = [m["type"] for m in messages]
+    assert types.count("notice") == 1, messages
+    notice = messages[types.index("notice")]
+    assert notice == {
+        "type": "notice",
+        "job_id": job_id,
+        "message": f"loading local model {str(tiny_model)!r}: the answer starts once it is loaded",
+        "seq": 2,  # after the start, before the text
+    }
+    first_text = next(i for i, m in enumerate(messages) if m["type"] == "running" and m["message"])
+    assert types.index("notice") < first_text
+    seqs = [m["seq"] for m in messages if "seq" in m]
+    assert seqs == sorted(set(seqs))
+    assert types[-1] == "done"
+    assert text_of(messages) == expected
+
+    # The seed dialect hears what it always heard: the start, the text, the end.
+    heard = await seed.job_messages(job_id)
+    assert {m["type"] for m in heard} == {"running", "done"}
+    assert text_of(heard) == expected
+
+    # A late listener gets the notice replayed; a resumed one from where it left off.
+    late = await connect(worker.ws_url)
+    await late.send({"type": "listen", "job_id": job_id})
+    replayed = await late.job_messages(job_id)
+    assert [m for m in replayed if m["type"] == "notice"] == [notice]
+    assert text_of(replayed) == expected
+    await late.send({"type": "listen", "job_id": job_id, "after": 1})
+    resumed = await late.job_messages(job_id)
+    assert resumed[0] == notice
+    assert text_of(resumed) == expected
+    await late.send({"type": "listen", "job_id": job_id, "after": 2})
+    resumed = await late.job_messages(job_id)
+    assert "notice" not in [m["type"] for m in resumed]
+    assert resumed[0]["seq"] > 2
+    assert text_of(resumed) == expected
+
+    # The event stream over HTTP carries it too, with its seq as the event's id.
+    async with httpx.AsyncClient(base_url=worker.http_url) as http:
+        body = (await http.get(f"/v1/jobs/{job_id}/events")).text
+    notices = [e for e in sse_events(body) if e["event"] == "notice"]
+    assert [(e["id"], json.loads(e["data"])) for e in notices] == [("2", notice)]
+
+    # Once the model is loaded, nobody waits, and nothing is said.
+    _, again = await full.run(query="hi", assistant=local_template(tiny_model))
+    assert "notice" not in [m["type"] for m in again]
+    assert text_of(again) == expected
+
+
+async def test_the_python_client_yields_the_notice_before_the_text(
+    start_worker: StartWorker, tiny_model: Path
+) -> None:
+    worker = await start_worker()
+    async with Client(worker.ws_url) as client:
+        job = await client.submit("hi", local_template(tiny_model))
+        events = [event async for event in job]
+    notices = [event for event in events if isinstance(event, NoticeEvent)]
+    assert [(n.seq, n.message.startswith("loading local model")) for n in notices] == [(2, True)]
+    first_text = next(i for i, e in enumerate(events) if isinstance(e, TextDelta))
+    assert events.index(notices[0]) < first_text
+
+
+async def test_a_model_that_cannot_be_had_fails_the_job_in_seconds(
+    start_worker: StartWorker, connect: ConnectClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    # A hub that cannot be reached, whatever this machine's network.
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    worker = await start_worker()
+    client = await connect(worker.ws_url)
+    started = time.monotonic()
+    _, messages = await client.run(
+        query="hi", assistant=local_template(Path("nobody/no-such-model"))
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"took {elapsed:.1f}s"
+    assert [m["type"] for m in messages if m["type"] != "pending"] == [
+        "running",
+        "notice",
+        "failed",
+    ]
+    failed = messages[-1]["message"]
+    assert "cannot load local model 'nobody/no-such-model'" in failed, failed
+    assert "cannot be reached" in failed, failed
