@@ -174,6 +174,7 @@ async def test_cancel_ends_the_stream_and_cancelling_a_finished_job_is_a_conflic
     assert conflict.status_code == 409
     assert conflict.json() == {
         "type": "error",
+        "code": "job_ended",
         "message": f"job {finished} already ended (done); nothing to cancel",
     }
 
@@ -186,7 +187,7 @@ async def test_errors_are_json_with_the_websockets_messages(
     await client.send({"type": "add", "id": 1, **bad_template})
     over_ws = await client.recv()
     assert refused.status_code == 400
-    assert refused.json() == {"type": "error", "message": over_ws["message"]}
+    assert refused.json() == {"type": "error", "code": "invalid_job", "message": over_ws["message"]}
     unknown_provider = await http.post("/v1/jobs", json=job(assistant=assistant(provider="nope")))
     assert unknown_provider.status_code == 400
     assert "nope" in unknown_provider.json()["message"]
@@ -195,17 +196,23 @@ async def test_errors_are_json_with_the_websockets_messages(
     )
     assert not_json.status_code == 400
     assert not_json.json()["message"].startswith("not valid JSON")
-    assert (await http.post("/v1/jobs", json=[1])).status_code == 400
+    assert not_json.json()["code"] == "invalid_json"
+    assert (await http.post("/v1/jobs", json=[1])).json()["code"] == "invalid_json"
     missing = await http.post("/v1/jobs", json={"query": "q"})
     assert missing.json()["message"] == "invalid 'add' request: missing field 'assistant'"
     for path in ("/v1/jobs/nope", "/v1/jobs/nope/events"):
         unknown = await http.get(path)
         assert unknown.status_code == 404
-        assert unknown.json() == {"type": "error", "message": "unknown job_id 'nope'"}
+        assert unknown.json() == {
+            "type": "error",
+            "code": "job_not_found",
+            "message": "unknown job_id 'nope'",
+        }
     assert (await http.post("/v1/jobs/nope/cancel")).status_code == 404
     bad_resume = await http.get("/v1/jobs/nope/events", params={"after": "-1"})
     assert bad_resume.status_code == 400
     assert "after must be a seq" in bad_resume.json()["message"]
+    assert bad_resume.json()["code"] == "bad_request"
 
 
 async def test_a_body_too_large_is_refused_413_without_being_read(
@@ -449,7 +456,11 @@ async def test_only_an_admin_key_lists_every_tenant_s_jobs(
         for credential in (alice, bob, {"authorization": f"Bearer {alice_job['listen_token']}"}):
             refused = await http.get("/v1/jobs", headers=credential)
             assert refused.status_code == 403
-            assert refused.json() == {"type": "error", "message": "only an admin key may list jobs"}
+            assert refused.json() == {
+                "type": "error",
+                "code": "admin_only",
+                "message": "only an admin key may list jobs",
+            }
         listed = await http.get("/v1/jobs", headers={"authorization": f"Bearer {admin}"})
         assert listed.status_code == 200
         jobs = listed.json()["jobs"]
@@ -484,9 +495,9 @@ async def test_a_resume_point_that_is_no_seq_is_a_400_not_an_internal_error(
     http: httpx.AsyncClient,
 ) -> None:
     job_id = (await http.post("/v1/jobs", json=job())).json()["job_id"]
-    for after in ["²", "9" * 5000, "-1"]:
+    for after in ["²", "9" * 5000, "9" * 19, "-1", ""]:
         refused = await http.get(f"/v1/jobs/{job_id}/events", params={"after": after})
         assert refused.status_code == 400, after
-        assert refused.json()["message"].startswith("after must be a seq, a whole number >= 0")
+        assert refused.json()["message"].startswith("after must be a seq, a whole number from 0")
     refused = await http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "1e3"})
     assert refused.status_code == 400

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from llm_worker import errors
 from llm_worker.access import load_access
 from llm_worker.config import ConfigError, Role, Settings
 from llm_worker.gateway import Gateway, GatewayLimits
@@ -197,13 +199,14 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             Route("/healthz", gateway.healthz),
             Route("/metrics", gateway.metrics_endpoint),
             *JobsAPI(gateway).routes(),
-            Route("/openapi.json", openapi_json),
+            Route("/openapi.json", openapi_route(service)),
             Route("/client.js", client_js),
             Route("/", to_console),
             Route("/console", console_page),
             Route("/console.js", console_js),
         ],
         middleware=origin_middleware(service.access),
+        exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
     app.state.service = service
@@ -214,8 +217,38 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
     return app
 
 
-async def openapi_json(request: Request) -> JSONResponse:
-    return JSONResponse(openapi_document())
+# The router's own refusals, in the API's error shape.
+_ROUTER_CODES = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """The router's 404 (no such route) and 405 (``Allow`` lists the methods the path
+    serves), in the API's error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        message = f"{request.method} is not served at {request.url.path} (Allow: "
+        message += f"{(exc.headers or {}).get('Allow', '')})"
+    elif exc.status_code == 404:
+        message = f"nothing is served at {request.url.path}"
+    else:
+        message = exc.detail
+    return Response(
+        errors.error_body(_ROUTER_CODES.get(exc.status_code, errors.BAD_REQUEST), message),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
+def openapi_route(service: Service) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """``/openapi.json``: the document of this deployment (its providers, inserts,
+    pipelines, limits and keys), built once."""
+    document = openapi_document(service.runner, keys=service.access.enabled)
+
+    async def openapi_json(request: Request) -> JSONResponse:
+        return JSONResponse(document)
+
+    return openapi_json
 
 
 async def client_js(request: Request) -> FileResponse:
@@ -288,10 +321,13 @@ async def serve_metrics(service: Service, settings: Settings) -> asyncio.Server:
                     queued, worker.running, 0, 0, **local_model_readings(service.runner)
                 )
                 status, body = b"200 OK", service.metrics.render(readings)
+                content_type = CONTENT_TYPE.encode()
             else:
-                status, body = b"404 Not Found", b"only /metrics here\n"
+                status = b"404 Not Found"
+                body = errors.error_body(errors.NOT_FOUND, "only /metrics is served here")
+                content_type = b"application/json"
             writer.write(
-                b"HTTP/1.1 " + status + b"\r\ncontent-type: " + CONTENT_TYPE.encode()
+                b"HTTP/1.1 " + status + b"\r\ncontent-type: " + content_type
                 + b"\r\ncontent-length: " + str(len(body)).encode()
                 + b"\r\nconnection: close\r\n\r\n" + body
             )  # fmt: skip

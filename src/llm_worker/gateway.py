@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket
 
-from llm_worker import protocol
+from llm_worker import errors, protocol
 from llm_worker.access import Access, Principal
 from llm_worker.connection import Connection
 from llm_worker.dialects import negotiate
@@ -31,7 +31,7 @@ from llm_worker.jobs import JobRecord, JobSpec, JobState, output_of
 from llm_worker.logs import about
 from llm_worker.metrics import CONTENT_TYPE, Metrics, Readings, local_model_readings
 from llm_worker.protocol import ProtocolError
-from llm_worker.refusals import Refused
+from llm_worker.refusals import Refused, error_response
 from llm_worker.runner import RequestRefused, Runner
 from llm_worker.store import JobStore, StoreError, StoreStats, UnknownJob
 from llm_worker.templates import TemplateError
@@ -129,7 +129,7 @@ class Gateway:
         """Who an HTTP request speaks for; :class:`Refused` (401) without a valid key."""
         principal = self.access.authenticate(credential(connection))
         if principal is None:
-            raise Refused(NEEDS_KEY, 401, challenge=True)
+            raise Refused(NEEDS_KEY, errors.UNAUTHORIZED, challenge=True)
         return principal
 
     async def add_job(self, principal: Principal, spec: JobSpec) -> tuple[JobRecord, str | None]:
@@ -138,15 +138,15 @@ class Gateway:
         :class:`Refused` for a request the gateway will not queue, the store's
         :class:`StoreError` for one it cannot."""
         if principal.listen_only:
-            raise Refused(LISTEN_ONLY, 403)
+            raise Refused(LISTEN_ONLY, errors.LISTEN_ONLY)
         if self.draining:
-            raise Refused(SHUTTING_DOWN, 503)
+            raise Refused(SHUTTING_DOWN, errors.SHUTTING_DOWN)
         try:
             self.runner.check(spec)
         except RequestRefused as exc:
-            raise Refused(str(exc)) from None
+            raise Refused(str(exc), errors.INVALID_JOB) from None
         except TemplateError as exc:
-            raise Refused(f"invalid assistant template: {exc}") from None
+            raise Refused(f"invalid assistant template: {exc}", errors.INVALID_JOB) from None
         record = await self.store.submit(spec, principal.tenant)
         self.metrics.job_added(record.tenant)
         log.debug("job %s added", record.id, extra=about(record.id, record.tenant))
@@ -165,7 +165,7 @@ class Gateway:
         """Cancel the job; its record as it now stands (unchanged if it had ended)."""
         before = await self.visible(principal, job_id)
         if principal.listen_only:
-            raise Refused(LISTEN_ONLY, 403)
+            raise Refused(LISTEN_ONLY, errors.LISTEN_ONLY)
         record = await self.store.cancel(job_id)
         if record.state is JobState.CANCELLED and before.state is JobState.PENDING:
             # A waiting job never reaches a worker: its end is counted here (a running
@@ -187,14 +187,14 @@ class Gateway:
         """The newest jobs of every tenant, for an admin (:class:`Refused`, 403, for
         anyone else)."""
         if not principal.admin:
-            raise Refused(ADMIN_ONLY, 403)
+            raise Refused(ADMIN_ONLY, errors.ADMIN_ONLY)
         return await self.store.recent(state, limit, None)
 
     def catalog(self, principal: Principal) -> dict[str, list[str]]:
         """What a template may name here: the providers configured, the inserts and
         the pipelines."""
         if principal.listen_only:
-            raise Refused(LISTEN_ONLY, 403)
+            raise Refused(LISTEN_ONLY, errors.LISTEN_ONLY)
         return {
             "providers": self.runner.providers.usable(),
             "inserts": list(self.runner.inserts),
@@ -207,7 +207,9 @@ class Gateway:
                 websocket.scope.get("subprotocols", ()), websocket.query_params.get("protocol")
             )
         except ProtocolError as exc:
-            await websocket.send_denial_response(PlainTextResponse(exc.message, status_code=400))
+            await websocket.send_denial_response(
+                error_response(errors.UNKNOWN_PROTOCOL, exc.message)
+            )
             return
         principal = self.access.authenticate(credential(websocket))
         if principal is None:
@@ -215,7 +217,7 @@ class Gateway:
             return
         if self.draining:
             await websocket.send_denial_response(
-                PlainTextResponse("the worker is shutting down", status_code=503)
+                error_response(errors.SHUTTING_DOWN, "the worker is shutting down")
             )
             return
         await websocket.accept(subprotocol)
@@ -246,16 +248,18 @@ class Gateway:
         body = self.metrics.render(await self.readings())
         return Response(body, media_type=CONTENT_TYPE)
 
-    async def healthz(self, request: HTTPRequest) -> JSONResponse:
+    async def healthz(self, request: HTTPRequest) -> Response:
+        # Failing, it answers in the API's error shape, with the figure a probe reads:
+        # ``status`` (a load balancer should send clients elsewhere).
         if self.draining:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
+            return _unhealthy(errors.SHUTTING_DOWN, "shutting down", "the worker is shutting down")
         try:
             stats = await self.store.stats()
         except Exception as exc:
             # Up, but not serving: a load balancer should send clients elsewhere.
             if not isinstance(exc, StoreError):
                 log.warning("the job store could not answer /healthz: %r", exc)
-            return JSONResponse({"status": "store unavailable", "error": str(exc)}, status_code=503)
+            return _unhealthy(errors.STORE_UNAVAILABLE, "store unavailable", str(exc))
         return JSONResponse(
             {
                 "status": "ok",
@@ -278,5 +282,11 @@ def credential(connection: HTTPConnection) -> str | None:
 NEEDS_KEY = "an API key is needed: send it as Authorization: Bearer KEY, or as ?access_token=KEY"
 
 
-def unauthorized() -> PlainTextResponse:
-    return PlainTextResponse(NEEDS_KEY, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+def unauthorized() -> Response:
+    return error_response(errors.UNAUTHORIZED, NEEDS_KEY, {"www-authenticate": "Bearer"})
+
+
+def _unhealthy(code: str, status: str, message: str) -> JSONResponse:
+    """A failing ``/healthz``: the error shape, with the ``status`` a probe reads."""
+    body = {"type": "error", "code": code, "message": message, "status": status}
+    return JSONResponse(body, status_code=errors.CODES[code])

@@ -16,12 +16,13 @@ job has ended, it answers 204, which tells ``EventSource`` to stop reconnecting.
 A stream whose reader leaves it unread for ``SLOW_LISTENER_SECONDS`` is cut, to
 be resumed like any other.
 
-Errors are JSON, ``{"type": "error", "message": ...}``, with the WebSocket's
-messages and the status codes of HTTP: 400 a bad request, 401 no valid key, 403
-a listen token asking more than to listen (or a key not an admin's listing jobs),
-404 an unknown job, 409 a cancel of a job that ended, 413 a request above
-``MAX_MESSAGE_BYTES``, 429 a tenant over its limits, 503 the queue full, the store
-away or the worker stopping.
+Errors are JSON, ``{"type": "error", "code": ..., "message": ...}``, with the
+WebSocket's messages, a stable ``code`` (:mod:`llm_worker.errors`) and the status
+codes of HTTP: 400 a bad request, 401 no valid key, 403 a listen token asking
+more than to listen (or a key not an admin's listing jobs), 404 an unknown job,
+409 a cancel of a job that ended, 413 a request above ``MAX_MESSAGE_BYTES``, 429
+a tenant over its limits, 503 the queue full, the store away or the worker
+stopping.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from llm_worker import protocol
+from llm_worker import errors, protocol
 from llm_worker.access import Principal
 from llm_worker.dialects import Dialect, Relay
 from llm_worker.jobs import JobRecord, JobState, has_text
 from llm_worker.logs import set_job
 from llm_worker.protocol import AddRequest, ProtocolError
-from llm_worker.refusals import Refused, http_status
+from llm_worker.refusals import Refused, error_response, refusal_response
 from llm_worker.serving import TRANSPORT_EXTENSION
 from llm_worker.store import StoreError
 
@@ -68,20 +69,6 @@ LISTING_LIMIT = 50
 LISTING_MAX = 500
 
 
-def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        protocol.error(message), status_code=status, media_type="application/json", headers=headers
-    )
-
-
-def refusal_response(exc: Refused | StoreError) -> Response:
-    """The response to a request refused by the gateway or the store."""
-    if isinstance(exc, Refused):
-        return error_response(exc.message, exc.status, exc.headers())
-    status, headers = http_status(exc)
-    return error_response(str(exc), status, headers)
-
-
 class JobsAPI:
     """The ``/v1/jobs`` routes, served by the gateway's operations."""
 
@@ -90,8 +77,8 @@ class JobsAPI:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/jobs", _answered(self.create), methods=["POST"]),
-            Route("/v1/jobs", _answered(self.listing), methods=["GET"]),
+            # One route per path, so that a 405 lists every method the path serves.
+            Route("/v1/jobs", _answered(self.jobs), methods=["GET", "POST"]),
             Route("/v1/catalog", _answered(self.catalog), methods=["GET"]),
             Route("/v1/jobs/{job_id}", _answered(self.get), methods=["GET"]),
             Route("/v1/jobs/{job_id}/events", _answered(self.events), methods=["GET"]),
@@ -99,6 +86,11 @@ class JobsAPI:
         ]
 
     # -- requests -------------------------------------------------------------
+
+    async def jobs(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.create(request)
+        return await self.listing(request)
 
     async def create(self, request: Request) -> Response:
         try:
@@ -130,7 +122,8 @@ class JobsAPI:
             return refusal_response(exc)
         if record.state is not JobState.CANCELLED:
             return error_response(
-                f"job {record.id} already ended ({record.state.value}); nothing to cancel", 409
+                errors.JOB_ENDED,
+                f"job {record.id} already ended ({record.state.value}); nothing to cancel",
             )
         return Response(protocol.cancelled(record.id), media_type="application/json")
 
@@ -170,13 +163,13 @@ class JobsAPI:
         limit = self.gateway.limits.max_message_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise Refused(_too_large(int(declared), limit), 413)
+            raise Refused(_too_large(int(declared), limit), errors.PAYLOAD_TOO_LARGE)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise Refused(_too_large(size, limit), 413)
+                raise Refused(_too_large(size, limit), errors.PAYLOAD_TOO_LARGE)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -185,15 +178,37 @@ class JobsAPI:
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise Refused(f"not valid JSON: {exc}", 400) from None
+            raise Refused(f"not valid JSON: {exc}", errors.INVALID_JSON) from None
         if not isinstance(obj, dict):
-            raise Refused("a job must be a JSON object with the fields of 'add'", 400)
+            raise Refused(
+                "a job must be a JSON object with the fields of 'add'", errors.INVALID_JSON
+            )
+        _whole_numbers(obj)
         try:
             request = protocol.request_from({**obj, "type": "add"})
         except ProtocolError as exc:
-            raise Refused(exc.message, 400) from None
+            raise Refused(exc.message, errors.INVALID_JOB) from None
         assert isinstance(request, AddRequest)
         return request
+
+
+# Whole numbers written as floats (5.0) are integers to JSON Schema, and so to the
+# API: the checks of integer settings and options take them (those that fit 64 bits).
+_EXACT_FLOATS = 2.0**63
+
+
+def _whole_numbers(obj: dict[str, Any]) -> None:
+    """Turn the whole numbers written as floats in ``obj`` (nested) into ints, in place."""
+    stack: list[dict[str, Any] | list[Any]] = [obj]
+    while stack:
+        container = stack.pop()
+        keys = container.keys() if isinstance(container, dict) else range(len(container))
+        for key in keys:
+            value = container[key]  # type: ignore[index]
+            if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOATS:
+                container[key] = int(value)  # type: ignore[index]
+            elif isinstance(value, dict | list):
+                stack.append(value)
 
 
 def _answered(
@@ -209,7 +224,8 @@ def _answered(
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
             return error_response(
-                f"internal error while handling {request.method} {request.url.path}", 500
+                errors.INTERNAL_ERROR,
+                f"internal error while handling {request.method} {request.url.path}",
             )
 
     return answer
@@ -221,17 +237,18 @@ def _too_large(size: int, limit: int) -> str:
 
 def _listing_query(request: Request) -> tuple[JobState | None, int]:
     """A listing's ``state`` (any when absent) and ``limit``; :class:`Refused` (400) for
-    a state that is none, or a limit that is not a whole number from 1 to the most."""
-    state_text = request.query_params.get("state", "")
-    limit_text = request.query_params.get("limit", "")
+    a state that is none, or a limit that is not a whole number from 1 to the most (an
+    empty value is neither: absent is how to say "any")."""
+    state_text = request.query_params.get("state")
+    limit_text = request.query_params.get("limit")
     state = None
-    if state_text:
+    if state_text is not None:
         try:
             state = JobState(state_text)
         except ValueError:
             states = ", ".join(JobState)
             raise Refused(f"state must be one of {states}, not {state_text[:40]!r}") from None
-    if not limit_text:
+    if limit_text is None:
         return state, LISTING_LIMIT
     if not (
         limit_text.isascii()
@@ -260,19 +277,31 @@ def _summary(record: JobRecord) -> dict[str, Any]:
 
 def _resume_point(request: Request) -> int:
     """The seq to resume after: ``Last-Event-ID`` first (a reconnecting ``EventSource``
-    sends it, with the URL it started with), else ``?after=``, else 0."""
-    for name, value in (
-        ("Last-Event-ID", request.headers.get("last-event-id")),
-        ("after", request.query_params.get("after")),
-    ):
-        if value is None or value == "":
-            continue
-        # ASCII digits only ("²" is a digit to str.isdigit, not to int), and few enough
-        # for int() and for a seq (Redis keeps seqs in 64 bits).
-        if not (value.isascii() and value.isdigit() and len(value) <= 18):
-            raise Refused(f"{name} must be a seq, a whole number >= 0, not {value[:40]!r}", 400)
-        return int(value)
-    return 0
+    sends it, with the URL it started with), else ``?after=``, else 0. Each, when
+    present, must be a seq (:class:`Refused`, 400, otherwise; an empty one too)."""
+    seqs = [
+        _seq(name, value)
+        for name, value in (
+            ("Last-Event-ID", request.headers.get("last-event-id")),
+            ("after", request.query_params.get("after")),
+        )
+        if value is not None
+    ]
+    return seqs[0] if seqs else 0
+
+
+# Digits a seq may have: few enough for a seq (Redis keeps seqs in 64 bits).
+SEQ_DIGITS = 18
+
+
+def _seq(name: str, value: str) -> int:
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int).
+    if not (value.isascii() and value.isdigit() and len(value) <= SEQ_DIGITS):
+        raise Refused(
+            f"{name} must be a seq, a whole number from 0 to {10**SEQ_DIGITS - 1}, "
+            f"not {value[:40]!r}"
+        )
+    return int(value)
 
 
 class EventStream(Response):

@@ -22,12 +22,14 @@ import resource
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from llm_worker import errors
 from llm_worker.config import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -117,7 +119,13 @@ def http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if len(self.server_state.connections) >= limits.max_connections:
-                transport.write(_plain(503, "too many connections (MAX_CONNECTIONS); try again"))
+                transport.write(
+                    _refusal(
+                        errors.TOO_MANY_CONNECTIONS,
+                        "too many connections (MAX_CONNECTIONS); try again shortly",
+                        retry_after=1,
+                    )
+                )
                 transport.close()
                 return
             super().connection_made(transport)
@@ -155,18 +163,22 @@ def http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def _too_slow(self) -> None:
             self._deadline = None
             if not self.transport.is_closing():
-                self.transport.write(_plain(408, "the request took too long to arrive"))
+                self.transport.write(
+                    _refusal(errors.REQUEST_TIMEOUT, "the request took too long to arrive")
+                )
                 self.transport.close()
 
     return HttpProtocol
 
 
-def _plain(status: int, text: str) -> bytes:
-    reason = {408: "Request Timeout", 503: "Service Unavailable"}[status]
-    body = text.encode()
+def _refusal(code: str, message: str, retry_after: int | None = None) -> bytes:
+    """A whole HTTP response refusing a connection below the app, in the API's error shape."""
+    status = errors.CODES[code]
+    body = errors.error_body(code, message)
+    retry = f"retry-after: {retry_after}\r\n" if retry_after is not None else ""
     return (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"{retry}content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
 
 
