@@ -10,7 +10,8 @@ Built in:
     system message) is followed by the latest ``keep_last`` messages (3). With
     no more than ``keep_last`` messages there is nothing to summarise and no
     call is made. Options: ``provider`` and ``settings`` (default: those of the
-    stream the insert is in), ``keep_last``, ``instructions``.
+    stream the insert is in; ``settings`` are needed with another provider than
+    the stream's), ``keep_last``, ``instructions``.
 
 A deployment adds its own by subclassing :class:`Insert` and registering it
 (entry point group ``llm_worker.inserts`` or ``EXTRA_INSERTS``).
@@ -24,6 +25,7 @@ from typing import Any
 
 from llm_worker.context import CheckContext, StreamContext
 from llm_worker.jobs import JobSpec
+from llm_worker.providers.checks import INT64_MAX
 from llm_worker.registry import Registry
 from llm_worker.templates import ChatMessage, ModelStream, TemplateError
 
@@ -35,6 +37,15 @@ class Insert(abc.ABC):
         """Raise :class:`TemplateError` for a use that cannot work; no I/O."""
         if options:
             raise TemplateError(f"takes no options, got {', '.join(sorted(options))}")
+
+    def options_schema(
+        self, provider: str, settings: Mapping[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The JSON Schema of the options :meth:`check` accepts in a stream of
+        ``provider``, given each usable provider's settings schema, for the HTTP API's
+        document: none if :meth:`check` is this one, any otherwise."""
+        closed = type(self).check is Insert.check
+        return {"type": "object", "properties": {}, "additionalProperties": not closed}
 
     @abc.abstractmethod
     async def expand(
@@ -50,7 +61,7 @@ class Insert(abc.ABC):
 
 def _non_negative_int(options: Mapping[str, Any], key: str, default: int) -> int:
     value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
         raise TemplateError(f"option {key!r} must be a whole number >= 0, not {value!r}")
     return value
 
@@ -62,6 +73,15 @@ class HistoryInsert(Insert):
             raise TemplateError(f"unknown option {sorted(unknown)[0]!r} (known: 'last')")
         if "last" in options:
             _non_negative_int(options, "last", 0)
+
+    def options_schema(
+        self, provider: str, settings: Mapping[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {"last": _NON_NEGATIVE},
+            "additionalProperties": False,
+        }
 
     async def expand(
         self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext
@@ -79,6 +99,10 @@ def _kept(options: Mapping[str, Any], history: list[ChatMessage]) -> list[ChatMe
     return list(history)
 
 
+# Text with a character that is not whitespace (to str.strip): no "$", no \s (whose
+# meaning differs between regex engines).
+NOT_BLANK = "[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_NON_NEGATIVE = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
 DEFAULT_SUMMARY_INSTRUCTIONS = (
     "Summarise the conversation you are given in a few sentences. Keep every fact, "
     "name, number and decision that a reader would need to continue it. "
@@ -101,10 +125,39 @@ class HistorySummaryInsert(Insert):
         if not isinstance(settings, dict):
             raise TemplateError(f"option 'settings' must be an object, not {settings!r}")
         context.providers.get(provider_name).check_settings(settings)
+        if provider_name != stream.provider and "settings" not in options:
+            raise TemplateError(
+                f"option 'settings' is needed with provider {provider_name!r}: the stream's "
+                f"are for {stream.provider!r}"
+            )
         _non_negative_int(options, "keep_last", 3)
         instructions = options.get("instructions", DEFAULT_SUMMARY_INSTRUCTIONS)
         if not isinstance(instructions, str) or not instructions.strip():
             raise TemplateError("option 'instructions' must be a non-empty string")
+
+    def options_schema(
+        self, provider: str, settings: Mapping[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        common = {
+            "keep_last": _NON_NEGATIVE,
+            "instructions": {"type": "string", "pattern": NOT_BLANK},
+        }
+        # The stream's provider (named or not), or another one with its settings.
+        return {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "required": [] if name == provider else ["provider", "settings"],
+                    "properties": {
+                        "provider": {"const": name},
+                        "settings": schema,
+                        **common,
+                    },
+                    "additionalProperties": False,
+                }
+                for name, schema in settings.items()
+            ]
+        }
 
     async def expand(
         self, options: Mapping[str, Any], stream: ModelStream, context: StreamContext

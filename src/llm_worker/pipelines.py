@@ -34,6 +34,12 @@ class Pipeline(abc.ABC):
         if options:
             raise TemplateError(f"takes no options, got {', '.join(sorted(options))}")
 
+    def options_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the options :meth:`check` accepts, for the HTTP API's
+        document: none if :meth:`check` is this one, any otherwise."""
+        closed = type(self).check is Pipeline.check
+        return {"type": "object", "properties": {}, "additionalProperties": not closed}
+
     def sets(self, options: Mapping[str, Any]) -> Collection[str]:
         """The names of the values :meth:`run` sets with ``context.set(name, text)``.
 

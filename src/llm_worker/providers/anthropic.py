@@ -32,7 +32,16 @@ import httpx2
 import orjson
 
 from llm_worker.providers.base import CallEnd, Provider, ProviderError
-from llm_worker.providers.checks import check_integer, check_number, check_stop
+from llm_worker.providers.checks import (
+    MODEL_SCHEMA,
+    STOP_SCHEMA,
+    check_integer,
+    check_number,
+    check_stop,
+    integer_schema,
+    number_schema,
+    settings_schema,
+)
 from llm_worker.providers.http_replies import retry_after, root_cause, sse_data
 from llm_worker.redaction import redact_url, scrub, url_secrets
 from llm_worker.templates import ChatMessage, TemplateError
@@ -220,6 +229,21 @@ class AnthropicProvider(Provider):
                 'settings.metadata must be an object (such as {"user_id": "..."}), '
                 f"not {metadata!r}"
             )
+
+    def settings_schema(self) -> dict[str, Any]:
+        return settings_schema(
+            {
+                "model": MODEL_SCHEMA,
+                "max_tokens": integer_schema(1),
+                "temperature": number_schema(0, 1),
+                "top_p": number_schema(0, 1),
+                "top_k": integer_schema(0),
+                "stop": STOP_SCHEMA,
+                "metadata": {"type": ["object", "null"]},
+            },
+            self.defaults,
+            closed=True,
+        )
 
     def request_body(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]

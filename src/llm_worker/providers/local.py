@@ -208,7 +208,7 @@ class LocalProvider(Provider):
         ):
             raise TemplateError(f"settings.device must be cpu, cuda, cuda:N or mps, not {device!r}")
         dtype = merged.get("dtype", "auto")
-        if dtype not in DTYPE_NAMES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
             raise TemplateError(
                 f"settings.dtype must be one of {', '.join(sorted(DTYPE_NAMES))}, not {dtype!r}"
             )

@@ -17,7 +17,16 @@ import openai
 import orjson
 
 from llm_worker.providers.base import CallEnd, Provider, ProviderError
-from llm_worker.providers.checks import check_integer, check_number, check_stop
+from llm_worker.providers.checks import (
+    MODEL_SCHEMA,
+    STOP_SCHEMA,
+    check_integer,
+    check_number,
+    check_stop,
+    integer_schema,
+    number_schema,
+    settings_schema,
+)
 from llm_worker.providers.http_replies import retry_after, root_cause, sse_data
 from llm_worker.redaction import redact_url, scrub, url_secrets
 from llm_worker.templates import ChatMessage, TemplateError
@@ -133,7 +142,8 @@ class OpenAICompatibleProvider(Provider):
                 f"settings.model must name a model of provider {self.name!r}"
                 + ("" if model is None else f", not {model!r}")
             )
-        if merged.get("n", 1) != 1:
+        n = merged.get("n", 1)
+        if isinstance(n, bool) or n != 1:
             raise TemplateError("settings.n must be 1: a job streams one reply")
         for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
             check_number(merged, key)
@@ -141,6 +151,23 @@ class OpenAICompatibleProvider(Provider):
         check_integer(merged, "max_completion_tokens", low=1)
         check_integer(merged, "seed")
         check_stop(merged)
+
+    def settings_schema(self) -> dict[str, Any]:
+        numbers = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+        return settings_schema(
+            {
+                "model": MODEL_SCHEMA,
+                "n": {"const": 1},
+                **dict.fromkeys(numbers, number_schema()),
+                "max_tokens": integer_schema(1),
+                "max_completion_tokens": integer_schema(1),
+                "seed": integer_schema(),
+                "stop": STOP_SCHEMA,
+                **dict.fromkeys(_RESERVED_SETTINGS, False),
+            },
+            self.defaults,
+            closed=False,
+        )
 
     def _client(self) -> openai.AsyncOpenAI:
         # Checked at add too; a job queued before a restart with other settings lands here.
