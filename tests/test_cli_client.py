@@ -21,7 +21,7 @@ from llm_worker.cli_client import UsageError, submit_request
 from llm_worker.client import Client, TextDelta
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import clean_env
-from tests.conftest import RunningWorker
+from tests.conftest import RunningWorker, StartWorker
 from tests.histories import Echo
 from tests.wsclient import assistant
 
@@ -306,3 +306,28 @@ def test_the_service_commands_still_parse() -> None:
     assert args.command == "new-key"
     args = _parser().parse_args(["serve", "--port", "0"])
     assert (args.command, args.port) == ("serve", 0)
+
+
+async def test_a_notice_goes_to_stderr_or_is_a_json_line(
+    start_worker: StartWorker, request: pytest.FixtureRequest
+) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    worker = await start_worker()
+    models = [request.getfixturevalue(name) for name in ("tiny_model", "plain_model")]
+    # Each model is loaded for the first time: each job waits for it, and says so.
+    plain = await cli(worker, "submit", "hi", "--provider", "local", "--model", str(models[0]))
+    assert plain.code == 0, plain
+    loading = f"loading local model {str(models[0])!r}: the answer starts once it is loaded"
+    assert plain.stderr.splitlines()[1] == f"notice: {loading}"
+    assert "loading" not in plain.stdout
+    as_json = await cli(
+        worker, "submit", "hi", "--provider", "local", "--model", str(models[1]), "--json"
+    )
+    assert as_json.code == 0, as_json
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert lines[1] == {"type": "started", "seq": 1}
+    assert lines[2]["type"] == "notice"
+    assert lines[2]["seq"] == 2
+    assert lines[2]["message"].startswith(f"loading local model {str(models[1])!r}")
+    assert lines[-1]["type"] == "done"

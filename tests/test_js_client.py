@@ -1,11 +1,13 @@
 """The JavaScript client's tests (tests/js/, Node's test runner) against a real worker.
 
 They start the worker themselves (tests/js/serve_for_js.py, with this interpreter);
-this test runs them and shows their output when they fail.
+this test runs them and shows their output when they fail. With torch installed, it
+hands them the tiny local model (``TINY_MODEL``) for the test of a model loading.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,14 +19,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_js_client() -> None:
+def test_js_client(request: pytest.FixtureRequest) -> None:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not on PATH: the JavaScript client's tests (tests/js/) need it")
+    env = {**os.environ, "PYTHON": sys.executable}
+    if all(importlib.util.find_spec(name) for name in ("torch", "transformers")):
+        env["TINY_MODEL"] = str(request.getfixturevalue("tiny_model"))
     result = subprocess.run(
         [node, "--test", "tests/js/"],
         cwd=ROOT,
-        env={**os.environ, "PYTHON": sys.executable},
+        env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

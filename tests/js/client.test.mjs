@@ -139,17 +139,19 @@ describe("the client, on scripted answers", () => {
     'id: 2\nevent: running\ndata: {"type":"running","job_id":"job-1",\ndata: "message":"Héllo ✓ 🎉","seq":2}\n\n',
     ": keep-alive\r\r",
     frame({ type: "error", message: "the job store is unreachable" }, "\r"),
-    frame({ type: "running", job_id: J, message: " wörld", seq: 3 }),
-    frame({ type: "a-type-from-the-future", job_id: J, seq: 4 }),
-    frame({ type: "done", job_id: J, seq: 5 }, "\r\n"),
+    frame({ type: "notice", job_id: J, message: "loading local model 'm'", seq: 3 }),
+    frame({ type: "running", job_id: J, message: " wörld", seq: 4 }),
+    frame({ type: "a-type-from-the-future", job_id: J, seq: 5 }),
+    frame({ type: "done", job_id: J, seq: 6 }, "\r\n"),
   ].join("");
   const expected = [
     { type: "pending", position: 2 },
     { type: "started", seq: 1 },
     { type: "text", text: "Héllo ✓ 🎉", seq: 2 },
     { type: "notice", message: "the job store is unreachable" },
-    { type: "text", text: " wörld", seq: 3 },
-    { type: "done", seq: 5, usage: null, finishReason: null, providers: null },
+    { type: "notice", message: "loading local model 'm'", seq: 3 },
+    { type: "text", text: " wörld", seq: 4 },
+    { type: "done", seq: 6, usage: null, finishReason: null, providers: null },
   ];
 
   for (const size of [1, 2, 3, 5, 7, 64, Infinity]) {
@@ -158,7 +160,7 @@ describe("the client, on scripted answers", () => {
       const client = new Client("http://worker.test/prefix/", { fetch, apiKey: "k1" });
       const job = client.job(J);
       assert.deepEqual(await collect(job), expected);
-      assert.equal(job.lastSeq, 5);
+      assert.equal(job.lastSeq, 6);
       assert.ok(job.ended);
       assert.deepEqual(calls, [
         {
@@ -570,6 +572,35 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
     const text = textOf(all);
     const count = text.match(/ t\d+/g).length;
     assert.equal(text, tokens(count));
+  });
+
+  test("a job waiting for its local model to load says so before its text", {
+    timeout: TEST_TIMEOUT,
+    skip: process.env.TINY_MODEL ? false : "TINY_MODEL (a local model's directory) is not set",
+  }, async () => {
+    const model = process.env.TINY_MODEL;
+    const assistant = {
+      streams: [
+        {
+          provider: "local",
+          settings: { model, temperature: 0, max_tokens: 8 },
+          messages: [{ role: "user", content: "{query}" }],
+        },
+      ],
+    };
+    const events = await collect(await client.submit("hi", assistant));
+    const notices = events.filter((e) => e.type === "notice");
+    assert.deepEqual(notices, [
+      {
+        type: "notice",
+        message: `loading local model '${model}': the answer starts once it is loaded`,
+        seq: 2,
+      },
+    ]);
+    const firstText = events.findIndex((e) => e.type === "text");
+    assert.ok(events.indexOf(notices[0]) < firstText, JSON.stringify(events));
+    assertSeqsIncrease(events);
+    assert.equal(events.at(-1).type, "done");
   });
 
   test("an unknown job: JobNotFound", { timeout: TEST_TIMEOUT }, async () => {
