@@ -19,6 +19,7 @@ SERVER_TYPES = {
     "resp_add",
     "pending",
     "running",
+    "notice",
     "reset",
     "done",
     "failed",
