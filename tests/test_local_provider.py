@@ -500,3 +500,23 @@ async def test_a_model_that_cannot_be_had_fails_the_job_in_seconds(
     failed = messages[-1]["message"]
     assert "cannot load local model 'nobody/no-such-model'" in failed, failed
     assert "cannot be reached" in failed, failed
+
+
+async def test_after_a_notice_a_model_that_cannot_be_had_falls_back(
+    start_worker: StartWorker,
+    connect: ConnectClient,
+    upstream: OpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    upstream.handler = lambda body: Reply(tokens=["from", " the", " backup"])
+    worker = await start_worker()
+    client = await connect(worker.ws_url)
+    assistant = local_template(Path("nobody/no-such-model"))
+    assistant["streams"][0]["fallbacks"] = [{"provider": "openai", "settings": {"model": "m"}}]
+    _, messages = await client.run(query="hi", assistant=assistant)
+    assert [m["type"] for m in messages if m["type"] in ("notice", "done")] == ["notice", "done"]
+    assert text_of(messages) == "from the backup"
+    assert messages[-1]["providers"] == ["openai"]
