@@ -51,7 +51,8 @@ SMOKE = {
     "throughput_rounds": {1: 1, 10: 1},
     "scale": {"idle": 200, "jobs": 20, "tokens": 20, "delay": 0.01},
     "fanout": {"listeners": 10, "tokens": 200},
-    "local_args": ["--tokens", "8", "--hidden", "64", "--layers", "2"],
+    # Two tokens: a prefill and one batched step, the least that runs every way of generating.
+    "local_args": ["--tokens", "2", "--hidden", "64", "--layers", "2"],
 }
 
 
