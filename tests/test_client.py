@@ -425,6 +425,44 @@ async def test_a_worker_killed_mid_job_restarts_and_the_client_sees_a_reset(
     assert len(upstream.chat_requests) == 2
 
 
+# -- a consumer that does not keep up -------------------------------------------
+
+
+async def test_a_job_nobody_iterates_costs_a_bounded_buffer_and_loses_nothing(
+    worker: RunningWorker, upstream: OpenAIServer
+) -> None:
+    fast = Echo(tokens=4000)
+
+    def handler(body: dict[str, Any]) -> Reply:
+        query = body["messages"][-1]["content"]
+        return Reply(tokens=fast.tokens_for(query)) if query == "fast" else Reply(tokens=[" ok"])
+
+    upstream.handler = handler
+    limit = 8
+    async with Client(worker.ws_url, max_buffered_events=limit) as client:
+        job = await client.submit("fast", ASSISTANT)
+        # Another client follows the job to its end: by then the first has had every
+        # frame the service would send it, and must hold no more than its limit.
+        async with Client(worker.ws_url) as other:
+            assert await other.job(job.id).text() == fast.text("fast")
+        follow = client._follows[job.id]
+        assert follow.paused and follow.queue.qsize() == limit
+        # The connection is still read: another job on it flows meanwhile.
+        second = await client.submit("second", ASSISTANT)
+        assert await second.text() == " ok"
+        assert follow.queue.qsize() == limit
+        events, most_buffered = [], 0
+        async for event in job:
+            events.append(event)
+            most_buffered = max(most_buffered, job._queue.qsize())
+    assert most_buffered <= limit
+    assert events[0] == Started(1) and isinstance(events[-1], Done)
+    assert_growing(events)
+    # Whole, each token once: resumed after the last event buffered (the replay of a
+    # finished job comes in a few frames of many tokens each).
+    assert texts(events) == fast.text("fast")
+
+
 # -- the blocking client -------------------------------------------------------
 
 

@@ -26,6 +26,14 @@ reports instead: an ``add`` or a ``cancel`` in flight when the connection
 drops raises :class:`ConnectionLost` (sending it again could run the job
 twice), and a job that runs again after its worker died yields :class:`Reset`.
 
+What it holds for a job is bounded, however fast the job and slow its
+consumer: at most ``max_buffered_events`` events wait to be iterated. When a
+job's buffer is full, the client stops following that job (``unlisten``; its
+frames still in flight are dropped), and once its consumer has read half of
+them, follows it again with ``listen`` and ``after`` = the last ``seq`` it
+buffered. The consumer still sees every event once, in order; the other jobs
+on the connection flow meanwhile, since the connection is always read.
+
 The frames a job's events arrive in are decoded and filtered by pure code
 (:func:`decode_event`, :class:`EventFilter`), testable without a network.
 """
@@ -300,14 +308,22 @@ _CONNECT_ERRORS = (OSError, TimeoutError, EOFError, WebSocketException)
 
 
 class _Follow:
-    """One job the client follows: its events' way from the reader to the consumer."""
+    """One job the client follows: its events' way from the reader to the consumer.
 
-    __slots__ = ("filter", "job_id", "queue")
+    ``paused`` while its consumer has too many events to read: the service is
+    asked to stop sending the job (``unlisten``), and ``fence`` names the ``ping``
+    whose ``pong`` tells that the last of its frames has come (``None`` once it
+    has: the job can be followed again from ``filter.last_seq``).
+    """
+
+    __slots__ = ("fence", "filter", "job_id", "paused", "queue")
 
     def __init__(self, job_id: str, after: int) -> None:
         self.job_id = job_id
         self.filter = EventFilter(after)
         self.queue: asyncio.Queue[Event | ClientError] = asyncio.Queue()
+        self.paused = False
+        self.fence: str | None = None
 
 
 @dataclass(slots=True)
@@ -331,6 +347,10 @@ class Client:
     wait doubling up to ``max_backoff``; after ``give_up_after`` seconds without
     one, every job's iteration raises :class:`ConnectionLost`. The first
     connection is not retried: a wrong URL or key fails at once.
+
+    At most ``max_buffered_events`` events of a job wait for its consumer; a job
+    whose consumer falls that far behind is followed again, from where its
+    consumer is, once it has read half of them (see the module's documentation).
     """
 
     def __init__(
@@ -342,8 +362,12 @@ class Client:
         first_backoff: float = 0.05,
         max_backoff: float = 2.0,
         open_timeout: float = 10.0,
+        max_buffered_events: int = 1000,
     ) -> None:
+        if max_buffered_events < 2:
+            raise ValueError("max_buffered_events must be at least 2")
         self.url = websocket_url(url)
+        self.max_buffered_events = int(max_buffered_events)
         self.give_up_after = give_up_after
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
@@ -354,6 +378,11 @@ class Client:
         self._adds: dict[str, asyncio.Future[tuple[_Follow, str | None]]] = {}
         self._requests: dict[str, deque[_Request]] = {}
         self._add_ids = itertools.count(1)
+        self._fences: dict[str, _Follow] = {}
+        self._fence_ids = itertools.count(1)
+        # One batch of follow requests at a time, in order: an unlisten must not
+        # overtake the listen it undoes.
+        self._follow_sends = asyncio.Lock()
         self._failure: ClientError | None = None
         self._state_changed = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -540,7 +569,14 @@ class Client:
     def _connected(self, ws: ClientConnection) -> None:
         """A new connection: ask again for every job followed, after what it got."""
         self._ws = ws
-        frames = [_listen(job_id, f.filter.last_seq) for job_id, f in self._follows.items()]
+        frames = []
+        for job_id, follow in self._follows.items():
+            # Nothing of a paused job comes on a new connection: no fence to wait for.
+            follow.fence = None
+            if follow.paused and self._caught_up(follow):
+                follow.paused = False
+            if not follow.paused:
+                frames.append(_listen(job_id, follow.filter.last_seq))
         for waiting in self._requests.values():
             frames.extend(request.frame for request in waiting if request.kind == "status")
         if frames:
@@ -549,9 +585,46 @@ class Client:
 
     async def _send_quietly(self, ws: ClientConnection, frames: list[str]) -> None:
         # A connection that drops meanwhile is the reader's to notice, and to replace.
-        with contextlib.suppress(ConnectionClosed):
-            for frame in frames:
-                await ws.send(frame)
+        async with self._follow_sends:
+            with contextlib.suppress(ConnectionClosed):
+                for frame in frames:
+                    await ws.send(frame)
+
+    # -- a bounded buffer per job ---------------------------------------------
+
+    def _caught_up(self, follow: _Follow) -> bool:
+        return follow.queue.qsize() <= self.max_buffered_events // 2
+
+    def _pause(self, follow: _Follow) -> None:
+        """Stop following a job whose consumer has a full buffer."""
+        follow.paused = True
+        if self._ws is None:
+            return  # the next connection will not ask for it
+        fence = f"fence-{next(self._fence_ids)}"
+        follow.fence = fence
+        self._fences[fence] = follow
+        unlisten = orjson.dumps({"type": "unlisten", "job_id": follow.job_id}).decode()
+        ping = orjson.dumps({"type": "ping", "id": fence}).decode()
+        self._background.spawn(self._send_quietly(self._ws, [unlisten, ping]), name="unlisten")
+
+    def _fenced(self, frame: dict[str, Any]) -> None:
+        """A ``pong``: if it answers a fence, the job it fences sends nothing more."""
+        follow = self._fences.pop(str(frame.get("id")), None)
+        if follow is not None and follow.fence == frame.get("id"):
+            follow.fence = None
+            self._resume(follow)
+
+    def _resume(self, follow: _Follow) -> None:
+        """Follow a paused job again, from its last buffered event, if its consumer
+        has caught up and the last of its frames has come."""
+        if not follow.paused or follow.fence is not None or not self._caught_up(follow):
+            return
+        if self._follows.get(follow.job_id) is not follow:
+            return
+        follow.paused = False
+        if self._ws is not None:  # else the next connection asks for it
+            frame = _listen(follow.job_id, follow.filter.last_seq)
+            self._background.spawn(self._send_quietly(self._ws, [frame]), name="resume")
 
     async def _run(self, ws: ClientConnection) -> None:
         """Read the connection; when it drops, open another and resume, until the
@@ -613,6 +686,9 @@ class Client:
         fails; the rest waits for the next connection."""
         self._ws = None
         self._notify()
+        self._fences.clear()  # the old connection sends nothing more
+        for follow in self._follows.values():
+            follow.fence = None
         lost = ConnectionLost(
             "the connection dropped before the answer came: "
             "the request may or may not have been carried out"
@@ -657,7 +733,9 @@ class Client:
                 self._refused(frame)
             elif kind == "status":
                 self._status(frame)
-            elif kind != "pong":
+            elif kind == "pong":
+                self._fenced(frame)
+            else:
                 self._job_event(frame)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring a frame the client does not understand (%s): %.200r", exc, raw)
@@ -693,7 +771,7 @@ class Client:
         elif isinstance(error, JobNotFound):
             del self._follows[follow.job_id]
             follow.queue.put_nowait(error)
-        else:
+        elif not follow.paused:
             follow.queue.put_nowait(Notice(message))
 
     def _status(self, frame: dict[str, Any]) -> None:
@@ -727,13 +805,15 @@ class Client:
                 if not request.answer.done():
                     request.answer.set_result(None)
         follow = self._follows.get(job_id)
-        if follow is None:
-            return
+        if follow is None or follow.paused:
+            return  # a paused job's frames in flight: asked for again on resuming
         event = decode_event(frame)
         if event is not None and follow.filter.admit(event):
             follow.queue.put_nowait(event)
             if follow.filter.ended:
                 del self._follows[job_id]
+            elif follow.queue.qsize() >= self.max_buffered_events:
+                self._pause(follow)
 
 
 def _listen(job_id: str, after: int) -> str:
@@ -754,6 +834,7 @@ class Job:
         self.listen_token = listen_token
         self.last_seq = follow.filter.last_seq
         self._client = client
+        self._follow = follow
         self._queue = follow.queue
         self._text: list[str] = []
         self._end: Terminal | ClientError | None = None
@@ -771,6 +852,8 @@ class Job:
         if end is not None:
             raise StopAsyncIteration
         item = await self._queue.get()
+        if self._follow.paused:
+            self._client._resume(self._follow)
         if isinstance(item, ClientError):
             self._end = item
             raise item

@@ -37,6 +37,7 @@ from llm_worker.protocol import (
     PingRequest,
     ProtocolError,
     StatusRequest,
+    UnlistenRequest,
 )
 from llm_worker.refusals import Refused
 from llm_worker.serving import TRANSPORT_EXTENSION, Transport
@@ -167,6 +168,8 @@ class Connection:
                 await self.add(request)
             elif isinstance(request, ListenRequest):
                 await self.listen(request)
+            elif isinstance(request, UnlistenRequest):
+                self.unlisten(request.job_id)
             elif isinstance(request, CancelRequest):
                 await self.cancel(request)
             elif isinstance(request, StatusRequest):
@@ -212,6 +215,15 @@ class Connection:
             await self.refuse("listen", request.job_id, refused)
             return
         await self.follow(request.job_id, after=request.after or 0)
+
+    def unlisten(self, job_id: str) -> None:
+        # Its follower stops before the next request is read, so the answer to that
+        # request (a ping) comes after the last of the job's frames.
+        task = self.followers.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+        self._waiting.pop(job_id, None)
+        self._unannounced.pop(job_id, None)
 
     def _cannot_follow_more(self) -> str | None:
         limit = self.gateway.limits.max_followed_jobs

@@ -88,6 +88,13 @@ class ListenRequest(_Request):
     after: StrictInt | None = Field(default=None, ge=0)
 
 
+class UnlistenRequest(_Request):
+    """Stop sending a job's events on this connection (the job goes on)."""
+
+    type: Literal["unlisten"]
+    job_id: StrictStr
+
+
 class CancelRequest(_Request):
     type: Literal["cancel"]
     job_id: StrictStr
@@ -103,11 +110,12 @@ class PingRequest(_Request):
     id: RequestId | None = None
 
 
-Request = AddRequest | ListenRequest | CancelRequest | StatusRequest | PingRequest
+Request = AddRequest | ListenRequest | UnlistenRequest | CancelRequest | StatusRequest | PingRequest
 
 _REQUEST_TYPES: dict[str, type[Request]] = {
     "add": AddRequest,
     "listen": ListenRequest,
+    "unlisten": UnlistenRequest,
     "cancel": CancelRequest,
     "status": StatusRequest,
     "ping": PingRequest,
@@ -207,6 +215,7 @@ _REF_KEYS: dict[str | None, tuple[str, ...]] = {
     "add": ("id",),
     "ping": ("id",),
     "listen": ("job_id",),
+    "unlisten": ("job_id",),
     "cancel": ("job_id",),
     "status": ("job_id",),
     None: ("id", "job_id"),
