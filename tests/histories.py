@@ -22,7 +22,11 @@ from llm_worker.testing.openai_server import Reply
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 EVENTS = frozenset({"running", "reset"}) | TERMINAL
-_DROPPED = (websockets.ConnectionClosed, OSError, TimeoutError, websockets.InvalidStatus)
+# InvalidMessage: the server was killed during the opening handshake.
+_DROPPED = (
+    websockets.ConnectionClosed, OSError, TimeoutError, websockets.InvalidStatus,
+    websockets.InvalidMessage,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
