@@ -10,6 +10,7 @@ import pytest
 from llm_worker.access import TenantLimits
 from llm_worker.jobs import EventKind, JobSpec, JobState, has_text, output_of, spec_json
 from llm_worker.store import JobStore, NotOwner, QueueFull, RateLimited, UnknownJob
+from llm_worker.store.base import ListingKey
 from llm_worker.templates import Assistant
 from tests.stores import (
     CONTRACT_DURABLE_STORE_KINDS,
@@ -366,6 +367,25 @@ async def test_recent_lists_the_newest_jobs_first_of_a_state_and_a_tenant(
     assert [r.id for r in await store.recent(JobState.CANCELLED, 10, "b")] == [b0]
     assert await store.recent(JobState.FAILED, 10, None) == []
     assert await store.recent(None, 10, "nobody") == []
+
+
+async def test_recent_pages_walk_every_job_once_while_jobs_are_added(store: JobStore) -> None:
+    first = [(await store.submit(SPEC, "a" if i % 3 else "b")).id for i in range(23)]
+    seen: list[str] = []
+    below: ListingKey | None = None
+    while page := await store.recent(None, 5, None, below):
+        assert len(page) <= 5
+        seen += [record.id for record in page]
+        below = ListingKey.of(page[-1])
+        # Newer jobs added between pages shift no page: none of them shows from here on.
+        await store.submit(SPEC, "a")
+    assert seen == first[::-1]
+    # A filtered walk, from a cursor made by the same key.
+    b_jobs, below = [], None
+    while page := await store.recent(None, 2, "b", below):
+        b_jobs += [record.id for record in page]
+        below = ListingKey.from_cursor(ListingKey.of(page[-1]).cursor())
+    assert b_jobs == [job_id for i, job_id in enumerate(first) if not i % 3][::-1]
 
 
 async def test_recent_leaves_out_expired_jobs(make_store: StoreFactory) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,39 @@ from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobStat
 
 class StoreError(Exception):
     """A request the store cannot honour; the message is meant for the client."""
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class ListingKey:
+    """A job's place in the listing of recent jobs: newest first, by ``created_at`` then
+    by id (the greater first), the same on every store. A page of the listing starts
+    strictly below the key of the last job of the page before, so jobs added meanwhile
+    (newer) shift no page."""
+
+    created_at: float
+    job_id: str
+
+    @classmethod
+    def of(cls, record: JobRecord) -> ListingKey:
+        return cls(record.created_at, record.id)
+
+    def cursor(self) -> str:
+        """The key as a cursor for a client (opaque to it: ``created_at``, ``_``, id)."""
+        return f"{self.created_at!r}_{self.job_id}"
+
+    @classmethod
+    def from_cursor(cls, cursor: str) -> ListingKey:
+        """The key a cursor of :data:`CURSOR_PATTERN` names (any such cursor is a place
+        in the listing); ``ValueError`` for anything else."""
+        if CURSOR.fullmatch(cursor) is None:
+            raise ValueError("not a cursor of this listing")
+        created_at, _, job_id = cursor.partition("_")
+        return cls(float(created_at), job_id)
+
+
+CURSOR_PATTERN = r"^[0-9]{1,17}(\.[0-9]{1,17})?_[0-9A-Za-z-]{1,64}$"
+"""What a cursor of the listing is (as the OpenAPI document says it)."""
+CURSOR = re.compile(CURSOR_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
 
 
 class QueueFull(StoreError):
@@ -149,11 +183,16 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def recent(
-        self, state: JobState | None, limit: int, tenant: str | None
+        self,
+        state: JobState | None,
+        limit: int,
+        tenant: str | None,
+        below: ListingKey | None = None,
     ) -> list[JobRecord]:
         """The ``limit`` newest jobs that have not expired, newest first (by
-        ``created_at``): only those in ``state``, and only ``tenant``'s, when given
-        (``None``: any state, every tenant)."""
+        :class:`ListingKey`): only those in ``state``, and only ``tenant``'s, when
+        given (``None``: any state, every tenant); only those below ``below``, when
+        given (the next page after a job of that key)."""
 
     # -- worker side --------------------------------------------------------
 

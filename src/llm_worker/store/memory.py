@@ -36,6 +36,7 @@ from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobStat
 from llm_worker.logs import about
 from llm_worker.store.base import (
     JobStore,
+    ListingKey,
     NotOwner,
     QueueFull,
     RateLimited,
@@ -106,6 +107,10 @@ class MemoryStore(JobStore):
         self.journal.on_round_end = self._round_ended
         self._clock = clock
         self._jobs: dict[str, StoredJob] = {}
+        # Every job's ListingKey, sorted: a listing's page is a binary search and a
+        # walk of about its length. Jobs come in created_at order, so an insert lands
+        # at the end.
+        self._listing: list[ListingKey] = []
         # Pending jobs in FIFO order: tickets grow with each submit, so the
         # list stays sorted and a job's position is a binary search.
         self._pending: list[int] = []
@@ -167,6 +172,7 @@ class MemoryStore(JobStore):
         job = StoredJob(record, text, next(self._tickets))
         self.journal.add_job(record, text, job.ticket)
         self._jobs[record.id] = job
+        bisect.insort(self._listing, ListingKey.of(record))
         await self._saved(job)
         self._enqueue(job)
         return record
@@ -231,21 +237,36 @@ class MemoryStore(JobStore):
         return StoreStats(pending=len(self._pending), running=self._running)
 
     async def recent(
-        self, state: JobState | None, limit: int, tenant: str | None
+        self,
+        state: JobState | None,
+        limit: int,
+        tenant: str | None,
+        below: ListingKey | None = None,
     ) -> list[JobRecord]:
         # Every job this store knows is in memory (the SQLite store too: it restores
-        # them all at start), so one pass with a bounded heap, O(jobs x log limit),
-        # answers without an index to keep up on each submit and expiry.
-        jobs = (
-            job
-            for job in self._jobs.values()
-            if job.saved
-            and (state is None or job.record.state is state)
-            and (tenant is None or job.record.tenant == tenant)
-            and not self._expired(job.record)
-        )
-        newest = heapq.nlargest(limit, jobs, key=lambda job: (job.record.created_at, job.ticket))
-        return [job.record for job in newest]
+        # them all at start): a walk down the index from the page's start, O(limit)
+        # plus the jobs a filter passes over.
+        end = len(self._listing) if below is None else bisect.bisect_left(self._listing, below)
+        found: list[JobRecord] = []
+        for index in range(end - 1, -1, -1):
+            job = self._jobs[self._listing[index].job_id]
+            record = job.record
+            if (
+                job.saved
+                and (state is None or record.state is state)
+                and (tenant is None or record.tenant == tenant)
+                and not self._expired(record)
+            ):
+                found.append(record)
+                if len(found) == limit:
+                    break
+        return found
+
+    def _unlist(self, record: JobRecord) -> None:
+        key = ListingKey.of(record)
+        index = bisect.bisect_left(self._listing, key)
+        if index < len(self._listing) and self._listing[index] == key:
+            del self._listing[index]
 
     # -- worker side --------------------------------------------------------
 
@@ -448,7 +469,8 @@ class MemoryStore(JobStore):
         job.log.truncate()
         job.ending = None
         if not job.saved:
-            self._jobs.pop(job_id, None)
+            if self._jobs.pop(job_id, None) is not None:
+                self._unlist(job.record)
             return
         if job.record.state.finished:
             self._end_unsaved(job, error)
@@ -520,6 +542,7 @@ class MemoryStore(JobStore):
                 job.log.add(event)
             job.log.show()
             self._jobs[kept.record.id] = job
+            self._listing.append(ListingKey.of(kept.record))
             record = job.record
             if record.state is JobState.RUNNING:
                 # Its worker died with the process: it runs again, in its original place.
@@ -531,6 +554,7 @@ class MemoryStore(JobStore):
             elif record.finished_at is not None:
                 self._schedule_expiry(record)
                 job.log.freeze()
+        self._listing.sort()
         self._tickets = itertools.count(max((r.ticket for r in restored), default=0) + 1)
         # Said in the name of the store in use (SQLite's, for one), not of this base.
         logging.getLogger(type(self).__module__).info(
@@ -555,6 +579,7 @@ class MemoryStore(JobStore):
             job = self._jobs.get(job_id)
             if job is not None and self._expired(job.record):
                 del self._jobs[job_id]
+                self._unlist(job.record)
                 self.journal.delete_job(job_id)
                 removed += 1
         return removed
