@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 
 class CuttingProxy:
     """``async with CuttingProxy(target_port) as proxy:`` forwards ``proxy.url`` to
     ``127.0.0.1:target_port``; set ``target_port`` to retarget new connections."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, worker_receive_buffer: int | None = None) -> None:
         self.target_port = target_port
+        self.worker_receive_buffer = worker_receive_buffer
+        """SO_RCVBUF of its sockets to the worker; unset: the system's (autotuned, large)."""
         self.port = 0
         self.accepted = 0
         """Connections accepted so far, forwarded or not."""
@@ -54,6 +57,14 @@ class CuttingProxy:
     def release(self) -> None:
         self._flowing.set()
 
+    def black_hole(self) -> None:
+        """Stop forwarding and reading, both ways, closing neither side: as a path
+        that went dark looks to the worker, once the buffers between are full."""
+        self._flowing.clear()
+        for client_side, worker_side in self._links:
+            client_side.transport.pause_reading()
+            worker_side.transport.pause_reading()
+
     async def accepted_at_least(self, count: int, timeout: float = 30) -> None:
         """Wait until the proxy has accepted ``count`` connections in all."""
         async with asyncio.timeout(timeout):
@@ -65,9 +76,7 @@ class CuttingProxy:
         self._accepted_more.set()
         self._accepted_more = asyncio.Event()
         try:
-            worker_reader, worker_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target_port
-            )
+            worker_reader, worker_writer = await self._connect()
         except OSError:
             writer.transport.abort()  # nobody there: as a refused connection looks through it
             return
@@ -86,6 +95,19 @@ class CuttingProxy:
             self._links.discard(link)
             writer.transport.abort()
             worker_writer.transport.abort()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.worker_receive_buffer is None:
+            return await asyncio.open_connection("127.0.0.1", self.target_port)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.worker_receive_buffer)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.target_port))
+        except OSError:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, hold: bool

@@ -326,7 +326,7 @@ async def test_an_event_stream_left_unread_is_cut_and_resumes_losing_nothing(
         sock.connect(("127.0.0.1", worker.port))
         reader, writer = await asyncio.open_connection(sock=sock)
         writer.transport.pause_reading()  # reads nothing
-        writer.write(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        writer.write(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode())
         # The stream is relayed, then cut once left unread for a second; meanwhile
         # others are served.
         for _ in range(600):
@@ -437,6 +437,30 @@ async def test_jobs_are_listed_newest_first_by_state_and_limit(http: httpx.Async
         refused = await http.get("/v1/jobs", params=params)
         assert refused.status_code == 400, params
         assert refused.json()["type"] == "error" and words in refused.json()["message"]
+
+
+async def test_the_listing_pages_with_a_cursor(http: httpx.AsyncClient) -> None:
+    made = [(await http.post("/v1/jobs", json=job())).json()["job_id"] for _ in range(7)]
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": 3}
+    while True:
+        page = (await http.get("/v1/jobs", params=params)).json()
+        seen += [j["job_id"] for j in page["jobs"]]
+        await http.post("/v1/jobs", json=job())  # newer: it shifts no page
+        if "next" not in page:
+            break
+        params["cursor"] = page["next"]
+    assert seen == made[::-1]
+    assert len(seen) == 7  # three pages: 3, 3, 1, the last without a next
+    for cursor in ["", "x", "1e5_abc", "12_" + "a" * 65, "12_a b", "12.5"]:
+        refused = await http.get("/v1/jobs", params={"cursor": cursor})
+        assert refused.status_code == 400, cursor
+        body = refused.json()
+        assert body["code"] == "bad_request"
+        assert "cursor must be the 'next' of a page of this listing" in body["message"]
+    # A cursor is a place in the listing: one below every job lists nothing.
+    empty = await http.get("/v1/jobs", params={"cursor": "0_0"})
+    assert empty.json() == {"jobs": []}
 
 
 async def test_only_an_admin_key_lists_every_tenant_s_jobs(

@@ -22,6 +22,8 @@ INVALID_JOB = "invalid_job"
 """A job this deployment cannot run: its fields, template, providers, settings or size."""
 UNKNOWN_PROTOCOL = "unknown_protocol"
 """A WebSocket asking for a dialect not spoken."""
+HOST_NOT_ALLOWED = "host_not_allowed"
+"""A ``Host`` header naming none of the names the worker serves (``ALLOWED_HOSTS``)."""
 # 401
 UNAUTHORIZED = "unauthorized"
 """No valid API key (only when keys are configured)."""
@@ -41,7 +43,8 @@ METHOD_NOT_ALLOWED = "method_not_allowed"
 """A method the route does not serve (``Allow`` lists those it does)."""
 # 408, 409, 413
 REQUEST_TIMEOUT = "request_timeout"
-"""The request's headers took longer than ``HANDSHAKE_TIMEOUT_SECONDS`` to arrive."""
+"""The request's headers took longer than ``HANDSHAKE_TIMEOUT_SECONDS`` to arrive, or
+its body arrived too slowly (``BODY_TIMEOUT_SECONDS``, ``BODY_MIN_BYTES_PER_SECOND``)."""
 JOB_ENDED = "job_ended"
 """A cancel of a job that had already ended."""
 PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -68,6 +71,7 @@ CODES: dict[str, int] = {
     INVALID_JSON: 400,
     INVALID_JOB: 400,
     UNKNOWN_PROTOCOL: 400,
+    HOST_NOT_ALLOWED: 400,
     UNAUTHORIZED: 401,
     ORIGIN_NOT_ALLOWED: 403,
     LISTEN_ONLY: 403,
