@@ -19,8 +19,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,19 +72,20 @@ ANYONE = Principal("", admin=True)
 
 
 def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # Whatever a client sends hashes: a lone surrogate cannot be a key, but must not raise.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
 class Access:
-    keys: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict, repr=False)
     """SHA-256 (hex) of each key -> its tenant."""
-    admins: frozenset[str] = frozenset()
+    admins: frozenset[str] = field(default=frozenset(), repr=False)
     """SHA-256 (hex) of the keys that may list every tenant's jobs."""
     limits: dict[str, TenantLimits] = field(default_factory=dict)
     default_limits: TenantLimits = UNLIMITED
     """The limits of a tenant with none of its own (with keys only)."""
-    token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     origins: frozenset[str] | None = None
     """Origins allowed besides the worker's own; ``None``: any."""
 
@@ -102,6 +105,12 @@ class Access:
         tenant = self.keys.get(digest)
         return Principal(tenant, admin=digest in self.admins) if tenant is not None else None
 
+    def take_keys(self, other: Access) -> None:
+        """Take ``other``'s keys, admins and tenants' limits, in place (every part that
+        holds this object sees them), keeping this one's token secret and origins."""
+        self.keys, self.admins = other.keys, other.admins
+        self.limits, self.default_limits = other.limits, other.default_limits
+
     def tenant_limits(self, tenant: str) -> TenantLimits:
         if not self.enabled:
             return UNLIMITED
@@ -114,7 +123,8 @@ class Access:
 
     def _verify(self, token: str) -> Principal | None:
         body, _, mac = token[len(TOKEN_PREFIX) :].rpartition(".")
-        if not hmac.compare_digest(mac, self._mac(body)):
+        # As bytes: compare_digest refuses a str that is not ASCII (a client's é).
+        if not hmac.compare_digest(_utf8(mac), _utf8(self._mac(body))):
             return None
         job, _, tenant = body.partition(".")
         try:
@@ -123,7 +133,7 @@ class Access:
             return None
 
     def _mac(self, body: str) -> str:
-        return _b64(hmac.new(self.token_secret, body.encode(), hashlib.sha256).digest())
+        return _b64(hmac.new(self.token_secret, _utf8(body), hashlib.sha256).digest())
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Requests without ``Origin`` (servers, scripts) are not a browser's: allowed.
@@ -137,6 +147,10 @@ class Access:
         if host and urlsplit(normal).netloc == host.lower():
             return True
         return normal in self.origins
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _b64(data: bytes) -> str:
@@ -197,11 +211,25 @@ def load_access(settings: Settings) -> Access:
     )
     keys: dict[str, str] = {}
     limits: dict[str, TenantLimits] = {}
-    for key in filter(None, (k.strip() for k in settings.api_keys.get_secret_value().split(","))):
+    # A setting that is there but names no key is a mistake, not a wish to run open.
+    api_keys = settings.api_keys.get_secret_value()
+    for key in filter(None, (k.strip() for k in api_keys.split(","))):
         digest = key_hash(key)
         keys[digest] = f"key-{digest[:8]}"
+    if api_keys.strip() and not keys:
+        raise ConfigError(
+            "API_KEYS is set but names no key (only commas and spaces); unset it to run "
+            "without keys"
+        )
     if settings.api_keys_file is not None:
-        for tenant, entry in _read_keys_file(settings.api_keys_file).tenants.items():
+        tenants = _read_keys_file(settings.api_keys_file).tenants
+        if not tenants:
+            raise ConfigError(
+                f"API_KEYS_FILE {settings.api_keys_file} names no key: give a tenant one "
+                "(`llm-worker new-key TENANT` prints the lines), or unset API_KEYS_FILE "
+                "to run without keys"
+            )
+        for tenant, entry in tenants.items():
             for digest in entry.keys:
                 if digest in keys and keys[digest] != tenant:
                     raise ConfigError(f"API_KEYS_FILE: a key of {tenant!r} is another tenant's too")
@@ -231,6 +259,49 @@ def load_access(settings: Settings) -> Access:
             "own, valid on this process only until it stops"
         )
     return access
+
+
+def reload_keys(access: Access, settings: Settings) -> str:
+    """Give ``access`` the keys, admins and tenants ``settings`` now describe (on SIGHUP):
+    what it holds now, for the log. :class:`ConfigError`, with ``access`` unchanged,
+    when they cannot work or would turn keys on or off (that takes a restart: with
+    no keys, anyone may do anything)."""
+    fresh = load_access(settings)
+    if fresh.enabled != access.enabled:
+        raise ConfigError(
+            "a reload cannot turn keys "
+            + ("off: API_KEYS and API_KEYS_FILE name none" if access.enabled else "on")
+            + "; restart to do that"
+        )
+    access.take_keys(fresh)
+    return f"{len(fresh.keys)} keys of {len(set(fresh.keys.values()))} tenants"
+
+
+def listens_on_loopback(address: str) -> bool:
+    """Whether only this machine can reach ``address`` (every address the name has is
+    loopback)."""
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(
+        ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in found
+    )
+
+
+def open_to_all_warning(access: Access, address: str) -> str | None:
+    """What to warn of at start when anyone who reaches ``address`` may do anything."""
+    if access.enabled or listens_on_loopback(address):
+        return None
+    return (
+        f"no API keys are configured (API_KEYS, API_KEYS_FILE) and LISTEN_ADDRESS {address} "
+        "is reachable beyond this machine: anyone who reaches the port may add jobs and "
+        "read every job"
+    )
 
 
 def _admin_keys(listed: str, keys: dict[str, str]) -> frozenset[str]:

@@ -22,6 +22,7 @@ from llm_worker.config import ROLES
 if TYPE_CHECKING:
     import uvicorn
 
+    from llm_worker.app import Service
     from llm_worker.config import Settings
 
 log = logging.getLogger("llm_worker")
@@ -78,6 +79,7 @@ def serve(args: argparse.Namespace) -> int:
     from dotenv import load_dotenv
     from pydantic import ValidationError
 
+    from llm_worker.access import open_to_all_warning
     from llm_worker.app import create_app
     from llm_worker.config import ConfigError, Settings, unknown_variables
     from llm_worker.logs import configure_logging
@@ -90,6 +92,12 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if env_file is None and Path(".env").is_file():
         env_file = Path(".env")
+    # Until it can reload keys, a SIGHUP (a closed terminal, a reload asked early) must
+    # not stop the start.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # What the process was given, apart from what the file adds: a reload reads the
+    # file again for what is not among them.
+    own_variables = frozenset(name.upper() for name in os.environ)
     # Export the file's values so that everything reading the environment sees
     # them (the key variables named in PROVIDERS_FILE, the openai SDK).
     if env_file is not None:
@@ -127,8 +135,14 @@ def serve(args: argparse.Namespace) -> int:
     except (ConfigError, StoreError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+    service = app.state.service
+    if (warning := open_to_all_warning(service.access, settings.listen_address)) is not None:
+        log.warning("%s", warning)
 
     def ready(server: uvicorn.Server) -> None:
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, _reload_keys, service, env_file, own_variables
+        )
         # Said once the socket accepts connections, not before: clients wait for this line.
         host, port = server.servers[0].sockets[0].getsockname()[:2]
         log.info(
@@ -145,6 +159,34 @@ def serve(args: argparse.Namespace) -> int:
     _freeze_startup_objects()
     server.run()
     return 0
+
+
+def _reload_keys(service: Service, env_file: Path | None, own_variables: frozenset[str]) -> None:
+    """On SIGHUP: the keys and tenants of ``API_KEYS_FILE`` read again, and ``API_KEYS``
+    and ``ADMIN_KEYS`` from the settings file unless the process's own environment
+    sets them (that cannot change). Nothing else changes; a reload that fails
+    keeps the keys there were, and says why."""
+    from dotenv import dotenv_values
+    from pydantic import SecretStr
+
+    from llm_worker.access import reload_keys
+    from llm_worker.config import ConfigError
+
+    try:
+        in_file = {
+            name.upper(): value or ""
+            for name, value in (dotenv_values(env_file) if env_file is not None else {}).items()
+        }
+        update: dict[str, object] = {}
+        if "API_KEYS" not in own_variables:
+            update["api_keys"] = SecretStr(in_file.get("API_KEYS", ""))
+        if "ADMIN_KEYS" not in own_variables:
+            update["admin_keys"] = in_file.get("ADMIN_KEYS", "")
+        held = reload_keys(service.access, service.settings.model_copy(update=update))
+    except (ConfigError, OSError) as exc:
+        log.error("SIGHUP: keys not reloaded, those there were stay: %s", exc)
+        return
+    log.info("SIGHUP: keys reloaded: %s", held)
 
 
 def _url_host(host: str) -> str:
@@ -168,7 +210,9 @@ def _freeze_startup_objects() -> None:
 def _serve_worker(settings: Settings) -> int:
     """Runs jobs until SIGINT or SIGTERM, then stops as gracefully as a gateway does."""
     from llm_worker.app import run_worker
-    from llm_worker.serving import check_can_listen, event_loop_name
+    from llm_worker.config import ConfigError
+    from llm_worker.serving import check_can_listen, event_loop_name, stop_at_once
+    from llm_worker.store import StoreError
 
     # Its port first, as a gateway's: one that cannot be had stops the start here.
     if settings.metrics_port is not None:
@@ -182,18 +226,31 @@ def _serve_worker(settings: Settings) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():  # a second one: no more waiting
+                stop_at_once(signum)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(
+            signal.SIGHUP, log.info, "SIGHUP: a worker holds no keys; nothing to reload"
+        )
         await run_worker(settings, stop)
 
     log.info("llm-worker %s (worker) starting (pid %d)", __version__, os.getpid())
     _freeze_startup_objects()
-    if event_loop_name() == "uvloop":
-        import uvloop
+    try:
+        if event_loop_name() == "uvloop":
+            import uvloop
 
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    except (ConfigError, StoreError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     return 0
 
 

@@ -11,12 +11,14 @@ import contextvars
 import logging
 import re
 import sys
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from llm_worker.config import Settings
+from llm_worker.redaction import redact_query_names
 
 _JOB: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "llm_worker_job", default=None
@@ -33,15 +35,58 @@ def set_job(job_id: str, tenant: str) -> None:
     _JOB.set((job_id, tenant))
 
 
-# Keys given in a URL (``?access_token=...``), which uvicorn logs with each request.
-_ACCESS_TOKEN = re.compile(r"(access_token=)[^&\s\"']+")
+# What could end a line or drive a terminal: C0 controls but the tab, DEL, C1 controls,
+# and the line and paragraph separators some viewers break lines at.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``),
+    so that what a client chose (a model name quoted back by a provider) can neither
+    start a line of its own nor reach a terminal as a command."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group(0)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) <= 0xFF else f"\\u{ord(char):04x}"
 
 
 class RedactingFormatter(logging.Formatter):
-    """Formats as asked, with keys passed in URLs replaced."""
+    """Formats as asked, one line per record but for a traceback's own lines: control
+    characters escaped (in exception messages too), the credentials of URLs replaced
+    (:func:`~llm_worker.redaction.redact_query_names`)."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return _ACCESS_TOKEN.sub(r"\1[redacted]", super().format(record))
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return redact_query_names(escape_controls(super().formatMessage(record)))
+
+    def formatException(self, ei: Any) -> str:
+        # The messages escaped, the lines of the traceback kept.
+        report = traceback.TracebackException(*ei)
+        for part in _chain(report):
+            # _str is the message format() prints (no public way to change it).
+            part._str = escape_controls(part._str)  # type: ignore[attr-defined]
+            notes = getattr(part, "__notes__", None)
+            if notes:
+                part.__notes__ = [escape_controls(str(note)) for note in notes]
+        return redact_query_names("".join(report.format()).removesuffix("\n"))
+
+
+def _chain(report: traceback.TracebackException) -> list[traceback.TracebackException]:
+    """Every exception a report holds: its causes, contexts and those of groups."""
+    found: list[traceback.TracebackException] = []
+    waiting = [report]
+    while waiting:
+        part = waiting.pop()
+        if any(part is seen for seen in found):
+            continue
+        found.append(part)
+        waiting += [p for p in (part.__cause__, part.__context__) if p is not None]
+        waiting += getattr(part, "exceptions", None) or []
+    return found
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,7 +98,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": _ACCESS_TOKEN.sub(r"\1[redacted]", record.getMessage()),
+            "message": redact_query_names(record.getMessage()),
         }
         job_id = getattr(record, "job_id", None)
         tenant = getattr(record, "tenant", None)
@@ -64,7 +109,7 @@ class JsonFormatter(logging.Formatter):
             if tenant is not None:
                 entry["tenant"] = tenant
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact_query_names(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
 
 

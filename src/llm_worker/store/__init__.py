@@ -5,6 +5,7 @@ from pathlib import Path
 
 from llm_worker.access import TenantLimits
 from llm_worker.config import ConfigError, Settings
+from llm_worker.redaction import redact_url
 from llm_worker.store.base import (
     JobStore,
     NotOwner,
@@ -67,10 +68,13 @@ def open_store(
         return store
     if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster") and sep:
         from llm_worker.store.redis import RedisStore
+        from llm_worker.store.redis.credentials import check_credentials
 
         cluster = scheme.endswith("+cluster")
+        redis_url = f"{scheme.removesuffix('+cluster')}://{rest}"
+        check_credentials(redis_url)
         return RedisStore(
-            f"{scheme.removesuffix('+cluster')}://{rest}",
+            redis_url,
             cluster=cluster,
             follows=follows,
             prefix=settings.redis_prefix,
@@ -79,7 +83,7 @@ def open_store(
             **common,
         )
     raise ConfigError(
-        f"STORE_URL {url!r} is not one of sqlite:///relative/path.db, "
+        f"STORE_URL {redact_url(url)!r} is not one of sqlite:///relative/path.db, "
         "sqlite:////absolute/path.db, redis://host:port/db, redis+cluster://host:port "
         "or memory://"
     )

@@ -39,6 +39,7 @@ class WorkerProcess:
         self.port: int | None = None
         self.said_ready = False
         self._ready = asyncio.Event()
+        self._line_read = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -72,6 +73,7 @@ class WorkerProcess:
         while line := await self.process.stdout.readline():
             text = line.decode(errors="replace").rstrip("\n")
             self.lines.append(text)
+            self._line_read.set()
             # The lines that say the process is ready: a gateway's once its port accepts.
             if match := LISTENING.search(text):
                 self.port = int(match.group(2))
@@ -81,6 +83,16 @@ class WorkerProcess:
                 self.said_ready = True
                 self._ready.set()
         self._ready.set()
+        self._line_read.set()
+
+    async def said(self, text: str, count: int = 1, timeout: float = 10) -> None:
+        """Wait until ``count`` lines of the output hold ``text``."""
+        async with asyncio.timeout(timeout):
+            while sum(text in line for line in self.lines) < count:
+                if self._reader.done():
+                    raise AssertionError(f"ended without saying {text!r}:\n{self.output}")
+                self._line_read.clear()
+                await self._line_read.wait()
 
     def peak_rss_mib(self) -> float:
         """The process's peak resident memory so far (VmHWM), in MiB."""

@@ -29,11 +29,18 @@ class RedisServer:
     """``redis-server`` with an append-only file, so that a restart keeps the data."""
 
     def __init__(
-        self, directory: Path, port: int | None = None, *, extra_args: Sequence[str] = ()
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        password: str | None = None,
     ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.extra_args = list(extra_args)
+        self.password = password
+        """What clients must give (``requirepass``); the URL leaves it out."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,12 +62,13 @@ class RedisServer:
                 "--appendonly", "yes",
                 "--appendfsync", "always",
                 "--logfile", str(self.directory / "redis.log"),
+                *(["--requirepass", self.password] if self.password else []),
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         deadline = time.monotonic() + 10
         while True:
             try:
