@@ -131,8 +131,13 @@ async def through_provider(
     from llm_worker.providers.local import LocalModels, LocalProvider
     from llm_worker.templates import ChatMessage
 
-    provider = LocalProvider("local", models=LocalModels(max_models=1, max_batch=32))
-    settings = {"model": str(model_dir), "temperature": 0, "max_tokens": tokens, "ignore_eos": True}
+    # As LOCAL_MODELS=bench=<model_dir> configures it.
+    provider = LocalProvider(
+        "local",
+        models=LocalModels(max_models=1, max_batch=32),
+        choices={"bench": str(model_dir)},
+    )
+    settings = {"model": "bench", "temperature": 0, "max_tokens": tokens, "ignore_eos": True}
 
     async def job(prompt: str) -> str:
         messages = [ChatMessage(role="user", content=prompt)]

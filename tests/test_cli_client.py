@@ -313,21 +313,19 @@ async def test_a_notice_goes_to_stderr_or_is_a_json_line(
 ) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    worker = await start_worker()
     models = [request.getfixturevalue(name) for name in ("tiny_model", "plain_model")]
+    worker = await start_worker(local_models=f"tiny={models[0]},plain={models[1]}")
     # Each model is loaded for the first time: each job waits for it, and says so.
-    plain = await cli(worker, "submit", "hi", "--provider", "local", "--model", str(models[0]))
+    plain = await cli(worker, "submit", "hi", "--provider", "local", "--model", "tiny")
     assert plain.code == 0, plain
-    loading = f"loading local model {str(models[0])!r}: the answer starts once it is loaded"
+    loading = "loading local model 'tiny': the answer starts once it is loaded"
     assert plain.stderr.splitlines()[1] == f"notice: {loading}"
     assert "loading" not in plain.stdout
-    as_json = await cli(
-        worker, "submit", "hi", "--provider", "local", "--model", str(models[1]), "--json"
-    )
+    as_json = await cli(worker, "submit", "hi", "--provider", "local", "--model", "plain", "--json")
     assert as_json.code == 0, as_json
     lines = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert lines[1] == {"type": "started", "seq": 1}
     assert lines[2]["type"] == "notice"
     assert lines[2]["seq"] == 2
-    assert lines[2]["message"].startswith(f"loading local model {str(models[1])!r}")
+    assert lines[2]["message"].startswith("loading local model 'plain'")
     assert lines[-1]["type"] == "done"

@@ -2,7 +2,8 @@
 
 They start the worker themselves (tests/js/serve_for_js.py, with this interpreter);
 this test runs them and shows their output when they fail. With torch installed, it
-hands them the tiny local model (``TINY_MODEL``) for the test of a model loading.
+configures the tiny local model for them (``LOCAL_MODELS=tiny=...``, which the worker
+they start reads from the environment) for the test of a model loading.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def test_js_client(request: pytest.FixtureRequest) -> None:
         pytest.skip("node is not on PATH: the JavaScript client's tests (tests/js/) need it")
     env = {**os.environ, "PYTHON": sys.executable}
     if all(importlib.util.find_spec(name) for name in ("torch", "transformers")):
-        env["TINY_MODEL"] = str(request.getfixturevalue("tiny_model"))
+        env["LOCAL_MODELS"] = f"tiny={request.getfixturevalue('tiny_model')}"
     result = subprocess.run(
         [node, "--test", "tests/js/"],
         cwd=ROOT,

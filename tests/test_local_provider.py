@@ -1,5 +1,6 @@
-"""The ``local`` provider with a tiny random Llama built here, loaded by path as a user's
-model is: streaming, batching, cancel, caching, and end to end over the WebSocket."""
+"""The ``local`` provider with a tiny random Llama built here, configured by its directory
+as a deployment's model is: streaming, batching, cancel, caching, and end to end over the
+WebSocket. What a job may not make it load is tests/test_local_models_security.py."""
 
 from __future__ import annotations
 
@@ -37,9 +38,18 @@ PROMPTS = [
 ]
 
 
+def configured(**choices: Path | str) -> dict[str, str]:
+    return {name: str(source) for name, source in choices.items()}
+
+
 @pytest.fixture
-async def provider() -> AsyncIterator[LocalProvider]:
-    local = LocalProvider("local", models=LocalModels(max_models=1, max_batch=16))
+async def provider(tiny_model: Path) -> AsyncIterator[LocalProvider]:
+    """The tiny model, as ``LOCAL_MODELS=tiny=<its directory>`` configures it."""
+    local = LocalProvider(
+        "local",
+        models=LocalModels(max_models=1, max_batch=16),
+        choices=configured(tiny=tiny_model),
+    )
     yield local
     await local.aclose()
 
@@ -92,7 +102,7 @@ async def collect(provider: LocalProvider, text: str, **settings: Any) -> list[s
 async def test_the_provider_counts_its_tokens_and_says_why_it_stopped(
     provider: LocalProvider, tiny_model: Path
 ) -> None:
-    settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 7, "ignore_eos": True}
+    settings = {"model": "tiny", "temperature": 0, "max_tokens": 7, "ignore_eos": True}
     deltas = [delta async for delta in provider.stream(user("hello there"), settings)]
     end = deltas[-1]
     assert isinstance(end, CallEnd)
@@ -108,7 +118,7 @@ async def test_the_provider_counts_its_tokens_and_says_why_it_stopped(
 async def test_greedy_output_is_what_transformers_generates(
     provider: LocalProvider, tiny_model: Path
 ) -> None:
-    settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 40}
+    settings = {"model": "tiny", "temperature": 0, "max_tokens": 40}
     for prompt in PROMPTS[:3]:
         deltas = await collect(provider, prompt, **settings)
         assert all(deltas), "no empty deltas"
@@ -117,9 +127,14 @@ async def test_greedy_output_is_what_transformers_generates(
 
 
 async def test_a_tokenizer_without_chat_template_gets_a_plain_transcript(
-    provider: LocalProvider, plain_model: Path
+    plain_model: Path,
 ) -> None:
-    deltas = await collect(provider, "hello there", model=str(plain_model), temperature=0)
+    models = LocalModels(max_models=1, max_batch=8)
+    local = LocalProvider("local", models=models, choices=configured(plain=plain_model))
+    try:
+        deltas = await collect(local, "hello there", model="plain", temperature=0)
+    finally:
+        await local.aclose()
     messages = [{"role": "user", "content": "hello there"}]
     assert "".join(deltas) == reference(plain_model, messages, 512)
 
@@ -127,7 +142,7 @@ async def test_a_tokenizer_without_chat_template_gets_a_plain_transcript(
 async def test_concurrent_greedy_jobs_equal_sequential_ones_token_for_token(
     provider: LocalProvider, tiny_model: Path
 ) -> None:
-    settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 48}
+    settings = {"model": "tiny", "temperature": 0, "max_tokens": 48}
     alone = ["".join(await collect(provider, p, **settings)) for p in PROMPTS]
 
     async def staggered(index: int, prompt: str) -> str:
@@ -142,7 +157,7 @@ async def test_concurrent_greedy_jobs_equal_sequential_ones_token_for_token(
 
 
 async def test_seeded_sampling_is_reproducible(provider: LocalProvider, tiny_model: Path) -> None:
-    settings = {"model": str(tiny_model), "temperature": 0.9, "top_p": 0.9, "max_tokens": 30}
+    settings = {"model": "tiny", "temperature": 0.9, "top_p": 0.9, "max_tokens": 30}
     first = await collect(provider, "hi", seed=7, **settings)
     again = await collect(provider, "hi", seed=7, **settings)
     other = await collect(provider, "hi", seed=8, **settings)
@@ -150,8 +165,8 @@ async def test_seeded_sampling_is_reproducible(provider: LocalProvider, tiny_mod
     assert first != other
 
 
-async def test_max_tokens_and_stop_sequences(provider: LocalProvider, tiny_model: Path) -> None:
-    model = str(tiny_model)
+async def test_max_tokens_and_stop_sequences(provider: LocalProvider) -> None:
+    model = "tiny"
     full = "".join(await collect(provider, PROMPTS[1], model=model, temperature=0, max_tokens=40))
     short = "".join(await collect(provider, PROMPTS[1], model=model, temperature=0, max_tokens=5))
     assert full.startswith(short)
@@ -164,9 +179,9 @@ async def test_max_tokens_and_stop_sequences(provider: LocalProvider, tiny_model
 
 
 async def test_cancel_frees_the_place_in_the_batch_at_the_next_step(
-    provider: LocalProvider, tiny_model: Path
+    provider: LocalProvider,
 ) -> None:
-    model = str(tiny_model)
+    model = "tiny"
     expected = "".join(await collect(provider, "hi", model=model, temperature=0, max_tokens=60))
 
     async def endless() -> None:
@@ -193,9 +208,9 @@ async def test_cancel_frees_the_place_in_the_batch_at_the_next_step(
 
 async def test_jobs_arriving_together_load_the_model_once(tiny_model: Path) -> None:
     models = LocalModels(max_models=1, max_batch=8)
-    local = LocalProvider("local", models=models)
+    local = LocalProvider("local", models=models, choices=configured(tiny=tiny_model))
     try:
-        settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 5}
+        settings = {"model": "tiny", "temperature": 0, "max_tokens": 5}
         await asyncio.gather(*(collect(local, p, **settings) for p in PROMPTS))
         await collect(local, "again", **settings)
         assert models.loads == 1
@@ -207,43 +222,53 @@ async def test_local_max_models_unloads_the_least_recently_used_idle_model(
     tiny_model: Path, plain_model: Path
 ) -> None:
     models = LocalModels(max_models=1, max_batch=8)
-    local = LocalProvider("local", models=models)
+    choices = configured(tiny=tiny_model, plain=plain_model)
+    local = LocalProvider("local", models=models, choices=choices)
     try:
-        await collect(local, "hi", model=str(tiny_model), max_tokens=3)
-        await collect(local, "hi", model=str(plain_model), max_tokens=3)
+        await collect(local, "hi", model="tiny", max_tokens=3)
+        await collect(local, "hi", model="plain", max_tokens=3)
         assert models.loads == 2
         assert [key[0] for key in models._engines] == [str(plain_model)]
 
         # While the loaded model is busy, there is no room: a retryable error.
         busy = asyncio.create_task(
-            collect(local, "hi", model=str(plain_model), max_tokens=100_000, ignore_eos=True)
+            collect(local, "hi", model="plain", max_tokens=100_000, ignore_eos=True)
         )
         engine = models._engines[(str(plain_model), "cpu", "auto")]
         await eventually(lambda: engine.running == 1)
         with pytest.raises(ProviderError, match="LOCAL_MAX_MODELS is 1") as raised:
-            await collect(local, "hi", model=str(tiny_model), max_tokens=3)
+            await collect(local, "hi", model="tiny", max_tokens=3)
         assert raised.value.retryable
         busy.cancel()
     finally:
         await local.aclose()
 
 
-async def test_a_model_that_does_not_exist_fails_clearly(
-    provider: LocalProvider, tmp_path: Path
+async def test_a_configured_directory_that_cannot_be_loaded_fails_naming_no_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with pytest.raises(ProviderError, match="cannot load local model"):
-        await collect(provider, "hi", model=str(tmp_path / "no-such-model"))
+    gone = tmp_path / "no-such-model"
+    local = LocalProvider(
+        "local", models=LocalModels(max_models=1, max_batch=8), choices=configured(gone=gone)
+    )
+    with pytest.raises(ProviderError) as raised:
+        await collect(local, "hi", model="gone")
+    assert raised.value.message == (
+        "cannot load local model 'gone': its files cannot be loaded (the worker's log says why)"
+    )
+    # The log, for the deployment, says which directory and why.
+    assert any(str(gone) in record.getMessage() for record in caplog.records)
 
 
 async def test_only_a_job_that_waits_for_its_model_to_load_gets_a_notice(
     provider: LocalProvider, tiny_model: Path
 ) -> None:
-    settings = {"model": str(tiny_model), "temperature": 0, "max_tokens": 3}
+    settings = {"model": "tiny", "temperature": 0, "max_tokens": 3}
 
     async def parts() -> list[object]:
         return [part async for part in provider.stream(user("hi"), settings)]
 
-    loading = f"loading local model {str(tiny_model)!r}: the answer starts once it is loaded"
+    loading = "loading local model 'tiny': the answer starts once it is loaded"
     # Jobs arriving together all wait for the one load, and each says so first.
     together = await asyncio.gather(parts(), parts())
     for each in together:
@@ -269,36 +294,40 @@ def silent_server() -> Iterator[int]:
 
 
 async def test_a_hub_that_does_not_answer_fails_the_load_within_its_timeout(
-    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from huggingface_hub import constants
 
     from llm_worker.providers.local_engine import HUB_TIMEOUT_SECONDS
 
+    models = LocalModels(max_models=1, max_batch=8)
+    choices = configured(nobody="nobody/no-such-model")
+    provider = LocalProvider("local", models=models, choices=choices)
     with silent_server() as port:
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
         started = time.monotonic()
         with pytest.raises(ProviderError, match="cannot be reached") as raised:
-            await collect(provider, "hi", model="nobody/no-such-model")
+            await collect(provider, "hi", model="nobody")
         elapsed = time.monotonic() - started
     assert HUB_TIMEOUT_SECONDS - 0.5 < elapsed < HUB_TIMEOUT_SECONDS + 5
-    assert "cannot load local model 'nobody/no-such-model'" in raised.value.message
+    assert "cannot load local model 'nobody'" in raised.value.message
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ProviderError, match="HF_HUB_OFFLINE is set"):
-        await collect(provider, "hi", model="nobody/no-such-model")
+        await collect(provider, "hi", model="nobody")
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({}, "settings.model must name a model"),
-        ({"model": "m", "beams": 4}, "settings.beams is not a setting of provider 'local'"),
-        ({"model": "m", "temperature": -1}, "settings.temperature must be at least 0, not -1"),
-        ({"model": "m", "top_p": 1.5}, "settings.top_p must be between 0 and 1"),
-        ({"model": "m", "max_tokens": 0}, "settings.max_tokens must be at least 1, not 0"),
-        ({"model": "m", "dtype": "int3"}, "settings.dtype must be one of"),
-        ({"model": "m", "device": "tpu"}, "settings.device must be cpu, cuda"),
-        ({"model": "m", "stop": [1]}, "settings.stop must be a string or a list"),
+        ({}, "settings.model must name one of the models of provider 'local': tiny"),
+        ({"model": "m"}, "settings.model must name one of the models of provider 'local': tiny"),
+        ({"model": "tiny", "beams": 4}, "settings.beams is not a setting of provider 'local'"),
+        ({"model": "tiny", "temperature": -1}, "settings.temperature must be at least 0, not -1"),
+        ({"model": "tiny", "top_p": 1.5}, "settings.top_p must be between 0 and 1"),
+        ({"model": "tiny", "max_tokens": 0}, "settings.max_tokens must be at least 1, not 0"),
+        ({"model": "tiny", "dtype": "int3"}, "settings.dtype must be one of"),
+        ({"model": "tiny", "device": "tpu"}, "settings.device must be cpu, cuda"),
+        ({"model": "tiny", "stop": [1]}, "settings.stop must be a string or a list"),
     ],
 )
 def test_bad_settings_are_refused_when_the_job_is_added(
@@ -311,7 +340,7 @@ def test_bad_settings_are_refused_when_the_job_is_added(
 async def test_end_to_end_over_the_websocket_beside_remote_jobs(
     start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient, tiny_model: Path
 ) -> None:
-    worker = await start_worker()
+    worker = await start_worker(local_models=f"tiny={tiny_model}")
     client = await connect(worker.ws_url)
 
     def template(max_tokens: int) -> dict[str, Any]:
@@ -320,7 +349,7 @@ async def test_end_to_end_over_the_websocket_beside_remote_jobs(
                 {
                     "provider": "local",
                     "settings": {
-                        "model": str(tiny_model),
+                        "model": "tiny",
                         "temperature": 0,
                         "max_tokens": max_tokens,
                     },
@@ -382,8 +411,8 @@ async def test_named_local_models_from_the_providers_file(
     assert text_of(messages) == reference(tiny_model, [{"role": "user", "content": "hi"}], 12)
 
 
-def local_template(model: Path, **settings: Any) -> dict[str, Any]:
-    settings = {"model": str(model), "temperature": 0, "max_tokens": 8, **settings}
+def local_template(model: str, **settings: Any) -> dict[str, Any]:
+    settings = {"model": model, "temperature": 0, "max_tokens": 8, **settings}
     return {
         "streams": [
             {
@@ -407,11 +436,11 @@ def sse_events(body: str) -> list[dict[str, str]]:
 async def test_a_job_waiting_for_its_model_hears_so_in_the_full_dialect_only(
     start_worker: StartWorker, connect: ConnectClient, tiny_model: Path
 ) -> None:
-    worker = await start_worker()
+    worker = await start_worker(local_models=f"tiny={tiny_model}")
     full = await connect(worker.ws_url)
     seed = await connect(worker.ws_url, seed=True)
     expected = reference(tiny_model, [{"role": "user", "content": "hi"}], 8)
-    job_id = await full.add("loading", query="hi", assistant=local_template(tiny_model))
+    job_id = await full.add("loading", query="hi", assistant=local_template("tiny"))
     await seed.send({"type": "listen", "job_id": job_id})
 
     messages = await full.job_messages(job_id)
@@ -421,7 +450,7 @@ async def test_a_job_waiting_for_its_model_hears_so_in_the_full_dialect_only(
     assert notice == {
         "type": "notice",
         "job_id": job_id,
-        "message": f"loading local model {str(tiny_model)!r}: the answer starts once it is loaded",
+        "message": "loading local model 'tiny': the answer starts once it is loaded",
         "seq": 2,  # after the start, before the text
     }
     first_text = next(i for i, m in enumerate(messages) if m["type"] == "running" and m["message"])
@@ -459,7 +488,7 @@ async def test_a_job_waiting_for_its_model_hears_so_in_the_full_dialect_only(
     assert [(e["id"], json.loads(e["data"])) for e in notices] == [("2", notice)]
 
     # Once the model is loaded, nobody waits, and nothing is said.
-    _, again = await full.run(query="hi", assistant=local_template(tiny_model))
+    _, again = await full.run(query="hi", assistant=local_template("tiny"))
     assert "notice" not in [m["type"] for m in again]
     assert text_of(again) == expected
 
@@ -467,9 +496,9 @@ async def test_a_job_waiting_for_its_model_hears_so_in_the_full_dialect_only(
 async def test_the_python_client_yields_the_notice_before_the_text(
     start_worker: StartWorker, tiny_model: Path
 ) -> None:
-    worker = await start_worker()
+    worker = await start_worker(local_models=f"tiny={tiny_model}")
     async with Client(worker.ws_url) as client:
-        job = await client.submit("hi", local_template(tiny_model))
+        job = await client.submit("hi", local_template("tiny"))
         events = [event async for event in job]
     notices = [event for event in events if isinstance(event, NoticeEvent)]
     assert [(n.seq, n.message.startswith("loading local model")) for n in notices] == [(2, True)]
@@ -484,12 +513,10 @@ async def test_a_model_that_cannot_be_had_fails_the_job_in_seconds(
 
     # A hub that cannot be reached, whatever this machine's network.
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
-    worker = await start_worker()
+    worker = await start_worker(local_models="nobody=nobody/no-such-model")
     client = await connect(worker.ws_url)
     started = time.monotonic()
-    _, messages = await client.run(
-        query="hi", assistant=local_template(Path("nobody/no-such-model"))
-    )
+    _, messages = await client.run(query="hi", assistant=local_template("nobody"))
     elapsed = time.monotonic() - started
     assert elapsed < 10, f"took {elapsed:.1f}s"
     assert [m["type"] for m in messages if m["type"] != "pending"] == [
@@ -498,7 +525,7 @@ async def test_a_model_that_cannot_be_had_fails_the_job_in_seconds(
         "failed",
     ]
     failed = messages[-1]["message"]
-    assert "cannot load local model 'nobody/no-such-model'" in failed, failed
+    assert "cannot load local model 'nobody'" in failed, failed
     assert "cannot be reached" in failed, failed
 
 
@@ -512,9 +539,9 @@ async def test_after_a_notice_a_model_that_cannot_be_had_falls_back(
 
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     upstream.handler = lambda body: Reply(tokens=["from", " the", " backup"])
-    worker = await start_worker()
+    worker = await start_worker(local_models="nobody=nobody/no-such-model")
     client = await connect(worker.ws_url)
-    assistant = local_template(Path("nobody/no-such-model"))
+    assistant = local_template("nobody")
     assistant["streams"][0]["fallbacks"] = [{"provider": "openai", "settings": {"model": "m"}}]
     _, messages = await client.run(query="hi", assistant=assistant)
     assert [m["type"] for m in messages if m["type"] in ("notice", "done")] == ["notice", "done"]

@@ -148,7 +148,7 @@ async def test_a_stall_mid_stream_times_out(
 async def test_a_provider_without_its_key_is_refused_when_the_job_is_added(
     start_worker: StartWorker, upstream: OpenAIServer, connect: ConnectClient
 ) -> None:
-    worker = await start_worker(openai_api_key=None)
+    worker = await start_worker(openai_api_key=None, echo_provider="on")
     client = await connect(worker.ws_url)
     await client.send({"type": "add", "id": "q", "query": "q", "assistant": assistant()})
     assert await client.recv() == {
@@ -158,7 +158,7 @@ async def test_a_provider_without_its_key_is_refused_when_the_job_is_added(
         "ref": "q",
     }
     # Also where a provider is named inside an insert.
-    summary = assistant({"insert": "history_summary", "provider": "openai"}, provider="local")
+    summary = assistant({"insert": "history_summary", "provider": "openai"}, provider="echo")
     await client.send({"type": "add", "id": "s", "query": "q", "assistant": summary})
     assert "set OPENAI_API_KEY" in (await client.recv())["message"]
     assert upstream.chat_requests == []
@@ -325,7 +325,7 @@ async def test_unconfigured_providers_are_refused_and_not_listed_as_available(
     )
     assert (await client.recv())["message"] == (
         "invalid assistant template: assistant.streams[0]: unknown provider 'opena1' "
-        "(available: local, openai; not configured: anthropic, vllm)"
+        "(available: openai; not configured: anthropic, local, vllm)"
     )
 
 

@@ -4,8 +4,8 @@ events -> cancel); without keys, with an admin key, and as a page of a foreign
 origin (every answer then a documented JSON 403, or the router's 405).
 
 Jobs go to the loopback OpenAI-compatible server (``openai``); ``local`` is usable
-too (torch is installed), offline, so a job naming a model it cannot load fails
-in a moment. The examples are few enough for the three runs to take about a
+too (torch is installed; ``LOCAL_MODELS`` names a hub id), offline, so a job naming
+its model fails in a moment. The examples are few enough for the three runs to take about a
 minute and a half here; the seed is fixed, so a failure is reproducible
 (``st run ... --seed``, printed with the run's output).
 """
@@ -66,7 +66,8 @@ async def serve_and_check(
 ) -> str:
     env = clean_env(
         LISTEN_PORT="0", STORE_URL="memory://", WORKER_CONCURRENCY="32",
-        OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url, HF_HUB_OFFLINE="1", **env,
+        OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url, HF_HUB_OFFLINE="1",
+        LOCAL_MODELS="nobody=nobody/no-such-model", **env,
     )  # fmt: skip
     async with processes() as started:
         worker = await WorkerProcess.start(env, tmp_path)

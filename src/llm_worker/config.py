@@ -7,6 +7,7 @@ names of the system we replace keep their meaning.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,31 @@ def check_http_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http:// or https:// URL with a host, not {value[:200]!r}")
+
+
+LOCAL_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+"""A name a job gives a local model by: never a path nor a hub id (no ``/``)."""
+
+
+def parse_local_models(text: str) -> dict[str, str]:
+    """``LOCAL_MODELS`` as {name a job gives: directory or hub id}; a
+    :class:`ValueError` says what is wrong with it."""
+    models: dict[str, str] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        name, equals, source = (part.strip() for part in entry.partition("="))
+        if not equals or not source:
+            raise ValueError(f"{entry.strip()!r} is not name=directory-or-hub-id")
+        if not LOCAL_MODEL_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a model name: 1 to 64 letters, digits, '.', '_', ':' "
+                "or '-', starting with a letter or digit"
+            )
+        if name in models:
+            raise ValueError(f"model name {name!r} is given twice")
+        models[name] = source
+    return models
 
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -132,6 +158,10 @@ class Settings(BaseSettings):
     provider_retry_base_seconds: float = Field(0.5, ge=0)
     """First back-off delay; it doubles with each retry, with jitter."""
 
+    local_models: str = ""
+    """The models provider ``local`` may run, as comma-separated ``name=source``: a
+    job names one by ``name``; ``source`` is a directory or a hub id. Unset: no
+    ``local`` provider."""
     local_max_models: int = Field(1, ge=1)
     """Local models kept loaded at once (provider ``local``)."""
     local_max_batch: int = Field(32, ge=1)
@@ -178,6 +208,12 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None:
             check_http_url(value)
+        return value
+
+    @field_validator("local_models")
+    @classmethod
+    def _local_models(cls, value: str) -> str:
+        parse_local_models(value)
         return value
 
     @field_validator("sqlite_synchronous", mode="before")

@@ -576,9 +576,11 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
 
   test("a job waiting for its local model to load says so before its text", {
     timeout: TEST_TIMEOUT,
-    skip: process.env.TINY_MODEL ? false : "TINY_MODEL (a local model's directory) is not set",
+    skip: process.env.LOCAL_MODELS?.startsWith("tiny=")
+      ? false
+      : "LOCAL_MODELS does not offer the tiny local model (tiny=its directory)",
   }, async () => {
-    const model = process.env.TINY_MODEL;
+    const model = "tiny";
     const assistant = {
       streams: [
         {

@@ -2,7 +2,7 @@
 
 Built in: ``openai`` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), ``vllm``
 (``VLLM_URI``, ``VLLM_API_KEY``), ``anthropic`` (``ANTHROPIC_API_KEY``,
-``ANTHROPIC_BASE_URL``), ``local`` (models in this process) and, where
+``ANTHROPIC_BASE_URL``), ``local`` (``LOCAL_MODELS``: models in this process) and, where
 ``ECHO_PROVIDER`` asks for it, ``echo`` (repeats the question; for trying and testing).
 ``PROVIDERS_FILE`` names more OpenAI-compatible endpoints, Anthropic presets or
 local models, in TOML::
@@ -16,8 +16,8 @@ local models, in TOML::
     api_key_env = "MY_VLLM_KEY"              # the variable that holds its key
 
     [providers.qwen]
-    type = "local"                           # a model run in this process
-    settings = { model = "Qwen/Qwen2.5-0.5B-Instruct", temperature = 0.7 }
+    type = "local"                           # a model run in this process, pinned:
+    settings = { model = "Qwen/Qwen2.5-0.5B-Instruct", temperature = 0.7 }  # jobs pick no other
 
     [providers.claude]
     type = "anthropic"                       # the Messages API; base_url is optional
@@ -41,6 +41,7 @@ from llm_worker.config import (
     ANTHROPIC_DEFAULT_BASE_URL,
     Settings,
     check_http_url,
+    parse_local_models,
     validation_problems,
 )
 from llm_worker.providers.anthropic import SETTINGS as ANTHROPIC_SETTINGS
@@ -79,6 +80,10 @@ class EndpointConfig(BaseModel):
                 raise ValueError(f"base_url {exc}") from None
         if self.type == "local" and (self.base_url or self.api_key_env):
             raise ValueError("a local model takes neither base_url nor api_key_env")
+        if self.type == "local" and not (
+            isinstance(model := self.settings.get("model"), str) and model.strip()
+        ):
+            raise ValueError("a local model needs settings.model: the directory or hub id it runs")
         if self.type == "anthropic" and (
             unknown := sorted(set(self.settings) - ANTHROPIC_SETTINGS)
         ):
@@ -184,7 +189,12 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
         max_batch=settings.local_max_batch,
         threads=settings.local_threads,
     )
-    providers.register("local", LocalProvider("local", models=local_models))
+    providers.register(
+        "local",
+        LocalProvider(
+            "local", models=local_models, choices=parse_local_models(settings.local_models)
+        ),
+    )
     anthropic_clients = AnthropicClients(
         timeout=settings.provider_timeout_seconds,
         connect_timeout=settings.provider_connect_timeout_seconds,
@@ -205,7 +215,8 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
         for name, endpoint in load_providers_file(settings.providers_file).providers.items():
             if endpoint.type == "local":
                 providers.register(
-                    name, LocalProvider(name, models=local_models, defaults=endpoint.settings)
+                    name,
+                    LocalProvider.pinned_to(name, models=local_models, settings=endpoint.settings),
                 )
                 continue
             if endpoint.type == "anthropic":
@@ -237,14 +248,11 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
 
 
 def real_providers(providers: Registry[Provider]) -> list[str]:
-    """The providers ready to answer with a model: configured ones, not the built-in
-    ``local`` that offers itself wherever torch is installed, nor ``echo``."""
+    """The providers ready to answer with a model: configured ones, not ``echo``."""
     return [
         name
         for name, provider in providers.items()
-        if provider.configuration_problem() is None
-        and not isinstance(provider, EchoProvider)
-        and not (name == "local" and isinstance(provider, LocalProvider) and not provider.defaults)
+        if provider.configuration_problem() is None and not isinstance(provider, EchoProvider)
     ]
 
 
@@ -274,7 +282,8 @@ def provider_readiness(providers: Registry[Provider]) -> list[tuple[bool, str]]:
             (
                 False,
                 "no model provider is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL "
-                "for a server of your own), ANTHROPIC_API_KEY, VLLM_URI or PROVIDERS_FILE"
+                "for a server of your own), ANTHROPIC_API_KEY, VLLM_URI, LOCAL_MODELS or "
+                "PROVIDERS_FILE"
                 + ("" if "echo" in providers else ", or ECHO_PROVIDER=on to try the worker"),
             )
         )

@@ -1,6 +1,13 @@
 """The ``local`` provider: Hugging Face models run in this process, batched.
 
-Settings: ``model`` (a local directory or a hub id), ``max_tokens`` (512),
+Which models it runs is the deployment's choice, never a job's: ``LOCAL_MODELS``
+names them (``name=directory-or-hub-id``, and a job's ``model`` must be one of
+those names), and a ``PROVIDERS_FILE`` entry of ``type = "local"`` runs the one
+model its ``settings.model`` pins (a job may not name another). Nothing a job
+sends becomes a path or a download, and what a job's listeners are told of a
+model that cannot be loaded names no file of this machine.
+
+Settings: ``model`` (one of the names), ``max_tokens`` (512),
 ``temperature`` (1; 0 is greedy), ``top_p`` (1), ``stop``, ``seed``, and
 optionally ``device`` (``cuda`` when there is one, else ``cpu``), ``dtype``
 (``auto``: float32 on the CPU, the model's own on a GPU) and ``ignore_eos``
@@ -29,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from llm_worker.providers.base import CallEnd, Notice, Provider, ProviderError
 from llm_worker.providers.checks import (
-    MODEL_SCHEMA,
     STOP_SCHEMA,
     check_integer,
     check_number,
@@ -135,8 +141,10 @@ class LocalModels:
             engine.close()
 
     async def _load(self, name: str, device: str, dtype: str) -> LocalEngine:
+        """Load model ``name`` (a configured source); a :class:`ProviderError` says why
+        it cannot be, in words that name no file of this machine (the log has them)."""
         try:
-            from llm_worker.providers.local_engine import load_engine
+            from llm_worker.providers.local_engine import Unavailable, load_engine
         except ImportError as exc:
             raise ProviderError(f"{INSTALL_HINT}: {exc}") from exc
         self.loads += 1
@@ -152,12 +160,13 @@ class LocalModels:
                 threads=self.threads,
                 loop=loop,
             )
-        except OSError as exc:
-            raise ProviderError(f"cannot load local model {name!r}: {exc}") from exc
+        except Unavailable as exc:
+            log.warning("cannot load local model %s: %s", name, exc)
+            raise ProviderError(str(exc)) from exc
         except Exception as exc:
-            raise ProviderError(
-                f"cannot load local model {name!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+            # transformers' messages quote the model's files: for the log alone.
+            log.warning("cannot load local model %s: %s: %s", name, type(exc).__name__, exc)
+            raise ProviderError("its files cannot be loaded (the worker's log says why)") from exc
 
     async def aclose(self) -> None:
         engines, self._engines = list(self._engines.values()), OrderedDict()
@@ -171,15 +180,66 @@ def _local_extra_installed() -> bool:
 
 
 class LocalProvider(Provider):
+    """Models run in this process, among those the deployment chose.
+
+    ``choices`` maps the names a job may give as ``settings.model`` to the directory
+    or hub id each stands for. A ``pinned`` provider (a providers-file entry) runs
+    its one model, ``choices``' only source, and a job may not set ``model``.
+    """
+
     def __init__(
-        self, name: str, *, models: LocalModels, defaults: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        models: LocalModels,
+        choices: Mapping[str, str],
+        pinned: bool = False,
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
+        if pinned and len(choices) != 1:
+            raise ValueError("a pinned local provider runs exactly one model")
         self.name = name
         self.models = models
+        self.choices = dict(choices)
+        self.pinned = pinned
         self.defaults = dict(defaults or {})
+        self.defaults.pop("model", None)
+
+    @classmethod
+    def pinned_to(
+        cls, name: str, *, models: LocalModels, settings: Mapping[str, Any]
+    ) -> LocalProvider:
+        """A providers-file entry: the model its ``settings.model`` pins, its other
+        settings as defaults."""
+        return cls(
+            name, models=models, choices={name: settings["model"]}, pinned=True, defaults=settings
+        )
 
     def configuration_problem(self) -> str | None:
+        if not self.choices:
+            return (
+                f"provider {self.name!r} needs LOCAL_MODELS: the models it may run, "
+                "as name=directory-or-hub-id"
+            )
         return None if _local_extra_installed() else INSTALL_HINT
+
+    def _model_problem(self, settings: Mapping[str, Any]) -> str | None:
+        """Why ``settings.model`` is refused, naming no more than the configured names:
+        whatever a job sends, it learns nothing of this machine's files."""
+        if self.pinned:
+            if "model" in settings:
+                return (
+                    f"provider {self.name!r} runs the one model its deployment chose: "
+                    "settings.model cannot be set"
+                )
+            return None
+        model = settings.get("model")
+        if isinstance(model, str) and model in self.choices:
+            return None
+        return (
+            f"settings.model must name one of the models of provider {self.name!r}: "
+            f"{', '.join(self.choices)}"
+        )
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
         problem = self.configuration_problem()
@@ -192,11 +252,9 @@ class LocalProvider(Provider):
             raise TemplateError(
                 f"settings.{unknown[0]} is not a setting of provider {self.name!r} (known: {known})"
             )
-        model = merged.get("model")
-        if not isinstance(model, str) or not model:
-            raise TemplateError(
-                f"settings.model must name a model (a directory or a hub id) for {self.name!r}"
-            )
+        problem = self._model_problem(settings)
+        if problem is not None:
+            raise TemplateError(problem)
         check_integer(merged, "max_tokens", low=1)
         check_number(merged, "temperature", low=0)
         check_number(merged, "top_p", low=0, high=1)
@@ -219,9 +277,10 @@ class LocalProvider(Provider):
 
     def settings_schema(self) -> dict[str, Any]:
         devices = ["cpu", "cuda", "mps"]
+        model = {} if self.pinned else {"model": {"enum": list(self.choices)}}
         return settings_schema(
             {
-                "model": MODEL_SCHEMA,
+                **model,
                 "max_tokens": integer_schema(1),
                 "temperature": number_schema(0),
                 "top_p": number_schema(0, 1),
@@ -245,12 +304,21 @@ class LocalProvider(Provider):
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
     ) -> AsyncIterator[str | Notice | CallEnd]:
         params = {**self.defaults, **settings}
-        name, dtype = params["model"], params.get("dtype", "auto")
+        problem = self._model_problem(settings)
+        if problem is not None:  # checked at add; a job is never the way to a file
+            raise ProviderError(problem)
+        label = self.name if self.pinned else params["model"]
+        source, dtype = self.choices[label], params.get("dtype", "auto")
         device = await self.models.device(params.get("device"))
-        engine = self.models.ready(name, device, dtype)
+        engine = self.models.ready(source, device, dtype)
         if engine is None:
-            yield Notice(f"loading local model {name!r}: the answer starts once it is loaded")
-            engine = await self.models.get(name, device, dtype)
+            yield Notice(f"loading local model {label!r}: the answer starts once it is loaded")
+            try:
+                engine = await self.models.get(source, device, dtype)
+            except ProviderError as exc:
+                if exc.retryable:
+                    raise
+                raise ProviderError(f"cannot load local model {label!r}: {exc.message}") from exc
         outputs: asyncio.Queue[Output] = asyncio.Queue()
         stop = params.get("stop") or []
         request = LocalRequest(

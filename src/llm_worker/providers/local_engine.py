@@ -294,8 +294,19 @@ def _pretrained(name: str, torch_dtype: Any, **options: Any) -> tuple[Any, Any]:
     return tokenizer, AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **options)
 
 
+class Unavailable(OSError):
+    """Why a model cannot be had, in words of ours that a job's listeners may read
+    (they name the hub, never a file of this machine)."""
+
+
+def is_directory(source: str) -> bool:
+    """Whether ``source`` names a directory (written as a path, or one that exists
+    here) rather than a hub id: a directory is never looked for on the hub."""
+    return source.startswith(("/", "./", "../")) or os.path.isdir(source)
+
+
 def _ask_hub(name: str) -> None:
-    """Return if the hub has model ``name``; raise ``OSError`` saying why not at once.
+    """Return if the hub has model ``name``; raise ``Unavailable`` saying why not at once.
 
     One request, bounded: the downloads' own retries would spend a minute on a hub
     that cannot be reached.
@@ -303,19 +314,18 @@ def _ask_hub(name: str) -> None:
     api = HfApi()
     try:
         api.model_info(name, timeout=HUB_TIMEOUT_SECONDS)
-    except HFValidationError as exc:
-        raise OSError(f"it is no directory here, nor a hub id: {exc}") from None
+    except HFValidationError:
+        raise Unavailable("it is neither a directory nor a valid hub id") from None
     except RepositoryNotFoundError:
-        raise OSError(
-            f"it is no directory here, and the hub ({api.endpoint}) has no such model "
-            "(or not for this process's token)"
+        raise Unavailable(
+            f"the hub ({api.endpoint}) has no such model (or not for this process's token)"
         ) from None
     except HfHubHTTPError as exc:
-        raise OSError(f"the hub ({api.endpoint}) refused it: {exc}") from None
+        raise Unavailable(f"the hub ({api.endpoint}) refused it: {exc}") from None
     except Exception as exc:  # no connection, no answer: the HTTP library's errors
         reason = str(exc) or type(exc).__name__
-        raise OSError(
-            f"it is no directory here, nor in the hub's cache, and the hub "
+        raise Unavailable(
+            f"it is not in the hub's cache, and the hub "
             f"({api.endpoint}) cannot be reached: {reason}"
         ) from None
 
@@ -331,13 +341,14 @@ def load_engine(
 ) -> LocalEngine:
     """Load a model and its tokenizer (a directory or a hub id) and start its engine.
 
-    Blocking: run it in a thread. The hub is reached only when the files are
-    not local (a directory, or the hub's cache) and ``HF_HUB_OFFLINE`` is not
-    set: it is asked once, for at most :data:`HUB_TIMEOUT_SECONDS`, whether it has
-    the model, and the files are downloaded only if it does. An ``OSError``
-    says why a model cannot be had. ``threads`` is torch's number
-    of CPU threads (for the whole process): as many as the cores would leave
-    the engine's and the event loop's threads fighting torch's for them
+    Blocking: run it in a thread. ``name`` is what the deployment configured, never
+    what a job sent. The hub is reached only for a hub id missing from the hub's
+    cache, and not when ``HF_HUB_OFFLINE`` is set: it is asked once, for at most
+    :data:`HUB_TIMEOUT_SECONDS`, whether it has the model, and the files are
+    downloaded only if it does. An ``OSError`` says why a model cannot be had (an
+    :class:`Unavailable` in words a job's listeners may read). ``threads`` is
+    torch's number of CPU threads (for the whole process): as many as the cores
+    would leave the engine's and the event loop's threads fighting torch's for them
     (bench/local_batching.py: 2.7x -> 5.2x at 16 jobs on 2 cores with 1 thread).
     """
     started = time.perf_counter()
@@ -349,12 +360,11 @@ def load_engine(
     try:
         tokenizer, model = _pretrained(name, torch_dtype, local_files_only=True)
     except OSError as exc:
-        if os.path.isdir(name):
+        if is_directory(name):
             raise
         if constants.is_offline_mode():
-            raise OSError(
-                "it is no directory here, nor in the Hugging Face hub's cache, and "
-                "HF_HUB_OFFLINE is set"
+            raise Unavailable(
+                "it is not in the Hugging Face hub's cache, and HF_HUB_OFFLINE is set"
             ) from exc
         _ask_hub(name)
         tokenizer, model = _pretrained(name, torch_dtype)
