@@ -283,12 +283,11 @@ class OpenAICompatibleProvider(Provider):
         retry_after: float | None = None,
         kind: str = "error",
     ) -> ProviderError:
-        """The error for clients: without the key or the credentials of any URL in it.
-        The log keeps what the provider said."""
-        secrets = [self._api_key or "", *url_secrets(self.base_url)]
-        told = scrub(message, secrets)
+        """The error for clients, the log and the store: without the key (whole, quoted
+        or masked) or the credentials of any URL in it."""
+        told = scrub(message, [self._api_key or "", *url_secrets(self.base_url)])
         if told != message:
-            log.warning("provider %r: %s", self.name, message)
+            log.warning("provider %r quoted a secret (redacted): %s", self.name, told)
         return ProviderError(told, retryable=retryable, retry_after=retry_after, kind=kind)
 
     def _translate(self, exc: openai.APIError) -> ProviderError:
