@@ -18,11 +18,17 @@ CHECK_TIMEOUT = 2.0
 
 
 def check_credentials(url: str, *, timeout: float = CHECK_TIMEOUT) -> None:
-    """Raise :class:`StoreError` if Redis at ``url`` refuses its credentials. A Redis
-    that cannot be reached passes: the start rides that out (``REDIS_OUTAGE_GRACE_SECONDS``)."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    """Raise :class:`StoreError` if Redis at ``url`` refuses its credentials, or if the
+    URL cannot be used at all (an option redis-py does not know). A Redis that cannot
+    be reached passes: the start rides that out (``REDIS_OUTAGE_GRACE_SECONDS``)."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    except ValueError as exc:
+        raise StoreError(f"STORE_URL {redact_url(url)}: {exc}") from None
     try:
         client.ping()
+    except (TypeError, ValueError) as exc:  # options in its query that Redis has not
+        raise StoreError(f"STORE_URL {redact_url(url)}: {exc}") from None
     except (AuthenticationError, AuthorizationError) as exc:
         said = (
             "Redis refused its password"
