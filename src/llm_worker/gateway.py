@@ -34,6 +34,7 @@ from llm_worker.protocol import ProtocolError
 from llm_worker.refusals import Refused, error_response
 from llm_worker.runner import RequestRefused, Runner
 from llm_worker.store import JobStore, StoreError, StoreStats, UnknownJob
+from llm_worker.store.base import ListingKey
 from llm_worker.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -182,13 +183,17 @@ class Gateway:
         return protocol.status(record, position, output_of(events), summary)
 
     async def recent_jobs(
-        self, principal: Principal, state: JobState | None, limit: int
+        self,
+        principal: Principal,
+        state: JobState | None,
+        limit: int,
+        below: ListingKey | None = None,
     ) -> list[JobRecord]:
-        """The newest jobs of every tenant, for an admin (:class:`Refused`, 403, for
-        anyone else)."""
+        """The newest jobs of every tenant (below ``below``: a next page), for an admin
+        (:class:`Refused`, 403, for anyone else)."""
         if not principal.admin:
             raise Refused(ADMIN_ONLY, errors.ADMIN_ONLY)
-        return await self.store.recent(state, limit, None)
+        return await self.store.recent(state, limit, None, below)
 
     def catalog(self, principal: Principal) -> dict[str, list[str]]:
         """What a template may name here: the providers configured, the inserts and

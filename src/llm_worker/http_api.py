@@ -50,6 +50,7 @@ from llm_worker.protocol import AddRequest, ProtocolError
 from llm_worker.refusals import Refused, error_response, refusal_response
 from llm_worker.serving import TRANSPORT_EXTENSION
 from llm_worker.store import StoreError
+from llm_worker.store.base import ListingKey
 
 if TYPE_CHECKING:
     from llm_worker.gateway import Gateway
@@ -130,11 +131,16 @@ class JobsAPI:
     async def listing(self, request: Request) -> Response:
         try:
             principal = self.gateway.authenticate(request)
-            state, limit = _listing_query(request)
-            records = await self.gateway.recent_jobs(principal, state, limit)
+            state, limit, below = _listing_query(request)
+            # One more than the page: whether a next one starts after it.
+            records = await self.gateway.recent_jobs(principal, state, limit + 1, below)
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
-        return JSONResponse({"jobs": [_summary(record) for record in records]})
+        page = records[:limit]
+        reply: dict[str, Any] = {"jobs": [_summary(record) for record in page]}
+        if len(records) > limit:
+            reply["next"] = ListingKey.of(page[-1]).cursor()
+        return JSONResponse(reply)
 
     async def catalog(self, request: Request) -> Response:
         try:
@@ -235,12 +241,23 @@ def _too_large(size: int, limit: int) -> str:
     return f"message too large: {size} bytes, the limit is {limit} (MAX_MESSAGE_BYTES)"
 
 
-def _listing_query(request: Request) -> tuple[JobState | None, int]:
-    """A listing's ``state`` (any when absent) and ``limit``; :class:`Refused` (400) for
-    a state that is none, or a limit that is not a whole number from 1 to the most (an
-    empty value is neither: absent is how to say "any")."""
+def _listing_query(request: Request) -> tuple[JobState | None, int, ListingKey | None]:
+    """A listing's ``state`` (any when absent), ``limit`` and where its page starts (the
+    ``cursor`` a page before gave as ``next``; the newest job when absent);
+    :class:`Refused` (400) for a state that is none, a limit that is not a whole number
+    from 1 to the most, or a cursor this listing never gave (an empty value is neither:
+    absent is how to say "any")."""
     state_text = request.query_params.get("state")
     limit_text = request.query_params.get("limit")
+    cursor = request.query_params.get("cursor")
+    below = None
+    if cursor is not None:
+        try:
+            below = ListingKey.from_cursor(cursor)
+        except ValueError:
+            raise Refused(
+                f"cursor must be the 'next' of a page of this listing, not {cursor[:40]!r}"
+            ) from None
     state = None
     if state_text is not None:
         try:
@@ -249,7 +266,7 @@ def _listing_query(request: Request) -> tuple[JobState | None, int]:
             states = ", ".join(JobState)
             raise Refused(f"state must be one of {states}, not {state_text[:40]!r}") from None
     if limit_text is None:
-        return state, LISTING_LIMIT
+        return state, LISTING_LIMIT, below
     if not (
         limit_text.isascii()
         and limit_text.isdigit()
@@ -259,7 +276,7 @@ def _listing_query(request: Request) -> tuple[JobState | None, int]:
         raise Refused(
             f"limit must be a whole number from 1 to {LISTING_MAX}, not {limit_text[:40]!r}"
         )
-    return state, int(limit_text)
+    return state, int(limit_text), below
 
 
 def _summary(record: JobRecord) -> dict[str, Any]:

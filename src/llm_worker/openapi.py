@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llm_worker import __version__, errors
+from llm_worker.store.base import CURSOR_PATTERN
 from llm_worker.templates import BUILTIN_PLACEHOLDERS, MAX_FALLBACKS, QUERY, ChatMessage
 
 if TYPE_CHECKING:
@@ -319,7 +320,12 @@ def _reply_schemas() -> dict[str, Any]:
                     "type": "array",
                     "items": _ref("JobSummary"),
                     "description": "Newest first.",
-                }
+                },
+                "next": {
+                    "type": "string",
+                    "description": "When older jobs remain: the `cursor` of the next page. "
+                    "Jobs added meanwhile shift no page.",
+                },
             },
         },
         "Catalog": {
@@ -492,10 +498,17 @@ def openapi_document(runner: Runner, *, keys: bool) -> dict[str, Any]:
                             },
                             "description": "At most this many jobs.",
                         },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                            "description": "Where the page starts: the `next` of the page "
+                            "before (opaque; any other value is refused).",
+                        },
                     ],
                     "responses": {
                         "200": _json("The jobs, newest first.", "JobList"),
-                        "400": _error("`state` or `limit` is not valid (bad_request)."),
+                        "400": _error("`state`, `limit` or `cursor` is not valid (bad_request)."),
                         **common,
                         **(
                             {"403": _error("An origin not allowed, or not an admin key.")}

@@ -54,6 +54,7 @@ from llm_worker.jobs import (
 from llm_worker.logs import about
 from llm_worker.store.base import (
     JobStore,
+    ListingKey,
     NotOwner,
     QueueFull,
     RateLimited,
@@ -516,13 +517,18 @@ class RedisStore(JobStore):
     # job can have expired): the index stays about the size of the jobs kept.
 
     async def recent(
-        self, state: JobState | None, limit: int, tenant: str | None
+        self,
+        state: JobState | None,
+        limit: int,
+        tenant: str | None,
+        below: ListingKey | None = None,
     ) -> list[JobRecord]:
+        # Members of one score come in reverse order of their ids: a ListingKey's order.
         found: list[JobRecord] = []
-        below = math.inf  # the page starts at this score...
+        high = math.inf if below is None else below.created_at  # the page starts at this score...
         ties = 0  # ...past the ids at that very score seen (and kept) already
         while len(found) < limit:
-            top = "+inf" if below == math.inf else repr(below)
+            top = "+inf" if high == math.inf else repr(high)
             page = await self._reach.for_client(
                 lambda top=top, ties=ties: self._client.zrevrangebyscore(
                     self.keys.recent_key,
@@ -548,14 +554,15 @@ class RedisStore(JobStore):
                 for (_, score), record in zip(page, records, strict=True)
                 if record is not None and float(score) == last
             )
-            ties = ties + kept_at_last if last == below else kept_at_last
-            below = last
+            ties = ties + kept_at_last if last == high else kept_at_last
+            high = last
             found += [
                 record
                 for record in records
                 if record is not None
                 and (state is None or record.state is state)
                 and (tenant is None or record.tenant == tenant)
+                and (below is None or ListingKey.of(record) < below)
             ]
         return found[:limit]
 
