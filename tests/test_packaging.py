@@ -83,6 +83,7 @@ def test_the_package_imports_only_what_it_requires() -> None:
     assert set().union(*optional.values()) <= {
         "torch",
         "transformers",
+        "huggingface_hub",
         "tokenizers",
         "yaml",
         "anthropic",
