@@ -292,7 +292,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     )
     try:
         await stop.wait()
-        log.info("stopping: waiting up to %.0fs for running jobs", settings.shutdown_grace_seconds)
+        log.info(
+            "stopping: waiting up to %.0fs for running jobs (a second SIGTERM or Ctrl-C "
+            "stops at once)",
+            settings.shutdown_grace_seconds,
+        )
     finally:
         if metrics_server is not None:
             metrics_server.close()

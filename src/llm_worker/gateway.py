@@ -40,6 +40,11 @@ from llm_worker.templates import TemplateError
 log = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "the worker is shutting down and takes no new jobs; try again shortly"
+# How often the store's health is asked in the background, and how long it may take.
+HEALTH_PROBE_SECONDS = 1.0
+HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
+# How long /healthz waits for the store's figures, once the store answered its probe.
+HEALTH_ANSWER_SECONDS = 0.5
 LISTEN_ONLY = "a listen token may only listen to its job and ask its status"
 ADMIN_ONLY = "only an admin key may list jobs"
 
@@ -74,15 +79,48 @@ class Gateway:
         self.draining = False
         """Set when the process stops: no new connections or jobs."""
         self._health_watch: asyncio.Task[None] | None = None
+        self._health_probe: asyncio.Task[None] | None = None
+        self._store_trouble: str | None = None
+        """Why the store did not answer the last probe; ``None`` when it did."""
+        self._probed = asyncio.Event()
 
     def start(self) -> None:
         self._health_watch = asyncio.create_task(self._watch_store(), name="store-health")
+        self._health_probe = asyncio.create_task(self._probe_forever(), name="health-probe")
 
     async def stop(self) -> None:
-        if self._health_watch is not None:
-            self._health_watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_watch
+        for task in (self._health_watch, self._health_probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _probe_forever(self) -> None:
+        """Ask the store how it is every ``HEALTH_PROBE_SECONDS``, bounded, so that
+        ``/healthz`` answers from what is known without waiting on the store."""
+        # A probe that takes long is not cancelled but waited for by the next rounds:
+        # its failure, when it comes, is how the store learns it is away.
+        probe: asyncio.Future[object] | None = None
+        try:
+            while True:
+                if probe is None:
+                    probe = asyncio.ensure_future(self.store.stats())
+                done, _ = await asyncio.wait({probe}, timeout=HEALTH_PROBE_TIMEOUT_SECONDS)
+                if not done:
+                    self._store_trouble = (
+                        f"the job store did not answer within {HEALTH_PROBE_TIMEOUT_SECONDS:.0f}s"
+                    )
+                else:
+                    probe, finished = None, probe
+                    exc = finished.exception()
+                    if exc is not None and not isinstance(exc, StoreError):
+                        log.warning("the job store could not answer a health probe: %r", exc)
+                    self._store_trouble = None if exc is None else (str(exc) or repr(exc))
+                self._probed.set()
+                await asyncio.sleep(HEALTH_PROBE_SECONDS)
+        finally:
+            if probe is not None:
+                probe.cancel()
 
     async def _watch_store(self) -> None:
         """Tell listeners when the store has been away longer than its grace period."""
@@ -100,8 +138,9 @@ class Gateway:
         loop = asyncio.get_running_loop()
         while (remaining := until - loop.time()) > 0:
             try:
-                followers = await self._followers_of_started_jobs()
-            except StoreError:
+                # Within the deadline, whatever the store's state.
+                followers = await asyncio.wait_for(self._followers_of_started_jobs(), remaining)
+            except (StoreError, TimeoutError):
                 return  # nothing more to relay while the store is away
             if not followers:
                 return
@@ -254,23 +293,39 @@ class Gateway:
         return Response(body, media_type=CONTENT_TYPE)
 
     async def healthz(self, request: HTTPRequest) -> Response:
-        # Failing, it answers in the API's error shape, with the figure a probe reads:
-        # ``status`` (a load balancer should send clients elsewhere).
+        """Answers at once (a load balancer's check must not time out): the store's
+        health is what the last probe found; the figures are asked for only of a
+        store that answered it, and within ``HEALTH_ANSWER_SECONDS``.
+
+        Failing, it answers in the API's error shape, with the figure a probe reads:
+        ``status`` (a load balancer should send clients elsewhere)."""
         if self.draining:
             return _unhealthy(errors.SHUTTING_DOWN, "shutting down", "the worker is shutting down")
-        try:
-            stats = await self.store.stats()
-        except Exception as exc:
+        if not self._probed.is_set():  # just started: the first probe is on its way
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._probed.wait(), HEALTH_ANSWER_SECONDS)
+        trouble = self._store_trouble if self._probed.is_set() else "the job store is starting"
+        trouble = self.store.away or trouble
+        stats = None
+        if trouble is None:
+            try:
+                stats = await asyncio.wait_for(self.store.stats(), HEALTH_ANSWER_SECONDS)
+            except TimeoutError:
+                trouble = f"the job store did not answer within {HEALTH_ANSWER_SECONDS}s"
+            except Exception as exc:
+                if not isinstance(exc, StoreError):
+                    log.warning("the job store could not answer /healthz: %r", exc)
+                trouble = str(exc) or repr(exc)
+        if stats is None:
             # Up, but not serving: a load balancer should send clients elsewhere.
-            if not isinstance(exc, StoreError):
-                log.warning("the job store could not answer /healthz: %r", exc)
-            return _unhealthy(errors.STORE_UNAVAILABLE, "store unavailable", str(exc))
+            return _unhealthy(errors.STORE_UNAVAILABLE, "store unavailable", trouble or "")
         return JSONResponse(
             {
                 "status": "ok",
                 "queued": stats.pending,
                 "running": stats.running,
-                "connections": len(self.connections),
+                # WebSocket connections and event streams alike hold a connection.
+                "connections": len(self.connections) + len(self.streams),
             }
         )
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import resource
+import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -231,6 +234,11 @@ class Server(uvicorn.Server):
         self.service = service
         self.on_ready = on_ready
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:  # a second SIGTERM or SIGINT: no more waiting
+            stop_at_once(sig)
+        super().handle_exit(sig, frame)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and self.on_ready is not None:
@@ -241,7 +249,7 @@ class Server(uvicorn.Server):
             server.close()
         log.info(
             "stopping: taking no new connections or jobs; waiting up to %.0fs for running jobs "
-            "(Ctrl-C again to stop at once)",
+            "(a second SIGTERM or Ctrl-C stops at once)",
             self.service.settings.shutdown_grace_seconds,
         )
         draining = asyncio.create_task(self.service.drain())
@@ -255,6 +263,15 @@ class Server(uvicorn.Server):
         except Exception:
             log.exception("draining failed; closing connections now")
         await super().shutdown(sockets)
+
+
+def stop_at_once(signum: int) -> None:
+    """End the process now, by ``signum`` as if it were not handled: a second SIGTERM
+    or SIGINT during a stop, for whoever will not wait for the drain."""
+    log.warning("stopping at once: %s during the stop", signal.Signals(signum).name)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # not reached: the signal's default action ends the process
 
 
 def make_server(app: Starlette, on_ready: Callable[[uvicorn.Server], None] | None = None) -> Server:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 CLAIM_WAIT_SECONDS = 5.0
 STORE_ERROR_BACKOFF_SECONDS = 1.0
+# After the grace, how long stopping the unfinished jobs and queueing them again may take.
+GIVE_UP_SECONDS = 2.0
 
 
 class Worker:
@@ -73,16 +75,40 @@ class Worker:
         remaining = max(until - asyncio.get_running_loop().time(), 0)
         log.info("waiting up to %.0fs for %d running jobs", remaining, len(self._jobs))
         _, unfinished = await asyncio.wait(list(self._jobs), timeout=remaining)
-        for task in unfinished:
-            task.cancel()
-        for task in unfinished:
-            claim = self._jobs.get(task)
+        if not unfinished:
+            return
+        # Giving the rest up takes the store: bounded, so that a store that is away
+        # (the jobs' last events waiting for it too) cannot hold the stop up.
+        claims = [claim for task in unfinished if (claim := self._jobs.get(task)) is not None]
+        giving_up = asyncio.ensure_future(self._give_up(unfinished, claims))
+        _, late = await asyncio.wait({giving_up}, timeout=GIVE_UP_SECONDS)
+        if late:
+            giving_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if claim is not None:
-                await self.store.release(
+                await giving_up
+            log.warning(
+                "%d unfinished jobs could not be queued again within %.0fs (the store does not "
+                "answer): another worker takes them over once their claims go stale",
+                len(claims),
+                GIVE_UP_SECONDS,
+            )
+
+    async def _give_up(self, tasks: set[asyncio.Task[None]], claims: list[Claim]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(
+                self.store.release(
                     claim.job_id, claim.attempt, "the worker stopped before the job finished"
                 )
+                for claim in claims
+            ),
+            return_exceptions=True,
+        )
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("job %s could not be queued again: %s", claim.job_id, outcome)
 
     async def stop(self) -> None:
         """Stop claiming; let running jobs finish within the grace period, then give them up."""

@@ -238,6 +238,12 @@ class JobStore(abc.ABC):
     async def recovered(self) -> None:  # noqa: B027 - nothing to wait for by default
         """Return once the outage :meth:`outage` reported is over."""
 
+    @property
+    def away(self) -> str | None:
+        """While an outage :meth:`outage` reported goes on, why the store cannot be
+        used (a request needing it should fail at once, not wait); else ``None``."""
+        return None
+
 
 class StoreUnavailable(StoreError):
     """The store could not be reached for longer than the caller could wait."""

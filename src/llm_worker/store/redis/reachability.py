@@ -54,6 +54,15 @@ class Reachability:
         """Whether the last call failed for want of Redis."""
         return self._down_since is not None
 
+    @property
+    def away(self) -> str | None:
+        """While an outage longer than the grace period goes on, what to tell a
+        client whose request needs Redis (it should not wait for it); else ``None``."""
+        if self._down_since is None or not self._outage_announced:
+            return None
+        seconds = time.monotonic() - self._down_since
+        return f"the job store (Redis) has been unreachable for {seconds:.0f}s"
+
     async def retry(self, call: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
         """``call()``, tried again with back-off while Redis cannot be reached.
 
@@ -80,6 +89,20 @@ class Reachability:
     def for_client(self, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         """A client's request waits out an outage up to the grace period."""
         return self.retry(call, deadline=self.grace)
+
+    async def unless_away(self, call: Callable[[], Awaitable[T]], within: float) -> T:
+        """:meth:`for_client`, but while an announced outage goes on, one try of
+        ``call`` within ``within`` seconds, then :class:`StoreUnavailable`: a request
+        made then fails fast, rather than wait out a timeout (a black hole's)."""
+        if (away := self.away) is None:
+            return await self.for_client(call)
+        try:
+            async with self._in_flight:
+                result = await asyncio.wait_for(call(), within)
+        except (*UNREACHABLE, TimeoutError):
+            raise StoreUnavailable(away) from None
+        self.came_back()
+        return result
 
     def went_down(self, exc: BaseException) -> None:
         """A call failed for want of Redis."""

@@ -75,6 +75,8 @@ T = TypeVar("T")
 _DEFER_PAUSE = 0.05
 # Ids of the index of recent jobs read at once, by a listing or a sweep of it.
 _RECENT_PAGE = 500
+# While Redis is known to be away, how long a request that needs it gets to find it back.
+_FAST_TRY_SECONDS = 0.5
 _RECORD_FIELDS = ("state", "created_at", "attempt", "error", "finished_at", "tenant")
 
 
@@ -272,10 +274,12 @@ class RedisStore(JobStore):
 
     async def close(self) -> None:
         # Events on their way, and queue entries being let go of: worth a moment, so
-        # that listeners get them and no other worker re-runs the jobs.
+        # that listeners get them and no other worker re-runs the jobs; none while
+        # Redis is away (they would not get through, and the stop must not wait).
+        away = self._reach.down
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all_written.wait(), 2.0)
-        await self._background.close(wait=2.0)
+            await asyncio.wait_for(self._all_written.wait(), 0 if away else 2.0)
+        await self._background.close(wait=0 if away else 2.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -345,6 +349,10 @@ class RedisStore(JobStore):
     async def recovered(self) -> None:
         await self._reach.recovered()
 
+    @property
+    def away(self) -> str | None:
+        return self._reach.away
+
     # -- gateway side -------------------------------------------------------
 
     async def submit(self, spec: JobSpec, tenant: str = "") -> JobRecord:
@@ -354,11 +362,12 @@ class RedisStore(JobStore):
             raise Unstorable(str(exc)) from None
         limits = self.limits(tenant)
         if limits.adds_per_minute:
-            wait_ms = await self._reach.for_client(
+            wait_ms = await self._reach.unless_away(
                 lambda: self._scripts["rate"](
                     keys=[self.keys.rate_key(tenant)],
                     args=[60_000 / limits.adds_per_minute, 60_000],
-                )
+                ),
+                _FAST_TRY_SECONDS,
             )
             if wait_ms:
                 raise RateLimited(tenant, limits.adds_per_minute, float(wait_ms) / 1000)
@@ -376,7 +385,10 @@ class RedisStore(JobStore):
             "size": len(text),
             "created_at": repr(now),
         }
-        await self._reach.for_client(lambda: self._client.hset(job_key, mapping=fields))
+        # Fast when Redis is known to be away: the client is told at once.
+        await self._reach.unless_away(
+            lambda: self._client.hset(job_key, mapping=fields), _FAST_TRY_SECONDS
+        )
         max_queued = limits.max_queued_jobs
         ticket = await self._reach.for_client(
             lambda: self._scripts["submit"](

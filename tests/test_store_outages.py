@@ -1,0 +1,87 @@
+"""Black holes between the processes and Redis (a proxy that stops forwarding without
+closing, as dropped packets look), with processes started as a user starts them:
+``/healthz`` answers at once from what is known, a request while Redis is known to
+be away fails fast, and listeners hear of a job whose worker went quiet."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llm_worker import errors
+from llm_worker.testing.openai_server import OpenAIServer
+from llm_worker.testing.processes import WorkerProcess, clean_env, processes
+from llm_worker.testing.redis_server import RedisServer, unique_prefix
+from tests.tcp_proxy import CuttingProxy
+from tests.wsclient import assistant
+
+# Seconds an answer may take that is given at once, on a loaded machine.
+AT_ONCE = 1.0
+
+
+def job(query: str = "hello") -> dict[str, Any]:
+    return {"query": query, "assistant": assistant()}
+
+
+async def timed(call: Any) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await call
+    return response, time.monotonic() - started
+
+
+async def test_a_black_holed_gateway_answers_healthz_and_adds_at_once(
+    upstream: OpenAIServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with CuttingProxy(redis_server.port) as proxy, processes() as started:
+        env = clean_env(
+            LISTEN_PORT="0",
+            STORE_URL=f"redis://127.0.0.1:{proxy.port}",
+            REDIS_PREFIX=unique_prefix(),
+            OPENAI_API_KEY="k",
+            OPENAI_BASE_URL=upstream.base_url,
+            REDIS_OUTAGE_GRACE_SECONDS="4",
+        )
+        gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
+        # Its worker reaches Redis directly: only the gateway's link is black-holed.
+        worker_env = {**env, "STORE_URL": redis_server.url}
+        worker = await WorkerProcess.start(worker_env, tmp_path, role="worker")
+        started += [gateway, worker]
+        base = f"http://127.0.0.1:{gateway.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            proxy.hold()
+            # Every check answers at once, and soon says the store is away.
+            deadline = time.monotonic() + 10
+            while True:
+                health, seconds = await timed(http.get("/healthz"))
+                assert seconds < AT_ONCE, (seconds, health.text)
+                if health.status_code == 503:
+                    break
+                assert health.status_code == 200
+                assert time.monotonic() < deadline, "the black hole never showed in /healthz"
+            assert health.json()["code"] == errors.STORE_UNAVAILABLE
+            # Once the outage is known (listeners are told), adding fails fast too.
+            await gateway.said("has been unreachable for", timeout=20)
+            for _ in range(3):
+                added, seconds = await timed(http.post("/v1/jobs", json=job()))
+                assert seconds < AT_ONCE, (seconds, added.text)
+                assert added.status_code == 503
+                assert added.json()["code"] == errors.STORE_UNAVAILABLE
+                health, seconds = await timed(http.get("/healthz"))
+                assert seconds < AT_ONCE
+                assert health.status_code == 503
+            # Healed: both work again, and the job runs.
+            proxy.release()
+            proxy.cut()  # connections that timed out meanwhile are closed by the client
+            await gateway.said("Redis is reachable again", timeout=20)
+            deadline = time.monotonic() + 10
+            while (await http.get("/healthz")).status_code != 200:
+                assert time.monotonic() < deadline, "healthz never healthy again"
+            added = await http.post("/v1/jobs", json=job("after"))
+            assert added.status_code == 201, added.text
+            job_id = added.json()["job_id"]
+            while (await http.get(f"/v1/jobs/{job_id}")).json()["state"] != "done":
+                assert time.monotonic() < deadline + 20, "the job added after never ran"
