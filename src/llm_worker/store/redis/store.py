@@ -52,6 +52,7 @@ from llm_worker.jobs import (
     stored_kind,
 )
 from llm_worker.logs import about
+from llm_worker.redaction import redact_url
 from llm_worker.store.base import (
     JobStore,
     ListingKey,
@@ -61,6 +62,7 @@ from llm_worker.store.base import (
     StoreStats,
     UnknownJob,
     Unstorable,
+    WorkerCensus,
 )
 from llm_worker.store.redis.layout import GROUP, SCRIPTS, Keys, decoded, encode_notice
 from llm_worker.store.redis.mirrors import Feed, Mirrors
@@ -75,6 +77,9 @@ T = TypeVar("T")
 _DEFER_PAUSE = 0.05
 # Ids of the index of recent jobs read at once, by a listing or a sweep of it.
 _RECENT_PAGE = 500
+# How often a worker says it is alive, and how long one silent is remembered (as quiet).
+_PRESENCE_SECONDS = 1.0
+_FORGET_SILENT_SECONDS = 600.0
 # While Redis is known to be away, how long a request that needs it gets to find it back.
 _FAST_TRY_SECONDS = 0.5
 _RECORD_FIELDS = ("state", "created_at", "attempt", "error", "finished_at", "tenant")
@@ -178,6 +183,10 @@ class RedisStore(JobStore):
         self._all_written = asyncio.Event()
         self._all_written.set()
         self._on_commit: Callable[[float], None] = lambda seconds: None
+        self._present = False
+        """Whether this process claims jobs, and so says it is alive."""
+        self.quiet_after = max(3.0, heartbeat_timeout / 3)
+        """How long a worker may go unheard before it counts as gone quiet."""
 
     def report_commits(self, observe: Callable[[float], None]) -> None:
         self._on_commit = observe
@@ -286,6 +295,11 @@ class RedisStore(JobStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._present and not self._reach.down:  # gone, not quiet
+            with contextlib.suppress(*UNREACHABLE, TimeoutError):
+                await asyncio.wait_for(
+                    self._client.zrem(self.keys.workers_key, self.worker_name), 1.0
+                )
         for pubsub in self._pubsubs:
             with contextlib.suppress(*UNREACHABLE):
                 await pubsub.aclose()
@@ -295,8 +309,7 @@ class RedisStore(JobStore):
                     await client.aclose()
 
     def _safe_url(self) -> str:
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        return redact_url(self.url)
 
     async def _create_group(self) -> None:
         try:
@@ -693,6 +706,9 @@ class RedisStore(JobStore):
     # -- worker side --------------------------------------------------------
 
     async def claim(self, max_wait: float) -> Claim | None:
+        if not self._present:  # a worker from now on: it says so every second
+            self._present = True
+            self._tasks.append(asyncio.create_task(self._presence_forever(), name="redis-presence"))
         deadline = time.monotonic() + max_wait
         while True:
             taken_over = False
@@ -1090,6 +1106,47 @@ class RedisStore(JobStore):
                 self._let_go_soon(job_id, held)
 
         return stop
+
+    async def _presence_forever(self) -> None:
+        while True:
+            try:
+                await self._scripts["present"](
+                    keys=[self.keys.workers_key],
+                    args=[self.worker_name, int(_FORGET_SILENT_SECONDS * 1000)],
+                )
+            except UNREACHABLE as exc:
+                self._reach.went_down(exc)
+            except Exception:
+                log.exception("saying this worker is alive failed")
+            await asyncio.sleep(_PRESENCE_SECONDS)
+
+    async def workers(self) -> WorkerCensus:
+        now, flat = await self._reach.for_client(
+            lambda: self._scripts["census"](keys=[self.keys.workers_key])
+        )
+        alive = 0
+        quiet: dict[str, float] = {}
+        for name, score in zip(flat[::2], flat[1::2], strict=True):
+            silent = (int(now) - float(score)) / 1000
+            if silent > self.quiet_after:
+                quiet[decoded(name)] = silent
+            else:
+                alive += 1
+        return WorkerCensus(alive, quiet)
+
+    async def owners(self, job_ids: list[str]) -> dict[str, str]:
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hmget(self.keys.job_key(job_id), ["state", "owner"])
+                return list(await pipe.execute())
+
+        rows = await self._reach.for_client(read) if job_ids else []
+        return {
+            job_id: decoded(owner).rpartition("/")[0]
+            for job_id, (state, owner) in zip(job_ids, rows, strict=True)
+            if owner is not None and state is not None and decoded(state) == JobState.RUNNING.value
+        }
 
     async def _heartbeat_forever(self) -> None:
         while True:
