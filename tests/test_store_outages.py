@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 
 from llm_worker import errors
-from llm_worker.testing.openai_server import OpenAIServer
+from llm_worker.dialects import SEED_TYPES
+from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
 from tests.tcp_proxy import CuttingProxy
-from tests.wsclient import assistant
+from tests.wsclient import WSClient, assistant
 
 # Seconds an answer may take that is given at once, on a loaded machine.
 AT_ONCE = 1.0
@@ -85,3 +86,63 @@ async def test_a_black_holed_gateway_answers_healthz_and_adds_at_once(
             job_id = added.json()["job_id"]
             while (await http.get(f"/v1/jobs/{job_id}")).json()["state"] != "done":
                 assert time.monotonic() < deadline + 20, "the job added after never ran"
+
+
+async def test_listeners_hear_when_the_only_worker_goes_quiet_and_healthz_says_so(
+    upstream: OpenAIServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    upstream.handler = lambda body: Reply(tokens=[f" t{i}" for i in range(40)], delay=0.25)
+    async with CuttingProxy(redis_server.port) as proxy, processes() as started:
+        env = clean_env(
+            LISTEN_PORT="0",
+            STORE_URL=redis_server.url,
+            REDIS_PREFIX=unique_prefix(),
+            OPENAI_API_KEY="k",
+            OPENAI_BASE_URL=upstream.base_url,
+            WORKER_HEARTBEAT_TIMEOUT_SECONDS="1.5",
+        )
+        gateway = await WorkerProcess.start(env, tmp_path, role="gateway")
+        # The worker's link to Redis is the one black-holed.
+        worker_env = {**env, "STORE_URL": f"redis://127.0.0.1:{proxy.port}"}
+        worker = await WorkerProcess.start(worker_env, tmp_path, role="worker")
+        started += [gateway, worker]
+        base = f"http://127.0.0.1:{gateway.port}"
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=30) as http,
+            WSClient(gateway.ws_url) as full,
+            WSClient(gateway.ws_url, seed=True) as seed,
+        ):
+            ids = [await full.add(query=f"job{i}") for i in range(5)]
+            for job_id in ids:
+                await seed.send({"type": "listen", "job_id": job_id})
+                await full.wait_for("running", job_id)
+            health = await http.get("/healthz")
+            assert health.status_code == 200, health.text
+            assert health.json()["workers"] == 1
+            proxy.hold()
+            held_at = time.monotonic()
+            # Each followed job's full-dialect listeners are told, within seconds.
+            told = set()
+            while told != set(ids):
+                notice = await full.wait_for("error", timeout=15)
+                assert "has not been heard from" in notice["message"], notice
+                told.add(notice["ref"])
+            assert time.monotonic() - held_at < 10
+            health, seconds = await timed(http.get("/healthz"))
+            assert seconds < AT_ONCE
+            assert health.status_code == 503, health.text
+            assert health.json()["code"] == errors.NO_WORKERS
+            assert health.json()["workers"] == 0
+            # Healed: the jobs go on to their ends, every listener's.
+            proxy.release()
+            proxy.cut()
+            for job_id in ids:
+                messages = await full.job_messages(job_id, timeout=60)
+                assert messages[-1]["type"] == "done", messages[-3:]
+                seed_messages = await seed.job_messages(job_id, timeout=60)
+                assert {m["type"] for m in seed_messages} <= SEED_TYPES
+                assert seed_messages[-1]["type"] == "done"
+            deadline = time.monotonic() + 10
+            while (health := await http.get("/healthz")).status_code != 200:
+                assert time.monotonic() < deadline, health.text
+            assert health.json()["workers"] == 1

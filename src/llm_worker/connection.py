@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -127,12 +128,14 @@ class Connection:
         for frame in refusal(self.dialect, request_type, ref, message):
             await self.send(frame)
 
-    def announce(self, message: str) -> None:
-        """An ``error`` about each job this connection follows, sent in the background
-        (to full-protocol connections: the seed's clients know no such message)."""
+    def announce(self, message: str, jobs: Collection[str] | None = None) -> None:
+        """An ``error`` about each job this connection follows (of ``jobs``, if given),
+        sent in the background (to full-protocol connections: the seed's clients know
+        no such message)."""
         if self.dialect is not Dialect.FULL or not self.followers:
             return
-        frames = [protocol.error(message, job_id) for job_id in self.followers]
+        about = [job_id for job_id in self.followers if jobs is None or job_id in jobs]
+        frames = [protocol.error(message, job_id) for job_id in about]
         self._background.spawn(self._send_quietly(frames), name="outage-notice")
 
     async def _send_quietly(self, frames: list[str]) -> None:

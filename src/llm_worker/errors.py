@@ -65,6 +65,8 @@ SHUTTING_DOWN = "shutting_down"
 """The process is stopping and takes no new jobs or connections."""
 TOO_MANY_CONNECTIONS = "too_many_connections"
 """``MAX_CONNECTIONS`` connections are open."""
+NO_WORKERS = "no_workers"
+"""No worker sharing the store has been heard from lately (``/healthz``)."""
 
 CODES: dict[str, int] = {
     BAD_REQUEST: 400,
@@ -89,6 +91,7 @@ CODES: dict[str, int] = {
     STORE_UNAVAILABLE: 503,
     SHUTTING_DOWN: 503,
     TOO_MANY_CONNECTIONS: 503,
+    NO_WORKERS: 503,
 }
 """Every code, with the HTTP status it comes with."""
 

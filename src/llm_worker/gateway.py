@@ -34,7 +34,7 @@ from llm_worker.protocol import ProtocolError
 from llm_worker.refusals import Refused, error_response
 from llm_worker.runner import RequestRefused, Runner
 from llm_worker.store import JobStore, StoreError, StoreStats, UnknownJob
-from llm_worker.store.base import ListingKey
+from llm_worker.store.base import ListingKey, WorkerCensus
 from llm_worker.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,10 @@ class Gateway:
         self._store_trouble: str | None = None
         """Why the store did not answer the last probe; ``None`` when it did."""
         self._probed = asyncio.Event()
+        self._census: WorkerCensus | None = None
+        """The workers sharing the store, as the last probe found them (shared stores)."""
+        self._told_quiet: set[tuple[str, str]] = set()
+        """(job, worker) pairs whose listeners were told the worker went quiet."""
 
     def start(self) -> None:
         self._health_watch = asyncio.create_task(self._watch_store(), name="store-health")
@@ -116,6 +120,8 @@ class Gateway:
                     if exc is not None and not isinstance(exc, StoreError):
                         log.warning("the job store could not answer a health probe: %r", exc)
                     self._store_trouble = None if exc is None else (str(exc) or repr(exc))
+                    if exc is None:
+                        await self._count_workers()
                 self._probed.set()
                 await asyncio.sleep(HEALTH_PROBE_SECONDS)
         finally:
@@ -129,6 +135,37 @@ class Gateway:
             for connection in list(self.connections):
                 connection.announce(message)
             await self.store.recovered()
+
+    async def _count_workers(self) -> None:
+        """Who runs jobs (from their heartbeats); the full-dialect listeners of a job
+        whose worker went quiet are told so, once per job and worker."""
+        try:
+            census = await asyncio.wait_for(self.store.workers(), HEALTH_PROBE_TIMEOUT_SECONDS)
+            self._census = census
+            if census is None:
+                return
+            self._told_quiet = {told for told in self._told_quiet if told[1] in census.quiet}
+            if not census.quiet:
+                return
+            followed = {job_id for c in list(self.connections) for job_id in c.followers}
+            followed -= {job_id for job_id, _ in self._told_quiet}
+            owners = await asyncio.wait_for(
+                self.store.owners(sorted(followed)), HEALTH_PROBE_TIMEOUT_SECONDS
+            )
+        except (StoreError, TimeoutError):
+            return
+        for job_id, worker in owners.items():
+            if worker not in census.quiet:
+                continue
+            self._told_quiet.add((job_id, worker))
+            message = (
+                f"the worker running job {job_id} has not been heard from for "
+                f"{census.quiet[worker]:.0f}s; the job goes on once it is back or another "
+                "worker takes it over"
+            )
+            log.warning("%s", message)
+            for connection in list(self.connections):
+                connection.announce(message, {job_id})
 
     async def drain(self, until: float) -> None:
         """Take no new connections or jobs; return once no connection follows a job
@@ -319,15 +356,24 @@ class Gateway:
         if stats is None:
             # Up, but not serving: a load balancer should send clients elsewhere.
             return _unhealthy(errors.STORE_UNAVAILABLE, "store unavailable", trouble or "")
-        return JSONResponse(
-            {
-                "status": "ok",
-                "queued": stats.pending,
-                "running": stats.running,
-                # WebSocket connections and event streams alike hold a connection.
-                "connections": len(self.connections) + len(self.streams),
-            }
-        )
+        body: dict[str, object] = {
+            "status": "ok",
+            "queued": stats.pending,
+            "running": stats.running,
+            # WebSocket connections and event streams alike hold a connection.
+            "connections": len(self.connections) + len(self.streams),
+        }
+        if (census := self._census) is not None:  # workers of their own (a shared store)
+            body["workers"] = census.alive
+            if not census.alive:  # nothing here can run a job
+                body |= {
+                    "type": "error",
+                    "code": errors.NO_WORKERS,
+                    "message": "no worker has been heard from lately: jobs wait",
+                    "status": "no workers",
+                }
+                return JSONResponse(body, status_code=errors.CODES[errors.NO_WORKERS])
+        return JSONResponse(body)
 
 
 def credential(connection: HTTPConnection) -> str | None:

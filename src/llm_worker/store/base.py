@@ -238,11 +238,29 @@ class JobStore(abc.ABC):
     async def recovered(self) -> None:  # noqa: B027 - nothing to wait for by default
         """Return once the outage :meth:`outage` reported is over."""
 
+    async def workers(self) -> WorkerCensus | None:
+        """Who runs jobs from this store; ``None`` where it is this process alone."""
+        return None
+
+    async def owners(self, job_ids: list[str]) -> dict[str, str]:
+        """The worker running each of these jobs, for those running (shared stores)."""
+        return {}
+
     @property
     def away(self) -> str | None:
         """While an outage :meth:`outage` reported goes on, why the store cannot be
         used (a request needing it should fail at once, not wait); else ``None``."""
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCensus:
+    """The workers sharing a store, from their heartbeats."""
+
+    alive: int
+    """Workers heard from lately."""
+    quiet: dict[str, float]
+    """Workers gone quiet (not heard from for a few heartbeats), with how many seconds."""
 
 
 class StoreUnavailable(StoreError):

@@ -12,6 +12,8 @@ so each Lua script touches one slot):
                         end of the lease their worker keeps renewing
 ``P:{queue}:recent``    sorted set of job ids by created_at: the listing of recent jobs;
                         ids whose job expired are dropped as they are found
+``P:{queue}:workers``   sorted set of workers by when each was last heard from (Redis's
+                        clock, ms): who is alive; a worker silent for long is dropped
 ``P:job:{ID}``          hash: state, attempt, seq, start, spec, tenant, size, times,
                         error, owner
 ``P:events:{ID}``       stream: the job's log, entry ``0-SEQ`` per event
@@ -47,6 +49,7 @@ class Keys:
         "prefix",
         "recent_key",
         "tickets_key",
+        "workers_key",
     )
 
     def __init__(self, prefix: str) -> None:
@@ -56,6 +59,7 @@ class Keys:
         self.tickets_key = f"{prefix}:{{queue}}:tickets"
         self.counts_key = f"{prefix}:{{queue}}:counts"
         self.recent_key = f"{prefix}:{{queue}}:recent"
+        self.workers_key = f"{prefix}:{{queue}}:workers"
         self.events_channel = f"{prefix}:{{events}}"
         self.cancel_channel = f"{prefix}:{{queue}}:cancel"
         self.moved_channel = f"{prefix}:{{queue}}:moved"
@@ -272,6 +276,24 @@ redis.call('XADD', KEYS[1], '*', 'job', ARGV[4], 'tenant', ARGV[5])
 return 1
 """
 
+# KEYS: workers zset. ARGV: worker name, how long a silent worker is kept (ms). The
+# worker is alive now, by Redis's clock (the same for every process whatever theirs).
+_PRESENT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return now
+"""
+
+# KEYS: workers zset. Returns Redis's time (ms), then each worker and when it was last
+# heard from.
+_CENSUS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
+"""
+
 SCRIPTS = {
     "submit": _SUBMIT,
     "start": _START,
@@ -285,5 +307,7 @@ SCRIPTS = {
     "defer": _DEFER,
     "heartbeat": _HEARTBEAT,
     "forget": _FORGET,
+    "present": _PRESENT,
+    "census": _CENSUS,
 }
 """Each script by the name the store calls it by."""
