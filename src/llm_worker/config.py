@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     """Signs listen tokens; every gateway must share it."""
     allowed_origins: str = ""
     """Origins of browser pages allowed besides the worker's own; ``*`` for any."""
+    allowed_hosts: str = ""
+    """Names requests may call the worker by (``Host``), comma-separated, besides IP
+    addresses and ``localhost``: ``*.example.com`` for subdomains, ``*`` for any."""
     tenant_max_running_jobs: int = Field(0, ge=0)
     """Jobs of one tenant running at once (0: up to WORKER_CONCURRENCY); with keys only."""
     tenant_max_queued_jobs: int = Field(1000, ge=0)
@@ -113,8 +116,16 @@ class Settings(BaseSettings):
     """Open connections (WebSocket and HTTP) at once; more are refused."""
     handshake_timeout_seconds: float = Field(10.0, gt=0)
     """How long a new connection may take to send its request (and upgrade)."""
+    body_timeout_seconds: float = Field(10.0, gt=0)
+    """How long a request's body may take to arrive, plus a second for every
+    BODY_MIN_BYTES_PER_SECOND bytes it has delivered."""
+    body_min_bytes_per_second: int = Field(16384, ge=1)
+    """The slowest a request's body may arrive, on average, past BODY_TIMEOUT_SECONDS."""
     slow_listener_seconds: float = Field(30.0, gt=0)
     """How long a connection may leave what it was sent unread before it is closed."""
+    sse_keepalive_seconds: float = Field(15.0, gt=0)
+    """How often an idle event stream sends a comment, to keep it open through proxies
+    and to find readers that went away."""
     max_followed_jobs: int = Field(1000, ge=1)
     """Jobs one connection may follow at once."""
     max_streams: int = Field(16, ge=1)

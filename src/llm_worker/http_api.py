@@ -14,7 +14,13 @@ is its ``seq``, ``event:`` its ``type``, ``data:`` the frame. It starts after
 ``?after=``, and ends after the job's terminal event. Asked for more once the
 job has ended, it answers 204, which tells ``EventSource`` to stop reconnecting.
 A stream whose reader leaves it unread for ``SLOW_LISTENER_SECONDS`` is cut, to
-be resumed like any other.
+be resumed like any other: whether its writes wait (the buffers between are
+full), or what was sent stays unacknowledged by the reader's TCP (a path that
+went dark, which the kernel's buffers hide from the first test). An idle stream
+sends a comment every ``SSE_KEEPALIVE_SECONDS``, which also finds a reader gone.
+Resuming after a seq past the end of the job's log (never sent, or lost with a
+worker that died) resumes from the log's end: the stream still ends with the
+job's terminal event.
 
 Errors are JSON, ``{"type": "error", "code": ..., "message": ...}``, with the
 WebSocket's messages, a stable ``code`` (:mod:`llm_worker.errors`) and the status
@@ -57,9 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A comment line this often keeps an idle stream open through proxies, and finds
-# readers that went away.
-KEEPALIVE_SECONDS = 15.0
 SSE_HEADERS = {
     "cache-control": "no-cache",
     # Tells nginx not to buffer the stream.
@@ -73,8 +76,9 @@ LISTING_MAX = 500
 class JobsAPI:
     """The ``/v1/jobs`` routes, served by the gateway's operations."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, keepalive_seconds: float = 15.0) -> None:
         self.gateway = gateway
+        self.keepalive_seconds = keepalive_seconds
 
     def routes(self) -> list[Route]:
         return [
@@ -155,12 +159,21 @@ class JobsAPI:
             principal = self.gateway.authenticate(request)
             after = _resume_point(request)
             record = await self.gateway.visible(principal, job_id)
-            if record.state.finished and not await self.gateway.store.read(job_id, after):
+            # From the event `after` on: whether the job has sent it, and what follows.
+            since = await self.gateway.store.read(job_id, max(after - 1, 0))
+            if after and not since:
+                # Past the log's end: never sent, or lost with a worker that died before
+                # its store had it. Followed as it is, it would skip every event up to
+                # it, the job's end included: resume from the log's end instead.
+                after = max(
+                    (event.seq for event in await self.gateway.store.read(job_id)), default=0
+                )
+            if record.state.finished and not any(event.seq > after for event in since):
                 # Nothing more will come: 204 tells EventSource not to reconnect.
                 return Response(status_code=204)
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
-        return EventStream(self.gateway, principal, job_id, after)
+        return EventStream(self.gateway, principal, job_id, after, self.keepalive_seconds)
 
     # -- reading requests -------------------------------------------------------
 
@@ -326,7 +339,14 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, gateway: Gateway, principal: Principal, job_id: str, after: int) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        job_id: str,
+        after: int,
+        keepalive_seconds: float = 15.0,
+    ) -> None:
         # Not Response.__init__: it would say the body is empty (content-length: 0).
         self.status_code = 200
         self.background = None
@@ -335,6 +355,7 @@ class EventStream(Response):
         self.principal = principal
         self.job_id = job_id
         self.after = after
+        self.keepalive_seconds = keepalive_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
@@ -343,14 +364,16 @@ class EventStream(Response):
         # lets it relay the job's end (Gateway.drain), as a WebSocket's followers do.
         relaying = asyncio.create_task(self._relay(transport, send), name=f"sse-{self.job_id}")
         watching = asyncio.create_task(_disconnected(receive), name="sse-disconnect")
+        delivering = asyncio.create_task(self._watch_delivery(transport), name="sse-delivery")
         self.gateway.streams[relaying] = self.job_id
+        tasks = (relaying, watching, delivering)
         try:
-            await asyncio.wait({relaying, watching}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.gateway.streams.pop(relaying, None)
-            for task in (relaying, watching):
+            for task in tasks:
                 task.cancel()
-            for task in (relaying, watching):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
         if relaying.done() and not relaying.cancelled() and relaying.exception() is None:
@@ -376,6 +399,32 @@ class EventStream(Response):
         async for chunk in self._chunks():
             await write(chunk)
 
+    async def _watch_delivery(self, transport: Any) -> None:
+        """Returns, having hung up, once bytes sent have stayed unacknowledged by the
+        reader's TCP for ``SLOW_LISTENER_SECONDS``: a reader that has stopped reading
+        once the buffers between are full, or a path that went dark, where small
+        writes (keep-alives) never fill the buffers that :meth:`_relay` waits on."""
+        limit = self.gateway.limits.slow_listener_seconds
+        interval = min(limit, self.keepalive_seconds) / 2
+        loop = asyncio.get_running_loop()
+        acked, progressed = -1, loop.time()
+        while True:
+            await asyncio.sleep(interval)
+            delivery = transport.delivery() if transport is not None else None
+            if delivery is None:
+                continue  # unknown here: the slow-reader cut alone applies
+            pending, now_acked = delivery
+            now = loop.time()
+            if not pending or now_acked != acked:
+                acked, progressed = now_acked, now
+            elif now - progressed >= limit:
+                log.info(
+                    "cutting an event stream whose reader has acknowledged nothing for %.0fs",
+                    now - progressed,
+                )
+                transport.abort()
+                return
+
     async def _chunks(self) -> AsyncIterator[bytes]:
         """The stream's bytes: its events, comments to keep it alive, and its end."""
         relay = Relay(self.job_id, Dialect.FULL, self.after)
@@ -395,7 +444,7 @@ class EventStream(Response):
                     if queue_moved is None:
                         queue_moved = asyncio.ensure_future(self.gateway.store.queue_moved())
                     waits.add(queue_moved)
-                done, _ = await asyncio.wait(waits, timeout=KEEPALIVE_SECONDS)
+                done, _ = await asyncio.wait(waits, timeout=self.keepalive_seconds)
                 if not done:
                     yield b": keep-alive\n\n"
                     continue

@@ -407,7 +407,8 @@ frame's `seq` (`pending` has none), `event:` its `type` (`pending`, `running`,
 `reset`, `done`, `failed`, `cancelled`, `error`), `data:` the frame as JSON
 (`JobEvent`). A `running` frame may carry several deltas merged, with the last
 one's seq. The stream ends after the terminal event (`done`, `failed` or
-`cancelled`); comment lines keep an idle stream open."""
+`cancelled`), which it sends even when `after` is past the end of the job's log
+(it then resumes from there); comment lines keep an idle stream open."""
 
 
 def openapi_document(runner: Runner, *, keys: bool) -> dict[str, Any]:

@@ -5,10 +5,20 @@ with the limits no application code can set.
   503 and closed, before it costs more than a moment's file descriptor.
 * A connection has ``HANDSHAKE_TIMEOUT_SECONDS`` to send a request's headers (a
   WebSocket upgrade's included): half-open sockets are closed, not kept.
+* A request's body has ``BODY_TIMEOUT_SECONDS``, plus a second for every
+  ``BODY_MIN_BYTES_PER_SECOND`` bytes it delivers, to arrive (a minimum rate past a
+  grace): a body that trickles or stops is answered 408 and its connection closed.
+  A request answered before its body ended (a 401, a 413) is read no further:
+  its connection is shut for writing and closed, after at most
+  ``LINGER_SECONDS`` in which what the client still sends is dropped, so that a
+  client still sending reads its answer rather than a reset.
 * A WebSocket connection offers the application its transport (ASGI extension
   ``llm-worker.transport``): how much it has yet to send, and a way to close it
   with a reason even while the peer reads nothing; an HTTP request, whether the
-  peer reads what it is sent and a way to hang up (for event streams).
+  peer reads what it is sent, whether its writes are stalled (bytes pending that
+  the peer's TCP has not acknowledged for a while: a black-holed path, which the
+  kernel's buffers hide from the first test) and a way to hang up (for event
+  streams).
 * On a stop, new connections are refused at once, but the open ones are closed
   only once :meth:`~llm_worker.app.Service.drain` is over.
 """
@@ -17,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import os
 import resource
 import signal
 import socket
+import struct
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -49,10 +62,18 @@ CLOSE_GRACE_SECONDS = 5.0
 RESERVED_FILES = 256
 
 
+# How long an answered request's connection drops what its client still sends.
+LINGER_SECONDS = 2.0
+# Where struct tcp_info holds tcpi_bytes_acked (Linux 4.1 and later).
+_TCP_INFO_BYTES_ACKED = 120
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
     max_connections: int
     handshake_timeout: float
+    body_timeout: float = 10.0
+    body_min_rate: int = 16384
 
 
 class Transport:
@@ -99,13 +120,38 @@ class HttpTransport:
         """Whether a send would wait for the peer to read first."""
         return bool(self._protocol.flow.write_paused)
 
+    def delivery(self) -> tuple[int, int] | None:
+        """(bytes pending, bytes the peer's TCP has acknowledged so far), or ``None``
+        where the system does not tell (not Linux, not TCP). Bytes pending that stay
+        unacknowledged mean a peer that reads nothing, or a path that drops what
+        is sent: either way, the peer hears nothing more."""
+        transport = self._protocol.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or transport.is_closing():
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            unsent = bytearray(4)
+            fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, unsent)
+        except (OSError, AttributeError):
+            return None
+        if len(info) < _TCP_INFO_BYTES_ACKED + 8:
+            return None
+        pending = transport.get_write_buffer_size() + struct.unpack("i", unsent)[0]
+        return pending, struct.unpack_from("Q", info, _TCP_INFO_BYTES_ACKED)[0]
+
     def abort(self) -> None:
         if self._protocol.transport is not None:
             self._protocol.transport.abort()
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, offering :class:`Transport` to the app."""
+    """uvicorn's sans-I/O WebSocket protocol, offering :class:`Transport` to the app.
+
+    A text message that is not UTF-8 closes the connection 1007, as uvicorn does,
+    but logs one INFO line instead of an ERROR with a traceback: a client's bad
+    input is not a fault of ours.
+    """
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -113,12 +159,28 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][TRANSPORT_EXTENSION] = Transport(self)
 
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError as exc:
+                self.frames = []
+                log.info("closing a WebSocket that sent a text message not UTF-8 (1007): %s", exc)
+                self.conn.send_close(1007, "a text message must be UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
 
 def http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, under ``limits``."""
 
     class HttpProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _body_deadline: asyncio.TimerHandle | None = None
+        _body_started = 0.0
+        _body_bytes = 0
+        _lingering = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if len(self.server_state.connections) >= limits.max_connections:
@@ -140,19 +202,90 @@ def http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def on_headers_complete(self) -> None:
             self._stop_deadline()
+            self._body_started, self._body_bytes = self.loop.time(), 0
             super().on_headers_complete()
             scope = getattr(self, "scope", None)
             if scope is not None and scope.get("type") == "http":
                 scope.setdefault("extensions", {})[TRANSPORT_EXTENSION] = HttpTransport(self)
 
+        def on_body(self, body: bytes) -> None:
+            self._body_bytes += len(body)
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._stop_body_deadline()
+            super().on_message_complete()
+
         def data_received(self, data: bytes) -> None:
-            if self.transport is not None:  # not refused in connection_made
-                super().data_received(data)
+            if self.transport is None or self._lingering:
+                return  # refused in connection_made, or answered: dropped
+            super().data_received(data)
+            if self._body_deadline is None and self._body_unfinished():
+                self._body_deadline = self.loop.call_at(
+                    self._body_started + limits.body_timeout, self._check_body
+                )
+
+        def on_response_complete(self) -> None:
+            if not self._body_unfinished(answered=True) or self.transport.is_closing():
+                super().on_response_complete()
+                return
+            # Answered before its body ended: read no more of it.
+            self._stop_body_deadline()
+            self._lingering = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_deadline()
+            self._stop_body_deadline()
             if self.transport is not None:
                 super().connection_lost(exc)
+
+        def _body_unfinished(self, answered: bool = False) -> bool:
+            """Whether the current request's body has yet to end (and, unless
+            ``answered``, the request has yet to be answered)."""
+            cycle = self.cycle
+            return (
+                cycle is not None
+                and cycle.more_body
+                and not cycle.disconnected
+                and (answered or not cycle.response_complete)
+            )
+
+        def _check_body(self) -> None:
+            self._body_deadline = None
+            if not self._body_unfinished() or self.transport.is_closing():
+                return
+            now = self.loop.time()
+            # Past the grace, each byte delivered buys 1/rate seconds: the body's
+            # average rate may not fall below the minimum.
+            allowed = self._body_started + limits.body_timeout
+            allowed += self._body_bytes / limits.body_min_rate
+            if self.flow.read_paused:  # the app has yet to take what came: not the peer's fault
+                allowed = max(allowed, now + limits.body_timeout)
+            if now < allowed:
+                self._body_deadline = self.loop.call_at(allowed, self._check_body)
+                return
+            log.info(
+                "closing a connection whose request body came too slowly: %d bytes in %.1fs",
+                self._body_bytes,
+                now - self._body_started,
+            )
+            cycle = self.cycle
+            if not cycle.response_started:
+                self.transport.write(
+                    _refusal(errors.REQUEST_TIMEOUT, "the request's body took too long to arrive")
+                )
+            # The app reading the body hears that the client is gone, and answers no one.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.close()
+
+        def _stop_body_deadline(self) -> None:
+            if self._body_deadline is not None:
+                self._body_deadline.cancel()
+                self._body_deadline = None
 
         def _start_deadline(self) -> None:
             if self._deadline is None:
@@ -286,6 +419,8 @@ def server_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     limits = ConnectionLimits(
         max_connections=allow_connections(settings.max_connections),
         handshake_timeout=settings.handshake_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        body_min_rate=settings.body_min_bytes_per_second,
     )
     return uvicorn.Config(
         app,
