@@ -31,6 +31,7 @@ from llm_worker.origins import origin_middleware
 from llm_worker.pipelines import builtin_pipelines
 from llm_worker.providers.catalog import build_providers, provider_readiness
 from llm_worker.providers.openai_compatible import ClientPool
+from llm_worker.redaction import redact_url
 from llm_worker.runner import RequestLimits, RetryPolicy, Runner
 from llm_worker.store import JobStore, StoreError, open_store
 from llm_worker.worker import Worker
@@ -288,7 +289,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     log.info(
         "worker ready: up to %d jobs at once from %s",
         settings.worker_concurrency,
-        settings.store_url.rpartition("@")[2],
+        redact_url(settings.store_url),
     )
     try:
         await stop.wait()

@@ -10,11 +10,13 @@ import difflib
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llm_worker.redaction import redact_url
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The SDK appends the API's own paths (/v1/messages) to it.
@@ -261,11 +263,19 @@ class Settings(BaseSettings):
     def _empty_key_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    def __repr_args__(self) -> Any:
+        # URLs may carry credentials (redis://:PASSWORD@..., ?api-key=...): a repr, as
+        # logged or shown in a traceback, shows them without (keys are SecretStr).
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in _URL_SETTINGS and value else value
+
     @property
     def ws_max_frame_bytes(self) -> int:
         """The transport's hard limit; frames between the two limits get an ``error``."""
         return self.max_message_bytes * 4
 
+
+_URL_SETTINGS = frozenset({"store_url", "openai_base_url", "anthropic_base_url", "vllm_uri"})
 
 # Variables of ours that are not settings of the server: the clients' and the scripts'.
 OTHER_VARIABLES = frozenset({"LLM_WORKER_URL", "LLM_WORKER_API_KEY", "LLM_WORKER_VENV"})
