@@ -185,7 +185,7 @@ class RedisStore(JobStore):
         self._on_commit: Callable[[float], None] = lambda seconds: None
         self._present = False
         """Whether this process claims jobs, and so says it is alive."""
-        self.quiet_after = max(3.0, heartbeat_timeout / 3)
+        self.quiet_after = max(5.0, heartbeat_timeout / 3)
         """How long a worker may go unheard before it counts as gone quiet."""
 
     def report_commits(self, observe: Callable[[float], None]) -> None:
