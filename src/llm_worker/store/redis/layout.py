@@ -276,6 +276,23 @@ redis.call('XADD', KEYS[1], '*', 'job', ARGV[4], 'tenant', ARGV[5])
 return 1
 """
 
+# KEYS: job. ARGV: TTL (ms), then field, value pairs. A new job's record, which expires
+# unless its submit goes through (keep): a gateway dying in between leaves nothing.
+_RECORD = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: job. ARGV: ticket. The job is queued: its record is kept (until it ends, when
+# its TTL is set again); 0 if it expired meanwhile.
+_KEEP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'ticket', ARGV[1])
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
 # KEYS: workers zset. ARGV: worker name, how long a silent worker is kept (ms). The
 # worker is alive now, by Redis's clock (the same for every process whatever theirs).
 _PRESENT = """
@@ -307,6 +324,8 @@ SCRIPTS = {
     "defer": _DEFER,
     "heartbeat": _HEARTBEAT,
     "forget": _FORGET,
+    "record": _RECORD,
+    "keep": _KEEP,
     "present": _PRESENT,
     "census": _CENSUS,
 }

@@ -60,6 +60,7 @@ from llm_worker.store.base import (
     QueueFull,
     RateLimited,
     StoreStats,
+    StoreUnavailable,
     UnknownJob,
     Unstorable,
     WorkerCensus,
@@ -398,9 +399,13 @@ class RedisStore(JobStore):
             "size": len(text),
             "created_at": repr(now),
         }
-        # Fast when Redis is known to be away: the client is told at once.
+        # The record expires unless the submit below goes through. Fast when Redis is
+        # known to be away: the client is told at once.
+        record = [int(self._unqueued_ttl * 1000)]
+        for name, value in fields.items():
+            record += (name, value)
         await self._reach.unless_away(
-            lambda: self._client.hset(job_key, mapping=fields), _FAST_TRY_SECONDS
+            lambda: self._scripts["record"](keys=[job_key], args=record), _FAST_TRY_SECONDS
         )
         max_queued = limits.max_queued_jobs
         ticket = await self._reach.for_client(
@@ -430,7 +435,11 @@ class RedisStore(JobStore):
             if ticket == -4:
                 raise QueueFull.of_bytes(self.queue_max_bytes)
             raise QueueFull.of_jobs(self.queue_max)
-        await self._reach.for_client(lambda: self._client.hset(job_key, "ticket", ticket))
+        kept = await self._reach.for_client(
+            lambda: self._scripts["keep"](keys=[job_key], args=[ticket])
+        )
+        if not kept:  # Redis was away for longer than the record's TTL
+            raise StoreUnavailable("the job store (Redis) lost the job while adding it")
         return JobRecord(id=job_id, state=JobState.PENDING, created_at=now, tenant=tenant)
 
     async def _fields(self, job_id: str) -> dict[str, str] | None:
@@ -640,6 +649,12 @@ class RedisStore(JobStore):
                 continue
             if removed:
                 log.debug("dropped %d expired jobs from the index of recent jobs", removed)
+
+    @property
+    def _unqueued_ttl(self) -> float:
+        """How long a new job's record lasts until its submit goes through: past
+        every retry of the submit."""
+        return max(60.0, 4 * self.outage_grace)
 
     @property
     def _ttl(self) -> int:
