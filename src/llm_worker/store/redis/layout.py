@@ -22,7 +22,9 @@ so each Lua script touches one slot):
 Channels: ``P:{events}`` (jobs' logs grew: one message per round of writes,
 covering every job the round wrote to, with the events themselves where it has
 them; see :func:`encode_notice`), ``P:{queue}:cancel`` (a running job was
-cancelled; payload its id), ``P:{queue}:moved`` (a job left the queue). On a
+cancelled; payload its id), ``P:{queue}:moved`` (a job left the queue),
+``P:{queue}:wake`` (a job was queued, or one holding a place among its tenant's
+running jobs ended: workers waiting for either look again). On a
 Redis Cluster they are sharded channels, each in the slot of its hash tag: the
 queue's channels are published by the scripts that change the queue.
 """
@@ -49,6 +51,7 @@ class Keys:
         "prefix",
         "recent_key",
         "tickets_key",
+        "wake_channel",
         "workers_key",
     )
 
@@ -63,6 +66,7 @@ class Keys:
         self.events_channel = f"{prefix}:{{events}}"
         self.cancel_channel = f"{prefix}:{{queue}}:cancel"
         self.moved_channel = f"{prefix}:{{queue}}:moved"
+        self.wake_channel = f"{prefix}:{{queue}}:wake"
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}"
@@ -90,7 +94,8 @@ def decoded(value: Any) -> str:
 
 
 # KEYS: jobs stream, pending zset, tickets, counts, recent zset. ARGV: job id, queue
-# max, tenant, tenant's max queued (-1: none), size, max bytes, created_at. Returns the
+# max, tenant, tenant's max queued (-1: none), size, max bytes, created_at, the wake
+# channel, the publish command (SPUBLISH on a cluster). Returns the
 # job's ticket (the same one when a retry finds it queued already), or -1: the queue
 # is full, -3: the tenant's share is, -4: its bytes are. A queued job joins the index
 # of recent jobs; a refused one never does.
@@ -112,6 +117,7 @@ redis.call('HINCRBY', KEYS[4], 'q:' .. ARGV[3], 1)
 redis.call('HINCRBY', KEYS[4], 'bytes', size)
 redis.call('HSET', KEYS[4], 'of:' .. ARGV[1], ARGV[3] .. ' ' .. size)
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+redis.call(ARGV[9], ARGV[8], '')
 return ticket
 """
 

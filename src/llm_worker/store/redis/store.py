@@ -74,8 +74,6 @@ from llm_worker.tasks import TaskSet
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# After putting back a job whose tenant runs all it may, before reading the next.
-_DEFER_PAUSE = 0.05
 # Ids of the index of recent jobs read at once, by a listing or a sweep of it.
 _RECENT_PAGE = 500
 # How often a worker says it is alive, and how long one silent is remembered (as quiet).
@@ -185,6 +183,9 @@ class RedisStore(JobStore):
         self._all_written.set()
         self._on_commit: Callable[[float], None] = lambda seconds: None
         self._present = False
+        self._wakes = 0
+        """Wake notices heard so far (a job queued, a tenant's running place freed)."""
+        self._woken = asyncio.Event()
         """Whether this process claims jobs, and so says it is alive."""
         self.quiet_after = max(5.0, heartbeat_timeout / 3)
         """How long a worker may go unheard before it counts as gone quiet."""
@@ -244,7 +245,7 @@ class RedisStore(JobStore):
         self._tasks = [asyncio.create_task(self._write_forever(), name="redis-writes")]
         # A worker needs to hear of cancels only; queue moves and logs are for those
         # who show them.
-        queue_channels = [self.keys.cancel_channel]
+        queue_channels = [self.keys.cancel_channel, self.keys.wake_channel]
         events_channels = []
         if self.follows:
             queue_channels.append(self.keys.moved_channel)
@@ -425,6 +426,8 @@ class RedisStore(JobStore):
                     len(text),
                     self.queue_max_bytes,
                     repr(now),
+                    self.keys.wake_channel,
+                    self._publish,
                 ],
             )
         )
@@ -695,6 +698,9 @@ class RedisStore(JobStore):
             self._queue_waiters.wake(None)
         elif channel == self.keys.cancel_channel:
             self._cancelled(decoded(data))
+        elif channel == self.keys.wake_channel:
+            self._wakes += 1
+            self._woken.set()
         elif channel == self.keys.events_channel:
             self._mirrors.apply_notice(data)
 
@@ -725,6 +731,11 @@ class RedisStore(JobStore):
             self._present = True
             self._tasks.append(asyncio.create_task(self._presence_forever(), name="redis-presence"))
         deadline = time.monotonic() + max_wait
+        # Jobs put back since the last wake notice, their tenants running all they may:
+        # one met again means every waiting job is such, and the worker waits for a
+        # wake (a place freed, a job queued) instead of going round again.
+        deferred: set[str] = set()
+        wakes = self._wakes
         while True:
             taken_over = False
             entry = None
@@ -743,6 +754,19 @@ class RedisStore(JobStore):
             leased = await self._lease(job_id, tenant)
             if leased is None:
                 await self._defer(entry_id, job_id, tenant)
+                if wakes != self._wakes:  # something changed meanwhile: round again
+                    deferred.clear()
+                    wakes = self._wakes
+                elif job_id in deferred:
+                    # Leases of a worker that died run out: look again after a while.
+                    wait = min(deadline - time.monotonic(), self.heartbeat_timeout / 3)
+                    self._woken.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._woken.wait(), max(wait, 0))
+                    deferred.clear()
+                    wakes = self._wakes
+                else:
+                    deferred.add(job_id)
                 if time.monotonic() >= deadline:
                     return None
                 continue
@@ -767,7 +791,7 @@ class RedisStore(JobStore):
 
     async def _defer(self, entry_id: str, job_id: str, tenant: str) -> None:
         """The tenant runs all it may: its job goes to the back of the stream, keeping
-        its place in the queue; a short pause, so that a queue of such jobs is not a spin."""
+        its place in the queue."""
         await self._reach.retry(
             lambda: self._grouped(
                 lambda: self._scripts["defer"](
@@ -777,7 +801,6 @@ class RedisStore(JobStore):
             ),
             deadline=self.outage_grace,
         )
-        await asyncio.sleep(_DEFER_PAUSE)
 
     async def _read_one(self, wait: float) -> tuple[str, str, str] | None:
         assert self._blocking is not None
@@ -905,6 +928,7 @@ class RedisStore(JobStore):
             await self._reach.retry(
                 lambda: self._client.zrem(self.keys.running_key(held.tenant), job_id)
             )
+            await self._reach.retry(self._wake_workers)
 
     async def _forget_entry(self, entry_id: str) -> None:
         """Done with a queue entry, unless another worker took it over meanwhile."""
@@ -1027,10 +1051,11 @@ class RedisStore(JobStore):
                 )
                 if held.leased:
                     pipe.zrem(self.keys.running_key(held.tenant), job_id)
+                    pipe.execute_command(self._publish, self.keys.wake_channel, "")
 
         # Letting go may fail (the queue lost with Redis's data, say): an entry left
         # behind is taken over once idle, and let go of then, its job being over.
-        letting_go = len(ended) + sum(held.leased for _, held in ended)
+        letting_go = len(ended) + 2 * sum(held.leased for _, held in ended)
         results = await self._pipelined(write, optional=letting_go)
         first = 1 if notice else 0
         return [int(seq) for seq in results[first : first + len(batches)]]
@@ -1069,6 +1094,10 @@ class RedisStore(JobStore):
             batch.written.set_exception(
                 NotOwner(f"job {job_id} is no longer held by attempt {batch.attempt}")
             )
+
+    async def _wake_workers(self) -> None:
+        """A place among a tenant's running jobs was freed: workers waiting look again."""
+        await self._client.execute_command(self._publish, self.keys.wake_channel, "")
 
     async def _announce(self, notice: list[list[Any]]) -> None:
         await self._client.execute_command(
