@@ -45,6 +45,9 @@ HEALTH_PROBE_SECONDS = 1.0
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 # How long /healthz waits for the store's figures, once the store answered its probe.
 HEALTH_ANSWER_SECONDS = 0.5
+# How long without a live worker before /healthz says so (a worker starting, or saying
+# again that it is alive after Redis came back without its data, is not an outage).
+NO_WORKERS_AFTER_SECONDS = 5.0
 LISTEN_ONLY = "a listen token may only listen to its job and ask its status"
 ADMIN_ONLY = "only an admin key may list jobs"
 
@@ -86,9 +89,12 @@ class Gateway:
         self._census: WorkerCensus | None = None
         """The workers sharing the store, as the last probe found them (shared stores)."""
         self._told_quiet: set[tuple[str, str]] = set()
+        self._worker_seen_at = 0.0
+        """When a live worker was last counted (loop time), or this gateway started."""
         """(job, worker) pairs whose listeners were told the worker went quiet."""
 
     def start(self) -> None:
+        self._worker_seen_at = asyncio.get_running_loop().time()
         self._health_watch = asyncio.create_task(self._watch_store(), name="store-health")
         self._health_probe = asyncio.create_task(self._probe_forever(), name="health-probe")
 
@@ -144,6 +150,8 @@ class Gateway:
             self._census = census
             if census is None:
                 return
+            if census.alive:
+                self._worker_seen_at = asyncio.get_running_loop().time()
             self._told_quiet = {told for told in self._told_quiet if told[1] in census.quiet}
             if not census.quiet:
                 return
@@ -365,7 +373,8 @@ class Gateway:
         }
         if (census := self._census) is not None:  # workers of their own (a shared store)
             body["workers"] = census.alive
-            if not census.alive:  # nothing here can run a job
+            unseen = asyncio.get_running_loop().time() - self._worker_seen_at
+            if not census.alive and unseen > NO_WORKERS_AFTER_SECONDS:  # no job can run
                 body |= {
                     "type": "error",
                     "code": errors.NO_WORKERS,
