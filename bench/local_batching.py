@@ -128,8 +128,8 @@ def builtin_batching(model: Any, tokenizer: Any, tokens: int) -> float | None:
 async def through_provider(
     model_dir: Path, tokens: int, concurrency: int
 ) -> tuple[float, list[str], dict[str, float]]:
+    from llm_worker.jobs.templates import ChatMessage
     from llm_worker.providers.local import LocalModels, LocalProvider
-    from llm_worker.templates import ChatMessage
 
     # As LOCAL_MODELS=bench=<model_dir> configures it.
     provider = LocalProvider(

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llm_worker.jobs import EventKind, JobSpec
+from llm_worker.jobs.model import EventKind, JobSpec
+from llm_worker.jobs.templates import Assistant
 from llm_worker.store import JobStore, MemoryStore
 from llm_worker.store.sqlite import SQLiteStore
-from llm_worker.templates import Assistant
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 
-from llm_worker.app import create_app
 from llm_worker.config import Settings
-from llm_worker.serving import make_server
+from llm_worker.server.app import create_app
+from llm_worker.server.serving import make_server
 from llm_worker.testing.openai_server import OpenAIServer
 from llm_worker.testing.redis_server import unique_prefix
 from tests.wsclient import WSClient

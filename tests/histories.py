@@ -17,8 +17,8 @@ from typing import Any
 
 import websockets
 
-from llm_worker.dialects import SUBPROTOCOL
 from llm_worker.testing.openai_server import Reply
+from llm_worker.wire.dialects import SUBPROTOCOL
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 EVENTS = frozenset({"running", "reset"}) | TERMINAL

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
-from llm_worker.context import CheckContext, StreamContext
-from llm_worker.inserts import Insert
-from llm_worker.pipelines import Pipeline
+from llm_worker.jobs.templates import ChatMessage, ModelStream, TemplateError
 from llm_worker.providers import Provider, ProviderError
-from llm_worker.templates import ChatMessage, ModelStream, TemplateError
+from llm_worker.running.context import CheckContext, StreamContext
+from llm_worker.running.inserts import Insert
+from llm_worker.running.pipelines import Pipeline
 
 
 class ShoutPipeline(Pipeline):

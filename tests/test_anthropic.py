@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from llm_worker.app import create_app
+from llm_worker.jobs.templates import ChatMessage, TemplateError
 from llm_worker.providers import anthropic as anthropic_provider
 from llm_worker.providers.anthropic import (
     DEFAULT_MAX_TOKENS,
@@ -24,8 +24,8 @@ from llm_worker.providers.anthropic import (
     to_anthropic,
 )
 from llm_worker.providers.base import ProviderError
-from llm_worker.registry import RegistryError
-from llm_worker.templates import ChatMessage, TemplateError
+from llm_worker.running.registry import RegistryError
+from llm_worker.server.app import create_app
 from llm_worker.testing.anthropic_server import AnthropicServer, RecordedRequest, Reply
 from tests.conftest import ConnectClient, StartWorker, make_settings
 from tests.wsclient import WSClient, assistant, text_of
@@ -477,7 +477,7 @@ def test_without_the_sdk_the_provider_says_what_to_install(
 def test_the_sdk_is_imported_when_a_job_first_needs_it_not_at_start_up() -> None:
     code = """
 import sys
-from llm_worker.app import build_runner
+from llm_worker.server.app import build_runner
 from llm_worker.config import Settings
 from llm_worker.providers.openai_compatible import ClientPool
 

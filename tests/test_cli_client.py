@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from llm_worker.cli import _parser
-from llm_worker.cli_client import UsageError, submit_request
 from llm_worker.client import Client, TextDelta
+from llm_worker.client.commands import UsageError, submit_request
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import clean_env
 from tests.conftest import RunningWorker, StartWorker

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from llm_worker.access import key_hash
+from llm_worker.server.access import key_hash
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import RunningWorker, StartWorker
 from tests.wsclient import assistant

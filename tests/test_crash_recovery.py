@@ -14,11 +14,11 @@ import httpx
 import pytest
 import websockets
 
-from llm_worker.dialects import INTERRUPTED, SEED_TYPES
 from llm_worker.testing.openai_server import OpenAIServer, RecordedRequest
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_cluster import RedisCluster
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
+from llm_worker.wire.dialects import INTERRUPTED, SEED_TYPES
 from tests.histories import Echo
 from tests.wsclient import WSClient, text_of
 

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import websockets
 
-from llm_worker.dialects import (
+from llm_worker.jobs.model import Event, EventKind
+from llm_worker.testing.openai_server import OpenAIServer, Reply
+from llm_worker.wire.dialects import (
     CANCELLED,
     INTERRUPTED,
     SEED_TYPES,
@@ -20,9 +22,7 @@ from llm_worker.dialects import (
     negotiate,
     refusal,
 )
-from llm_worker.jobs import Event, EventKind
-from llm_worker.protocol import ProtocolError
-from llm_worker.testing.openai_server import OpenAIServer, Reply
+from llm_worker.wire.protocol import ProtocolError
 from tests.conftest import ConnectClient, RunningWorker, StartWorker
 from tests.seed_client import F_AI_TYPES, JobFailed, SeedClient
 from tests.wsclient import WSClient, assistant, text_of

@@ -10,8 +10,8 @@ import pytest
 from dotenv import dotenv_values
 
 from llm_worker.config import Settings
-from llm_worker.protocol import parse_request
-from llm_worker.templates import Assistant
+from llm_worker.jobs.templates import Assistant
+from llm_worker.wire.protocol import parse_request
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

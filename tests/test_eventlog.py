@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from llm_worker.jobs import Event, EventKind, output_of
+from llm_worker.jobs.model import Event, EventKind, output_of
 from llm_worker.store.eventlog import EventLog
 
 

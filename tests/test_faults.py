@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_worker.dialects import SEED_TYPES
 from llm_worker.store.redis import JOB_LOST
 from llm_worker.testing.openai_server import OpenAIServer
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix
+from llm_worker.wire.dialects import SEED_TYPES
 from tests.histories import ASSISTANT, Echo, Listener, add_jobs, check_history
 from tests.wsclient import WSClient, text_of
 

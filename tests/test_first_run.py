@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from llm_worker.config import Settings
-from llm_worker.providers.catalog import build_providers, provider_readiness, real_providers
+from llm_worker.jobs.templates import ChatMessage, TemplateError
 from llm_worker.providers.echo import EchoProvider, words
 from llm_worker.providers.openai_compatible import ClientPool
-from llm_worker.templates import ChatMessage, TemplateError
+from llm_worker.running.catalog import build_providers, provider_readiness, real_providers
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from tests.conftest import make_settings, serve
 from tests.wsclient import WSClient, assistant, text_of

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
-from llm_worker.dialects import SUBPROTOCOL
 from llm_worker.testing.openai_server import OpenAIServer
+from llm_worker.wire.dialects import SUBPROTOCOL
 from tests.conftest import make_settings, serve
 
 REQUEST_TYPES = ["add", "listen", "cancel", "status", "ping"]

@@ -16,11 +16,11 @@ import httpx
 import pytest
 import websockets
 
-from llm_worker import redaction
-from llm_worker.access import key_hash, load_access
 from llm_worker.config import ConfigError
-from llm_worker.logs import RedactingFormatter
-from llm_worker.redaction import scrub
+from llm_worker.ops import redaction
+from llm_worker.ops.logs import RedactingFormatter
+from llm_worker.ops.redaction import scrub
+from llm_worker.server.access import key_hash, load_access
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import COMMAND, WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer
@@ -104,7 +104,7 @@ async def test_no_keys_on_an_address_beyond_loopback_is_warned_of(tmp_path: Path
 
 def _record(message: str, *args: Any, exc_info: Any = None) -> logging.LogRecord:
     return logging.LogRecord(
-        "llm_worker.worker", logging.INFO, __file__, 1, message, args, exc_info
+        "llm_worker.running.worker", logging.INFO, __file__, 1, message, args, exc_info
     )
 
 
@@ -114,7 +114,7 @@ def test_plain_log_lines_escape_control_characters() -> None:
     assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\x07" not in line
     assert "\x85" not in line and "\u2028" not in line
     assert line == (
-        "INFO llm_worker.worker: job j1 failed: model \\n2099-01-01 00:00:00,000 CRITICAL "
+        "INFO llm_worker.running.worker: job j1 failed: model \\n2099-01-01 00:00:00,000 CRITICAL "
         "llm_worker: forged line\\x1b[2J\\x1b]0;owned\\x07\\r\\x85\\u2028"
     )
     # A message with no arguments is escaped as well; a tab is kept.
@@ -172,7 +172,7 @@ async def test_a_hostile_model_name_quoted_back_forges_no_log_line(
 
 
 def test_json_log_lines_stay_one_line() -> None:
-    from llm_worker.logs import JsonFormatter
+    from llm_worker.ops.logs import JsonFormatter
 
     line = JsonFormatter().format(_record("job %s failed: %s", "j1", f"{FORGED}{ESC}"))
     assert "\n" not in line and "\x1b" not in line

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import websockets
 
-from llm_worker import errors
 from llm_worker.testing.openai_server import OpenAIServer, Reply
+from llm_worker.wire import errors
 from tests.conftest import StartWorker
 from tests.tcp_proxy import CuttingProxy
 from tests.wsclient import assistant

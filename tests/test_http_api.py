@@ -16,7 +16,7 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from llm_worker.access import key_hash
+from llm_worker.server.access import key_hash
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from tests.conftest import RunningWorker, StartWorker

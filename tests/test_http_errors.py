@@ -13,7 +13,7 @@ import httpx
 import pytest
 import websockets
 
-from llm_worker import errors
+from llm_worker.wire import errors
 from tests.conftest import StartWorker
 from tests.wsclient import WSClient
 

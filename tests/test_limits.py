@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import websockets
 
-from llm_worker import templates
-from llm_worker.dialects import SUBPROTOCOL
-from llm_worker.protocol import MAX_FRAME_TEXT
+from llm_worker.jobs import templates
 from llm_worker.testing.openai_server import OpenAIServer, Reply
+from llm_worker.wire.dialects import SUBPROTOCOL
+from llm_worker.wire.protocol import MAX_FRAME_TEXT
 from tests.conftest import ConnectClient, StartWorker
 from tests.wsclient import WSClient, assistant, text_of
 

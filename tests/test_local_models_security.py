@@ -23,15 +23,15 @@ import pytest
 from llm_worker.config import Settings, parse_local_models
 from llm_worker.providers import ProviderError
 from llm_worker.providers.base import Provider
-from llm_worker.providers.catalog import (
+from llm_worker.providers.local import LocalModels, LocalProvider
+from llm_worker.providers.openai_compatible import ClientPool
+from llm_worker.running.catalog import (
     build_providers,
     load_providers_file,
     provider_readiness,
     real_providers,
 )
-from llm_worker.providers.local import LocalModels, LocalProvider
-from llm_worker.providers.openai_compatible import ClientPool
-from llm_worker.registry import Registry, RegistryError
+from llm_worker.running.registry import Registry, RegistryError
 from tests.conftest import ConnectClient, RunningWorker, StartWorker
 from tests.wsclient import text_of
 

@@ -21,9 +21,9 @@ transformers = pytest.importorskip("transformers")
 
 from llm_worker.client import Client, TextDelta  # noqa: E402
 from llm_worker.client import Notice as NoticeEvent  # noqa: E402
+from llm_worker.jobs.templates import ChatMessage, TemplateError  # noqa: E402
 from llm_worker.providers import CallEnd, Notice, ProviderError  # noqa: E402
 from llm_worker.providers.local import LocalModels, LocalProvider  # noqa: E402
-from llm_worker.templates import ChatMessage, TemplateError  # noqa: E402
 from llm_worker.testing.openai_server import OpenAIServer, Reply  # noqa: E402
 from tests.conftest import ConnectClient, StartWorker  # noqa: E402
 from tests.wsclient import text_of  # noqa: E402

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_worker.jobs import has_text
-from llm_worker.metrics import MAX_MODELS, OTHER, BoundedLabel, Metrics, Readings
+from llm_worker.jobs.model import has_text
+from llm_worker.ops.metrics import MAX_MODELS, OTHER, BoundedLabel, Metrics, Readings
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from llm_worker import protocol
-from llm_worker.jobs import Event, EventKind, JobRecord, JobState
-from llm_worker.protocol import (
+from llm_worker.jobs.model import Event, EventKind, JobRecord, JobState
+from llm_worker.wire import protocol
+from llm_worker.wire.protocol import (
     AddRequest,
     CancelRequest,
     ListenRequest,

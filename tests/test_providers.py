@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from llm_worker.app import create_app
-from llm_worker.registry import RegistryError
+from llm_worker.running.registry import RegistryError
+from llm_worker.server.app import create_app
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import ConnectClient, StartWorker, make_settings
 from tests.wsclient import assistant, text_of

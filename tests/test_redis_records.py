@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from llm_worker.access import TenantLimits
-from llm_worker.jobs import Assistant, EventKind, JobSpec
+from llm_worker.jobs.model import Assistant, EventKind, JobSpec
+from llm_worker.store.limits import TenantLimits
 from llm_worker.store.redis import RedisStore
 from llm_worker.testing.redis_server import RedisServer
 from tests.stores import StoreFactory

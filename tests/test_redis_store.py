@@ -9,10 +9,10 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from llm_worker.jobs import EventKind, JobSpec, JobState
+from llm_worker.jobs.model import EventKind, JobSpec, JobState
+from llm_worker.jobs.templates import Assistant
 from llm_worker.store import NotOwner, UnknownJob
 from llm_worker.store.redis import GROUP, RedisStore
-from llm_worker.templates import Assistant
 from tests.stores import StoreFactory, store_factory, until_shown
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")

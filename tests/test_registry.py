@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_worker.pipelines import Pipeline, builtin_pipelines
-from llm_worker.registry import Registry, RegistryError, import_object
-from llm_worker.templates import TemplateError
+from llm_worker.jobs.templates import TemplateError
+from llm_worker.running.pipelines import Pipeline, builtin_pipelines
+from llm_worker.running.registry import Registry, RegistryError, import_object
 from tests.plugins import ShoutPipeline
 
 
@@ -46,8 +46,8 @@ def test_entry_points_of_installed_packages(
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-plugin\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text(
-        "[llm_worker.pipelines]\nshout = tests.plugins:ShoutPipeline\n"
-        "[llm_worker.inserts]\nbroken = tests.plugins:DoesNotExist\n"
+        "[llm_worker.running.pipelines]\nshout = tests.plugins:ShoutPipeline\n"
+        "[llm_worker.running.inserts]\nbroken = tests.plugins:DoesNotExist\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert str(tmp_path) in sys.path

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from llm_worker.jobs import JobSpec
+from llm_worker.jobs.model import JobSpec
+from llm_worker.jobs.templates import Assistant, ChatMessage
 from llm_worker.providers import CallEnd, Notice, Provider, ProviderError
-from llm_worker.registry import Registry
-from llm_worker.runner import RetryPolicy, Runner
-from llm_worker.templates import Assistant, ChatMessage
+from llm_worker.running.registry import Registry
+from llm_worker.running.runner import RetryPolicy, Runner
 
 
 class Loading(Provider):

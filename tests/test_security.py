@@ -12,9 +12,9 @@ import httpx
 import pytest
 import websockets
 
-from llm_worker.access import Access, Principal, TenantLimits, key_hash, load_access
 from llm_worker.config import ConfigError
-from llm_worker.redaction import redact_url, scrub
+from llm_worker.ops.redaction import redact_url, scrub
+from llm_worker.server.access import Access, Principal, TenantLimits, key_hash, load_access
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from tests.conftest import ConnectClient, StartWorker, make_settings
@@ -330,7 +330,7 @@ async def test_a_base_url_query_goes_with_every_request(
 
 
 def test_a_gateway_with_keys_needs_the_shared_token_secret(tmp_path: Path) -> None:
-    from llm_worker.app import Service
+    from llm_worker.server.app import Service
 
     with pytest.raises(ConfigError, match="needs TOKEN_SECRET"):
         Service(make_settings(api_keys=ALICE, store_url="redis://127.0.0.1:1/0"), "gateway")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_worker.jobs import EventKind, JobSpec, JobState
+from llm_worker.jobs.model import EventKind, JobSpec, JobState
+from llm_worker.jobs.templates import Assistant
 from llm_worker.store.sqlite import DatabaseInUse, SQLiteStore
-from llm_worker.templates import Assistant
 from tests.stores import until_shown
 
 SPEC = JobSpec(

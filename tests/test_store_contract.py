@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from llm_worker.access import TenantLimits
-from llm_worker.jobs import EventKind, JobSpec, JobState, has_text, output_of, spec_json
+from llm_worker.jobs.model import EventKind, JobSpec, JobState, has_text, output_of, spec_json
+from llm_worker.jobs.templates import Assistant
 from llm_worker.store import JobStore, NotOwner, QueueFull, RateLimited, UnknownJob
 from llm_worker.store.base import ListingKey
-from llm_worker.templates import Assistant
+from llm_worker.store.limits import TenantLimits
 from tests.stores import (
     CONTRACT_DURABLE_STORE_KINDS,
     CONTRACT_STORE_KINDS,

@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 
-from llm_worker import errors
-from llm_worker.dialects import SEED_TYPES
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
+from llm_worker.wire import errors
+from llm_worker.wire.dialects import SEED_TYPES
 from tests.tcp_proxy import CuttingProxy
 from tests.wsclient import WSClient, assistant
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from llm_worker.templates import (
+from llm_worker.jobs.templates import (
     Assistant,
     InsertItem,
     ModelStream,

@@ -9,7 +9,7 @@ from typing import Any
 
 import websockets
 
-from llm_worker.dialects import SUBPROTOCOL
+from llm_worker.wire.dialects import SUBPROTOCOL
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 

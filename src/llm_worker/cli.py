@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llm_worker import __version__, cli_client
+from llm_worker import __version__
+from llm_worker.client import commands as cli_client
 from llm_worker.config import ROLES
 
 # What serving needs is imported when serving: the client commands start in a
@@ -22,8 +23,8 @@ from llm_worker.config import ROLES
 if TYPE_CHECKING:
     import uvicorn
 
-    from llm_worker.app import Service
     from llm_worker.config import Settings
+    from llm_worker.server.app import Service
 
 log = logging.getLogger("llm_worker")
 
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def print_new_key(tenant: str) -> int:
     """A new key for ``tenant``: the key to hand over, and what the keys file keeps."""
-    from llm_worker.access import key_hash
+    from llm_worker.server.access import key_hash
 
     key = f"lw-{secrets.token_urlsafe(32)}"
     print(f"key (give it to {tenant}; it is not kept anywhere): {key}")
@@ -79,11 +80,11 @@ def serve(args: argparse.Namespace) -> int:
     from dotenv import load_dotenv
     from pydantic import ValidationError
 
-    from llm_worker.access import open_to_all_warning
-    from llm_worker.app import create_app
     from llm_worker.config import ConfigError, Settings, unknown_variables
-    from llm_worker.logs import configure_logging
-    from llm_worker.serving import check_can_listen, make_server
+    from llm_worker.ops.logs import configure_logging
+    from llm_worker.server.access import open_to_all_warning
+    from llm_worker.server.app import create_app
+    from llm_worker.server.serving import check_can_listen, make_server
     from llm_worker.store import StoreError
 
     env_file: Path | None = args.env_file
@@ -169,8 +170,8 @@ def _reload_keys(service: Service, env_file: Path | None, own_variables: frozens
     from dotenv import dotenv_values
     from pydantic import SecretStr
 
-    from llm_worker.access import reload_keys
     from llm_worker.config import ConfigError
+    from llm_worker.server.access import reload_keys
 
     try:
         in_file = {
@@ -209,9 +210,9 @@ def _freeze_startup_objects() -> None:
 
 def _serve_worker(settings: Settings) -> int:
     """Runs jobs until SIGINT or SIGTERM, then stops as gracefully as a gateway does."""
-    from llm_worker.app import run_worker
     from llm_worker.config import ConfigError
-    from llm_worker.serving import check_can_listen, event_loop_name, stop_at_once
+    from llm_worker.server.app import run_worker
+    from llm_worker.server.serving import check_can_listen, event_loop_name, stop_at_once
     from llm_worker.store import StoreError
 
     # Its port first, as a gateway's: one that cannot be had stops the start here.

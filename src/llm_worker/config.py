@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llm_worker.redaction import redact_url
+from llm_worker.ops.redaction import redact_url
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The SDK appends the API's own paths (/v1/messages) to it.

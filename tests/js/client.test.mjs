@@ -1,4 +1,4 @@
-// The browser client (src/llm_worker/static/client.js), run by Node's test runner:
+// The browser client (src/llm_worker/server/static/client.js), run by Node's test runner:
 //
 //     node --test tests/js/            (PYTHON=... picks the interpreter, .venv/bin/python by default)
 //
@@ -22,10 +22,10 @@ import {
   JobFailed,
   JobNotFound,
   RequestRefused,
-} from "../../src/llm_worker/static/client.js";
+} from "../../src/llm_worker/server/static/client.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const CLIENT_FILE = fileURLToPath(new URL("../../src/llm_worker/static/client.js", import.meta.url));
+const CLIENT_FILE = fileURLToPath(new URL("../../src/llm_worker/server/static/client.js", import.meta.url));
 const ASSISTANT = {
   streams: [
     {

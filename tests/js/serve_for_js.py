@@ -31,9 +31,9 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llm_worker.app import create_app
 from llm_worker.config import Settings
-from llm_worker.serving import make_server
+from llm_worker.server.app import create_app
+from llm_worker.server.serving import make_server
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 
 _WORD = re.compile(r"\s*\S+")

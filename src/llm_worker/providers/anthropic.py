@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import orjson
 
+from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.ops.redaction import redact_url, scrub, url_secrets
 from llm_worker.providers.base import CallEnd, Provider, ProviderError
 from llm_worker.providers.checks import (
     MODEL_SCHEMA,
@@ -43,8 +45,6 @@ from llm_worker.providers.checks import (
     settings_schema,
 )
 from llm_worker.providers.http_replies import retry_after, root_cause, sse_data
-from llm_worker.redaction import redact_url, scrub, url_secrets
-from llm_worker.templates import ChatMessage, TemplateError
 
 if TYPE_CHECKING:
     import anthropic

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_worker.templates import ChatMessage
+from llm_worker.jobs.templates import ChatMessage
+from llm_worker.jobs.usage import CallEnd
 
 KINDS = frozenset(
     {
@@ -59,17 +60,6 @@ class ProviderError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class CallEnd:
-    """What a provider may yield last, after the text: why the model stopped
-    (``stop``, ``length``, ...) and the tokens the call took, each ``None`` where the
-    model did not say."""
-
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Notice:
     """What a provider may yield for the job's listeners that is no text of the reply:
     why they wait (``loading local model 'x' ...``), in words for a person."""
@@ -81,7 +71,7 @@ class Provider(abc.ABC):
     """Turns chat messages into a stream of text deltas."""
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:  # noqa: B027
-        """Raise :class:`~llm_worker.templates.TemplateError` for settings that cannot work,
+        """Raise :class:`~llm_worker.jobs.templates.TemplateError` for settings that cannot work,
         or when the provider cannot run jobs at all (:meth:`configuration_problem`).
 
         Called when a job is added, before it exists; must not do I/O.

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
-from llm_worker.templates import TemplateError
+from llm_worker.jobs.templates import TemplateError
 
 
 def check_number(

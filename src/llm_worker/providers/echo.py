@@ -20,6 +20,7 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from llm_worker.jobs.templates import ChatMessage, TemplateError
 from llm_worker.providers.base import CallEnd, Provider
 from llm_worker.providers.checks import (
     check_integer,
@@ -27,7 +28,6 @@ from llm_worker.providers.checks import (
     integer_schema,
     number_schema,
 )
-from llm_worker.templates import ChatMessage, TemplateError
 
 SETTINGS = frozenset({"model", "delay", "max_tokens"})
 # A client's slowest echo: a word a second (a job's words are bounded by its size).

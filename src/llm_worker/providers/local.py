@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from llm_worker.jobs.templates import ChatMessage, TemplateError
 from llm_worker.providers.base import CallEnd, Notice, Provider, ProviderError
 from llm_worker.providers.checks import (
     STOP_SCHEMA,
@@ -45,7 +46,6 @@ from llm_worker.providers.checks import (
     settings_schema,
 )
 from llm_worker.providers.local_request import LocalRequest, Output
-from llm_worker.templates import ChatMessage, TemplateError
 
 if TYPE_CHECKING:
     from llm_worker.providers.local_engine import LocalEngine

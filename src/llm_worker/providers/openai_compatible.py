@@ -16,6 +16,8 @@ import httpx2
 import openai
 import orjson
 
+from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.ops.redaction import redact_url, scrub, url_secrets
 from llm_worker.providers.base import CallEnd, Provider, ProviderError
 from llm_worker.providers.checks import (
     MODEL_SCHEMA,
@@ -28,8 +30,6 @@ from llm_worker.providers.checks import (
     settings_schema,
 )
 from llm_worker.providers.http_replies import retry_after, root_cause, sse_data
-from llm_worker.redaction import redact_url, scrub, url_secrets
-from llm_worker.templates import ChatMessage, TemplateError
 
 log = logging.getLogger(__name__)
 

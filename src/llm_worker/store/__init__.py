@@ -3,9 +3,8 @@
 from collections.abc import Callable
 from pathlib import Path
 
-from llm_worker.access import TenantLimits
 from llm_worker.config import ConfigError, Settings
-from llm_worker.redaction import redact_url
+from llm_worker.ops.redaction import redact_url
 from llm_worker.store.base import (
     JobStore,
     NotOwner,
@@ -17,6 +16,7 @@ from llm_worker.store.base import (
     UnknownJob,
     Unstorable,
 )
+from llm_worker.store.limits import TenantLimits
 from llm_worker.store.memory import MemoryStore
 
 __all__ = [
@@ -42,7 +42,7 @@ def open_store(
 ) -> JobStore:
     """The store ``STORE_URL`` names, not started yet (an SQLite file is locked already).
 
-    ``limits`` says what each tenant may have at once (see :mod:`llm_worker.access`);
+    ``limits`` says what each tenant may have at once (see :mod:`llm_worker.server.access`);
     ``follows`` whether this process follows jobs' logs (it serves listeners).
     """
     url = settings.store_url

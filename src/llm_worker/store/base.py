@@ -20,7 +20,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState
+from llm_worker.jobs.model import Claim, Event, EventKind, JobRecord, JobSpec, JobState
 
 
 class StoreError(Exception):

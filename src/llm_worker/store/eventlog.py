@@ -11,7 +11,7 @@ import bisect
 from collections.abc import AsyncIterator, Sequence
 from typing import overload
 
-from llm_worker.jobs import Event, EventKind
+from llm_worker.jobs.model import Event, EventKind
 from llm_worker.store.waiters import Waiters
 
 

@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llm_worker.jobs import Event, JobRecord
+from llm_worker.jobs.model import Event, JobRecord
 
 Failures = dict[str, str]
 """Job id -> why its writes of a round could not be saved."""

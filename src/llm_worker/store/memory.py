@@ -31,9 +31,8 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
-from llm_worker.access import UNLIMITED, TenantLimits
-from llm_worker.jobs import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
-from llm_worker.logs import about
+from llm_worker.jobs.model import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
+from llm_worker.ops.logs import about
 from llm_worker.store.base import (
     JobStore,
     ListingKey,
@@ -47,6 +46,7 @@ from llm_worker.store.base import (
 )
 from llm_worker.store.eventlog import EventLog
 from llm_worker.store.journal import Failures, Journal, NullJournal, Restored
+from llm_worker.store.limits import UNLIMITED, TenantLimits
 from llm_worker.store.waiters import Waiters
 
 log = logging.getLogger(__name__)

@@ -40,11 +40,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from llm_worker.access import TenantLimits
-from llm_worker.jobs import Event, JobRecord, JobState, stored_kind
+from llm_worker.jobs.model import Event, JobRecord, JobState, stored_kind
 from llm_worker.store import sqlite_writer as writer
 from llm_worker.store.base import StoreError
 from llm_worker.store.journal import Failures, Journal, Restored
+from llm_worker.store.limits import TenantLimits
 from llm_worker.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import redis
 from redis.exceptions import AuthenticationError, AuthorizationError
 
-from llm_worker.redaction import redact_url, url_secrets
+from llm_worker.ops.redaction import redact_url, url_secrets
 from llm_worker.store.base import StoreError
 from llm_worker.store.redis.reachability import UNREACHABLE
 

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 
-from llm_worker.jobs import Event, EventKind, stored_kind
-from llm_worker.logs import about
+from llm_worker.aio.tasks import TaskSet
+from llm_worker.jobs.model import Event, EventKind, stored_kind
+from llm_worker.ops.logs import about
 from llm_worker.store.base import UnknownJob
 from llm_worker.store.eventlog import EventLog
 from llm_worker.store.redis.reachability import UNREACHABLE, Reachability
-from llm_worker.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from llm_worker.access import UNLIMITED, TenantLimits
-from llm_worker.jobs import (
+from llm_worker.aio.tasks import TaskSet
+from llm_worker.jobs.model import (
     Claim,
     Event,
     EventKind,
@@ -51,8 +51,8 @@ from llm_worker.jobs import (
     spec_json,
     stored_kind,
 )
-from llm_worker.logs import about
-from llm_worker.redaction import redact_url
+from llm_worker.ops.logs import about
+from llm_worker.ops.redaction import redact_url
 from llm_worker.store.base import (
     JobStore,
     ListingKey,
@@ -65,11 +65,11 @@ from llm_worker.store.base import (
     Unstorable,
     WorkerCensus,
 )
+from llm_worker.store.limits import UNLIMITED, TenantLimits
 from llm_worker.store.redis.layout import GROUP, SCRIPTS, Keys, decoded, encode_notice
 from llm_worker.store.redis.mirrors import Feed, Mirrors
 from llm_worker.store.redis.reachability import UNREACHABLE, Reachability
 from llm_worker.store.waiters import Waiters
-from llm_worker.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 

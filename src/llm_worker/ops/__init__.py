@@ -1,0 +1,1 @@
+"""Operations: logs, metrics, the redaction of secrets."""

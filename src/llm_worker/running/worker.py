@@ -1,0 +1,268 @@
+"""The worker: claims jobs from the store, runs up to N at once, honours cancels.
+
+Its loop takes a free slot, then a job, then starts the job in a task of its
+own; a slot is taken before a job is claimed so that a busy worker leaves
+waiting jobs to others. A job's text goes to the store delta by delta as the
+provider produces it; the store fans it out to listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from contextlib import aclosing
+
+import orjson
+
+from llm_worker.jobs.model import Claim, EventKind
+from llm_worker.jobs.templates import TemplateError
+from llm_worker.jobs.usage import JobUsage
+from llm_worker.ops.logs import set_job
+from llm_worker.ops.metrics import Metrics
+from llm_worker.providers import Notice, ProviderError
+from llm_worker.running.runner import Runner
+from llm_worker.store import JobStore, NotOwner, StoreError
+
+log = logging.getLogger(__name__)
+
+CLAIM_WAIT_SECONDS = 5.0
+STORE_ERROR_BACKOFF_SECONDS = 1.0
+# After the grace, how long stopping the unfinished jobs and queueing them again may take.
+GIVE_UP_SECONDS = 2.0
+
+
+class Worker:
+    def __init__(
+        self,
+        store: JobStore,
+        runner: Runner,
+        *,
+        concurrency: int,
+        max_attempts: int = 3,
+        shutdown_grace: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.metrics = metrics or runner.metrics
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.shutdown_grace = shutdown_grace
+        self._slots = asyncio.Semaphore(concurrency)
+        self._jobs: dict[asyncio.Task[None], Claim] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> int:
+        """Jobs this worker is running now."""
+        return len(self._jobs)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._claim_forever(), name="worker-claim-loop")
+
+    async def drain(self, until: float) -> None:
+        """Stop claiming; let running jobs finish until ``until`` (loop time), then give
+        up those still running: a shared or durable store queues them again."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if not self._jobs:
+            return
+        remaining = max(until - asyncio.get_running_loop().time(), 0)
+        log.info("waiting up to %.0fs for %d running jobs", remaining, len(self._jobs))
+        _, unfinished = await asyncio.wait(list(self._jobs), timeout=remaining)
+        if not unfinished:
+            return
+        # Giving the rest up takes the store: bounded, so that a store that is away
+        # (the jobs' last events waiting for it too) cannot hold the stop up.
+        claims = [claim for task in unfinished if (claim := self._jobs.get(task)) is not None]
+        giving_up = asyncio.ensure_future(self._give_up(unfinished, claims))
+        _, late = await asyncio.wait({giving_up}, timeout=GIVE_UP_SECONDS)
+        if late:
+            giving_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await giving_up
+            log.warning(
+                "%d unfinished jobs could not be queued again within %.0fs (the store does not "
+                "answer): another worker takes them over once their claims go stale",
+                len(claims),
+                GIVE_UP_SECONDS,
+            )
+
+    async def _give_up(self, tasks: set[asyncio.Task[None]], claims: list[Claim]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(
+                self.store.release(
+                    claim.job_id, claim.attempt, "the worker stopped before the job finished"
+                )
+                for claim in claims
+            ),
+            return_exceptions=True,
+        )
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("job %s could not be queued again: %s", claim.job_id, outcome)
+
+    async def stop(self) -> None:
+        """Stop claiming; let running jobs finish within the grace period, then give them up."""
+        await self.drain(asyncio.get_running_loop().time() + self.shutdown_grace)
+
+    async def _claim_forever(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                claim = await self.store.claim(max_wait=CLAIM_WAIT_SECONDS)
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            except Exception as exc:
+                self._slots.release()
+                self.metrics.store_errors.labels("claim").inc()
+                if isinstance(exc, StoreError):  # an outage, said in one line
+                    log.warning("claiming a job failed: %s; trying again shortly", exc)
+                else:
+                    log.exception("claiming a job failed; trying again shortly")
+                await asyncio.sleep(STORE_ERROR_BACKOFF_SECONDS)
+                continue
+            if claim is None:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._execute(claim), name=f"job-{claim.job_id}")
+            self._jobs[task] = claim
+            task.add_done_callback(self._job_finished)
+
+    def _job_finished(self, task: asyncio.Task[None]) -> None:
+        self._jobs.pop(task, None)
+        self._slots.release()
+
+    async def _execute(self, claim: Claim) -> None:
+        job_id, attempt, store = claim.job_id, claim.attempt, self.store
+        if attempt > self.max_attempts:
+            log.warning("job %s given up after %d attempts", job_id, attempt - 1)
+            await self._fail(
+                claim,
+                f"gave up after {attempt - 1} attempts: the worker running the job "
+                "stopped each time before it finished (JOB_MAX_ATTEMPTS)",
+            )
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        cancelled = False
+
+        def on_cancel() -> None:
+            nonlocal cancelled
+            cancelled = True
+            task.cancel()
+
+        set_job(job_id, claim.tenant)  # this task's log lines are about the job
+        stop_watching = store.on_cancel(job_id, on_cancel)
+        started = time.perf_counter()
+        metrics = self.metrics
+        if attempt == 1 and claim.created_at:
+            metrics.queue_wait.observe(max(time.time() - claim.created_at, 0.0))
+        outcome: str | None = None
+        log.debug("job %s started (attempt %d)", job_id, attempt)
+        # The start event is stored while the model call begins (a store may take a
+        # round trip for it); every later event goes after it.
+        start: asyncio.Future[object] | None = asyncio.ensure_future(
+            store.append(job_id, attempt, EventKind.RUNNING)
+        )
+        usage = JobUsage(len(claim.spec.assistant.streams))
+        awaiting_text = True
+        try:
+            async with aclosing(self.runner.run(claim.spec, usage)) as deltas:
+                async for delta in deltas:
+                    if isinstance(delta, Notice):  # for the listeners, no text of the answer
+                        start = await _landed(start)
+                        await store.append(job_id, attempt, EventKind.NOTICE, delta.message)
+                        continue
+                    if awaiting_text:
+                        awaiting_text = False
+                        metrics.first_delta(job_id, time.perf_counter())
+                    if start is not None:
+                        start, pending = None, start
+                        await pending
+                    await store.append(job_id, attempt, EventKind.RUNNING, delta)
+            if start is not None:  # a reply without any text
+                start, pending = None, start
+                await pending
+            # What the calls took, and why the answer ended: carried by `done`.
+            summary = orjson.dumps(usage.as_json()).decode()
+            await store.append(job_id, attempt, EventKind.DONE, summary)
+            outcome = "done"
+            # A line per job is noise at INFO under load; failures and cancels are logged there.
+            log.debug("job %s done in %.3fs", job_id, time.perf_counter() - started)
+        except (ProviderError, TemplateError) as exc:
+            log.info("job %s failed: %s", job_id, exc)
+            await self._settled(start)
+            if await self._fail(claim, str(exc)):
+                outcome = "failed"
+        except NotOwner:
+            log.info("job %s ended elsewhere (cancelled, taken over, or lost)", job_id)
+        except StoreError as exc:
+            # The store ended the job itself: its listeners got `failed`.
+            log.warning("job %s stopped: %s", job_id, exc)
+        except asyncio.CancelledError:
+            if not cancelled:
+                raise  # the worker is stopping; stop() gives the job up
+            log.info("job %s cancelled after %.3fs", job_id, time.perf_counter() - started)
+            outcome = "cancelled"
+        except Exception as exc:
+            log.exception("job %s crashed", job_id)
+            await self._settled(start)
+            if await self._fail(claim, f"internal error while running the job: {exc!r}"):
+                outcome = "failed"
+        finally:
+            _discard(start)
+            stop_watching()
+            if outcome != "done":  # a done job's first text may be on its way still
+                metrics.forget(job_id)
+            if outcome is not None:
+                metrics.job_duration.labels(outcome).observe(time.perf_counter() - started)
+                metrics.job_finished(outcome, claim.spec, claim.tenant)
+
+    @staticmethod
+    async def _settled(start: asyncio.Future[object] | None) -> None:
+        """Let a pending start event land first, so that failed never precedes it."""
+        if start is not None:
+            with contextlib.suppress(Exception):
+                await start
+
+    async def _fail(self, claim: Claim, message: str) -> bool:
+        """Fail the job; whether its failure was stored (the job was still its attempt's)."""
+        try:
+            await self.store.append(claim.job_id, claim.attempt, EventKind.FAILED, message)
+        except NotOwner:
+            return False
+        except StoreError as exc:
+            self.metrics.store_errors.labels("append").inc()
+            log.warning("job %s: its failure could not be stored: %s", claim.job_id, exc)
+            return False
+        return True
+
+
+async def _landed(start: asyncio.Future[object] | None) -> None:
+    """Wait for the start event to be stored: every later event goes after it."""
+    if start is not None:
+        await start
+
+
+def _discard(start: asyncio.Future[object] | None) -> None:
+    """Let go of a start event nobody waits for any more, taking its outcome."""
+    if start is None:
+        return
+    if not start.done():
+        start.cancel()
+    start.add_done_callback(_take_outcome)
+
+
+def _take_outcome(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,496 @@
+"""The HTTP API beside the WebSocket: jobs created, read, streamed and cancelled with
+plain HTTP, on the same port, with the same keys, tenants, origins and limits.
+
+    POST /v1/jobs                  the ``add`` fields as JSON -> 201 {"job_id": ...}
+    GET  /v1/jobs/{id}             the ``status`` reply
+    GET  /v1/jobs/{id}/events      Server-Sent Events, resumable
+    POST /v1/jobs/{id}/cancel      the ``cancelled`` reply, or 409 if the job had ended
+    GET  /v1/jobs?state=&limit=    the newest jobs of every tenant: for an admin key
+    GET  /v1/catalog               the providers, inserts and pipelines templates may name
+
+The events endpoint sends each frame of the full protocol as one event: ``id:``
+is its ``seq``, ``event:`` its ``type``, ``data:`` the frame. It starts after
+``Last-Event-ID`` (what a browser's ``EventSource`` sends when it reconnects) or
+``?after=``, and ends after the job's terminal event. Asked for more once the
+job has ended, it answers 204, which tells ``EventSource`` to stop reconnecting.
+A stream whose reader leaves it unread for ``SLOW_LISTENER_SECONDS`` is cut, to
+be resumed like any other: whether its writes wait (the buffers between are
+full), or what was sent stays unacknowledged by the reader's TCP (a path that
+went dark, which the kernel's buffers hide from the first test). An idle stream
+sends a comment every ``SSE_KEEPALIVE_SECONDS``, which also finds a reader gone.
+Resuming after a seq past the end of the job's log (never sent, or lost with a
+worker that died) resumes from the log's end: the stream still ends with the
+job's terminal event.
+
+Errors are JSON, ``{"type": "error", "code": ..., "message": ...}``, with the
+WebSocket's messages, a stable ``code`` (:mod:`llm_worker.wire.errors`) and the status
+codes of HTTP: 400 a bad request, 401 no valid key, 403 a listen token asking
+more than to listen (or a key not an admin's listing jobs), 404 an unknown job,
+409 a cancel of a job that ended, 413 a request above ``MAX_MESSAGE_BYTES``, 429
+a tenant over its limits, 503 the queue full, the store away or the worker
+stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from llm_worker.jobs.model import JobRecord, JobState, has_text
+from llm_worker.ops.logs import set_job
+from llm_worker.server.access import Principal
+from llm_worker.server.refusals import Refused, error_response, refusal_response
+from llm_worker.server.serving import TRANSPORT_EXTENSION
+from llm_worker.store import StoreError
+from llm_worker.store.base import ListingKey
+from llm_worker.wire import errors, protocol
+from llm_worker.wire.dialects import Dialect, Relay
+from llm_worker.wire.protocol import AddRequest, ProtocolError
+
+if TYPE_CHECKING:
+    from llm_worker.server.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {
+    "cache-control": "no-cache",
+    # Tells nginx not to buffer the stream.
+    "x-accel-buffering": "no",
+}
+# Jobs a listing answers with, unless it asks for fewer; at most.
+LISTING_LIMIT = 50
+LISTING_MAX = 500
+
+
+class JobsAPI:
+    """The ``/v1/jobs`` routes, served by the gateway's operations."""
+
+    def __init__(self, gateway: Gateway, keepalive_seconds: float = 15.0) -> None:
+        self.gateway = gateway
+        self.keepalive_seconds = keepalive_seconds
+
+    def routes(self) -> list[Route]:
+        return [
+            # One route per path, so that a 405 lists every method the path serves.
+            Route("/v1/jobs", _answered(self.jobs), methods=["GET", "POST"]),
+            Route("/v1/catalog", _answered(self.catalog), methods=["GET"]),
+            Route("/v1/jobs/{job_id}", _answered(self.get), methods=["GET"]),
+            Route("/v1/jobs/{job_id}/events", _answered(self.events), methods=["GET"]),
+            Route("/v1/jobs/{job_id}/cancel", _answered(self.cancel), methods=["POST"]),
+        ]
+
+    # -- requests -------------------------------------------------------------
+
+    async def jobs(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.create(request)
+        return await self.listing(request)
+
+    async def create(self, request: Request) -> Response:
+        try:
+            principal = self.gateway.authenticate(request)
+            body = await self._body(request)
+            add = self._add_request(body)
+            record, token = await self.gateway.add_job(principal, add.to_spec())
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        reply: dict[str, Any] = {"job_id": record.id, "state": record.state.value}
+        if token is not None:
+            reply["listen_token"] = token
+        return JSONResponse(reply, status_code=201, headers={"location": f"/v1/jobs/{record.id}"})
+
+    async def get(self, request: Request) -> Response:
+        try:
+            principal = self.gateway.authenticate(request)
+            frame = await self.gateway.status_of(principal, request.path_params["job_id"])
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        return Response(frame, media_type="application/json")
+
+    async def cancel(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        try:
+            principal = self.gateway.authenticate(request)
+            record = await self.gateway.cancel_job(principal, job_id)
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        if record.state is not JobState.CANCELLED:
+            return error_response(
+                errors.JOB_ENDED,
+                f"job {record.id} already ended ({record.state.value}); nothing to cancel",
+            )
+        return Response(protocol.cancelled(record.id), media_type="application/json")
+
+    async def listing(self, request: Request) -> Response:
+        try:
+            principal = self.gateway.authenticate(request)
+            state, limit, below = _listing_query(request)
+            # One more than the page: whether a next one starts after it.
+            records = await self.gateway.recent_jobs(principal, state, limit + 1, below)
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        page = records[:limit]
+        reply: dict[str, Any] = {"jobs": [_summary(record) for record in page]}
+        if len(records) > limit:
+            reply["next"] = ListingKey.of(page[-1]).cursor()
+        return JSONResponse(reply)
+
+    async def catalog(self, request: Request) -> Response:
+        try:
+            principal = self.gateway.authenticate(request)
+            return JSONResponse(self.gateway.catalog(principal))
+        except Refused as exc:
+            return refusal_response(exc)
+
+    async def events(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        try:
+            principal = self.gateway.authenticate(request)
+            after = _resume_point(request)
+            record = await self.gateway.visible(principal, job_id)
+            # From the event `after` on: whether the job has sent it, and what follows.
+            since = await self.gateway.store.read(job_id, max(after - 1, 0))
+            if after and not since:
+                # Past the log's end: never sent, or lost with a worker that died before
+                # its store had it. Followed as it is, it would skip every event up to
+                # it, the job's end included: resume from the log's end instead.
+                after = max(
+                    (event.seq for event in await self.gateway.store.read(job_id)), default=0
+                )
+            if record.state.finished and not any(event.seq > after for event in since):
+                # Nothing more will come: 204 tells EventSource not to reconnect.
+                return Response(status_code=204)
+        except (Refused, StoreError) as exc:
+            return refusal_response(exc)
+        return EventStream(self.gateway, principal, job_id, after, self.keepalive_seconds)
+
+    # -- reading requests -------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        """The request's body, refused (413) past ``MAX_MESSAGE_BYTES`` without reading on."""
+        limit = self.gateway.limits.max_message_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise Refused(_too_large(int(declared), limit), errors.PAYLOAD_TOO_LARGE)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Refused(_too_large(size, limit), errors.PAYLOAD_TOO_LARGE)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _add_request(body: bytes) -> AddRequest:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Refused(f"not valid JSON: {exc}", errors.INVALID_JSON) from None
+        if not isinstance(obj, dict):
+            raise Refused(
+                "a job must be a JSON object with the fields of 'add'", errors.INVALID_JSON
+            )
+        _whole_numbers(obj)
+        try:
+            request = protocol.request_from({**obj, "type": "add"})
+        except ProtocolError as exc:
+            raise Refused(exc.message, errors.INVALID_JOB) from None
+        assert isinstance(request, AddRequest)
+        return request
+
+
+# Whole numbers written as floats (5.0) are integers to JSON Schema, and so to the
+# API: the checks of integer settings and options take them (those that fit 64 bits).
+_EXACT_FLOATS = 2.0**63
+
+
+def _whole_numbers(obj: dict[str, Any]) -> None:
+    """Turn the whole numbers written as floats in ``obj`` (nested) into ints, in place."""
+    stack: list[dict[str, Any] | list[Any]] = [obj]
+    while stack:
+        container = stack.pop()
+        keys = container.keys() if isinstance(container, dict) else range(len(container))
+        for key in keys:
+            value = container[key]  # type: ignore[index]
+            if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOATS:
+                container[key] = int(value)  # type: ignore[index]
+            elif isinstance(value, dict | list):
+                stack.append(value)
+
+
+def _answered(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """``handler``, answering in JSON even when it fails: a bug of ours costs the one
+    request a 500, with a message in the API's shape, and a traceback in the log."""
+
+    @functools.wraps(handler)
+    async def answer(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error_response(
+                errors.INTERNAL_ERROR,
+                f"internal error while handling {request.method} {request.url.path}",
+            )
+
+    return answer
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"message too large: {size} bytes, the limit is {limit} (MAX_MESSAGE_BYTES)"
+
+
+def _listing_query(request: Request) -> tuple[JobState | None, int, ListingKey | None]:
+    """A listing's ``state`` (any when absent), ``limit`` and where its page starts (the
+    ``cursor`` a page before gave as ``next``; the newest job when absent);
+    :class:`Refused` (400) for a state that is none, a limit that is not a whole number
+    from 1 to the most, or a cursor this listing never gave (an empty value is neither:
+    absent is how to say "any")."""
+    state_text = request.query_params.get("state")
+    limit_text = request.query_params.get("limit")
+    cursor = request.query_params.get("cursor")
+    below = None
+    if cursor is not None:
+        try:
+            below = ListingKey.from_cursor(cursor)
+        except ValueError:
+            raise Refused(
+                f"cursor must be the 'next' of a page of this listing, not {cursor[:40]!r}"
+            ) from None
+    state = None
+    if state_text is not None:
+        try:
+            state = JobState(state_text)
+        except ValueError:
+            states = ", ".join(JobState)
+            raise Refused(f"state must be one of {states}, not {state_text[:40]!r}") from None
+    if limit_text is None:
+        return state, LISTING_LIMIT, below
+    if not (
+        limit_text.isascii()
+        and limit_text.isdigit()
+        and len(limit_text) <= len(str(LISTING_MAX))
+        and 1 <= int(limit_text) <= LISTING_MAX
+    ):
+        raise Refused(
+            f"limit must be a whole number from 1 to {LISTING_MAX}, not {limit_text[:40]!r}"
+        )
+    return state, int(limit_text), below
+
+
+def _summary(record: JobRecord) -> dict[str, Any]:
+    """A job as a listing shows it."""
+    return {
+        "job_id": record.id,
+        "state": record.state.value,
+        "created_at": record.created_at,
+        "finished_at": record.finished_at,
+        "attempt": record.attempt,
+        "error": record.error,
+        "tenant": record.tenant,
+    }
+
+
+def _resume_point(request: Request) -> int:
+    """The seq to resume after: ``Last-Event-ID`` first (a reconnecting ``EventSource``
+    sends it, with the URL it started with), else ``?after=``, else 0. Each, when
+    present, must be a seq (:class:`Refused`, 400, otherwise; an empty one too)."""
+    seqs = [
+        _seq(name, value)
+        for name, value in (
+            ("Last-Event-ID", request.headers.get("last-event-id")),
+            ("after", request.query_params.get("after")),
+        )
+        if value is not None
+    ]
+    return seqs[0] if seqs else 0
+
+
+# Digits a seq may have: few enough for a seq (Redis keeps seqs in 64 bits).
+SEQ_DIGITS = 18
+
+
+def _seq(name: str, value: str) -> int:
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int).
+    if not (value.isascii() and value.isdigit() and len(value) <= SEQ_DIGITS):
+        raise Refused(
+            f"{name} must be a seq, a whole number from 0 to {10**SEQ_DIGITS - 1}, "
+            f"not {value[:40]!r}"
+        )
+    return int(value)
+
+
+class EventStream(Response):
+    """One job's log as Server-Sent Events, live, in the full protocol's frames."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        job_id: str,
+        after: int,
+        keepalive_seconds: float = 15.0,
+    ) -> None:
+        # Not Response.__init__: it would say the body is empty (content-length: 0).
+        self.status_code = 200
+        self.background = None
+        self.init_headers(SSE_HEADERS)
+        self.gateway = gateway
+        self.principal = principal
+        self.job_id = job_id
+        self.after = after
+        self.keepalive_seconds = keepalive_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        # The stream counts as a follower while it relays a job, so a stopping worker
+        # lets it relay the job's end (Gateway.drain), as a WebSocket's followers do.
+        relaying = asyncio.create_task(self._relay(transport, send), name=f"sse-{self.job_id}")
+        watching = asyncio.create_task(_disconnected(receive), name="sse-disconnect")
+        delivering = asyncio.create_task(self._watch_delivery(transport), name="sse-delivery")
+        self.gateway.streams[relaying] = self.job_id
+        tasks = (relaying, watching, delivering)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.gateway.streams.pop(relaying, None)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await task
+        if relaying.done() and not relaying.cancelled() and relaying.exception() is None:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relay(self, transport: Any, send: Send) -> None:
+        set_job(self.job_id, self.principal.tenant)  # this task's log lines are about the job
+        limit = self.gateway.limits.slow_listener_seconds
+
+        async def write(data: bytes) -> None:
+            message = {"type": "http.response.body", "body": data, "more_body": True}
+            if transport is None or not transport.blocked():
+                await send(message)
+                return
+            try:
+                await asyncio.wait_for(send(message), limit)
+            except TimeoutError:
+                log.info("cutting an event stream left unread for %.0fs", limit)
+                transport.abort()
+                raise OSError("the reader was too slow") from None
+
+        async for chunk in self._chunks():
+            await write(chunk)
+
+    async def _watch_delivery(self, transport: Any) -> None:
+        """Returns, having hung up, once bytes sent have stayed unacknowledged by the
+        reader's TCP for ``SLOW_LISTENER_SECONDS``: a reader that has stopped reading
+        once the buffers between are full, or a path that went dark, where small
+        writes (keep-alives) never fill the buffers that :meth:`_relay` waits on."""
+        limit = self.gateway.limits.slow_listener_seconds
+        interval = min(limit, self.keepalive_seconds) / 2
+        loop = asyncio.get_running_loop()
+        acked, progressed = -1, loop.time()
+        while True:
+            await asyncio.sleep(interval)
+            delivery = transport.delivery() if transport is not None else None
+            if delivery is None:
+                continue  # unknown here: the slow-reader cut alone applies
+            pending, now_acked = delivery
+            now = loop.time()
+            if not pending or now_acked != acked:
+                acked, progressed = now_acked, now
+            elif now - progressed >= limit:
+                log.info(
+                    "cutting an event stream whose reader has acknowledged nothing for %.0fs",
+                    now - progressed,
+                )
+                transport.abort()
+                return
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """The stream's bytes: its events, comments to keep it alive, and its end."""
+        relay = Relay(self.job_id, Dialect.FULL, self.after)
+        position = await self.gateway.store.position(self.job_id)
+        if position is not None:
+            yield _sse(protocol.pending(self.job_id, position), "pending")
+        batches = self.gateway.store.follow(self.job_id, self.after).__aiter__()
+        queue_moved: asyncio.Future[None] | None = None
+        awaiting_text, since = True, time.perf_counter()  # for the latency the worker adds
+        next_batch: asyncio.Future[list[Any]] | None = None
+        try:
+            while True:
+                if next_batch is None:
+                    next_batch = asyncio.ensure_future(batches.__anext__())
+                waits: set[asyncio.Future[Any]] = {next_batch}
+                if position is not None:
+                    if queue_moved is None:
+                        queue_moved = asyncio.ensure_future(self.gateway.store.queue_moved())
+                    waits.add(queue_moved)
+                done, _ = await asyncio.wait(waits, timeout=self.keepalive_seconds)
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                if queue_moved is not None and queue_moved in done:
+                    queue_moved = None
+                    moved_to = await self.gateway.store.position(self.job_id)
+                    if moved_to is not None and moved_to != position:
+                        yield _sse(protocol.pending(self.job_id, moved_to), "pending")
+                    position = moved_to
+                if next_batch not in done:
+                    continue
+                try:
+                    batch = next_batch.result()
+                except StopAsyncIteration:
+                    return
+                next_batch = None
+                position = None  # started, or ended: its place is of no more interest
+                frames = relay.frames(batch)
+                yield b"".join(_sse(frame) for frame in frames)
+                if awaiting_text and has_text(batch):
+                    awaiting_text = False
+                    metrics = self.gateway.metrics
+                    metrics.first_frame_sent(self.job_id, since, time.perf_counter())
+        finally:
+            for future in (queue_moved, next_batch):
+                if future is not None:
+                    future.cancel()
+            with contextlib.suppress(Exception):
+                await batches.aclose()  # type: ignore[attr-defined]
+
+
+def _sse(frame: str, event_type: str | None = None) -> bytes:
+    """One frame as one Server-Sent Event: its seq as ``id:``, its type as ``event:``."""
+    data = orjson.loads(frame)
+    lines = []
+    if "seq" in data:
+        lines.append(f"id: {data['seq']}")
+    lines.append(f"event: {event_type or data['type']}")
+    # A frame is one line of JSON: its newlines are escaped, so one data line holds it.
+    lines.append(f"data: {frame}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

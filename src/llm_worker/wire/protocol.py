@@ -1,0 +1,388 @@
+"""The wire protocol: JSON text frames in, JSON text frames out. No I/O here.
+
+Requests (client to server): ``add``, ``listen``, ``cancel``, ``status``, ``ping``.
+Replies and events (server to client): ``resp_add``, ``pending``, ``running``,
+``notice``, ``reset``, ``done``, ``failed``, ``cancelled``, ``status``, ``error``, ``pong``.
+
+The seed's messages are kept exactly; everything else is additive, so a client
+of the old system ignores what it does not know. Unknown fields in a request
+are ignored for the same reason.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from llm_worker.jobs.model import Event, EventKind, JobRecord, JobSpec
+from llm_worker.jobs.templates import Assistant, ChatMessage, text_value
+
+
+def _request_id(value: Any) -> str | int:
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError("must be a string or an integer")
+
+
+def _variable_text(value: Any) -> str:
+    text = text_value(value)
+    if text is None:
+        raise ValueError("must be a string, a number or a boolean")
+    return text
+
+
+# Plain validators rather than unions: one clear error instead of one per member.
+RequestId = Annotated[str | int, PlainValidator(_request_id)]
+VariableText = Annotated[str, PlainValidator(_variable_text)]
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be honoured.
+
+    ``request_type`` is the request's ``type`` when the frame names a known
+    one, ``ref`` its ``id`` (``add``, ``ping``) or ``job_id`` (the others) when
+    it has a usable one: how a refusal is answered depends on both.
+    """
+
+    def __init__(self, message: str, ref: Any = None, request_type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ref = ref
+        self.request_type = request_type
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class AddRequest(_Request):
+    type: Literal["add"]
+    id: RequestId | None = None
+    query: StrictStr
+    assistant: Assistant
+    history: list[ChatMessage] = Field(default_factory=list)
+    variables: dict[str, VariableText] = Field(default_factory=dict)
+
+    def to_spec(self) -> JobSpec:
+        return JobSpec(
+            assistant=self.assistant,
+            query=self.query,
+            history=self.history,
+            variables=self.variables,
+        )
+
+
+class ListenRequest(_Request):
+    type: Literal["listen"]
+    job_id: StrictStr
+    after: StrictInt | None = Field(default=None, ge=0)
+
+
+class UnlistenRequest(_Request):
+    """Stop sending a job's events on this connection (the job goes on)."""
+
+    type: Literal["unlisten"]
+    job_id: StrictStr
+
+
+class CancelRequest(_Request):
+    type: Literal["cancel"]
+    job_id: StrictStr
+
+
+class StatusRequest(_Request):
+    type: Literal["status"]
+    job_id: StrictStr
+
+
+class PingRequest(_Request):
+    type: Literal["ping"]
+    id: RequestId | None = None
+
+
+Request = AddRequest | ListenRequest | UnlistenRequest | CancelRequest | StatusRequest | PingRequest
+
+_REQUEST_TYPES: dict[str, type[Request]] = {
+    "add": AddRequest,
+    "listen": ListenRequest,
+    "unlisten": UnlistenRequest,
+    "cancel": CancelRequest,
+    "status": StatusRequest,
+    "ping": PingRequest,
+}
+# Tags pydantic puts in error locations of tagged unions; they mean nothing to a client.
+_UNION_TAGS = frozenset({"message", "insert", "model", "pipeline"})
+_JSON_TYPE_NAMES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def parse_request(data: str | bytes) -> Request:
+    """The request a text frame holds; :class:`ProtocolError` saying what is wrong otherwise."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        kind = _JSON_TYPE_NAMES.get(type(obj), "something else")
+        raise ProtocolError(f"a request must be a JSON object, not {kind}")
+    return request_from(obj)
+
+
+def request_from(obj: dict[str, Any]) -> Request:
+    """The request a parsed JSON object holds; :class:`ProtocolError` otherwise."""
+    request_type = obj.get("type")
+    if request_type is None:
+        raise ProtocolError("missing field 'type'", _ref_of(obj, None))
+    model = _REQUEST_TYPES.get(request_type) if isinstance(request_type, str) else None
+    if model is None:
+        known = ", ".join(sorted(_REQUEST_TYPES))
+        raise ProtocolError(f"unknown type {request_type!r} (known: {known})", _ref_of(obj, None))
+    # Only the template holds values of any shape (settings, options, its own fields).
+    if _deeper_than(obj.get("assistant"), MAX_DEPTH):
+        raise ProtocolError(
+            f"invalid {request_type!r} request: field 'assistant' is nested more than "
+            f"{MAX_DEPTH} levels deep",
+            _ref_of(obj, request_type),
+            request_type,
+        )
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ProtocolError(
+            f"invalid {request_type!r} request: {describe(exc)}",
+            _ref_of(obj, request_type),
+            request_type,
+        ) from None
+
+
+# Deeper requests are refused: nothing a template needs nests so deep, and deep
+# values cost recursion wherever they go (validation, storage, the provider's JSON).
+MAX_DEPTH = 64
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests objects and arrays more than ``limit`` deep."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+    return False
+
+
+def peek_request(data: str | bytes) -> tuple[str | None, Any]:
+    """The ``type`` and reference of a frame that will not be parsed (too large, say).
+
+    ``(None, None)`` when the frame is not a JSON object naming a known request.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    request_type = obj.get("type")
+    if not isinstance(request_type, str) or request_type not in _REQUEST_TYPES:
+        return None, _ref_of(obj, None)
+    return request_type, _ref_of(obj, request_type)
+
+
+# What an ``error`` about a request refers to: its ``id``, or the job it names.
+_REF_KEYS: dict[str | None, tuple[str, ...]] = {
+    "add": ("id",),
+    "ping": ("id",),
+    "listen": ("job_id",),
+    "unlisten": ("job_id",),
+    "cancel": ("job_id",),
+    "status": ("job_id",),
+    None: ("id", "job_id"),
+}
+
+
+def _ref_of(obj: dict[str, Any], request_type: str | None) -> Any:
+    for key in _REF_KEYS.get(request_type, _REF_KEYS[None]):
+        value = obj.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif isinstance(previous, int) and part in _UNION_TAGS:
+            pass
+        else:
+            text += f".{part}" if text else str(part)
+        previous = part
+    return text
+
+
+def describe(exc: ValidationError, limit: int = 3) -> str:
+    """A validation error in words a client can act on: which field, what is wrong."""
+    problems = []
+    errors = exc.errors(include_url=False)
+    for error in errors[:limit]:
+        where = _location(error["loc"])
+        if error["type"] == "missing":
+            problems.append(f"missing field '{where}'")
+        elif error["type"] == "extra_forbidden":
+            problems.append(f"unexpected field '{where}'")
+        else:
+            text = error["msg"].removeprefix("Value error, ")
+            problems.append(f"field '{where}': {text}" if where else text)
+    if len(errors) > limit:
+        problems.append(f"and {len(errors) - limit} more")
+    return "; ".join(problems)
+
+
+# -- server to client ---------------------------------------------------------
+
+
+def _frame(obj: dict[str, Any]) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def resp_add(request_id: Any, job_id: str, listen_token: str | None = None) -> str:
+    body = {"type": "resp_add", "id": request_id, "job_id": job_id}
+    if listen_token is not None:
+        body["listen_token"] = listen_token
+    return _frame(body)
+
+
+def pending(job_id: str, position: int) -> str:
+    return _frame({"type": "pending", "job_id": job_id, "position": position})
+
+
+def event(job_id: str, event: Event) -> str:
+    """The frame of one log event: ``running``, ``notice``, ``reset``, ``done``, ``failed``
+    or ``cancelled``."""
+    kind = event.kind
+    if kind is EventKind.RUNNING or kind is EventKind.FAILED or kind is EventKind.NOTICE:
+        return _frame(
+            {"type": kind.value, "job_id": job_id, "message": event.message, "seq": event.seq}
+        )
+    if kind is EventKind.RESET:
+        return _frame(
+            {"type": "reset", "job_id": job_id, "attempt": event.attempt, "seq": event.seq}
+        )
+    if kind is EventKind.DONE and event.message:
+        # The job's ``usage`` and ``finish_reason``, as the worker summed them up.
+        return _frame({"type": "done", "job_id": job_id, "seq": event.seq} | summary_of(event))
+    return _frame({"type": kind.value, "job_id": job_id, "seq": event.seq})
+
+
+def summary_of(event: Event) -> dict[str, Any]:
+    """What a ``done`` event says of the job: ``usage`` and ``finish_reason``."""
+    if event.kind is not EventKind.DONE or not event.message:
+        return {}
+    summary = orjson.loads(event.message)
+    return summary if isinstance(summary, dict) else {}
+
+
+def event_frames(job_id: str, events: list[Event]) -> list[str]:
+    """Frames for events a listener has yet to get, consecutive deltas merged into one.
+
+    A listener that fell behind catches up in fewer, larger frames: a merged
+    ``running`` carries the deltas' text in order and the last one's ``seq``, so
+    clients that concatenate ``message`` (as those of the old protocol do) and
+    clients that resume with ``after`` see no difference. A merged frame holds
+    up to :data:`MAX_FRAME_TEXT` characters (so what a connection holds unsent
+    stays small); the empty ``running`` that marks the start of a job, and each
+    ``notice``, stay frames of their own, between the text before and after them.
+    """
+    if len(events) == 1:
+        return [event(job_id, events[0])]
+    frames: list[str] = []
+    text: list[str] = []
+    size = 0
+    last_seq = 0
+    for item in events:
+        if item.kind is EventKind.RUNNING and item.message:
+            if text and size + len(item.message) > MAX_FRAME_TEXT:
+                frames.append(_running(job_id, "".join(text), last_seq))
+                text, size = [], 0
+            text.append(item.message)
+            size += len(item.message)
+            last_seq = item.seq
+            continue
+        if text:
+            frames.append(_running(job_id, "".join(text), last_seq))
+            text = []
+        frames.append(event(job_id, item))
+    if text:
+        frames.append(_running(job_id, "".join(text), last_seq))
+    return frames
+
+
+# The most text deltas merged into one frame carry (one delta longer is sent alone).
+MAX_FRAME_TEXT = 32_768
+
+
+def _running(job_id: str, message: str, seq: int) -> str:
+    return _frame({"type": "running", "job_id": job_id, "message": message, "seq": seq})
+
+
+def failed(job_id: Any, message: str) -> str:
+    """A ``failed`` outside any job's log: how the seed dialect refuses a request."""
+    return _frame({"type": "failed", "job_id": job_id, "message": message})
+
+
+def cancelled(job_id: str) -> str:
+    """Acknowledges a ``cancel`` to a client that does not follow the job."""
+    return _frame({"type": "cancelled", "job_id": job_id})
+
+
+def status(
+    record: JobRecord, position: int | None, output: str, summary: dict[str, Any] | None = None
+) -> str:
+    """The ``status`` reply; ``summary`` is what its ``done`` said (usage, finish_reason)."""
+    body: dict[str, Any] = {"type": "status", "job_id": record.id, "state": record.state.value}
+    if position is not None:
+        body["position"] = position
+    body["output"] = output
+    if record.error is not None:
+        body["error"] = record.error
+    if summary:
+        body.update(summary)
+    return _frame(body)
+
+
+def error(message: str, ref: Any = None) -> str:
+    body: dict[str, Any] = {"type": "error", "message": message}
+    if ref is not None:
+        body["ref"] = ref
+    return _frame(body)
+
+
+def pong(request_id: Any = None) -> str:
+    body: dict[str, Any] = {"type": "pong"}
+    if request_id is not None:
+        body["id"] = request_id
+    return _frame(body)
