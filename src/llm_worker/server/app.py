@@ -24,9 +24,10 @@ from llm_worker.ops.metrics import CONTENT_TYPE, Metrics, Readings
 from llm_worker.ops.redaction import redact_url
 from llm_worker.providers.openai_compatible import ClientPool
 from llm_worker.running.catalog import build_providers, local_model_readings, provider_readiness
+from llm_worker.running.checks import RequestLimits
 from llm_worker.running.inserts import builtin_inserts
 from llm_worker.running.pipelines import builtin_pipelines
-from llm_worker.running.runner import RequestLimits, RetryPolicy, Runner
+from llm_worker.running.runner import RetryPolicy, Runner
 from llm_worker.running.worker import Worker
 from llm_worker.server.access import load_access
 from llm_worker.server.gateway import Gateway, GatewayLimits

@@ -24,7 +24,8 @@ from llm_worker.jobs.templates import TemplateError
 from llm_worker.ops.logs import about
 from llm_worker.ops.metrics import CONTENT_TYPE, Metrics, Readings
 from llm_worker.running.catalog import local_model_readings
-from llm_worker.running.runner import RequestRefused, Runner
+from llm_worker.running.checks import RequestRefused
+from llm_worker.running.runner import Runner
 from llm_worker.server.access import Access, Principal
 from llm_worker.server.refusals import Refused, error_response
 from llm_worker.store import JobStore, StoreError, StoreStats, UnknownJob
