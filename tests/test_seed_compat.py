@@ -148,3 +148,41 @@ async def test_seed_listen_on_another_connection(
     added = [m for m in await adder.job_messages(job_id) if m["type"] == "running"]
     # Each gets the whole text (framed as its own pace allowed).
     assert "".join(m["message"] for m in added) == "".join(SEED_TOKENS)
+
+
+# Refusals as a seed-dialect connection gets them, byte for byte (recorded before error
+# frames of the full protocol got a ``code``: the seed's must not change). ``{job}``
+# stands for the id a refused ``add`` is answered with, a new one each time.
+SEED_REFUSALS: list[tuple[str | bytes, list[str]]] = [
+    (b'{"type": "ping"}', ['{"type":"error","message":"binary frames are not accepted: send JSON as text"}']),  # noqa: E501
+    ("x" * 1_100_000, ['{"type":"error","message":"message too large: 1100000 bytes, the limit is 1048576 (MAX_MESSAGE_BYTES)"}']),  # noqa: E501
+    ("not json", ['{"type":"error","message":"not valid JSON: invalid literal, expected \'null\': line 1 column 1 (char 0)"}']),  # noqa: E501
+    ("[1]", ['{"type":"error","message":"a request must be a JSON object, not an array"}']),
+    ('{"id": "a"}', ['{"type":"error","message":"missing field \'type\'","ref":"a"}']),
+    ('{"type": "launch", "id": "a"}', ['{"type":"error","message":"unknown type \'launch\' (known: add, cancel, listen, ping, status, unlisten)","ref":"a"}']),  # noqa: E501
+    ('{"type": "add", "id": "a", "query": 3, "assistant": {}}', [
+        '{"type":"resp_add","id":"a","job_id":"{job}"}',
+        '{"type":"failed","job_id":"{job}","message":"invalid \'add\' request: field \'query\': Input should be a valid string; missing field \'assistant.streams\'"}',  # noqa: E501
+    ]),
+    ('{"type": "add", "id": "b", "query": "q", "assistant": {"streams": [{"provider": "nope", "settings": {"model": "m"}, "messages": [{"role": "user", "content": "{query}"}]}]}}', [  # noqa: E501
+        '{"type":"resp_add","id":"b","job_id":"{job}"}',
+        '{"type":"failed","job_id":"{job}","message":"invalid assistant template: assistant.streams[0]: unknown provider \'nope\' (available: openai; not configured: anthropic, local, vllm)"}',  # noqa: E501
+    ]),
+    ('{"type": "listen", "job_id": "nope"}', ['{"type":"failed","job_id":"nope","message":"unknown job_id \'nope\'"}']),  # noqa: E501
+    ('{"type": "listen"}', ['{"type":"error","message":"invalid \'listen\' request: missing field \'job_id\'"}']),  # noqa: E501
+    ('{"type": "status", "job_id": "nope"}', ['{"type":"error","message":"unknown job_id \'nope\'","ref":"nope"}']),  # noqa: E501
+    ('{"type": "cancel", "job_id": "nope"}', ['{"type":"error","message":"unknown job_id \'nope\'","ref":"nope"}']),  # noqa: E501
+    ('{"type": "unlisten", "job_id": 5}', ['{"type":"error","message":"invalid \'unlisten\' request: field \'job_id\': Input should be a valid string","ref":5}']),  # noqa: E501
+]  # fmt: skip
+
+
+async def test_seed_refusals_are_sent_byte_for_byte_as_before(
+    worker: RunningWorker, connect: ConnectClient
+) -> None:
+    client = await connect(seed=True)
+    for request, expected in SEED_REFUSALS:
+        await client.ws.send(request)
+        sent = [await client.ws.recv() for _ in expected]
+        job_id = json.loads(sent[0]).get("job_id", "")
+        assert sent == [frame.replace("{job}", job_id) for frame in expected], request
+        assert all("code" not in json.loads(frame) for frame in sent)
