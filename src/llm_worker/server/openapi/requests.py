@@ -1,0 +1,155 @@
+"""The schemas of what a client sends: a job, its template and its streams, as this
+deployment checks them (its usable providers with their settings, its inserts and
+pipelines with their options, its request limits)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from llm_worker.jobs.templates import BUILTIN_PLACEHOLDERS, MAX_FALLBACKS, QUERY, ChatMessage
+
+if TYPE_CHECKING:
+    from llm_worker.running.runner import Runner
+
+_REF = "#/components/schemas/{model}"
+STATES = ["pending", "running", "done", "failed", "cancelled"]
+# The most digits of a seq the server reads (http_api.SEQ_DIGITS).
+SEQ_DIGITS = 18
+LISTING_MAX = 500
+
+
+def ref(model: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model)}
+
+
+# Message text: literal text, {{ and }} for braces, and {query}; what else a request
+# may name ({variables}, template fields) depends on the request (see the module doc).
+CONTENT_PATTERN = r"^([^{}]|\{\{|\}\}|\{" + QUERY + r"\})*$"
+
+
+def _message_schema() -> dict[str, Any]:
+    schema = ChatMessage.model_json_schema()
+    schema.pop("title", None)
+    schema["properties"]["content"] = {
+        "type": "string",
+        "pattern": CONTENT_PATTERN,
+        "description": "May hold {query}; write {{ and }} for literal braces.",
+    }
+    # An item with ``insert`` is an insert, not a message.
+    schema["properties"]["insert"] = False
+    return schema
+
+
+def _settings_schema(runner: Runner, provider: str) -> dict[str, Any]:
+    return runner.providers.get(provider).settings_schema()
+
+
+def _with_settings(
+    name: str, settings: dict[str, Any], properties: dict[str, Any], key: str
+) -> dict[str, Any]:
+    """An object naming provider ``name`` in ``key``, with its ``settings`` (required
+    when the provider needs some, such as a model without a default)."""
+    required = [key]
+    if settings.get("required"):
+        required.append("settings")
+    return {
+        "type": "object",
+        "required": required,
+        "properties": {key: {"const": name}, "settings": settings, **properties},
+        "additionalProperties": False,
+    }
+
+
+def _named(options: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    """An item ``{key: name, ...options}`` whose options are as ``options`` says (an
+    object schema, or ``anyOf`` such schemas)."""
+    if "anyOf" in options:
+        return {"anyOf": [_named(member, key, name) for member in options["anyOf"]]}
+    return {
+        **options,
+        "type": "object",
+        "required": [key, *options.get("required", [])],
+        "properties": {key: {"const": name}, **options.get("properties", {})},
+    }
+
+
+def _stream_schemas(runner: Runner) -> dict[str, Any]:
+    """The schemas of a stream: one per usable provider, one per pipeline."""
+    schemas: dict[str, Any] = {"TemplateMessage": _message_schema()}
+    providers = runner.providers.usable()
+    settings = {name: _settings_schema(runner, name) for name in providers}
+    fallback = {
+        "anyOf": [_with_settings(name, settings[name], {}, "provider") for name in providers]
+    }
+    streams = []
+    for name in providers:
+        inserts = [
+            _named(insert.options_schema(name, settings), "insert", insert_name)
+            for insert_name, insert in runner.inserts.items()
+        ]
+        model = f"ModelStream_{name}"
+        schemas[model] = _with_settings(
+            name,
+            settings[name],
+            {
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"anyOf": [ref("TemplateMessage"), *inserts]},
+                },
+                "fallbacks": {"type": "array", "maxItems": MAX_FALLBACKS, "items": fallback},
+            },
+            "provider",
+        )
+        schemas[model]["required"].append("messages")
+        schemas[model]["description"] = f"A model call to provider {name!r}."
+        streams.append(ref(model))
+    for name, pipeline in runner.pipelines.items():
+        model = f"PipelineStream_{name}"
+        schemas[model] = _named(pipeline.options_schema(), "pipeline", name)
+        schemas[model]["description"] = f"A stream computed by pipeline {name!r}."
+        streams.append(ref(model))
+    schemas["Stream"] = {"anyOf": streams}
+    return schemas
+
+
+def job_schemas(runner: Runner) -> dict[str, Any]:
+    limits = runner.limits
+    schemas = _stream_schemas(runner)
+    schemas["ChatMessage"] = ChatMessage.model_json_schema()
+    schemas["Assistant"] = {
+        "type": "object",
+        "required": ["streams"],
+        "properties": {
+            "streams": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limits.max_streams,
+                "items": ref("Stream"),
+            }
+        },
+        "description": "Streams run in order; the last one's output is the job's. Other "
+        "fields are the template's own, kept with the job.",
+    }
+    schemas["JobRequest"] = {
+        "type": "object",
+        "required": ["query", "assistant"],
+        "properties": {
+            "query": {"type": "string"},
+            "assistant": ref("Assistant"),
+            "history": {
+                "type": "array",
+                "maxItems": limits.max_history_messages,
+                "items": ref("ChatMessage"),
+            },
+            "variables": {
+                "type": "object",
+                "properties": dict.fromkeys(sorted(BUILTIN_PLACEHOLDERS), False),
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+                "description": "Values for placeholders; query and previous_stream_output "
+                "are the worker's.",
+            },
+        },
+        "description": "A job: what a WebSocket `add` carries, without `type` and `id`.",
+    }
+    return schemas
