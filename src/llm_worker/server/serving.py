@@ -170,139 +170,143 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         super().send_receive_event_to_app()
 
 
-def http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol, under ``limits``."""
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol under :attr:`limits`: the connection cap, the header
+    deadline, the body's deadline and minimum rate, and no reading on once answered."""
 
-    class HttpProtocol(HttpToolsProtocol):
-        _deadline: asyncio.TimerHandle | None = None
-        _body_deadline: asyncio.TimerHandle | None = None
-        _body_started = 0.0
-        _body_bytes = 0
-        _lingering = False
+    limits: ConnectionLimits
+    _deadline: asyncio.TimerHandle | None = None
+    _body_deadline: asyncio.TimerHandle | None = None
+    _body_started = 0.0
+    _body_bytes = 0
+    _lingering = False
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            if len(self.server_state.connections) >= limits.max_connections:
-                transport.write(
-                    _refusal(
-                        errors.TOO_MANY_CONNECTIONS,
-                        "too many connections (MAX_CONNECTIONS); try again shortly",
-                        retry_after=1,
-                    )
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.server_state.connections) >= self.limits.max_connections:
+            transport.write(
+                _refusal(
+                    errors.TOO_MANY_CONNECTIONS,
+                    "too many connections (MAX_CONNECTIONS); try again shortly",
+                    retry_after=1,
                 )
-                transport.close()
-                return
-            super().connection_made(transport)
-            self._start_deadline()
+            )
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._start_deadline()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._start_deadline()
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_deadline()
 
-        def on_headers_complete(self) -> None:
-            self._stop_deadline()
-            self._body_started, self._body_bytes = self.loop.time(), 0
-            super().on_headers_complete()
-            scope = getattr(self, "scope", None)
-            if scope is not None and scope.get("type") == "http":
-                scope.setdefault("extensions", {})[TRANSPORT_EXTENSION] = HttpTransport(self)
+    def on_headers_complete(self) -> None:
+        self._stop_deadline()
+        self._body_started, self._body_bytes = self.loop.time(), 0
+        super().on_headers_complete()
+        scope = getattr(self, "scope", None)
+        if scope is not None and scope.get("type") == "http":
+            scope.setdefault("extensions", {})[TRANSPORT_EXTENSION] = HttpTransport(self)
 
-        def on_body(self, body: bytes) -> None:
-            self._body_bytes += len(body)
-            super().on_body(body)
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
-        def on_message_complete(self) -> None:
-            self._stop_body_deadline()
-            super().on_message_complete()
+    def on_message_complete(self) -> None:
+        self._stop_body_deadline()
+        super().on_message_complete()
 
-        def data_received(self, data: bytes) -> None:
-            if self.transport is None or self._lingering:
-                return  # refused in connection_made, or answered: dropped
-            super().data_received(data)
-            if self._body_deadline is None and self._body_unfinished():
-                self._body_deadline = self.loop.call_at(
-                    self._body_started + limits.body_timeout, self._check_body
-                )
-
-        def on_response_complete(self) -> None:
-            if not self._body_unfinished(answered=True) or self.transport.is_closing():
-                super().on_response_complete()
-                return
-            # Answered before its body ended: read no more of it.
-            self._stop_body_deadline()
-            self._lingering = True
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            self.loop.call_later(LINGER_SECONDS, self.transport.abort)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_deadline()
-            self._stop_body_deadline()
-            if self.transport is not None:
-                super().connection_lost(exc)
-
-        def _body_unfinished(self, answered: bool = False) -> bool:
-            """Whether the current request's body has yet to end (and, unless
-            ``answered``, the request has yet to be answered)."""
-            cycle = self.cycle
-            return (
-                cycle is not None
-                and cycle.more_body
-                and not cycle.disconnected
-                and (answered or not cycle.response_complete)
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self._lingering:
+            return  # refused in connection_made, or answered: dropped
+        super().data_received(data)
+        if self._body_deadline is None and self._body_unfinished():
+            self._body_deadline = self.loop.call_at(
+                self._body_started + self.limits.body_timeout, self._check_body
             )
 
-        def _check_body(self) -> None:
+    def on_response_complete(self) -> None:
+        if not self._body_unfinished(answered=True) or self.transport.is_closing():
+            super().on_response_complete()
+            return
+        # Answered before its body ended: read no more of it.
+        self._stop_body_deadline()
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        self._stop_body_deadline()
+        if self.transport is not None:
+            super().connection_lost(exc)
+
+    def _body_unfinished(self, answered: bool = False) -> bool:
+        """Whether the current request's body has yet to end (and, unless
+        ``answered``, the request has yet to be answered)."""
+        cycle = self.cycle
+        return (
+            cycle is not None
+            and cycle.more_body
+            and not cycle.disconnected
+            and (answered or not cycle.response_complete)
+        )
+
+    def _check_body(self) -> None:
+        self._body_deadline = None
+        if not self._body_unfinished() or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        # Past the grace, each byte delivered buys 1/rate seconds: the body's
+        # average rate may not fall below the minimum.
+        allowed = self._body_started + self.limits.body_timeout
+        allowed += self._body_bytes / self.limits.body_min_rate
+        if self.flow.read_paused:  # the app has yet to take what came: not the peer's fault
+            allowed = max(allowed, now + self.limits.body_timeout)
+        if now < allowed:
+            self._body_deadline = self.loop.call_at(allowed, self._check_body)
+            return
+        log.info(
+            "closing a connection whose request body came too slowly: %d bytes in %.1fs",
+            self._body_bytes,
+            now - self._body_started,
+        )
+        cycle = self.cycle
+        if not cycle.response_started:
+            self.transport.write(
+                _refusal(errors.REQUEST_TIMEOUT, "the request's body took too long to arrive")
+            )
+        # The app reading the body hears that the client is gone, and answers no one.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
+
+    def _stop_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
             self._body_deadline = None
-            if not self._body_unfinished() or self.transport.is_closing():
-                return
-            now = self.loop.time()
-            # Past the grace, each byte delivered buys 1/rate seconds: the body's
-            # average rate may not fall below the minimum.
-            allowed = self._body_started + limits.body_timeout
-            allowed += self._body_bytes / limits.body_min_rate
-            if self.flow.read_paused:  # the app has yet to take what came: not the peer's fault
-                allowed = max(allowed, now + limits.body_timeout)
-            if now < allowed:
-                self._body_deadline = self.loop.call_at(allowed, self._check_body)
-                return
-            log.info(
-                "closing a connection whose request body came too slowly: %d bytes in %.1fs",
-                self._body_bytes,
-                now - self._body_started,
+
+    def _start_deadline(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.limits.handshake_timeout, self._too_slow)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.write(
+                _refusal(errors.REQUEST_TIMEOUT, "the request took too long to arrive")
             )
-            cycle = self.cycle
-            if not cycle.response_started:
-                self.transport.write(
-                    _refusal(errors.REQUEST_TIMEOUT, "the request's body took too long to arrive")
-                )
-            # The app reading the body hears that the client is gone, and answers no one.
-            cycle.disconnected = True
-            cycle.message_event.set()
             self.transport.close()
 
-        def _stop_body_deadline(self) -> None:
-            if self._body_deadline is not None:
-                self._body_deadline.cancel()
-                self._body_deadline = None
 
-        def _start_deadline(self) -> None:
-            if self._deadline is None:
-                self._deadline = self.loop.call_later(limits.handshake_timeout, self._too_slow)
-
-        def _stop_deadline(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _too_slow(self) -> None:
-            self._deadline = None
-            if not self.transport.is_closing():
-                self.transport.write(
-                    _refusal(errors.REQUEST_TIMEOUT, "the request took too long to arrive")
-                )
-                self.transport.close()
-
-    return HttpProtocol
+def http_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, under ``limits``."""
+    return type("HttpProtocol", (HttpProtocol,), {"limits": limits})
 
 
 def _refusal(code: str, message: str, retry_after: int | None = None) -> bytes:
