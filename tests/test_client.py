@@ -445,16 +445,16 @@ async def test_a_job_nobody_iterates_costs_a_bounded_buffer_and_loses_nothing(
         # frame the service would send it, and must hold no more than its limit.
         async with Client(worker.ws_url) as other:
             assert await other.job(job.id).text() == fast.text("fast")
-        follow = client._follows[job.id]
-        assert follow.paused and follow.queue.qsize() == limit
+        follow = client._session.follows[job.id]
+        assert follow.paused and len(follow.buffer) == limit
         # The connection is still read: another job on it flows meanwhile.
         second = await client.submit("second", ASSISTANT)
         assert await second.text() == " ok"
-        assert follow.queue.qsize() == limit
+        assert len(follow.buffer) == limit
         events, most_buffered = [], 0
         async for event in job:
             events.append(event)
-            most_buffered = max(most_buffered, job._queue.qsize())
+            most_buffered = max(most_buffered, len(job._follow.buffer))
     assert most_buffered <= limit
     assert events[0] == Started(1) and isinstance(events[-1], Done)
     assert_growing(events)

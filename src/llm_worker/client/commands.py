@@ -25,18 +25,15 @@ from typing import Any, TextIO
 
 import orjson
 
-from llm_worker.client.library import (
+from llm_worker.client.asyncio import Client, Job
+from llm_worker.client.errors import ClientError, ConnectionLost, RequestRefused
+from llm_worker.client.events import (
     Cancelled,
-    Client,
-    ClientError,
-    ConnectionLost,
     Done,
     Event,
     Failed,
-    Job,
     Notice,
     Pending,
-    RequestRefused,
     Reset,
     Started,
     TextDelta,
