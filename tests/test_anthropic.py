@@ -140,9 +140,9 @@ async def test_a_job_streams_end_to_end_with_the_request_the_api_takes(
     assert request.completed
 
 
-def test_the_readme_states_the_max_tokens_default() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert re.search(rf"`max_tokens` \({DEFAULT_MAX_TOKENS} when\s+unset", readme)
+def test_the_docs_state_the_max_tokens_default() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "providers.md").read_text()
+    assert re.search(rf"`max_tokens` \({DEFAULT_MAX_TOKENS} when\s+unset", page)
 
 
 async def test_done_carries_the_usage_and_finish_reason_the_api_gave(

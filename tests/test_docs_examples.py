@@ -78,6 +78,8 @@ def runnable() -> list[Block]:
 def test_the_examples_are_found() -> None:
     found = {block.language for block in runnable()}
     assert {"python", "bash", "console", "js"} <= found
+    pages = {str(block.path.relative_to(ROOT)) for block in runnable()}
+    assert {"README.md", "docs/http-api.md", "docs/providers.md"} <= pages
 
 
 def test_every_example_not_run_says_why() -> None:
