@@ -4,7 +4,7 @@ Starts a worker (``llm-worker serve``, SQLite store, defaults but for the key
 settings each scenario names) against a loopback model server in this
 process, then tries, one after the other, what one client could send to hurt
 it, and prints what happened as a Markdown table: the worker's memory (RSS),
-whether it refused, how long it took to recover. README's Security section
+whether it refused, how long it took to recover. docs/security.md (Measured)
 quotes this table.
 
     python bench/attacks.py [--quick]

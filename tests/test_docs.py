@@ -129,9 +129,22 @@ def leads_somewhere(page: Path, target: str) -> bool:
     return not heading or (linked.suffix == ".md" and heading in anchors(linked))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "page", [*PAGES, ROOT / "BENCHMARKS.md"], ids=lambda page: str(page.relative_to(ROOT))
+)
 def test_links_lead_to_files_of_the_repo_and_to_their_headings(page: Path) -> None:
     assert [target for target in links(page) if not leads_somewhere(page, target)] == []
+
+
+def test_files_the_docs_name_are_in_the_repo() -> None:
+    """A path such as `tests/test_faults.py` or `bench/attacks.py` names a file that exists."""
+    named = {
+        (page, path)
+        for page in PAGES
+        for path in re.findall(r"`((?:tests|bench|scripts|src)/[\w./-]+)`", page.read_text())
+    }
+    assert len(named) > 10, "the pattern finds no paths"
+    assert [(page.name, path) for page, path in named if not (ROOT / path).exists()] == []
 
 
 def test_links_are_found_within_and_between_pages() -> None:
