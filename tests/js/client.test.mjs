@@ -302,6 +302,32 @@ describe("the client, on scripted answers", () => {
     assert.equal(calls.length, 1);
   });
 
+  test("a refusal is known by its code; by its status only without one", async () => {
+    const { fetch } = scriptedFetch([
+      () => json(404, { type: "error", code: "job_not_found", message: "unknown job" }),
+      () => json(404, { type: "error", code: "not_found", message: "no such route" }),
+      () => json(404, { type: "error", message: "unknown job (a server from before codes)" }),
+      () => json(429, { type: "error", code: "tenant_queue_full", message: "too many jobs" }),
+    ]);
+    const client = new Client("http://w.test", { fetch, retry: { giveUpAfterMs: 0 } });
+    const refusals = [];
+    for (let i = 0; i < 4; i++) {
+      await assert.rejects(client.job(J).status(), (error) => {
+        refusals.push(error);
+        return error instanceof RequestRefused;
+      });
+    }
+    assert.deepEqual(
+      refusals.map((e) => [e instanceof JobNotFound, e.code, e.status]),
+      [
+        [true, "job_not_found", 404],
+        [false, "not_found", 404],
+        [true, undefined, 404],
+        [false, "tenant_queue_full", 429],
+      ],
+    );
+  });
+
   test("a listen token given to job() is the key of that job", async () => {
     const { fetch, calls } = scriptedFetch([
       () => sse(frame({ type: "done", job_id: J, seq: 3 })),
@@ -612,6 +638,7 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
         assert.ok(error instanceof JobNotFound, `${error}`);
         assert.ok(error instanceof RequestRefused && error instanceof ClientError);
         assert.equal(error.status, 404);
+        assert.equal(error.code, "job_not_found");
         assert.ok(error.message.length > 0);
         return true;
       });

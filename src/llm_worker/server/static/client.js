@@ -96,18 +96,22 @@ const TERMINAL = new Set(["done", "failed", "cancelled"]);
 // -- errors -------------------------------------------------------------------
 
 /**
- * Any error of this client. For an HTTP error, `status` is its status code and
- * `message` the server's message (from its JSON body `{"type":"error","message":...}`).
+ * Any error of this client. For an HTTP error, `status` is its status code, `code` the
+ * stable code of its JSON body `{"type":"error","code":...,"message":...}` (what to
+ * branch on: `job_not_found`, `queue_full`, `rate_limited`, ...) and `message` the
+ * server's message (for people).
  */
 export class ClientError extends Error {
   /**
    * @param {string} message
-   * @param {{status?: number, body?: unknown, cause?: unknown}} [details]
+   * @param {{status?: number, code?: string, body?: unknown, cause?: unknown}} [details]
    */
-  constructor(message, { status, body, cause } = {}) {
+  constructor(message, { status, code, body, cause } = {}) {
     super(message, cause === undefined ? undefined : { cause });
     /** @type {number | undefined} The HTTP status, if the server answered. */
     this.status = status;
+    /** @type {string | undefined} The error's stable code, if the server sent one. */
+    this.code = code;
     /** @type {unknown} The body of the server's answer (parsed JSON, or text). */
     this.body = body;
   }
@@ -706,15 +710,15 @@ function retryPolicy(retry) {
 }
 
 /**
- * The error an HTTP answer stands for, with the server's message: `JobNotFound` for
- * 404, `RequestRefused` for any other 4xx, else `ClientError` (or `Kind`).
+ * The error an HTTP answer stands for, with the server's message and code:
+ * `JobNotFound` for the code `job_not_found`, `RequestRefused` for any other 4xx,
+ * else `ClientError` (or `Kind`).
  *
  * @param {Response} response
  * @param {typeof ClientError} [Kind]
  * @returns {Promise<ClientError>}
  */
 async function errorFrom(response, Kind) {
-  Kind ??= response.status === 404 ? JobNotFound : response.status < 500 ? RequestRefused : ClientError;
   let body;
   let message = `HTTP ${response.status}${response.statusText ? ` ${response.statusText}` : ""}`;
   try {
@@ -732,7 +736,13 @@ async function errorFrom(response, Kind) {
   } catch {
     // No readable body: the status says it all.
   }
-  return new Kind(message, { status: response.status, body });
+  const code =
+    body !== null && typeof body === "object" && typeof body.code === "string" ? body.code : undefined;
+  // A body without a code (a server from before codes, a proxy's page): a 404 is taken
+  // for an unknown job, as the job routes are the only ones this client asks for.
+  const notFound = code === undefined ? response.status === 404 : code === "job_not_found";
+  Kind ??= notFound ? JobNotFound : response.status < 500 ? RequestRefused : ClientError;
+  return new Kind(message, { status: response.status, code, body });
 }
 
 /**
