@@ -17,7 +17,7 @@
     with SyncClient("http://127.0.0.1:8001") as client:
         print(client.submit("Bonjour ?", assistant).text())
 
-It speaks the full protocol (``llm-worker.v2``, README "Protocol") over one
+It speaks the full protocol (``llm-worker.v2``, docs/protocol.md) over one
 WebSocket that carries every job of the client. When the connection drops, the
 client reconnects on its own and resumes each job it follows with ``listen``
 and ``after`` = the last ``seq`` it got, so a consumer sees every event once,
