@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_worker.jobs.model import has_text
-from llm_worker.ops.metrics import MAX_MODELS, OTHER, BoundedLabel, Metrics, Readings
+from llm_worker.ops.metrics import MAX_LABEL_CHARS, MAX_MODELS, OTHER, KnownLabel, Metrics, Readings
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, free_port, unique_prefix
@@ -70,7 +70,10 @@ async def test_metrics_count_what_the_jobs_did(
     start_worker: StartWorker, upstream: OpenAIServer, tmp_path: Path
 ) -> None:
     upstream.handler = replies
-    worker = await start_worker(store_url=f"sqlite:///{tmp_path}/jobs.db")
+    # The deployment knows the model its clients use: it gets a label of its own.
+    worker = await start_worker(
+        store_url=f"sqlite:///{tmp_path}/jobs.db", metrics_models="gpt-test"
+    )
     async with (
         WSClient(worker.ws_url) as client,
         httpx.AsyncClient(base_url=worker.http_url) as http,
@@ -121,12 +124,14 @@ async def test_metrics_count_what_the_jobs_did(
     assert value(scraped, "llm_worker_store_commit_seconds_count") >= 1
 
 
-def test_model_labels_are_bounded() -> None:
-    label = BoundedLabel(MAX_MODELS)
-    names = [label(f"model-{i}") for i in range(MAX_MODELS + 10)]
-    assert names[:MAX_MODELS] == [f"model-{i}" for i in range(MAX_MODELS)]
-    assert set(names[MAX_MODELS:]) == {OTHER}
-    assert label("model-0") == "model-0"  # those seen keep their name
+def test_model_labels_are_the_deployments_own_and_bounded() -> None:
+    known = [f"model-{i:03}" for i in range(MAX_MODELS + 10)] + ["x" * (MAX_LABEL_CHARS + 1)]
+    label = KnownLabel(known)
+    assert len(label.known) == MAX_MODELS
+    assert all(label(name) == name for name in label.known)
+    assert label("x" * (MAX_LABEL_CHARS + 1)) == OTHER  # too long to be a label
+    assert label("made-up-by-a-client") == OTHER  # and it takes no slot
+    assert label("model-000") == "model-000"
 
 
 async def test_a_worker_process_serves_metrics_on_metrics_port(
@@ -136,7 +141,7 @@ async def test_a_worker_process_serves_metrics_on_metrics_port(
     metrics_port = free_port()
     env = clean_env(
         LISTEN_PORT="0", STORE_URL=redis_server.url, REDIS_PREFIX=unique_prefix(),
-        OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url,
+        OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url, METRICS_MODELS="gpt-test",
     )  # fmt: skip
     async with processes() as started:
         gateway = await WorkerProcess.start(env, tmp_path, role="gateway")

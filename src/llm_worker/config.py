@@ -1,6 +1,6 @@
 """Settings, from the environment and a ``.env`` file (the environment wins).
 
-Every setting is documented in ``.env.example`` and in docs/configuration.md; the
+Every setting is documented in ``.env.example`` and in the README's table; the
 names of the system we replace keep their meaning.
 """
 
@@ -147,6 +147,14 @@ class Settings(BaseSettings):
     log_json: bool = False
     """One JSON object per line (with ``job_id`` and ``tenant`` on lines about a job)."""
 
+    # -- metrics ------------------------------------------------------------
+    metrics_key: SecretStr | None = None
+    """A key ``/metrics`` asks for (``Authorization: Bearer``); unset: with API keys, an
+    admin key; without keys, none."""
+    metrics_models: str = ""
+    """Comma-separated model names that get a label of their own in ``/metrics``, besides
+    the models the providers file and LOCAL_MODELS name; every other is ``other``."""
+
     # -- providers ----------------------------------------------------------
     openai_api_key: SecretStr | None = None
     openai_base_url: str = OPENAI_DEFAULT_BASE_URL
@@ -257,7 +265,12 @@ class Settings(BaseSettings):
         return ANTHROPIC_DEFAULT_BASE_URL if value in ("", None) else value
 
     @field_validator(
-        "openai_api_key", "vllm_api_key", "anthropic_api_key", "token_secret", mode="before"
+        "openai_api_key",
+        "vllm_api_key",
+        "anthropic_api_key",
+        "token_secret",
+        "metrics_key",
+        mode="before",
     )
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:

@@ -10,13 +10,12 @@ What is read rather than counted (queued, running, connections) is read when
 
 Label values are bounded: tenants come from the keys file, providers from the
 deployment's registry, outcomes and error kinds from fixed lists; model names
-come from clients' templates, so only the first :data:`MAX_MODELS` distinct ones
-get a label of their own, the rest share ``other``.
+come from clients' templates, so only those the deployment knows get a label of
+their own (:class:`KnownLabel`), every other one counts as ``other``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from llm_worker.jobs.usage import CallEnd
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_MODELS = 64
+MAX_LABEL_CHARS = 100
 OTHER = "other"
 # Jobs whose first text is yet to reach a listener, remembered for the added latency.
 MAX_AWAITED_FRAMES = 10_000
@@ -46,22 +46,18 @@ def tenant_label(tenant: str) -> str:
     return tenant or "anonymous"
 
 
-class BoundedLabel:
-    """The first ``limit`` distinct values keep their name; later ones are ``other``."""
+class KnownLabel:
+    """A label whose values a client chooses (model names): only names the deployment
+    knows keep theirs, at most :data:`MAX_MODELS` of at most :data:`MAX_LABEL_CHARS`
+    characters; any other value is ``other`` and takes no slot, so what clients send
+    can neither grow a scrape nor push the deployment's own names out."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        names = sorted(name for name in set(known) if 0 < len(name) <= MAX_LABEL_CHARS)
+        self.known = frozenset(names[:MAX_MODELS])
 
     def __call__(self, value: str) -> str:
-        if value in self._seen:
-            return value
-        with self._lock:
-            if len(self._seen) < self.limit:
-                self._seen.add(value)
-                return value
-        return OTHER
+        return value if value in self.known else OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +73,13 @@ class Readings:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The process's metrics; ``models`` are the model names the deployment knows (its
+    providers' default models, its local models, ``METRICS_MODELS``): the only ones
+    that get a label of their own."""
+
+    def __init__(self, models: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.model = BoundedLabel(MAX_MODELS)
+        self.model = KnownLabel(models)
         r = self.registry
         self.jobs_added = Counter(
             "llm_worker_jobs_added", "Jobs queued, by tenant.", ["tenant"], registry=r
@@ -168,6 +168,11 @@ class Metrics:
         self._first_deltas: dict[str, float] = {}
         self._readings = _ReadingsCollector()
         r.register(self._readings)
+
+    def know_models(self, names: Iterable[str]) -> None:
+        """Give the model names the deployment knows a label of their own (the rest:
+        ``other``)."""
+        self.model = KnownLabel(names)
 
     def render(self, readings: Readings) -> bytes:
         """The text ``/metrics`` answers, with the gauges at ``readings``."""

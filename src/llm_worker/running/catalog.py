@@ -302,3 +302,17 @@ def local_model_readings(providers: Registry[Provider]) -> dict[str, int]:
         "local_models": sum(pool.loaded() for pool in pools.values()),
         "local_batch": sum(pool.batched() for pool in pools.values()),
     }
+
+
+def known_models(providers: Registry[Provider], also: str = "") -> set[str]:
+    """The model names this deployment knows: its providers' default models, its local
+    models' names, and ``also`` (``METRICS_MODELS``, comma-separated). Only these get
+    a metric label of their own; a name a client makes up does not."""
+    names = {name.strip() for name in also.split(",") if name.strip()}
+    for _, provider in providers.items():
+        model = getattr(provider, "defaults", {}).get("model")
+        if isinstance(model, str):
+            names.add(model)
+        if isinstance(provider, LocalProvider):
+            names.update(provider.choices)
+    return names

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llm_worker.config import ConfigError, Settings, validation_problems
 from llm_worker.store.limits import UNLIMITED, TenantLimits
+from llm_worker.wire import errors
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,26 @@ class Access:
     token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     origins: frozenset[str] | None = None
     """Origins allowed besides the worker's own; ``None``: any."""
+    metrics_key: bytes | None = field(default=None, repr=False)
+    """The key ``/metrics`` asks for (``METRICS_KEY``), if one is set."""
 
     @property
     def enabled(self) -> bool:
         return bool(self.keys)
+
+    def metrics_refusal(self, credential: str | None) -> str | None:
+        """Why ``credential`` may not read ``/metrics`` (an error code), or ``None`` if it
+        may: ``METRICS_KEY`` when set; else, with API keys, an admin key; else anyone.
+        Its figures name tenants and the models they use."""
+        if self.metrics_key is not None:
+            given = _utf8(credential or "")
+            return None if hmac.compare_digest(given, self.metrics_key) else errors.UNAUTHORIZED
+        if not self.enabled:
+            return None
+        principal = self.authenticate(credential)
+        if principal is None or principal.listen_only:
+            return errors.UNAUTHORIZED
+        return None if principal.admin else errors.ADMIN_ONLY
 
     def authenticate(self, credential: str | None) -> Principal | None:
         """The principal a key or listen token stands for; ``None`` if it stands for none."""
@@ -240,6 +257,8 @@ def load_access(settings: Settings) -> Access:
         default_limits=default_limits,
         origins=_origins(settings.allowed_origins),
     )
+    if settings.metrics_key is not None:
+        access.metrics_key = _utf8(settings.metrics_key.get_secret_value())
     if secret:
         access.token_secret = secret.encode()
     elif keys:

@@ -23,7 +23,12 @@ from llm_worker.config import ConfigError, Role, Settings
 from llm_worker.ops.metrics import CONTENT_TYPE, Metrics, Readings
 from llm_worker.ops.redaction import redact_url
 from llm_worker.providers.openai_compatible import ClientPool
-from llm_worker.running.catalog import build_providers, local_model_readings, provider_readiness
+from llm_worker.running.catalog import (
+    build_providers,
+    known_models,
+    local_model_readings,
+    provider_readiness,
+)
 from llm_worker.running.checks import RequestLimits
 from llm_worker.running.inserts import builtin_inserts
 from llm_worker.running.pipelines import builtin_pipelines
@@ -99,6 +104,7 @@ class Service:
         )
         self.metrics = Metrics()
         self.runner = build_runner(settings, self.clients, self.metrics)
+        self.metrics.know_models(known_models(self.runner.providers, settings.metrics_models))
         self.access = load_access(settings)
         if self.access.enabled and role == "gateway" and settings.token_secret is None:
             raise ConfigError(
@@ -317,7 +323,12 @@ async def serve_metrics(service: Service, settings: Settings) -> asyncio.Server:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path.split(b"?")[0] == b"/metrics":
+            refused = service.access.metrics_refusal(_bearer(request))
+            if path.split(b"?")[0] == b"/metrics" and refused is not None:
+                status = b"401 Unauthorized" if refused == errors.UNAUTHORIZED else b"403 Forbidden"
+                body = errors.error_body(refused, "/metrics needs METRICS_KEY (or an admin key)")
+                content_type = b"application/json"
+            elif path.split(b"?")[0] == b"/metrics":
                 try:
                     queued = (await service.store.stats()).pending
                 except StoreError:
@@ -350,3 +361,14 @@ async def serve_metrics(service: Service, settings: Settings) -> asyncio.Server:
     host, port = server.sockets[0].getsockname()[:2]
     log.info("metrics on http://%s:%d/metrics", host, port)
     return server
+
+
+def _bearer(request: bytes) -> str | None:
+    """The ``Authorization: Bearer`` credential of a raw request's headers, if any."""
+    for line in request.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip().decode("utf-8", "replace")
+    return None

@@ -312,6 +312,11 @@ class Gateway:
         )
 
     async def metrics_endpoint(self, request: HTTPRequest) -> Response:
+        """``/metrics``, for whoever ``METRICS_KEY`` (or, with keys, an admin key) lets in:
+        its figures name tenants and the models they use."""
+        refused = self.access.metrics_refusal(credential(request))
+        if refused is not None:
+            return metrics_refusal(refused)
         body = self.metrics.render(await self.readings())
         return Response(body, media_type=CONTENT_TYPE)
 
@@ -373,6 +378,18 @@ def credential(connection: HTTPConnection) -> str | None:
 
 
 NEEDS_KEY = "an API key is needed: send it as Authorization: Bearer KEY, or as ?access_token=KEY"
+
+
+def metrics_refusal(code: str) -> Response:
+    """The answer to a scrape without the key ``/metrics`` asks for."""
+    if code == errors.UNAUTHORIZED:
+        return error_response(
+            code,
+            "/metrics needs a key: METRICS_KEY, or with API keys an admin key, as "
+            "Authorization: Bearer KEY",
+            {"www-authenticate": "Bearer"},
+        )
+    return error_response(code, "only METRICS_KEY or an admin key may read /metrics")
 
 
 def unauthorized() -> Response:
