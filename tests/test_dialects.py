@@ -22,7 +22,7 @@ from llm_worker.wire.dialects import (
     negotiate,
     refusal,
 )
-from llm_worker.wire.protocol import ProtocolError
+from llm_worker.wire.protocol import Frame, ProtocolError
 from tests.conftest import ConnectClient, RunningWorker, StartWorker
 from tests.seed_client import F_AI_TYPES, JobFailed, SeedClient
 from tests.wsclient import WSClient, assistant, text_of
@@ -47,8 +47,8 @@ def test_an_unknown_protocol_parameter_is_refused(value: str) -> None:
 # -- refusals --------------------------------------------------------------------
 
 
-def frames(items: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(item) for item in items]
+def frames(items: list[str] | list[Frame]) -> list[dict[str, Any]]:
+    return [json.loads(item.text if isinstance(item, Frame) else item) for item in items]
 
 
 def test_a_refused_add_is_a_job_that_failed_in_the_seed_dialect() -> None:
@@ -148,7 +148,7 @@ def test_a_reset_after_text_ends_a_seed_listening_with_failed() -> None:
 def test_a_seed_listener_resuming_after_text_counts_as_shown_text() -> None:
     reset = Event(9, EventKind.RESET, "", 2)
     assert Relay("j", Dialect.SEED, 1).frames([reset]) == []
-    assert json.loads(Relay("j", Dialect.SEED, 2).frames([reset])[0])["type"] == "failed"
+    assert json.loads(Relay("j", Dialect.SEED, 2).frames([reset])[0].text)["type"] == "failed"
 
 
 # -- over real connections -----------------------------------------------------------

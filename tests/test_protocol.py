@@ -141,7 +141,7 @@ def test_a_notice_is_a_frame_of_its_own_with_its_seq() -> None:
         Event(4, EventKind.RUNNING, "b"),
         Event(5, EventKind.RUNNING, "c"),
     ]
-    frames = [json.loads(f) for f in protocol.event_frames("j", events)]
+    frames = [json.loads(f.text) for f in protocol.event_frames("j", events)]
     assert [(f["type"], f["message"], f["seq"]) for f in frames] == [
         ("running", "", 1),
         ("running", "a", 2),
@@ -158,7 +158,7 @@ def test_event_frames_merge_consecutive_deltas_only() -> None:
         Event(4, EventKind.RUNNING, " world"),
         Event(5, EventKind.DONE),
     ]
-    frames = [json.loads(f) for f in protocol.event_frames("j", events)]
+    frames = [json.loads(f.text) for f in protocol.event_frames("j", events)]
     assert frames == [
         {"type": "running", "job_id": "j", "message": "", "seq": 1},
         {"type": "running", "job_id": "j", "message": "Hello world", "seq": 4},
@@ -171,12 +171,12 @@ def test_event_frames_merge_consecutive_deltas_only() -> None:
         Event(10, EventKind.RUNNING, "new"),
         Event(11, EventKind.RUNNING, "er"),
     ]
-    frames = [json.loads(f) for f in protocol.event_frames("j", events)]
+    frames = [json.loads(f.text) for f in protocol.event_frames("j", events)]
     assert [(f["type"], f.get("message"), f["seq"]) for f in frames] == [
         ("running", "old", 2),
         ("reset", None, 9),
         ("running", "newer", 11),
     ]
     assert protocol.event_frames("j", [Event(7, EventKind.RUNNING, "x")]) == [
-        protocol.event("j", Event(7, EventKind.RUNNING, "x"))
+        (protocol.event("j", Event(7, EventKind.RUNNING, "x")), "running", 7)
     ]

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -47,16 +46,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from llm_worker.jobs.model import JobRecord, JobState, has_text
+from llm_worker.jobs.model import JobRecord, JobState
 from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
+from llm_worker.server.follower import Follower
 from llm_worker.server.refusals import Refused, error_response, refusal_response
 from llm_worker.server.serving import TRANSPORT_EXTENSION
 from llm_worker.store import StoreError
 from llm_worker.store.base import ListingKey
 from llm_worker.wire import errors, protocol
-from llm_worker.wire.dialects import Dialect, Relay
-from llm_worker.wire.protocol import AddRequest, ProtocolError
+from llm_worker.wire.dialects import Dialect
+from llm_worker.wire.protocol import AddRequest, Frame, ProtocolError
 
 if TYPE_CHECKING:
     from llm_worker.server.gateway import Gateway
@@ -427,65 +427,19 @@ class EventStream(Response):
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         """The stream's bytes: its events, comments to keep it alive, and its end."""
-        relay = Relay(self.job_id, Dialect.FULL, self.after)
-        position = await self.gateway.store.position(self.job_id)
-        if position is not None:
-            yield _sse(protocol.pending(self.job_id, position), "pending")
-        batches = self.gateway.store.follow(self.job_id, self.after).__aiter__()
-        queue_moved: asyncio.Future[None] | None = None
-        awaiting_text, since = True, time.perf_counter()  # for the latency the worker adds
-        next_batch: asyncio.Future[list[Any]] | None = None
-        try:
-            while True:
-                if next_batch is None:
-                    next_batch = asyncio.ensure_future(batches.__anext__())
-                waits: set[asyncio.Future[Any]] = {next_batch}
-                if position is not None:
-                    if queue_moved is None:
-                        queue_moved = asyncio.ensure_future(self.gateway.store.queue_moved())
-                    waits.add(queue_moved)
-                done, _ = await asyncio.wait(waits, timeout=self.keepalive_seconds)
-                if not done:
-                    yield b": keep-alive\n\n"
-                    continue
-                if queue_moved is not None and queue_moved in done:
-                    queue_moved = None
-                    moved_to = await self.gateway.store.position(self.job_id)
-                    if moved_to is not None and moved_to != position:
-                        yield _sse(protocol.pending(self.job_id, moved_to), "pending")
-                    position = moved_to
-                if next_batch not in done:
-                    continue
-                try:
-                    batch = next_batch.result()
-                except StopAsyncIteration:
-                    return
-                next_batch = None
-                position = None  # started, or ended: its place is of no more interest
-                frames = relay.frames(batch)
-                yield b"".join(_sse(frame) for frame in frames)
-                if awaiting_text and has_text(batch):
-                    awaiting_text = False
-                    metrics = self.gateway.metrics
-                    metrics.first_frame_sent(self.job_id, since, time.perf_counter())
-        finally:
-            for future in (queue_moved, next_batch):
-                if future is not None:
-                    future.cancel()
-            with contextlib.suppress(Exception):
-                await batches.aclose()  # type: ignore[attr-defined]
+        follower = Follower(
+            self.gateway.store, self.gateway.metrics, self.job_id, Dialect.FULL, self.after
+        )
+        async for frames in follower.watch(self.keepalive_seconds):
+            yield b": keep-alive\n\n" if frames is None else b"".join(map(_sse, frames))
 
 
-def _sse(frame: str, event_type: str | None = None) -> bytes:
+def _sse(frame: Frame) -> bytes:
     """One frame as one Server-Sent Event: its seq as ``id:``, its type as ``event:``."""
-    data = orjson.loads(frame)
-    lines = []
-    if "seq" in data:
-        lines.append(f"id: {data['seq']}")
-    lines.append(f"event: {event_type or data['type']}")
     # A frame is one line of JSON: its newlines are escaped, so one data line holds it.
-    lines.append(f"data: {frame}")
-    return ("\n".join(lines) + "\n\n").encode()
+    if frame.seq is None:
+        return f"event: {frame.type}\ndata: {frame.text}\n\n".encode()
+    return f"id: {frame.seq}\nevent: {frame.type}\ndata: {frame.text}\n\n".encode()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -20,22 +20,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from llm_worker.aio.tasks import TaskSet
-from llm_worker.jobs.model import JobState, has_text
+from llm_worker.jobs.model import JobState
 from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
+from llm_worker.server.follower import Follower
 from llm_worker.server.gateway import Gateway, credential, unauthorized
 from llm_worker.server.refusals import Refused, error_response
 from llm_worker.server.serving import TRANSPORT_EXTENSION, Transport
 from llm_worker.store import StoreError, UnknownJob
 from llm_worker.wire import errors, protocol
-from llm_worker.wire.dialects import Dialect, Relay, negotiate, refusal
+from llm_worker.wire.dialects import Dialect, negotiate, refusal
 from llm_worker.wire.protocol import (
     AddRequest,
     CancelRequest,
@@ -286,21 +286,14 @@ class Connection:
 
     async def _follow(self, job_id: str, after: int) -> None:
         set_job(job_id, self.principal.tenant)  # this task's log lines are about the job
-        relay = Relay(job_id, self.dialect, after)
-        # For the latency the worker adds: measured at the first text, if it came after this.
-        awaiting_text, since = True, time.perf_counter()
+        follower = Follower(self.store, self.gateway.metrics, job_id, self.dialect, after)
         try:
-            async for batch in self.store.follow(job_id, after):
+            async for frames in follower.frames():
                 # Started (or ended): its place in the queue is of no more interest.
                 self._waiting.pop(job_id, None)
                 self._unannounced.pop(job_id, None)
-                for frame in relay.frames(batch):
-                    await self.send(frame)
-                if awaiting_text and has_text(batch):
-                    awaiting_text = False
-                    self.gateway.metrics.first_frame_sent(job_id, since, time.perf_counter())
-                if relay.finished:
-                    return
+                for frame in frames:
+                    await self.send(frame.text)
         except UnknownJob:
             await self.refuse("listen", job_id, str(UnknownJob(job_id)))
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from llm_worker.jobs.model import Event, EventKind
 from llm_worker.wire import protocol
-from llm_worker.wire.protocol import ProtocolError
+from llm_worker.wire.protocol import Frame, ProtocolError
 
 SUBPROTOCOL = "llm-worker.v2"
 SEED_TYPES = frozenset({"resp_add", "running", "done", "failed"})
@@ -104,7 +104,8 @@ class Relay:
         # then ends the listening rather than following the new attempt).
         self._shown_text = after > 1
 
-    def frames(self, events: list[Event]) -> list[str]:
+    def frames(self, events: list[Event]) -> list[Frame]:
+        """The frames this listener is sent of ``events``, the log's next batch."""
         if self.dialect is Dialect.SEED:
             events = self._seed_events(events)
         return protocol.event_frames(self.job_id, events) if events else []

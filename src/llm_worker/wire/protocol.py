@@ -11,7 +11,7 @@ are ignored for the same reason.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import (
@@ -306,7 +306,16 @@ def summary_of(event: Event) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
-def event_frames(job_id: str, events: list[Event]) -> list[str]:
+class Frame(NamedTuple):
+    """A frame as sent, with what a transport needs of it without parsing it: its
+    ``type``, and the ``seq`` of the log event it carries (``None`` for others)."""
+
+    text: str
+    type: str
+    seq: int | None = None
+
+
+def event_frames(job_id: str, events: list[Event]) -> list[Frame]:
     """Frames for events a listener has yet to get, consecutive deltas merged into one.
 
     A listener that fell behind catches up in fewer, larger frames: a merged
@@ -318,8 +327,8 @@ def event_frames(job_id: str, events: list[Event]) -> list[str]:
     ``notice``, stay frames of their own, between the text before and after them.
     """
     if len(events) == 1:
-        return [event(job_id, events[0])]
-    frames: list[str] = []
+        return [_event_frame(job_id, events[0])]
+    frames: list[Frame] = []
     text: list[str] = []
     size = 0
     last_seq = 0
@@ -335,18 +344,24 @@ def event_frames(job_id: str, events: list[Event]) -> list[str]:
         if text:
             frames.append(_running(job_id, "".join(text), last_seq))
             text = []
-        frames.append(event(job_id, item))
+        frames.append(_event_frame(job_id, item))
     if text:
         frames.append(_running(job_id, "".join(text), last_seq))
     return frames
+
+
+def _event_frame(job_id: str, item: Event) -> Frame:
+    # A log event's frame is of its kind's type (EventKind's values are the types).
+    return Frame(event(job_id, item), item.kind.value, item.seq)
 
 
 # The most text deltas merged into one frame carry (one delta longer is sent alone).
 MAX_FRAME_TEXT = 32_768
 
 
-def _running(job_id: str, message: str, seq: int) -> str:
-    return _frame({"type": "running", "job_id": job_id, "message": message, "seq": seq})
+def _running(job_id: str, message: str, seq: int) -> Frame:
+    text = _frame({"type": "running", "job_id": job_id, "message": message, "seq": seq})
+    return Frame(text, "running", seq)
 
 
 def failed(job_id: Any, message: str) -> str:
