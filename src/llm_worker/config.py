@@ -1,6 +1,6 @@
 """Settings, from the environment and a ``.env`` file (the environment wins).
 
-Every setting is documented in ``.env.example`` and in the README's table; the
+Every setting is documented in ``.env.example`` and in docs/configuration.md; the
 names of the system we replace keep their meaning.
 """
 
