@@ -286,8 +286,10 @@ async def test_an_unknown_job_raises_job_not_found(worker: RunningWorker) -> Non
         job = client.job("no-such-job")
         with pytest.raises(JobNotFound, match="unknown job_id 'no-such-job'"):
             await collect(job)
-        with pytest.raises(JobNotFound):
+        with pytest.raises(JobNotFound) as refused:
             await client.status("no-such-job")
+        # The refusal's code, as the service sends it (or as a service sending none is read).
+        assert refused.value.code == "job_not_found"
         with pytest.raises(JobNotFound):
             await client.cancel("no-such-job")
 
