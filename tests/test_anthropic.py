@@ -203,6 +203,14 @@ async def test_settings_are_checked_when_the_job_is_added(
         (Reply(status=500), True, "http_5xx", None),
         (Reply(status=400, error_type="invalid_request_error"), False, "http_4xx", None),
         (Reply(status=404, error_type="not_found_error"), False, "http_4xx", None),
+        # The rules the official SDKs follow: a request timeout and a lock conflict are
+        # retried, the server's x-should-retry wins, retry-after-ms before retry-after.
+        (Reply(status=408, error_type="timeout_error"), True, "http_4xx", None),
+        (Reply(status=409, error_type="conflict_error"), True, "http_4xx", None),
+        (Reply(status=400, headers={"x-should-retry": "true"}), True, "http_4xx", None),
+        (Reply(status=529, headers={"x-should-retry": "false"}), False, "http_5xx", None),
+        (Reply(status=429, headers={"retry-after-ms": "1500", "retry-after": "2"}), True,
+         "rate_limited", 1.5),
         (Reply(tokens=TOKENS, stream_error=OVERLOADED), True, "http_5xx", None),
         (Reply(tokens=TOKENS, stream_error={"type": "api_error", "message": "x"}), True,
          "http_5xx", None),
@@ -250,6 +258,20 @@ async def test_an_overloaded_api_is_retried_before_any_output_honouring_retry_af
     first, second = api.message_requests
     # PROVIDER_RETRY_BASE_SECONDS is 0.01 here: the pause is the server's asking.
     assert second.received_at - first.received_at >= 0.2
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "tries"),
+    [(408, {}, 2), (409, {}, 2), (400, {"x-should-retry": "true"}, 2),
+     (529, {"x-should-retry": "false"}, 1)],
+)  # fmt: skip
+async def test_the_api_is_retried_as_the_official_sdk_would(
+    api: AnthropicServer, client: WSClient, status: int, headers: dict[str, str], tries: int
+) -> None:
+    api.handler = scripted(Reply(status=status, headers=headers), Reply(tokens=TOKENS))
+    _, messages = await client.run(assistant=claude())
+    assert messages[-1]["type"] == ("done" if tries == 2 else "failed")
+    assert len(api.message_requests) == tries
 
 
 async def test_a_bad_request_is_reported_in_the_api_words_and_not_retried(

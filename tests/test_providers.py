@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from llm_worker.jobs.templates import ChatMessage
+from llm_worker.providers.base import ProviderError
+from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider
 from llm_worker.running.registry import RegistryError
 from llm_worker.server.app import create_app
 from llm_worker.testing.openai_server import OpenAIServer, Reply
@@ -50,6 +53,55 @@ async def test_rate_limit_is_retried_before_any_output(
     # The retry honoured Retry-After.
     first, second, _ = upstream.chat_requests
     assert second.received_at - first.received_at >= 0.05
+
+
+@pytest.mark.parametrize(
+    ("reply", "retryable", "kind", "retry_after"),
+    [
+        (Reply(status=429, headers={"retry-after": "3"}), True, "rate_limited", 3.0),
+        (Reply(status=429, headers={"retry-after-ms": "250", "retry-after": "1"}), True,
+         "rate_limited", 0.25),
+        (Reply(status=429, headers={"retry-after": "3600"}), True, "rate_limited", 60.0),
+        (Reply(status=503, headers={"retry-after": "soon"}), True, "http_5xx", None),
+        (Reply(status=408), True, "http_4xx", None),
+        (Reply(status=409), True, "http_4xx", None),
+        (Reply(status=400), False, "http_4xx", None),
+        # The server's x-should-retry wins, as in the official SDKs.
+        (Reply(status=400, headers={"x-should-retry": "true"}), True, "http_4xx", None),
+        (Reply(status=500, headers={"x-should-retry": "false"}), False, "http_5xx", None),
+    ],
+)  # fmt: skip
+async def test_each_status_says_whether_another_try_may_cure_it(
+    upstream: OpenAIServer, reply: Reply, retryable: bool, kind: str, retry_after: float | None
+) -> None:
+    upstream.handler = lambda body: reply
+    pool = ClientPool(timeout=5, connect_timeout=5, max_connections=1)
+    provider = OpenAICompatibleProvider(
+        "openai", clients=pool, base_url=upstream.base_url, api_key="k"
+    )
+    try:
+        with pytest.raises(ProviderError) as raised:
+            async for _ in provider.stream(
+                [ChatMessage(role="user", content="hi")], {"model": "m"}
+            ):
+                pass
+    finally:
+        await pool.aclose()
+    error = raised.value
+    assert (error.retryable, error.kind, error.retry_after) == (retryable, kind, retry_after)
+    assert error.message.startswith(f"provider 'openai' at {upstream.base_url} answered HTTP")
+
+
+async def test_a_server_saying_not_to_retry_is_not_retried(
+    upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    upstream.handler = scripted(
+        Reply(status=503, error="down for good", headers={"x-should-retry": "false"}),
+        Reply(tokens=TOKENS),
+    )
+    messages = await run_job(connect)
+    assert messages[-1]["message"].endswith("answered HTTP 503: down for good")
+    assert len(upstream.chat_requests) == 1
 
 
 async def test_server_errors_fail_the_job_after_the_retries(
