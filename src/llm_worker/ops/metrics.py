@@ -80,7 +80,15 @@ class Metrics:
     def __init__(self, models: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.model = KnownLabel(models)
-        r = self.registry
+        self._define_job_metrics(self.registry)
+        self._define_call_metrics(self.registry)
+        self._define_store_metrics(self.registry)
+        self._first_deltas: dict[str, float] = {}
+        self._readings = _ReadingsCollector()
+        self.registry.register(self._readings)
+
+    def _define_job_metrics(self, r: CollectorRegistry) -> None:
+        """Jobs: added, ended, their wait in the queue and their duration."""
         self.jobs_added = Counter(
             "llm_worker_jobs_added", "Jobs queued, by tenant.", ["tenant"], registry=r
         )
@@ -104,6 +112,9 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+
+    def _define_call_metrics(self, r: CollectorRegistry) -> None:
+        """Model calls: tokens, timing, errors, retries, fallbacks; the latency the worker adds."""
         self.time_to_first_token = Histogram(
             "llm_worker_time_to_first_token_seconds",
             "From a model call to its first text delta, by provider and model.",
@@ -152,6 +163,9 @@ class Metrics:
             "llm_worker_provider_retries", "Model calls tried again, by provider.", ["provider"],
             registry=r,
         )  # fmt: skip
+
+    def _define_store_metrics(self, r: CollectorRegistry) -> None:
+        """The store: commit latency and errors."""
         self.store_commit = Histogram(
             "llm_worker_store_commit_seconds",
             "How long the store takes to make a round of events durable (a SQLite commit, "
@@ -165,9 +179,6 @@ class Metrics:
             ["operation"],
             registry=r,
         )
-        self._first_deltas: dict[str, float] = {}
-        self._readings = _ReadingsCollector()
-        r.register(self._readings)
 
     def know_models(self, names: Iterable[str]) -> None:
         """Give the model names the deployment knows a label of their own (the rest:
