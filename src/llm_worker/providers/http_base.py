@@ -184,11 +184,12 @@ class HttpProvider(Provider):
         client = await self._client()
         response = await self._open(client, self.request_body(messages, settings))
         reply = self.new_reply()
+        read = reply.read  # once, not per event: this loop is the token path
         heard = False
         try:
             async for data in sse_data(response):
                 heard = True
-                text = reply.read(data)
+                text = read(data)
                 if text:
                     yield text
                 elif reply.whole and not self.read_past_whole:
