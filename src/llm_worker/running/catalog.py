@@ -162,38 +162,13 @@ def _anthropic_entry(
 
 
 def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provider]:
-    """Every provider this deployment offers, by name."""
+    """Every provider this deployment offers, by name: the built-ins, the providers
+    file's, the plugins', and ``echo`` where ``ECHO_PROVIDER`` asks for it."""
     providers: Registry[Provider] = Registry("provider", lambda p: p.configuration_problem())
-    providers.register(
-        "openai",
-        OpenAICompatibleProvider(
-            "openai",
-            clients=clients,
-            base_url=settings.openai_base_url,
-            api_key=_secret(settings.openai_api_key),
-            missing_key="provider 'openai' needs an API key: set OPENAI_API_KEY",
-        ),
-    )
-    providers.register(
-        "vllm",
-        OpenAICompatibleProvider(
-            "vllm",
-            clients=clients,
-            base_url=vllm_base_url(settings.vllm_uri),
-            api_key=_secret(settings.vllm_api_key) or NO_KEY,
-            missing_base_url="provider 'vllm' needs VLLM_URI, such as http://127.0.0.1:8000/v1",
-        ),
-    )
     local_models = LocalModels(
         max_models=settings.local_max_models,
         max_batch=settings.local_max_batch,
         threads=settings.local_threads,
-    )
-    providers.register(
-        "local",
-        LocalProvider(
-            "local", models=local_models, choices=parse_local_models(settings.local_models)
-        ),
     )
     anthropic_clients = AnthropicClients(
         timeout=settings.provider_timeout_seconds,
@@ -201,43 +176,13 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
         # As many as the openai clients keep: every running job may hold one.
         max_connections=settings.worker_concurrency + 16,
     )
-    providers.register(
-        "anthropic",
-        AnthropicProvider(
-            "anthropic",
-            clients=anthropic_clients,
-            base_url=settings.anthropic_base_url,
-            api_key=_secret(settings.anthropic_api_key),
-            missing_key="provider 'anthropic' needs an API key: set ANTHROPIC_API_KEY",
-        ),
-    )
+    for name, provider in _built_in(settings, clients, local_models, anthropic_clients):
+        providers.register(name, provider)
     if settings.providers_file is not None:
-        for name, endpoint in load_providers_file(settings.providers_file).providers.items():
-            if endpoint.type == "local":
-                providers.register(
-                    name,
-                    LocalProvider.pinned_to(name, models=local_models, settings=endpoint.settings),
-                )
-                continue
-            if endpoint.type == "anthropic":
-                providers.register(
-                    name, _anthropic_entry(name, endpoint, settings, anthropic_clients)
-                )
-                continue
-            api_key: str | None = NO_KEY
-            if endpoint.api_key_env:
-                api_key = os.environ.get(endpoint.api_key_env) or None
-            providers.register(
-                name,
-                OpenAICompatibleProvider(
-                    name,
-                    clients=clients,
-                    base_url=endpoint.base_url,
-                    api_key=api_key,
-                    missing_key=f"provider {name!r} needs an API key: set {endpoint.api_key_env}",
-                    defaults=endpoint.settings,
-                ),
-            )
+        entries = load_providers_file(settings.providers_file).providers
+        for name, endpoint in entries.items():
+            made = _file_entry(name, endpoint, settings, clients, local_models, anthropic_clients)
+            providers.register(name, made)
     providers.load_entry_points("llm_worker.providers")
     providers.load_specs(settings.extra_providers)
     if settings.echo_provider == "on" or (
@@ -245,6 +190,79 @@ def build_providers(settings: Settings, clients: ClientPool) -> Registry[Provide
     ):
         providers.register("echo", EchoProvider("echo", delay=settings.echo_delay_seconds))
     return providers
+
+
+def _built_in(
+    settings: Settings,
+    clients: ClientPool,
+    local_models: LocalModels,
+    anthropic_clients: AnthropicClients,
+) -> list[tuple[str, Provider]]:
+    """The providers every deployment has, configured (or not) by its settings."""
+    return [
+        (
+            "openai",
+            OpenAICompatibleProvider(
+                "openai",
+                clients=clients,
+                base_url=settings.openai_base_url,
+                api_key=_secret(settings.openai_api_key),
+                missing_key="provider 'openai' needs an API key: set OPENAI_API_KEY",
+            ),
+        ),
+        (
+            "vllm",
+            OpenAICompatibleProvider(
+                "vllm",
+                clients=clients,
+                base_url=vllm_base_url(settings.vllm_uri),
+                api_key=_secret(settings.vllm_api_key) or NO_KEY,
+                missing_base_url="provider 'vllm' needs VLLM_URI, such as http://127.0.0.1:8000/v1",
+            ),
+        ),
+        (
+            "local",
+            LocalProvider(
+                "local", models=local_models, choices=parse_local_models(settings.local_models)
+            ),
+        ),
+        (
+            "anthropic",
+            AnthropicProvider(
+                "anthropic",
+                clients=anthropic_clients,
+                base_url=settings.anthropic_base_url,
+                api_key=_secret(settings.anthropic_api_key),
+                missing_key="provider 'anthropic' needs an API key: set ANTHROPIC_API_KEY",
+            ),
+        ),
+    ]
+
+
+def _file_entry(
+    name: str,
+    endpoint: EndpointConfig,
+    settings: Settings,
+    clients: ClientPool,
+    local_models: LocalModels,
+    anthropic_clients: AnthropicClients,
+) -> Provider:
+    """The provider a ``PROVIDERS_FILE`` entry describes."""
+    if endpoint.type == "local":
+        return LocalProvider.pinned_to(name, models=local_models, settings=endpoint.settings)
+    if endpoint.type == "anthropic":
+        return _anthropic_entry(name, endpoint, settings, anthropic_clients)
+    api_key: str | None = NO_KEY
+    if endpoint.api_key_env:
+        api_key = os.environ.get(endpoint.api_key_env) or None
+    return OpenAICompatibleProvider(
+        name,
+        clients=clients,
+        base_url=endpoint.base_url,
+        api_key=api_key,
+        missing_key=f"provider {name!r} needs an API key: set {endpoint.api_key_env}",
+        defaults=endpoint.settings,
+    )
 
 
 def real_providers(providers: Registry[Provider]) -> list[str]:
