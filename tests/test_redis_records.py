@@ -13,6 +13,7 @@ import pytest
 from llm_worker.jobs.model import Assistant, EventKind, JobSpec
 from llm_worker.store.limits import TenantLimits
 from llm_worker.store.redis import RedisStore
+from llm_worker.store.redis.scripts import SUBMIT, Script
 from llm_worker.testing.redis_server import RedisServer
 from tests.stores import StoreFactory
 
@@ -29,10 +30,14 @@ async def test_a_record_whose_submit_never_ran_expires(
     store = await redis_store_factory(queue_max=10, job_ttl=3600)
     assert isinstance(store, RedisStore)
 
-    def dies(**kwargs: Any) -> None:
-        raise GatewayDied
+    run = store._conn.run
 
-    store._scripts["submit"] = dies
+    async def dies(script: Script[Any], **named: Any) -> Any:
+        if script is SUBMIT:
+            raise GatewayDied
+        return await run(script, **named)
+
+    store._conn.run = dies  # type: ignore[method-assign]
     with pytest.raises(GatewayDied):
         await store.submit(SPEC)
     keys = [key async for key in store._client.scan_iter(match=f"{store.prefix}:job:*")]
@@ -46,7 +51,7 @@ async def test_a_queued_job_keeps_its_record(redis_store_factory: StoreFactory) 
     store = await redis_store_factory(queue_max=10, job_ttl=3600)
     assert isinstance(store, RedisStore)
     record = await store.submit(SPEC)
-    assert await store._client.pttl(store._job_key(record.id)) == -1
+    assert await store._client.pttl(store.keys.job_key(record.id)) == -1
     assert await store.position(record.id) == 1
 
 

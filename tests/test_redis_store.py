@@ -13,6 +13,7 @@ from llm_worker.jobs.model import EventKind, JobSpec, JobState
 from llm_worker.jobs.templates import Assistant
 from llm_worker.store import NotOwner, UnknownJob
 from llm_worker.store.redis import GROUP, RedisStore
+from llm_worker.store.redis.scripts import APPEND
 from tests.stores import StoreFactory, store_factory, until_shown
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
@@ -43,7 +44,7 @@ async def taken_over(factory: StoreFactory) -> tuple[RedisStore, RedisStore, str
     assert claim.attempt == 1
     await first.append(job_id, 1, EventKind.RUNNING)
     await first.append(job_id, 1, EventKind.RUNNING, "partial")
-    entry = first._held[job_id].entry
+    entry = first._claims.held[job_id].entry
     heartbeat(first).cancel()  # the pause: no more heartbeats
     for _ in range(40):
         takeover = await second.claim(max_wait=0.1)
@@ -87,7 +88,7 @@ async def test_a_worker_that_lost_its_job_cannot_write_to_it_nor_drop_its_entry(
     assert "stale" not in [e.message for e in await second.read(job_id)]
     assert await owner_of(second, entry) == second.worker_name
     await second.beat()
-    assert job_id in second._held
+    assert job_id in second._claims.held
     await finish(second, job_id, entry)
 
 
@@ -114,10 +115,16 @@ async def test_appends_retried_after_a_lost_reply_are_not_doubled(
     await store.append(job_id, 1, EventKind.RUNNING, "b")
     await until_shown(store, job_id, 2)
     # Replay the write of those events, as a retry after a lost reply would.
-    held = store._held[job_id]
-    seq = await store._scripts["append"](
-        keys=[store._job_key(job_id), store._events_key(job_id)],
-        args=[1, held.ops, 60_000, "0", "running", "a", "running", "b"],
+    held = store._claims.held[job_id]
+    seq = await store._conn.run(
+        APPEND,
+        job_key=store.keys.job_key(job_id),
+        events_key=store.keys.events_key(job_id),
+        attempt=1,
+        last_op=held.ops,
+        ttl_ms=60_000,
+        now="0",
+        events=["running", "a", "running", "b"],
     )
     assert seq == 2
     await store.append(job_id, 1, EventKind.RUNNING, "c")
@@ -180,7 +187,7 @@ async def test_a_worker_never_takes_over_its_own_running_job(
     heartbeat(store).cancel()  # no heartbeats
     await store.append(job_id, 1, EventKind.RUNNING)
     await asyncio.sleep(0.5)
-    store._next_takeover_check = 0.0
+    store._claims.next_takeover_check = 0.0
     assert await store.claim(max_wait=0.2) is None
     await store.append(job_id, 1, EventKind.RUNNING, "one")
     await store.append(job_id, 1, EventKind.RUNNING, "two")
@@ -226,9 +233,9 @@ async def test_hundreds_of_followers_at_once_keep_to_a_bounded_pool(
 async def test_the_index_of_recent_jobs_pages_through_ties_and_drops_expired_jobs(
     make_shared_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llm_worker.store.redis import store as redis_store
+    from llm_worker.store.redis import listing
 
-    monkeypatch.setattr(redis_store, "_RECENT_PAGE", 2)  # pages of two ids
+    monkeypatch.setattr(listing, "_RECENT_PAGE", 2)  # pages of two ids
     store = await make_shared_store(queue_max=20, job_ttl=0.3)
     assert isinstance(store, RedisStore)
     ids = [(await store.submit(SPEC)).id for _ in range(5)]
@@ -265,7 +272,7 @@ async def test_kinds_from_a_newer_version_are_left_out(redis_store_factory: Stor
     await until_shown(store, job_id, 4)
     # The log as a newer version might have written it: a kind this one does not know
     # between the notice and the text.
-    key = store._events_key(job_id)
+    key = store.keys.events_key(job_id)
     client = aioredis.Redis.from_url(store.url)
     try:
         entries = [fields for _, fields in await client.xrange(key)]

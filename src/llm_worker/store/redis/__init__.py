@@ -1,8 +1,7 @@
 """A job store in Redis, shared by any number of gateways and workers.
 
-:mod:`.layout` holds where it keeps what and the scripts that change it;
-:mod:`.reachability`, riding out outages; :mod:`.mirrors`, this process's
-mirrors of the logs it follows; :mod:`.store`, :class:`RedisStore` itself.
+:mod:`.store` is :class:`RedisStore`, the front; its docstring says which module
+holds which part (keys, scripts, claims, outbox, limits, mirrors, ...).
 """
 
 from llm_worker.store.redis.layout import GROUP

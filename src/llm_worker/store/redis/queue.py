@@ -1,0 +1,150 @@
+"""The gateway's side of the queue: adding a job, cancelling one, where one waits.
+
+A new job's record is written first, with a TTL, then queued by one script that
+checks every limit; only then is the record kept. A gateway dying in between leaves
+a record that expires, never a job said queued that is not.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from llm_worker.jobs.model import JobRecord, JobState
+from llm_worker.store.base import QueueFull, StoreStats, StoreUnavailable, UnknownJob
+from llm_worker.store.limits import TenantLimits
+from llm_worker.store.redis.connection import Connection
+from llm_worker.store.redis.layout import GROUP
+from llm_worker.store.redis.limits import FAST_TRY_SECONDS
+from llm_worker.store.redis.scripts import CANCEL, DEQUEUE, KEEP, RECORD, SUBMIT
+
+
+class JobQueue:
+    """The queue shared by every gateway and worker, as a gateway changes it."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        queue_max: int,
+        queue_max_bytes: int,
+        unqueued_ttl: float,
+        finished_ttl_ms: int,
+    ) -> None:
+        self._conn = conn
+        self._keys = conn.keys
+        self.queue_max = queue_max
+        self.queue_max_bytes = queue_max_bytes
+        self._unqueued_ttl_ms = int(unqueued_ttl * 1000)
+        self._finished_ttl_ms = finished_ttl_ms
+
+    async def add(self, spec_text: str, tenant: str, limits: TenantLimits) -> JobRecord:
+        """A new job, queued; :class:`QueueFull` if the queue, the tenant's share of
+        it or its bytes are full."""
+        reach = self._conn.reach
+        job_id = str(uuid.uuid4())
+        now = time.time()
+        job_key = self._keys.job_key(job_id)
+        fields = {
+            "state": JobState.PENDING.value,
+            "attempt": 0,
+            "seq": 0,
+            "start": 0,
+            "op": 0,
+            "spec": spec_text,
+            "tenant": tenant,
+            "size": len(spec_text),
+            "created_at": repr(now),
+        }
+        # The record expires unless the submit below goes through. Fast when Redis is
+        # known to be away: the client is told at once.
+        await reach.unless_away(
+            lambda: self._conn.run(
+                RECORD,
+                job_key=job_key,
+                ttl_ms=self._unqueued_ttl_ms,
+                fields=[part for field in fields.items() for part in field],
+            ),
+            FAST_TRY_SECONDS,
+        )
+        max_queued = limits.max_queued_jobs
+        submitted = await reach.for_client(
+            lambda: self._conn.run(
+                SUBMIT,
+                jobs_key=self._keys.jobs_key,
+                pending_key=self._keys.pending_key,
+                tickets_key=self._keys.tickets_key,
+                counts_key=self._keys.counts_key,
+                recent_key=self._keys.recent_key,
+                job_id=job_id,
+                queue_max=self.queue_max,
+                tenant=tenant,
+                tenant_max=-1 if max_queued is None else max_queued,
+                size=len(spec_text),
+                max_bytes=self.queue_max_bytes,
+                created_at=repr(now),
+                wake_channel=self._keys.wake_channel,
+                publish=self._conn.publish_command,
+            )
+        )
+        if submitted.full is not None:
+            await reach.for_client(lambda: self._conn.client.delete(job_key))
+            raise self._full(submitted.full, tenant, max_queued or 0)
+        kept = await reach.for_client(
+            lambda: self._conn.run(KEEP, job_key=job_key, ticket=submitted.ticket)
+        )
+        if not kept:  # Redis was away for longer than the record's TTL
+            raise StoreUnavailable("the job store (Redis) lost the job while adding it")
+        return JobRecord(id=job_id, state=JobState.PENDING, created_at=now, tenant=tenant)
+
+    def _full(self, what: str, tenant: str, tenant_max: int) -> QueueFull:
+        if what == "tenant":
+            return QueueFull.of_tenant(tenant, tenant_max)
+        if what == "bytes":
+            return QueueFull.of_bytes(self.queue_max_bytes)
+        return QueueFull.of_jobs(self.queue_max)
+
+    async def cancel(self, job_id: str) -> None:
+        """End the job cancelled, if it has not ended: out of the queue if it waits,
+        its worker told if it runs. :class:`UnknownJob` if there is no such job."""
+        reach = self._conn.reach
+        before = await reach.for_client(
+            lambda: self._conn.run(
+                CANCEL,
+                job_key=self._keys.job_key(job_id),
+                events_key=self._keys.events_key(job_id),
+                ttl_ms=self._finished_ttl_ms,
+                now=repr(time.time()),
+            )
+        )
+        if before is None:
+            raise UnknownJob(job_id)
+        if before in (JobState.PENDING, JobState.RUNNING):
+            await reach.for_client(lambda: self._conn.announce([[job_id, 0]]))
+        if before in (JobState.PENDING, JobState.CANCELLED):
+            await reach.for_client(
+                lambda: self._conn.run(
+                    DEQUEUE,
+                    pending_key=self._keys.pending_key,
+                    counts_key=self._keys.counts_key,
+                    job_id=job_id,
+                    moved_channel=self._keys.moved_channel,
+                    publish=self._conn.publish_command,
+                )
+            )
+        elif before is JobState.RUNNING:
+            await reach.for_client(lambda: self._conn.publish(self._keys.cancel_channel, job_id))
+
+    async def position(self, job_id: str) -> int | None:
+        rank = await self._conn.reach.for_client(
+            lambda: self._conn.client.zrank(self._keys.pending_key, job_id)
+        )
+        return None if rank is None else rank + 1
+
+    async def stats(self) -> StoreStats:
+        client, reach = self._conn.client, self._conn.reach
+        pending = await reach.for_client(lambda: client.zcard(self._keys.pending_key))
+        summary = await reach.for_client(
+            lambda: self._conn.grouped(lambda: client.xpending(self._keys.jobs_key, GROUP))
+        )
+        return StoreStats(pending=int(pending), running=int(summary["pending"]))
