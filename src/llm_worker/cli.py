@@ -77,15 +77,62 @@ def print_new_key(tenant: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from dotenv import load_dotenv
-    from pydantic import ValidationError
-
-    from llm_worker.config import ConfigError, Settings, unknown_variables
+    """``llm-worker serve``: settings read and checked, the port checked, then the role's
+    parts built and served until a stop. 2 for settings that cannot work."""
+    from llm_worker.config import ConfigError
     from llm_worker.ops.logs import configure_logging
     from llm_worker.server.access import open_to_all_warning
     from llm_worker.server.app import create_app
     from llm_worker.server.serving import check_can_listen, make_server
     from llm_worker.store import StoreError
+
+    loaded = _load_settings(args)
+    if isinstance(loaded, int):
+        return loaded
+    settings, env_file, own_variables = loaded
+    configure_logging(settings)
+    for warning in unknown_variables_of_environment():
+        log.warning("%s", warning)
+    try:
+        if args.role == "worker":
+            return _serve_worker(settings)
+        # The port first: one that cannot be had stops here, before a database exists.
+        check_can_listen(
+            settings.listen_address,
+            settings.listen_port,
+            host_setting="--host" if args.host is not None else "LISTEN_ADDRESS",
+            port_setting="--port" if args.port is not None else "LISTEN_PORT",
+        )
+        app = create_app(settings, args.role)
+    except (ConfigError, StoreError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    service = app.state.service
+    if (warning := open_to_all_warning(service.access, settings.listen_address)) is not None:
+        log.warning("%s", warning)
+
+    def ready(server: uvicorn.Server) -> None:
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, _reload_keys, service, env_file, own_variables
+        )
+        _say_listening(server, args.role)
+
+    server = make_server(app, on_ready=ready)
+    _freeze_startup_objects()
+    server.run()
+    return 0
+
+
+def _load_settings(
+    args: argparse.Namespace,
+) -> tuple[Settings, Path | None, frozenset[str]] | int:
+    """The settings (from the environment, the env file and the command line), the env
+    file read, and the variables the process was given apart from the file's; or the
+    exit status 2, having said which setting is wrong."""
+    from dotenv import load_dotenv
+    from pydantic import ValidationError
+
+    from llm_worker.config import Settings
 
     env_file: Path | None = args.env_file
     if env_file is not None and not env_file.is_file():
@@ -118,48 +165,29 @@ def serve(args: argparse.Namespace) -> int:
         overrides["listen_port"] = args.port
     if args.echo_when_unconfigured and "ECHO_PROVIDER" not in {n.upper() for n in os.environ}:
         overrides["echo_provider"] = "auto"  # the environment and the file are in os.environ
-    settings = settings.model_copy(update=overrides)
-    configure_logging(settings)
-    for warning in unknown_variables(os.environ):
-        log.warning("%s", warning)
-    try:
-        if args.role == "worker":
-            return _serve_worker(settings)
-        # The port first: one that cannot be had stops here, before a database exists.
-        check_can_listen(
-            settings.listen_address,
-            settings.listen_port,
-            host_setting="--host" if args.host is not None else "LISTEN_ADDRESS",
-            port_setting="--port" if args.port is not None else "LISTEN_PORT",
-        )
-        app = create_app(settings, args.role)
-    except (ConfigError, StoreError) as exc:
-        log.error("cannot start: %s", exc)
-        return 2
-    service = app.state.service
-    if (warning := open_to_all_warning(service.access, settings.listen_address)) is not None:
-        log.warning("%s", warning)
+    return settings.model_copy(update=overrides), env_file, own_variables
 
-    def ready(server: uvicorn.Server) -> None:
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP, _reload_keys, service, env_file, own_variables
-        )
-        # Said once the socket accepts connections, not before: clients wait for this line.
-        host, port = server.servers[0].sockets[0].getsockname()[:2]
-        log.info(
-            "llm-worker %s (%s) listening on ws://%s:%d/ws/ (pid %d)",
-            __version__,
-            args.role,
-            _url_host(host),
-            port,
-            os.getpid(),
-        )
-        log.info("console: http://%s:%d/console", _url_host(host), port)
 
-    server = make_server(app, on_ready=ready)
-    _freeze_startup_objects()
-    server.run()
-    return 0
+def unknown_variables_of_environment() -> list[str]:
+    """Warnings about this process's variables that look meant for it but are ignored."""
+    from llm_worker.config import unknown_variables
+
+    return unknown_variables(os.environ)
+
+
+def _say_listening(server: uvicorn.Server, role: str) -> None:
+    """The line clients wait for, said once the socket accepts connections, and where
+    the console is."""
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    log.info(
+        "llm-worker %s (%s) listening on ws://%s:%d/ws/ (pid %d)",
+        __version__,
+        role,
+        _url_host(host),
+        port,
+        os.getpid(),
+    )
+    log.info("console: http://%s:%d/console", _url_host(host), port)
 
 
 def _reload_keys(service: Service, env_file: Path | None, own_variables: frozenset[str]) -> None:
