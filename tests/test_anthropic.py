@@ -21,9 +21,11 @@ from llm_worker.providers.anthropic import (
     DEFAULT_MAX_TOKENS,
     AnthropicClients,
     AnthropicProvider,
+    MessageEvents,
     to_anthropic,
 )
-from llm_worker.providers.base import ProviderError
+from llm_worker.providers.base import CallEnd, ProviderError
+from llm_worker.providers.http_replies import ReplyProblem
 from llm_worker.running.registry import RegistryError
 from llm_worker.server.app import create_app
 from llm_worker.testing.anthropic_server import AnthropicServer, RecordedRequest, Reply
@@ -509,3 +511,20 @@ runner.providers.get("anthropic").check_settings({"model": "claude-test"})
 assert "anthropic" not in sys.modules, "the anthropic SDK was imported at start-up"
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_messages_stream_reads_without_a_network() -> None:
+    reply = MessageEvents()
+    reply.read('{"type": "message_start", "message": {"usage": {"input_tokens": 5, '
+               '"cache_read_input_tokens": 2}}}')  # fmt: skip
+    assert reply.read('{"type": "content_block_delta", "delta": {"type": "text_delta", '
+                      '"text": " hi"}}') == " hi"  # fmt: skip
+    reply.read('{"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, '
+               '"usage": {"output_tokens": 9}}')  # fmt: skip
+    assert not reply.finished
+    reply.read('{"type": "message_stop"}')
+    assert reply.finished and reply.whole
+    assert reply.end() == CallEnd("length", 7, 9)
+    with pytest.raises(ReplyProblem) as raised:
+        MessageEvents().read('{"type": "error", "error": {"type": "overloaded_error"}}')
+    assert (raised.value.retryable, raised.value.kind) == (True, "http_5xx")

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from llm_worker.jobs.templates import ChatMessage
+from llm_worker.jobs.usage import CallEnd
 from llm_worker.providers.base import ProviderError
-from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider
+from llm_worker.providers.http_replies import ReplyProblem
+from llm_worker.providers.openai_compatible import ChatChunks, ClientPool, OpenAICompatibleProvider
 from llm_worker.running.registry import RegistryError
 from llm_worker.server.app import create_app
 from llm_worker.testing.openai_server import OpenAIServer, Reply
@@ -416,3 +418,18 @@ async def test_an_empty_reply_stream_says_the_server_sent_no_output(
     )
     # The same prompt would get the same empty answer: not retried.
     assert len(upstream.chat_requests) == 1
+
+
+def test_a_chat_completion_stream_reads_without_a_network() -> None:
+    reply = ChatChunks()
+    assert reply.read('{"choices": [{"delta": {"content": " hi"}}]}') == " hi"
+    assert reply.read('{"choices": [{"delta": {}, "finish_reason": "length"}]}') is None
+    assert (reply.finished, reply.whole) == (True, False)  # the usage chunk is still to come
+    reply.read('{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": true}}')
+    assert reply.read("[DONE]") is None and reply.whole
+    assert reply.end() == CallEnd("length", 3, None)
+    with pytest.raises(ReplyProblem, match="not JSON") as raised:
+        ChatChunks().read("{")
+    assert raised.value.kind == "bad_reply"
+    with pytest.raises(ReplyProblem, match="reported an error: overloaded"):
+        ChatChunks().read('{"error": {"message": "overloaded"}}')
