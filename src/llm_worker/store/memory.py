@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Callable
 
 from llm_worker.jobs.model import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
 from llm_worker.ops.logs import about
+from llm_worker.store import queue_policy
 from llm_worker.store.base import (
     JobStore,
     ListingKey,
@@ -306,22 +307,17 @@ class MemoryStore(JobStore):
         )
 
     def _next_to_run(self) -> StoredJob | None:
-        """The oldest waiting job whose tenant may run one more."""
-        if not self._pending:
-            return None
-        head = self._pending_jobs[self._pending[0]]
-        if self._may_run(head.record.tenant):
-            return head
-        eligible = [
-            tickets[0]
-            for tenant, tickets in self._tenant_pending.items()
-            if tickets and self._may_run(tenant)
-        ]
-        return self._pending_jobs[min(eligible)] if eligible else None
+        """The job :func:`.queue_policy.next_ticket` says runs next."""
+        oldest = None
+        if self._pending:
+            head = self._pending_jobs[self._pending[0]]
+            oldest = (head.ticket, head.record.tenant)
+        ticket = queue_policy.next_ticket(oldest, self._tenant_pending, self._may_run)
+        return None if ticket is None else self._pending_jobs[ticket]
 
     def _may_run(self, tenant: str) -> bool:
         limit = self.limits(tenant).max_running_jobs
-        return limit is None or self._tenant_running[tenant] < limit
+        return queue_policy.may_run(self._tenant_running[tenant], limit)
 
     def _held(self, job_id: str, attempt: int) -> StoredJob:
         job = self._jobs.get(job_id)
