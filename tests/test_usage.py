@@ -100,13 +100,14 @@ async def test_stream_options_null_in_settings_asks_for_no_usage(
     assert messages[-1]["usage"] is None
 
 
-async def test_tokens_are_counted_in_the_metrics(
-    upstream: OpenAIServer, client: WSClient, worker: Any
-) -> None:
+async def test_tokens_are_counted_in_the_metrics(upstream: OpenAIServer, start_worker: Any) -> None:
     upstream.handler = lambda body: Reply(tokens=[" x"] * 7)
-    for _ in range(2):
-        _, messages = await client.run()
-        assert messages[-1]["usage"]["completion_tokens"] == 7
+    # The deployment knows its clients' model (METRICS_MODELS): it keeps its label.
+    worker = await start_worker(metrics_models="gpt-test")
+    async with WSClient(worker.ws_url) as client:
+        for _ in range(2):
+            _, messages = await client.run()
+            assert messages[-1]["usage"]["completion_tokens"] == 7
     prompt = prompt_tokens(upstream.chat_requests[-1].body)
     async with httpx.AsyncClient(base_url=worker.http_url) as http:
         text = (await http.get("/metrics")).text

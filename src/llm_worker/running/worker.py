@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from contextlib import aclosing
 
 import orjson
@@ -164,44 +165,19 @@ class Worker:
         set_job(job_id, claim.tenant)  # this task's log lines are about the job
         stop_watching = store.on_cancel(job_id, on_cancel)
         started = time.perf_counter()
-        metrics = self.metrics
         if attempt == 1 and claim.created_at:
-            metrics.queue_wait.observe(max(time.time() - claim.created_at, 0.0))
+            self.metrics.queue_wait.observe(max(time.time() - claim.created_at, 0.0))
         outcome: str | None = None
         log.debug("job %s started (attempt %d)", job_id, attempt)
-        # The start event is stored while the model call begins (a store may take a
-        # round trip for it); every later event goes after it.
-        start: asyncio.Future[object] | None = asyncio.ensure_future(
-            store.append(job_id, attempt, EventKind.RUNNING)
-        )
-        usage = JobUsage(len(claim.spec.assistant.streams))
-        awaiting_text = True
+        start = _StartEvent(store.append(job_id, attempt, EventKind.RUNNING))
         try:
-            async with aclosing(self.runner.run(claim.spec, usage)) as deltas:
-                async for delta in deltas:
-                    if isinstance(delta, Notice):  # for the listeners, no text of the answer
-                        start = await _landed(start)
-                        await store.append(job_id, attempt, EventKind.NOTICE, delta.message)
-                        continue
-                    if awaiting_text:
-                        awaiting_text = False
-                        metrics.first_delta(job_id, time.perf_counter())
-                    if start is not None:
-                        start, pending = None, start
-                        await pending
-                    await store.append(job_id, attempt, EventKind.RUNNING, delta)
-            if start is not None:  # a reply without any text
-                start, pending = None, start
-                await pending
-            # What the calls took, and why the answer ended: carried by `done`.
-            summary = orjson.dumps(usage.as_json()).decode()
-            await store.append(job_id, attempt, EventKind.DONE, summary)
+            await self._produce(claim, start)
             outcome = "done"
             # A line per job is noise at INFO under load; failures and cancels are logged there.
             log.debug("job %s done in %.3fs", job_id, time.perf_counter() - started)
         except (ProviderError, TemplateError) as exc:
             log.info("job %s failed: %s", job_id, exc)
-            await self._settled(start)
+            await start.settled()
             if await self._fail(claim, str(exc)):
                 outcome = "failed"
         except NotOwner:
@@ -216,24 +192,43 @@ class Worker:
             outcome = "cancelled"
         except Exception as exc:
             log.exception("job %s crashed", job_id)
-            await self._settled(start)
+            await start.settled()
             if await self._fail(claim, f"internal error while running the job: {exc!r}"):
                 outcome = "failed"
         finally:
-            _discard(start)
+            start.discard()
             stop_watching()
-            if outcome != "done":  # a done job's first text may be on its way still
-                metrics.forget(job_id)
-            if outcome is not None:
-                metrics.job_duration.labels(outcome).observe(time.perf_counter() - started)
-                metrics.job_finished(outcome, claim.spec, claim.tenant)
+            self._count(claim, outcome, time.perf_counter() - started)
 
-    @staticmethod
-    async def _settled(start: asyncio.Future[object] | None) -> None:
-        """Let a pending start event land first, so that failed never precedes it."""
-        if start is not None:
-            with contextlib.suppress(Exception):
-                await start
+    async def _produce(self, claim: Claim, start: _StartEvent) -> None:
+        """Run the job, storing what it produces as it comes (its notices, its text
+        deltas), then ``done`` with what its model calls took."""
+        job_id, attempt, store = claim.job_id, claim.attempt, self.store
+        usage = JobUsage(len(claim.spec.assistant.streams))
+        awaiting_text = True
+        async with aclosing(self.runner.run(claim.spec, usage)) as deltas:
+            async for delta in deltas:
+                if isinstance(delta, Notice):  # for the listeners, no text of the answer
+                    await start.landed()
+                    await store.append(job_id, attempt, EventKind.NOTICE, delta.message)
+                    continue
+                if awaiting_text:
+                    awaiting_text = False
+                    self.metrics.first_delta(job_id, time.perf_counter())
+                    await start.landed()
+                await store.append(job_id, attempt, EventKind.RUNNING, delta)
+        await start.landed()  # a reply without any text
+        # What the calls took, and why the answer ended: carried by `done`.
+        summary = orjson.dumps(usage.as_json()).decode()
+        await store.append(job_id, attempt, EventKind.DONE, summary)
+
+    def _count(self, claim: Claim, outcome: str | None, seconds: float) -> None:
+        """A job's end in the metrics (``None``: it ended elsewhere, or not at all)."""
+        if outcome != "done":  # a done job's first text may be on its way still
+            self.metrics.forget(claim.job_id)
+        if outcome is not None:
+            self.metrics.job_duration.labels(outcome).observe(seconds)
+            self.metrics.job_finished(outcome, claim.spec, claim.tenant)
 
     async def _fail(self, claim: Claim, message: str) -> bool:
         """Fail the job; whether its failure was stored (the job was still its attempt's)."""
@@ -248,19 +243,35 @@ class Worker:
         return True
 
 
-async def _landed(start: asyncio.Future[object] | None) -> None:
-    """Wait for the start event to be stored: every later event goes after it."""
-    if start is not None:
-        await start
+class _StartEvent:
+    """A job's start event, stored while its model call begins (a store may take a round
+    trip for it): every later event goes after it, and failed never precedes it."""
 
+    __slots__ = ("_pending",)
 
-def _discard(start: asyncio.Future[object] | None) -> None:
-    """Let go of a start event nobody waits for any more, taking its outcome."""
-    if start is None:
-        return
-    if not start.done():
-        start.cancel()
-    start.add_done_callback(_take_outcome)
+    def __init__(self, append: Awaitable[object]) -> None:
+        self._pending: asyncio.Future[object] | None = asyncio.ensure_future(append)
+
+    async def landed(self) -> None:
+        """Wait for it to be stored (once; at once after that)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    async def settled(self) -> None:
+        """Let it land, or fail, before the job's failure is stored."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):
+                await self._pending
+
+    def discard(self) -> None:
+        """Let go of it if nobody waits for it any more, taking its outcome."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if not pending.done():
+            pending.cancel()
+        pending.add_done_callback(_take_outcome)
 
 
 def _take_outcome(future: asyncio.Future[object]) -> None:
