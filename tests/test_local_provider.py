@@ -26,6 +26,7 @@ from llm_worker.providers import CallEnd, Notice, ProviderError  # noqa: E402
 from llm_worker.providers.local import LocalModels, LocalProvider  # noqa: E402
 from llm_worker.testing.openai_server import OpenAIServer, Reply  # noqa: E402
 from tests.conftest import ConnectClient, StartWorker  # noqa: E402
+from tests.support.waiting import eventually  # noqa: E402
 from tests.wsclient import text_of  # noqa: E402
 
 PROMPTS = [
@@ -74,14 +75,6 @@ def reference(model_dir: Path, messages: list[dict[str, str]], max_tokens: int) 
             pad_token_id=tokenizer.pad_token_id,
         )
     return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
-
-
-async def eventually(condition: Any, timeout: float = 5.0) -> None:
-    """Wait for a condition the engine's thread makes true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.001)
 
 
 def user(text: str) -> list[ChatMessage]:
