@@ -309,6 +309,7 @@ async def test_a_buggy_plugin_costs_one_request_or_one_job_nothing_more(
     await client.send({"type": "add", "id": "x", "query": "q", "assistant": bad_check})
     assert await client.recv() == {
         "type": "error",
+        "code": "internal_error",
         "message": "internal error while handling 'add'",
         "ref": "x",
     }

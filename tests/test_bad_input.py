@@ -96,6 +96,7 @@ async def test_unknown_job_ids(client: WSClient, request_type: str, extra: dict[
     error = await client.recv()
     assert error == {
         "type": "error",
+        "code": "job_not_found",
         "message": "unknown job_id 'no-such-job'",
         "ref": "no-such-job",
     }
@@ -253,6 +254,7 @@ async def test_binary_frames_are_refused(client: WSClient) -> None:
     error = await client.recv()
     assert error == {
         "type": "error",
+        "code": "bad_request",
         "message": "binary frames are not accepted: send JSON as text",
     }
     await assert_still_serving(client)
@@ -312,6 +314,7 @@ async def test_a_template_nested_too_deep_is_refused_and_never_runs(
     await client.send({"type": "add", "id": "deep", "query": "never asked", "assistant": deep})
     assert await client.recv() == {
         "type": "error",
+        "code": "invalid_job",
         "message": "invalid 'add' request: field 'assistant' is nested more than 64 levels deep",
         "ref": "deep",
     }

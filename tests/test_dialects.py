@@ -52,30 +52,40 @@ def frames(items: list[str] | list[Frame]) -> list[dict[str, Any]]:
 
 
 def test_a_refused_add_is_a_job_that_failed_in_the_seed_dialect() -> None:
-    resp_add, failed = frames(refusal(Dialect.SEED, "add", "q1", "queue full"))
+    resp_add, failed = frames(refusal(Dialect.SEED, "add", "q1", "queue full", "queue_full"))
     assert resp_add["type"] == "resp_add" and resp_add["id"] == "q1"
     assert failed == {"type": "failed", "job_id": resp_add["job_id"], "message": "queue full"}
     # Each refusal has a job id of its own.
-    again = frames(refusal(Dialect.SEED, "add", "q1", "queue full"))[0]
+    again = frames(refusal(Dialect.SEED, "add", "q1", "queue full", "queue_full"))[0]
     assert again["job_id"] != resp_add["job_id"]
 
 
 def test_seed_refusals() -> None:
-    assert frames(refusal(Dialect.SEED, "listen", "j1", "unknown job_id 'j1'")) == [
+    unknown = "unknown job_id 'j1'"
+    assert frames(refusal(Dialect.SEED, "listen", "j1", unknown, "job_not_found")) == [
         {"type": "failed", "job_id": "j1", "message": "unknown job_id 'j1'"}
     ]
     # Requests of the full protocol get its answers; frames that are no request, error.
     for request_type, ref in [("status", "j1"), ("cancel", "j1"), ("ping", 3), (None, None)]:
-        (error,) = frames(refusal(Dialect.SEED, request_type, ref, "no"))
+        (error,) = frames(refusal(Dialect.SEED, request_type, ref, "no", "bad_request"))
         assert error["type"] == "error"
-    (error,) = frames(refusal(Dialect.SEED, "listen", None, "missing field 'job_id'"))
-    assert error == {"type": "error", "message": "missing field 'job_id'"}
-
-
-def test_full_protocol_refusals_are_errors() -> None:
-    assert frames(refusal(Dialect.FULL, "add", "q1", "queue full")) == [
-        {"type": "error", "message": "queue full", "ref": "q1"}
+    # Without a code: the seed's frames are as they always were, to the byte.
+    missing = "missing field 'job_id'"
+    assert refusal(Dialect.SEED, "listen", None, missing, "bad_request") == [
+        '{"type":"error","message":"missing field \'job_id\'"}'
     ]
+    assert refusal(Dialect.SEED, "status", "j1", "no", "job_not_found") == [
+        '{"type":"error","message":"no","ref":"j1"}'
+    ]
+
+
+def test_full_protocol_refusals_are_errors_with_a_code() -> None:
+    assert frames(refusal(Dialect.FULL, "add", "q1", "queue full", "queue_full")) == [
+        {"type": "error", "code": "queue_full", "message": "queue full", "ref": "q1"}
+    ]
+    for request_type in ("listen", "status", "cancel", None):
+        (error,) = frames(refusal(Dialect.FULL, request_type, "j1", "no", "job_not_found"))
+        assert error == {"type": "error", "code": "job_not_found", "message": "no", "ref": "j1"}
 
 
 # -- relaying a job's log -----------------------------------------------------------
@@ -313,3 +323,36 @@ async def test_the_subprotocol_is_accepted_by_a_browser_style_offer(worker: Runn
         assert client.ws.subprotocol == SUBPROTOCOL
         await client.send({"type": "listen", "job_id": "nope"})
         assert (await client.recv())["type"] == "error"
+
+
+# What a full-protocol client is refused with: each error's stable code beside its message.
+FULL_REFUSALS: list[tuple[str | bytes, str]] = [
+    (b'{"type": "ping"}', "bad_request"),
+    ("x" * 1_100_000, "payload_too_large"),
+    ('{"type": "add", "id": "big", "query": "' + "x" * 1_100_000 + '"}', "payload_too_large"),
+    ("not json", "invalid_json"),
+    ("[1]", "invalid_json"),
+    ('{"id": "a"}', "bad_request"),
+    ('{"type": "launch", "id": "a"}', "bad_request"),
+    ('{"type": "add", "id": "a", "query": 3, "assistant": {}}', "invalid_job"),
+    (json.dumps({"type": "add", "id": "b", "query": "q", "assistant": assistant(provider="x")}),
+     "invalid_job"),
+    ('{"type": "listen", "job_id": "nope"}', "job_not_found"),
+    ('{"type": "listen"}', "bad_request"),
+    ('{"type": "status", "job_id": "nope"}', "job_not_found"),
+    ('{"type": "cancel", "job_id": "nope"}', "job_not_found"),
+]  # fmt: skip
+
+
+async def test_a_full_protocol_refusal_carries_a_stable_code(
+    worker: RunningWorker, upstream: OpenAIServer, connect: ConnectClient
+) -> None:
+    client = await connect()
+    for request, code in FULL_REFUSALS:
+        await client.send(request)
+        error = await client.expect("error")
+        assert error["code"] == code, (request[:60], error)
+    # A cancel of a job that ended: the HTTP API's 409, job_ended.
+    job_id, _ = await client.run()
+    await client.send({"type": "cancel", "job_id": job_id})
+    assert (await client.expect("error"))["code"] == "job_ended"

@@ -90,6 +90,7 @@ def test_json_examples_in_the_docs_are_valid_messages(example: str) -> None:
             "state",
             "output",
             "error",
+            "code",
             "ref",
             "attempt",
             "listen_token",

@@ -198,7 +198,7 @@ async def check_store_failure_and_recovery(
             {"type": "add", "id": "refused", "query": "refused", "assistant": ASSISTANT}
         )
         error = await full.wait_for("error", timeout=15)
-        assert error["ref"] == "refused"
+        assert (error["ref"], error["code"]) == ("refused", "store_unavailable")
         assert error["message"].startswith("the job store could not save the job: ")
         await seed.send(
             {"type": "add", "id": "refused", "query": "refused", "assistant": ASSISTANT}
@@ -340,7 +340,7 @@ async def test_redis_paused_past_the_grace_period_then_back(
             own_redis.pause()
             try:
                 notice = await full.wait_for("error", timeout=15)
-                assert notice["ref"] == job_id
+                assert (notice["ref"], notice["code"]) == (job_id, "store_unavailable")
                 assert "unreachable" in notice["message"]
                 assert await health(gateway) == 503
             finally:

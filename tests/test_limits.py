@@ -150,12 +150,13 @@ async def test_a_connection_follows_at_most_max_followed_jobs(
     jobs = [await client.add(f"j{i}") for i in range(3)]
     await client.send({"type": "add", "id": "fourth", "query": "q", "assistant": assistant()})
     error = await client.wait_for("error")
-    assert error["ref"] == "fourth"
+    assert (error["ref"], error["code"]) == ("fourth", "too_many_followed_jobs")
     assert "follows 3 jobs, its limit (MAX_FOLLOWED_JOBS)" in error["message"]
     other = await connect(worker.ws_url)
     spare = await other.add("spare")
     await client.send({"type": "listen", "job_id": spare})
-    assert (await client.wait_for("error"))["ref"] == spare
+    error = await client.wait_for("error")
+    assert (error["ref"], error["code"]) == (spare, "too_many_followed_jobs")
     # Listening again to one it follows is no new follow.
     await client.send({"type": "listen", "job_id": jobs[0], "after": 0})
     await client.send({"type": "ping", "id": "p"})

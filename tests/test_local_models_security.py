@@ -137,7 +137,12 @@ async def test_a_model_not_configured_is_refused_at_add_and_nothing_is_loaded_or
         {"type": "add", "id": "a", "query": "hi", "assistant": local_template(model=model)}
     )
     # The same words whatever was sent: whether the path exists is not told.
-    assert await client.recv() == {"type": "error", "message": REFUSED, "ref": "a"}
+    assert await client.recv() == {
+        "type": "error",
+        "code": "invalid_job",
+        "message": REFUSED,
+        "ref": "a",
+    }
     async with httpx.AsyncClient(base_url=tiny_worker.http_url) as http:
         answer = await http.post(
             "/v1/jobs", json={"query": "hi", "assistant": local_template(model=model)}
@@ -205,7 +210,12 @@ async def test_a_providers_file_entry_that_pins_a_model_cannot_be_pointed_elsewh
         template = local_template(model=model)
         template["streams"][0]["provider"] = "pinned"
         await client.send({"type": "add", "id": "p", "query": "hi", "assistant": template})
-        assert await client.recv() == {"type": "error", "message": refused, "ref": "p"}
+        assert await client.recv() == {
+            "type": "error",
+            "code": "invalid_job",
+            "message": refused,
+            "ref": "p",
+        }
     pinned = worker.app.state.service.runner.providers.get("pinned")
     assert isinstance(pinned, LocalProvider)
     assert pinned.models.loads == 0
@@ -246,6 +256,7 @@ async def test_unconfigured_local_is_not_offered_even_with_torch_installed(
         )
         assert await client.recv() == {
             "type": "error",
+            "code": "invalid_job",
             "message": "invalid assistant template: assistant.streams[0]: provider 'local' "
             "needs LOCAL_MODELS: the models it may run, as name=directory-or-hub-id",
             "ref": "u",

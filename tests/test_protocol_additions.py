@@ -400,6 +400,7 @@ async def test_finished_jobs_expire_after_job_ttl(
     await client.send({"type": "listen", "job_id": job_id})
     assert await client.recv() == {
         "type": "error",
+        "code": "job_not_found",
         "message": f"unknown job_id {job_id!r}",
         "ref": job_id,
     }

@@ -159,6 +159,7 @@ async def test_two_tenants_see_their_own_jobs_only(
         # Exactly as for a job that does not exist.
         assert await bob.expect("error") == {
             "type": "error",
+            "code": "job_not_found",
             "message": f"unknown job_id {job_id!r}",
             "ref": job_id,
         }

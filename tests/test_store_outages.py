@@ -138,6 +138,7 @@ async def test_listeners_hear_when_the_only_worker_goes_quiet_and_healthz_says_s
             while told != set(ids):
                 notice = await full.wait_for("error", timeout=15)
                 assert "has not been heard from" in notice["message"], notice
+                assert notice["code"] == "worker_quiet"
                 told.add(notice["ref"])
             assert time.monotonic() - held_at < 10
             # /healthz, answering at once, says so too (after 5 s without a live one).

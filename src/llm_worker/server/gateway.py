@@ -53,8 +53,9 @@ class Listener(Protocol):
     followers: dict[str, asyncio.Task[None]]
     """The jobs it follows, each by the task that relays it."""
 
-    def announce(self, message: str, job_ids: set[str] | None = None) -> None:
-        """Tell its listeners of the jobs it follows (or of ``job_ids``) ``message``."""
+    def announce(self, message: str, job_ids: set[str] | None, code: str) -> None:
+        """Tell its listeners of the jobs it follows (or of ``job_ids``) ``message``,
+        whose code (:mod:`llm_worker.wire.errors`) is ``code``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,7 @@ class Gateway:
         while True:
             message = await self.store.outage()
             for connection in list(self.connections):
-                connection.announce(message)
+                connection.announce(message, None, errors.STORE_UNAVAILABLE)
             await self.store.recovered()
 
     async def _count_workers(self) -> None:
@@ -178,7 +179,7 @@ class Gateway:
             )
             log.warning("%s", message)
             for connection in list(self.connections):
-                connection.announce(message, {job_id})
+                connection.announce(message, {job_id}, errors.WORKER_QUIET)
 
     async def drain(self, until: float) -> None:
         """Take no new connections or jobs; return once no connection follows a job

@@ -31,7 +31,7 @@ from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
 from llm_worker.server.follower import Follower
 from llm_worker.server.gateway import Gateway, credential, unauthorized
-from llm_worker.server.refusals import Refused, error_response
+from llm_worker.server.refusals import Refused, error_response, store_refusal
 from llm_worker.server.serving import TRANSPORT_EXTENSION, Transport
 from llm_worker.store import StoreError, UnknownJob
 from llm_worker.wire import errors, protocol
@@ -121,19 +121,20 @@ class Connection:
             )
             raise TooSlow("the connection was too slow") from None
 
-    async def refuse(self, request_type: str | None, ref: Any, message: str) -> None:
-        """Answer a request that cannot be honoured, as this connection's dialect says."""
-        for frame in refusal(self.dialect, request_type, ref, message):
+    async def refuse(self, request_type: str | None, ref: Any, message: str, code: str) -> None:
+        """Answer a request that cannot be honoured, as this connection's dialect says;
+        ``code`` says why to a full-protocol client (:mod:`llm_worker.wire.errors`)."""
+        for frame in refusal(self.dialect, request_type, ref, message, code):
             await self.send(frame)
 
-    def announce(self, message: str, jobs: Collection[str] | None = None) -> None:
-        """An ``error`` about each job this connection follows (of ``jobs``, if given),
-        sent in the background (to full-protocol connections: the seed's clients know
-        no such message)."""
+    def announce(self, message: str, jobs: Collection[str] | None, code: str) -> None:
+        """An ``error`` with ``code`` about each job this connection follows (of ``jobs``,
+        if given), sent in the background (to full-protocol connections: the seed's
+        clients know no such message)."""
         if self.dialect is not Dialect.FULL or not self.followers:
             return
         about = [job_id for job_id in self.followers if jobs is None or job_id in jobs]
-        frames = [protocol.error(message, job_id) for job_id in about]
+        frames = [protocol.error(message, job_id, code) for job_id in about]
         self._background.spawn(self._send_quietly(frames), name="outage-notice")
 
     async def _send_quietly(self, frames: list[str]) -> None:
@@ -148,21 +149,24 @@ class Connection:
         if text is None:
             size = len(data or b"")
             if size > limit:
-                await self.refuse(None, None, self._too_large(size))
+                await self.refuse(None, None, self._too_large(size), errors.PAYLOAD_TOO_LARGE)
             else:
-                await self.refuse(None, None, "binary frames are not accepted: send JSON as text")
+                binary = "binary frames are not accepted: send JSON as text"
+                await self.refuse(None, None, binary, errors.BAD_REQUEST)
             return
         # A character takes at most 4 bytes in UTF-8: encode only when it could matter.
         if len(text) * 4 > limit:
             size = len(text.encode())
             if size > limit:
                 # Read only for what it refers to, so that the refusal reaches its request.
-                await self.refuse(*protocol.peek_request(text), self._too_large(size))
+                await self.refuse(
+                    *protocol.peek_request(text), self._too_large(size), errors.PAYLOAD_TOO_LARGE
+                )
                 return
         try:
             request = protocol.parse_request(text)
         except ProtocolError as exc:
-            await self.refuse(exc.request_type, exc.ref, exc.message)
+            await self.refuse(exc.request_type, exc.ref, exc.message, exc.code)
             return
         try:
             if isinstance(request, AddRequest):
@@ -178,14 +182,18 @@ class Connection:
             elif isinstance(request, PingRequest):
                 await self.send(protocol.pong(request.id))
         except StoreError as exc:
-            await self.refuse(request.type, _ref(request), str(exc))
+            code, _ = store_refusal(exc)
+            await self.refuse(request.type, _ref(request), str(exc), code)
         except GONE:
             raise
         except Exception:
             # A bug of ours must cost this one request, not the connection.
             log.exception("request %s failed", request.type)
             await self.refuse(
-                request.type, _ref(request), f"internal error while handling {request.type!r}"
+                request.type,
+                _ref(request),
+                f"internal error while handling {request.type!r}",
+                errors.INTERNAL_ERROR,
             )
 
     def _too_large(self, size: int) -> str:
@@ -196,12 +204,12 @@ class Connection:
 
     async def add(self, request: AddRequest) -> None:
         if (refused := self._cannot_follow_more()) is not None:
-            await self.refuse("add", request.id, refused)
+            await self.refuse("add", request.id, refused, errors.TOO_MANY_FOLLOWED_JOBS)
             return
         try:
             record, token = await self.gateway.add_job(self.principal, request.to_spec())
         except Refused as exc:
-            await self.refuse("add", request.id, exc.message)
+            await self.refuse("add", request.id, exc.message, exc.code)
             return
         await self.send(protocol.resp_add(request.id, record.id, token))
         await self.follow(record.id, after=0)
@@ -213,7 +221,7 @@ class Connection:
                 return  # already following: a second listen must not duplicate events
             self.followers.pop(request.job_id).cancel()
         elif (refused := self._cannot_follow_more()) is not None:
-            await self.refuse("listen", request.job_id, refused)
+            await self.refuse("listen", request.job_id, refused, errors.TOO_MANY_FOLLOWED_JOBS)
             return
         await self.follow(request.job_id, after=request.after or 0)
 
@@ -241,14 +249,14 @@ class Connection:
         try:
             record = await self.gateway.cancel_job(self.principal, request.job_id)
         except Refused as exc:
-            await self.send(protocol.error(exc.message, request.job_id))
+            await self.refuse("cancel", request.job_id, exc.message, exc.code)
             return
         if record.state is not JobState.CANCELLED:
-            await self.send(
-                protocol.error(
-                    f"job {record.id} already ended ({record.state.value}); nothing to cancel",
-                    record.id,
-                )
+            await self.refuse(
+                "cancel",
+                record.id,
+                f"job {record.id} already ended ({record.state.value}); nothing to cancel",
+                errors.JOB_ENDED,
             )
         elif not following or self.dialect is Dialect.SEED:
             # A seed-dialect follower relays the cancel as `failed`: acknowledge it apart.
@@ -295,7 +303,7 @@ class Connection:
                 for frame in frames:
                     await self.send(frame.text)
         except UnknownJob:
-            await self.refuse("listen", job_id, str(UnknownJob(job_id)))
+            await self.refuse("listen", job_id, str(UnknownJob(job_id)), errors.JOB_NOT_FOUND)
 
     async def _announce_positions(self) -> None:
         """Send ``pending`` for each job that waits, then whenever one moves up: for the

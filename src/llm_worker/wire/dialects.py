@@ -75,15 +75,20 @@ def negotiate(offered: Sequence[str], protocol_param: str | None) -> tuple[Diale
     )
 
 
-def refusal(dialect: Dialect, request_type: str | None, ref: Any, message: str) -> list[str]:
-    """The frames that refuse a request, ``ref`` being its ``id`` or ``job_id``."""
+def refusal(
+    dialect: Dialect, request_type: str | None, ref: Any, message: str, code: str
+) -> list[str]:
+    """The frames that refuse a request, ``ref`` being its ``id`` or ``job_id``, and
+    ``code`` the refusal's (:mod:`llm_worker.wire.errors`), which only the full
+    protocol's ``error`` carries."""
     if dialect is Dialect.SEED:
         if request_type == "add":
             job_id = str(uuid.uuid4())
             return [protocol.resp_add(ref, job_id), protocol.failed(job_id, message)]
         if request_type == "listen" and ref is not None:
             return [protocol.failed(ref, message)]
-    return [protocol.error(message, ref)]
+        return [protocol.error(message, ref)]
+    return [protocol.error(message, ref, code)]
 
 
 class Relay:

@@ -1,12 +1,15 @@
-"""The error codes of the HTTP API, and the one shape of its error bodies:
+"""The error codes of the HTTP API and the WebSocket, and the one shape of the HTTP
+API's error bodies:
 
     {"type": "error", "code": "job_not_found", "message": "unknown job 'x'"}
 
 ``code`` is stable (clients branch on it); ``message`` is for people and may
 change. Every error the HTTP side answers, whichever layer refuses (the routes,
 the origin check, the router's 404 and 405, the server's connection limits, a
-WebSocket upgrade's denial), has this shape. Frames inside a WebSocket keep the
-protocol's own ``error`` (:func:`llm_worker.wire.protocol.error`). Pure: no I/O.
+WebSocket upgrade's denial), has this shape. A WebSocket of the full protocol gets
+the protocol's ``error`` frame (:func:`llm_worker.wire.protocol.error`) with the same
+codes, and a few of its own (:data:`FRAME_ONLY`); a seed-dialect one, none (its
+frames are the seed's to the byte). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ TOO_MANY_CONNECTIONS = "too_many_connections"
 NO_WORKERS = "no_workers"
 """No worker sharing the store has been heard from lately (``/healthz``)."""
 
+# WebSocket frames only
+TOO_MANY_FOLLOWED_JOBS = "too_many_followed_jobs"
+"""A ``listen`` or ``add`` on a connection that follows ``MAX_FOLLOWED_JOBS`` jobs."""
+WORKER_QUIET = "worker_quiet"
+"""Not a refusal: the worker running a followed job has not been heard from lately
+(the job goes on once it is back or another worker takes it over)."""
+
 CODES: dict[str, int] = {
     BAD_REQUEST: 400,
     INVALID_JSON: 400,
@@ -93,7 +103,9 @@ CODES: dict[str, int] = {
     TOO_MANY_CONNECTIONS: 503,
     NO_WORKERS: 503,
 }
-"""Every code, with the HTTP status it comes with."""
+"""Every code of the HTTP API, with the HTTP status it comes with."""
+FRAME_ONLY = frozenset({TOO_MANY_FOLLOWED_JOBS, WORKER_QUIET})
+"""The codes only WebSocket frames carry; they come with no HTTP status."""
 
 
 def error_body(code: str, message: str) -> bytes:

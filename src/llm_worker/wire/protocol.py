@@ -26,6 +26,7 @@ from pydantic import (
 
 from llm_worker.jobs.model import Event, EventKind, JobRecord, JobSpec
 from llm_worker.jobs.templates import Assistant, ChatMessage, text_value
+from llm_worker.wire import errors
 
 
 def _request_id(value: Any) -> str | int:
@@ -51,14 +52,22 @@ class ProtocolError(ValueError):
 
     ``request_type`` is the request's ``type`` when the frame names a known
     one, ``ref`` its ``id`` (``add``, ``ping``) or ``job_id`` (the others) when
-    it has a usable one: how a refusal is answered depends on both.
+    it has a usable one: how a refusal is answered depends on both. ``code`` is
+    the refusal's code (:mod:`llm_worker.wire.errors`).
     """
 
-    def __init__(self, message: str, ref: Any = None, request_type: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        ref: Any = None,
+        request_type: str | None = None,
+        code: str = errors.BAD_REQUEST,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.ref = ref
         self.request_type = request_type
+        self.code = code
 
 
 class _Request(BaseModel):
@@ -137,10 +146,12 @@ def parse_request(data: str | bytes) -> Request:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"not valid JSON: {exc}") from None
+        raise ProtocolError(f"not valid JSON: {exc}", code=errors.INVALID_JSON) from None
     if not isinstance(obj, dict):
         kind = _JSON_TYPE_NAMES.get(type(obj), "something else")
-        raise ProtocolError(f"a request must be a JSON object, not {kind}")
+        raise ProtocolError(
+            f"a request must be a JSON object, not {kind}", code=errors.INVALID_JSON
+        )
     return request_from(obj)
 
 
@@ -153,6 +164,8 @@ def request_from(obj: dict[str, Any]) -> Request:
     if model is None:
         known = ", ".join(sorted(_REQUEST_TYPES))
         raise ProtocolError(f"unknown type {request_type!r} (known: {known})", _ref_of(obj, None))
+    # An add that cannot be taken is a job that cannot run, as the HTTP API says it.
+    code = errors.INVALID_JOB if request_type == "add" else errors.BAD_REQUEST
     # Only the template holds values of any shape (settings, options, its own fields).
     if _deeper_than(obj.get("assistant"), MAX_DEPTH):
         raise ProtocolError(
@@ -160,6 +173,7 @@ def request_from(obj: dict[str, Any]) -> Request:
             f"{MAX_DEPTH} levels deep",
             _ref_of(obj, request_type),
             request_type,
+            code,
         )
     try:
         return model.model_validate(obj)
@@ -168,6 +182,7 @@ def request_from(obj: dict[str, Any]) -> Request:
             f"invalid {request_type!r} request: {describe(exc)}",
             _ref_of(obj, request_type),
             request_type,
+            code,
         ) from None
 
 
@@ -389,8 +404,14 @@ def status(
     return _frame(body)
 
 
-def error(message: str, ref: Any = None) -> str:
-    body: dict[str, Any] = {"type": "error", "message": message}
+def error(message: str, ref: Any = None, code: str | None = None) -> str:
+    """An ``error``: about the request or job ``ref``, with a ``code``
+    (:mod:`llm_worker.wire.errors`) unless ``None`` (the seed's frames have none)."""
+    body: dict[str, Any] = {"type": "error"}
+    if code is not None:
+        assert code in errors.CODES or code in errors.FRAME_ONLY, code
+        body["code"] = code
+    body["message"] = message
     if ref is not None:
         body["ref"] = ref
     return _frame(body)
