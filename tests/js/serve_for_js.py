@@ -25,16 +25,16 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import sys
 import threading
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from llm_worker.config import Settings
-from llm_worker.server.app import create_app
-from llm_worker.server.serving import make_server
 from llm_worker.testing.openai_server import OpenAIServer, Reply
+
+# Run as a script (node spawns it): the repository's root holds the tests package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.servers import make_settings, serve
 
 _WORD = re.compile(r"\s*\S+")
 SLOW_TOKEN_SECONDS = 0.05
@@ -54,45 +54,6 @@ def reply_for(body: dict[str, Any]) -> Reply:
     if query == "fail":
         return Reply(status=400, error="told to fail")
     return Reply(tokens=_WORD.findall(query))
-
-
-def settings_for(upstream: OpenAIServer) -> Settings:
-    """As ``tests/conftest.py``'s ``make_settings`` and ``start_worker`` make them."""
-    values: dict[str, Any] = {
-        "listen_address": "127.0.0.1",
-        "listen_port": 0,
-        "log_level": "DEBUG",
-        "provider_retry_base_seconds": 0.01,
-        "shutdown_grace_seconds": 1.0,
-        "store_url": "memory://",
-        "openai_api_key": "sk-test",
-        "openai_base_url": upstream.base_url,
-    }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-@contextlib.asynccontextmanager
-async def serve_worker(settings: Settings) -> AsyncIterator[int]:
-    """The worker as ``tests/conftest.py``'s ``serve`` runs it; yields its port."""
-    app = create_app(settings)
-    server = make_server(app)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped during start-up")
-            await asyncio.sleep(0.005)
-        yield port
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 class CuttableProxy:
@@ -238,7 +199,11 @@ def stdin_closed(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
 
 async def main() -> None:
     closed = stdin_closed(asyncio.get_running_loop())
-    async with OpenAIServer(reply_for) as upstream, serve_worker(settings_for(upstream)) as port:
+    async with (
+        OpenAIServer(reply_for) as upstream,
+        serve(make_settings(openai_api_key="sk-test", openai_base_url=upstream.base_url)) as worker,
+    ):
+        port = worker.port
         proxy = CuttableProxy(port)
         control = Control(proxy)
         await proxy.start()

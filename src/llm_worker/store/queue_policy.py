@@ -7,7 +7,7 @@ next job is then the oldest waiting job whose tenant may run one more.
 :class:`~.memory.MemoryStore` (and the SQLite store, which is it writing through a
 journal) asks this module. The Redis store's Lua cannot call Python: its claims
 (:mod:`.redis.claims`) are tested against this module instead, scenario by scenario
-(``tests/test_queue_policy.py``), which names where they differ.
+(``tests/store/test_queue_policy.py``), which names where they differ.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The job model, templates and usage."""

@@ -1,0 +1,1 @@
+"""The project itself: its docs, layers, packaging, scripts and benchmarks."""

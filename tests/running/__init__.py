@@ -1,0 +1,1 @@
+"""The runner, the worker's concurrency, inserts, pipelines, fallbacks, limits."""

@@ -1,0 +1,1 @@
+"""The server over real connections: the HTTP API, the full protocol, access, hardening."""
