@@ -207,6 +207,7 @@ async def test_a_provider_without_its_key_is_refused_when_the_job_is_added(
     await client.send({"type": "add", "id": "q", "query": "q", "assistant": assistant()})
     assert await client.recv() == {
         "type": "error",
+        "code": "invalid_job",
         "message": "invalid assistant template: assistant.streams[0]: "
         "provider 'openai' needs an API key: set OPENAI_API_KEY",
         "ref": "q",

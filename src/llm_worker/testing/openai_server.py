@@ -302,16 +302,7 @@ class OpenAIServer:
             await _stop(watcher)
             if request.client_gone.is_set():
                 return False
-            endings = [_event(model, {}, reply.finish_reason)]
-            options = request.body.get("stream_options")
-            if reply.usage and isinstance(options, dict) and options.get("include_usage"):
-                endings.append(_usage_event(model, request.body, len(reply.tokens)))
-            endings.append(b"data: [DONE]\n\n")
-            for ending in endings:
-                await write_events(writer, ending, reply.line_end, reply.write_size)
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            request.completed = True
+            await _finish(writer, request, reply, model)
             return True
         except ConnectionError:
             request.client_gone.set()
@@ -319,6 +310,22 @@ class OpenAIServer:
         finally:
             await _stop(watcher)
             request.ended_at = time.monotonic()
+
+
+async def _finish(
+    writer: asyncio.StreamWriter, request: RecordedRequest, reply: Reply, model: str
+) -> None:
+    """A reply's end: its finish reason, its usage when asked for, ``[DONE]``."""
+    endings = [_event(model, {}, reply.finish_reason)]
+    options = request.body.get("stream_options")
+    if reply.usage and isinstance(options, dict) and options.get("include_usage"):
+        endings.append(_usage_event(model, request.body, len(reply.tokens)))
+    endings.append(b"data: [DONE]\n\n")
+    for ending in endings:
+        await write_events(writer, ending, reply.line_end, reply.write_size)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    request.completed = True
 
 
 async def write_events(
