@@ -46,8 +46,8 @@ def test_entry_points_of_installed_packages(
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-plugin\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text(
-        "[llm_worker.running.pipelines]\nshout = tests.support.plugins:ShoutPipeline\n"
-        "[llm_worker.running.inserts]\nbroken = tests.support.plugins:DoesNotExist\n"
+        "[llm_worker.pipelines]\nshout = tests.support.plugins:ShoutPipeline\n"
+        "[llm_worker.inserts]\nbroken = tests.support.plugins:DoesNotExist\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert str(tmp_path) in sys.path
