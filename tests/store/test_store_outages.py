@@ -6,6 +6,7 @@ be away fails fast, and listeners hear of a job whose worker went quiet."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,8 @@ async def test_listeners_hear_when_the_only_worker_goes_quiet_and_healthz_says_s
             for job_id in ids:
                 await seed.send({"type": "listen", "job_id": job_id})
                 await full.wait_for("running", job_id)
+            # And one followed as Server-Sent Events: a full-protocol listener too.
+            over_sse = asyncio.create_task(event_stream(http, ids[0]))
             await until_healthy(http, workers=1)
             proxy.hold()
             held_at = time.monotonic()
@@ -160,4 +163,19 @@ async def test_listeners_hear_when_the_only_worker_goes_quiet_and_healthz_says_s
                 seed_messages = await seed.job_messages(job_id, timeout=60)
                 assert {m["type"] for m in seed_messages} <= SEED_TYPES
                 assert seed_messages[-1]["type"] == "done"
+            events = await asyncio.wait_for(over_sse, 60)
+            notices = [e for e in events if e["type"] == "error"]
+            assert [(e["code"], e["ref"]) for e in notices] == [("worker_quiet", ids[0])]
+            assert events[-1]["type"] == "done"
             await until_healthy(http, workers=1)
+
+
+async def event_stream(http: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:
+    """The frames of a job's event stream, as they came, to its end."""
+    async with http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=90) as response:
+        assert response.status_code == 200
+        return [
+            json.loads(line.removeprefix("data: "))
+            async for line in response.aiter_lines()
+            if line.startswith("data: ")
+        ]

@@ -85,6 +85,8 @@ class Gateway:
         self.connections: set[Listener] = set()
         self.streams: dict[asyncio.Task[None], str] = {}
         """HTTP event streams relaying a job, and the job each relays."""
+        self.event_streams: set[Listener] = set()
+        """The same event streams, as listeners to tell of an outage or a quiet worker."""
         self.draining = False
         """Set when the process stops: no new connections or jobs."""
         self._health_watch: asyncio.Task[None] | None = None
@@ -144,8 +146,8 @@ class Gateway:
         """Tell listeners when the store has been away longer than its grace period."""
         while True:
             message = await self.store.outage()
-            for connection in list(self.connections):
-                connection.announce(message, None, errors.STORE_UNAVAILABLE)
+            for listener in self._listeners():
+                listener.announce(message, None, errors.STORE_UNAVAILABLE)
             await self.store.recovered()
 
     async def _count_workers(self) -> None:
@@ -161,7 +163,7 @@ class Gateway:
             self._told_quiet = {told for told in self._told_quiet if told[1] in census.quiet}
             if not census.quiet:
                 return
-            followed = {job_id for c in list(self.connections) for job_id in c.followers}
+            followed = {job_id for c in self._listeners() for job_id in c.followers}
             followed -= {job_id for job_id, _ in self._told_quiet}
             owners = await asyncio.wait_for(
                 self.store.owners(sorted(followed)), HEALTH_PROBE_TIMEOUT_SECONDS
@@ -178,8 +180,12 @@ class Gateway:
                 "worker takes it over"
             )
             log.warning("%s", message)
-            for connection in list(self.connections):
-                connection.announce(message, {job_id}, errors.WORKER_QUIET)
+            for listener in self._listeners():
+                listener.announce(message, {job_id}, errors.WORKER_QUIET)
+
+    def _listeners(self) -> list[Listener]:
+        """Whoever follows jobs here: WebSocket connections and event streams."""
+        return [*self.connections, *self.event_streams]
 
     async def drain(self, until: float) -> None:
         """Take no new connections or jobs; return once no connection follows a job

@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -70,6 +70,8 @@ SSE_HEADERS = {
 }
 # Jobs a listing answers with, unless it asks for fewer; at most.
 LISTING_LIMIT = 50
+# Notices (an outage, a quiet worker) an event stream holds for a reader that does not read.
+MAX_NOTICES = 16
 LISTING_MAX = 500
 
 
@@ -356,6 +358,19 @@ class EventStream(Response):
         self.job_id = job_id
         self.after = after
         self.keepalive_seconds = keepalive_seconds
+        self.followers: dict[str, asyncio.Task[None]] = {}
+        """The job it relays, by the task relaying it (what a gateway's listener has)."""
+        self._notices: asyncio.Queue[bytes] = asyncio.Queue(MAX_NOTICES)
+
+    def announce(self, message: str, jobs: Collection[str] | None, code: str) -> None:
+        """Tell the reader ``message`` about its job (if among ``jobs``), as an ``error``
+        event with ``code``: the store is away, or the job's worker went quiet. A
+        reader that lets notices pile up misses the ones past :data:`MAX_NOTICES`."""
+        if jobs is not None and self.job_id not in jobs:
+            return
+        frame = Frame(protocol.error(message, self.job_id, code), "error")
+        with contextlib.suppress(asyncio.QueueFull):
+            self._notices.put_nowait(_sse(frame))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
@@ -365,12 +380,16 @@ class EventStream(Response):
         relaying = asyncio.create_task(self._relay(transport, send), name=f"sse-{self.job_id}")
         watching = asyncio.create_task(_disconnected(receive), name="sse-disconnect")
         delivering = asyncio.create_task(self._watch_delivery(transport), name="sse-delivery")
+        announcing = asyncio.create_task(self._announce(send), name="sse-notices")
         self.gateway.streams[relaying] = self.job_id
-        tasks = (relaying, watching, delivering)
+        self.followers[self.job_id] = relaying
+        self.gateway.event_streams.add(self)
+        tasks = (relaying, watching, delivering, announcing)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.gateway.streams.pop(relaying, None)
+            self.gateway.event_streams.discard(self)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -398,6 +417,12 @@ class EventStream(Response):
 
         async for chunk in self._chunks():
             await write(chunk)
+
+    async def _announce(self, send: Send) -> None:
+        """Write the notices :meth:`announce` queues, between the job's events."""
+        while True:
+            notice = await self._notices.get()
+            await send({"type": "http.response.body", "body": notice, "more_body": True})
 
     async def _watch_delivery(self, transport: Any) -> None:
         """Returns, having hung up, once bytes sent have stayed unacknowledged by the
