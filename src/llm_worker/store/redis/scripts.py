@@ -245,15 +245,19 @@ return 0
 """,
 )
 
+# ``now``: the time in ms by Redis's own clock, the same for every process whatever theirs.
+NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"""
+
 RATE = Script(
     "rate",
     keys=("rate_key",),
     args=("interval_ms", "burst_ms"),
     reply=int,
     # 0 when the tenant may add a job now (and it counts), else the ms to wait (GCRA).
-    body="""
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    body=NOW_MS
+    + """
 local interval = tonumber(interval_ms)
 local arrival = math.max(tonumber(redis.call('GET', rate_key) or now), now)
 local allowed_from = arrival - tonumber(burst_ms) + interval
@@ -463,9 +467,8 @@ PRESENT = Script(
     reply=int,
     # The worker is alive now, by Redis's clock (the same for every process whatever
     # theirs); workers silent for forget_after_ms are dropped. Answers that time (ms).
-    body="""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    body=NOW_MS
+    + """
 redis.call('ZADD', workers_key, now, worker)
 redis.call('ZREMRANGEBYSCORE', workers_key, '-inf', now - tonumber(forget_after_ms))
 return now
@@ -477,9 +480,8 @@ CENSUS = Script(
     keys=("workers_key",),
     args=(),
     reply=_census,
-    body="""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    body=NOW_MS
+    + """
 return {now, redis.call('ZRANGE', workers_key, 0, -1, 'WITHSCORES')}
 """,
 )
