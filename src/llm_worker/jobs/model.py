@@ -36,6 +36,13 @@ class EventKind(enum.StrEnum):
 
     RUNNING = "running"
     """The job started (empty message) or produced a delta of text."""
+    REASONING = "reasoning"
+    """A delta of the model's reasoning (its message)."""
+    TOOL_CALL = "tool_call"
+    """A fragment of a tool call the model makes: its message is the
+    :class:`~llm_worker.jobs.parts.ToolCallDelta` as JSON."""
+    REFUSAL = "refusal"
+    """A delta of the model's refusal to answer (its message)."""
     RESET = "reset"
     """A new attempt starts from scratch: what earlier attempts produced is void."""
     NOTICE = "notice"
@@ -78,8 +85,10 @@ _KINDS = {kind.value: kind for kind in EventKind}
 class Event:
     """One entry of a job's log.
 
-    ``message`` is the text delta of a ``running`` event, the reason of a
-    ``failed`` one and the words of a ``notice``; it is empty otherwise.
+    ``message`` is the text delta of a ``running``, ``reasoning`` or ``refusal``
+    event, the fragment of a ``tool_call`` (JSON), the reason of a ``failed`` one,
+    the words of a ``notice`` and the summary of a ``done`` (JSON); it is empty
+    otherwise.
     ``attempt`` is the attempt that wrote it (0 for a job cancelled before it
     ever ran).
     """
@@ -126,8 +135,15 @@ class JobRecord:
 
 
 def has_text(events: list[Event]) -> bool:
-    """Whether some of ``events`` carry text of the answer."""
-    return any(event.kind is EventKind.RUNNING and event.message for event in events)
+    """Whether some of ``events`` carry output of the answer: its text, or a typed part."""
+    return any(
+        (event.kind is EventKind.RUNNING and event.message) or event.kind in OUTPUT_PARTS
+        for event in events
+    )
+
+
+OUTPUT_PARTS = frozenset({EventKind.REASONING, EventKind.TOOL_CALL, EventKind.REFUSAL})
+"""The kinds of event that carry a typed part of the reply (not its text)."""
 
 
 def spec_json(spec: JobSpec) -> bytes:

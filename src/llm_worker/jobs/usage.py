@@ -17,44 +17,64 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class CallEnd:
     """What a provider may yield last, after the text: why the model stopped
-    (``stop``, ``length``, ...) and the tokens the call took, each ``None`` where the
-    model did not say."""
+    (``stop``, ``length``, ``tool_calls``, ...) and the tokens the call took, each
+    ``None`` where the model did not say: of the prompt's, those read from the
+    provider's cache (``cached_tokens``); of the completion's, those spent
+    reasoning (``reasoning_tokens``)."""
 
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
+
+UNKNOWN = CallEnd()
+"""What a call that said nothing of its tokens counts as."""
 
 _CURRENT: contextvars.ContextVar[JobUsage | None] = contextvars.ContextVar(
     "llm_worker_usage", default=None
 )
 
 
+def _sum(total: int | None, more: int | None) -> int | None:
+    return None if total is None or more is None else total + more
+
+
 @dataclass(slots=True)
 class Tokens:
-    """Tokens into and out of the models, summed; ``None`` once a part is unknown."""
+    """Tokens into and out of the models, summed; ``None`` once a part is unknown.
+
+    The details (cached, reasoning) are summed apart: ``None`` from the first call
+    that did not say them, as a model that never does (most) leaves them."""
 
     prompt_tokens: int | None = 0
     completion_tokens: int | None = 0
+    cached_tokens: int | None = 0
+    reasoning_tokens: int | None = 0
 
-    def add(self, prompt: int | None, completion: int | None) -> None:
-        self.prompt_tokens = (
-            None if prompt is None or self.prompt_tokens is None else (self.prompt_tokens + prompt)
-        )
-        self.completion_tokens = (
-            None
-            if completion is None or self.completion_tokens is None
-            else self.completion_tokens + completion
-        )
+    def add(self, end: CallEnd | Tokens) -> None:
+        self.prompt_tokens = _sum(self.prompt_tokens, end.prompt_tokens)
+        self.completion_tokens = _sum(self.completion_tokens, end.completion_tokens)
+        self.cached_tokens = _sum(self.cached_tokens, end.cached_tokens)
+        self.reasoning_tokens = _sum(self.reasoning_tokens, end.reasoning_tokens)
 
-    def as_json(self) -> dict[str, int] | None:
+    def as_json(self) -> dict[str, Any] | None:
+        """OpenAI's ``usage``: the counts and their total, and, where every call said
+        them, ``prompt_tokens_details.cached_tokens`` and
+        ``completion_tokens_details.reasoning_tokens``."""
         if self.prompt_tokens is None or self.completion_tokens is None:
             return None
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
 
 
 class JobUsage:
@@ -74,10 +94,7 @@ class JobUsage:
 
     def record(self, end: CallEnd | None) -> None:
         """A model call ended, having said ``end`` (``None``: it said nothing)."""
-        if end is None:
-            self.streams[self.current].add(None, None)
-            return
-        self.streams[self.current].add(end.prompt_tokens, end.completion_tokens)
+        self.streams[self.current].add(end or UNKNOWN)
         if self.current == len(self.streams) - 1:
             self.finish_reason = end.finish_reason
 
@@ -94,7 +111,7 @@ class JobUsage:
             }
         total = Tokens()
         for tokens in self.streams:
-            total.add(tokens.prompt_tokens, tokens.completion_tokens)
+            total.add(tokens)
         usage: dict[str, Any] = total.as_json() or dict.fromkeys(
             ("prompt_tokens", "completion_tokens", "total_tokens")
         )

@@ -1,5 +1,23 @@
 """Providers: the seam between a job's template and the models that answer it."""
 
-from llm_worker.providers.base import CallEnd, Notice, Provider, ProviderError
+from llm_worker.providers.base import (
+    CallEnd,
+    Notice,
+    Part,
+    Provider,
+    ProviderError,
+    Reasoning,
+    Refusal,
+    ToolCallDelta,
+)
 
-__all__ = ["CallEnd", "Notice", "Provider", "ProviderError"]
+__all__ = [
+    "CallEnd",
+    "Notice",
+    "Part",
+    "Provider",
+    "ProviderError",
+    "Reasoning",
+    "Refusal",
+    "ToolCallDelta",
+]

@@ -1,4 +1,7 @@
-"""The provider seam: given messages and settings, yield text deltas.
+"""The provider seam: given messages and settings, yield the reply's parts.
+
+The parts are text deltas (``str``) and the typed parts of
+:mod:`llm_worker.jobs.parts`: reasoning, tool-call fragments, refusals.
 
 A provider is whatever turns a rendered list of chat messages into text: an
 OpenAI-compatible server, a model in this process, anything a plugin adds.
@@ -15,8 +18,21 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_worker.jobs.templates import ChatMessage
+from llm_worker.jobs.parts import Part, Reasoning, Refusal, ToolCallDelta
+from llm_worker.jobs.templates import ChatMessage, TemplateError, TextPart
 from llm_worker.jobs.usage import CallEnd
+
+__all__ = [
+    "KINDS",
+    "CallEnd",
+    "Notice",
+    "Part",
+    "Provider",
+    "ProviderError",
+    "Reasoning",
+    "Refusal",
+    "ToolCallDelta",
+]
 
 KINDS = frozenset(
     {
@@ -51,12 +67,16 @@ class ProviderError(Exception):
         retryable: bool = False,
         retry_after: float | None = None,
         kind: str = "error",
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
         self.kind = kind if kind in KINDS else "error"
+        self.code = code
+        """The upstream API's own code for the error, where it said one
+        (``context_length_exceeded``); the message names it too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +88,7 @@ class Notice:
 
 
 class Provider(abc.ABC):
-    """Turns chat messages into a stream of text deltas."""
+    """Turns chat messages into a stream of the reply's parts."""
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:  # noqa: B027
         """Raise :class:`~llm_worker.jobs.templates.TemplateError` for settings that cannot work,
@@ -76,6 +96,27 @@ class Provider(abc.ABC):
 
         Called when a job is added, before it exists; must not do I/O.
         """
+
+    def check_message(self, message: ChatMessage, where: str, name: str) -> None:
+        """Raise :class:`~llm_worker.jobs.templates.TemplateError` naming the first thing
+        of ``message`` (found at ``where``) this provider (registered as ``name``) cannot
+        send: nothing it is given
+        is dropped silently. By default a provider takes text, and tool results as text:
+        no other content parts, no tool calls.
+
+        Called when a job is added, for every message of its history and templates that
+        may reach the provider; must not do I/O.
+        """
+        content = message.content
+        if isinstance(content, list):
+            for number, part in enumerate(content):
+                if not isinstance(part, TextPart):
+                    raise TemplateError(
+                        f"{where}.content[{number}]: provider {name!r} takes text "
+                        f"only, not {part.type!r} parts"
+                    )
+        if message.tool_calls:
+            raise TemplateError(f"{where}.tool_calls: provider {name!r} cannot take tool calls")
 
     def configuration_problem(self) -> str | None:
         """What the deployment must set before this provider can run jobs (a key, a
@@ -90,10 +131,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
-    ) -> AsyncIterator[str | Notice | CallEnd]:
-        """Yield the model's reply as non-empty text deltas, then, if the model said,
-        a :class:`CallEnd` (a provider that yields none has its usage reported as
-        unknown).
+    ) -> AsyncIterator[Part | Notice | CallEnd]:
+        """Yield the model's reply as parts: non-empty text deltas (``str``) and, where the
+        model makes them, :class:`Reasoning`, :class:`ToolCallDelta` and :class:`Refusal`
+        parts in the order the model made them; then, if the model said, a
+        :class:`CallEnd` (a provider that yields none has its usage reported as unknown).
 
         Before the text, a :class:`Notice` tells the job's listeners why they wait
         (a model loading, say); it is no output: the call may still be retried, or
