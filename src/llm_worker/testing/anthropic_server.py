@@ -1,12 +1,12 @@
 """A loopback server that speaks Anthropic's Messages API, streaming.
 
-For tests: the HTTP machinery of :class:`~llm_worker.testing.openai_server.OpenAIServer`
-(keep-alive, a record of every request, connections counted, clients that hang
-up mid-reply noticed), answering ``POST /v1/messages`` with the API's
-server-sent events -- ``message_start``, ``content_block_start``, ``ping``,
-``content_block_delta``, ``content_block_stop``, ``message_delta``,
-``message_stop`` -- or doing what a :class:`Reply` says instead: fail with a
-status, send an ``error`` event mid-reply, cut the stream, or stall.
+For tests: the HTTP machinery of :mod:`~llm_worker.testing.loopback` (keep-alive,
+a record of every request, connections counted, clients that hang up mid-reply
+noticed), answering ``POST /v1/messages`` with the API's server-sent events --
+``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``,
+``content_block_stop``, ``message_delta``, ``message_stop`` -- or doing what a
+:class:`Reply` says instead: fail with a status, send an ``error`` event mid-reply,
+cut the stream, or stall.
 
 Requests the real API refuses (no ``max_tokens``, a ``system`` role among the
 messages, turns that do not alternate or do not open with the user) are
@@ -22,36 +22,32 @@ then set ``ANTHROPIC_BASE_URL=http://127.0.0.1:8200`` and any ``ANTHROPIC_API_KE
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import inspect
-import re
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from llm_worker.testing.openai_server import (
-    LineEnd,
-    OpenAIServer,
+from llm_worker.testing.loopback import (
+    EventStream,
+    LoopbackServer,
     RecordedRequest,
-    _stop,
-    _wait_for_eof,
-    write_events,
+    StreamedReply,
+    command_line,
+    echo_tokens,
+    message_words,
+    serve_forever,
 )
 
-_WORD = re.compile(r"\s*\S+")
+__all__ = ["AnthropicServer", "RecordedRequest", "Reply", "api_refusal", "echo_reply"]
 
 
 @dataclass
-class Reply:
-    """What the server does with one Messages API request."""
+class Reply(StreamedReply):
+    """What the server does with one Messages API request (the knobs it shares with the
+    OpenAI server are :class:`~llm_worker.testing.loopback.StreamedReply`'s; its
+    ``error`` is the message of the body's ``error``, whose type is ``error_type``)."""
 
-    tokens: list[str] = field(default_factory=list)
-    """The text deltas, one ``content_block_delta`` event each."""
     stop_reason: str = "end_turn"
     input_tokens: int | None = None
     """``message_start``'s ``usage.input_tokens``; by default the words of the request's
@@ -59,37 +55,14 @@ class Reply:
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     """Said in ``message_start``'s usage when set, as the API does with prompt caching."""
-    status: int = 200
     error_type: str = "api_error"
-    error: str = "simulated failure"
-    """The ``error.type`` and ``error.message`` of a non-200 reply's body."""
-    error_body: Any = None
-    """The JSON body of a non-200 reply, instead of the API's shape around ``error``."""
-    headers: dict[str, str] = field(default_factory=dict)
-    """Headers of the response (``retry-after``, say)."""
-    first_delay: float = 0.0
-    """Seconds before the response head."""
-    delay: float = 0.0
-    """Seconds before each token."""
     stream_error: dict[str, str] | None = None
     """An ``error`` event's ``error`` (``{"type": "overloaded_error", "message":
     "Overloaded"}``), sent after ``error_after`` tokens; the reply ends there."""
     error_after: int = 0
-    cut_after: int | None = None
-    """Stop after this many tokens, before ``message_stop``."""
-    cut_mode: Literal["abort", "clean"] = "abort"
-    """``abort``: drop the connection mid-body. ``clean``: end the body properly, but
-    without ``message_delta`` and ``message_stop``."""
     hold_after: int | None = None
     """After this many tokens, send nothing more until the client hangs up (a model
     still thinking): what a test of cancellation needs, without timing."""
-    line_end: LineEnd = "\n"
-    """How the event stream's lines end, of the three ways the SSE standard allows:
-    LF, CRLF or CR (``"\\n"``, ``"\\r\\n"``, ``"\\r"``)."""
-    write_size: int | None = None
-    """Send the event stream in HTTP chunks of this many bytes, each written and drained
-    on its own, so that a client reads it split everywhere (``1``: a byte per read);
-    ``None``: a chunk per write of events."""
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
@@ -97,16 +70,12 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     text and messages."""
     system = body.get("system")
     words = len(system.split()) if isinstance(system, str) else 0
-    return words + sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    return words + message_words(body)
 
 
 def echo_reply(body: dict[str, Any]) -> Reply:
     """The default: ``Echo: <last user message>``, a word per token."""
-    last_user = next(
-        (m.get("content", "") for m in reversed(body.get("messages", [])) if m["role"] == "user"),
-        "",
-    )
-    return Reply(tokens=_WORD.findall(f"Echo: {last_user}"))
+    return Reply(tokens=echo_tokens(body))
 
 
 def api_refusal(body: dict[str, Any]) -> str | None:
@@ -139,104 +108,44 @@ def api_refusal(body: dict[str, Any]) -> str | None:
     return None
 
 
-AnthropicHandler = Callable[[dict[str, Any]], "Reply | Awaitable[Reply]"]
-
-
-class AnthropicServer(OpenAIServer):
+class AnthropicServer(LoopbackServer[Reply]):
     """``async with AnthropicServer() as server:`` serves at ``server.base_url``, the
     API's root (the SDK adds ``/v1/messages``). Set ``handler`` to script replies."""
 
-    def __init__(
-        self, handler: AnthropicHandler | None = None, *, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
-        super().__init__(host=host, port=port)
-        self.handler: AnthropicHandler = handler or echo_reply  # type: ignore[assignment]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    default_handler = staticmethod(echo_reply)
 
     @property
     def message_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.partition("?")[0] == "/v1/messages"]
 
-    async def _respond(
-        self, request: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
+    def _direct_answer(self, request: RecordedRequest) -> tuple[int, Any] | None:
         if request.method != "POST" or request.path.partition("?")[0] != "/v1/messages":
-            _write_json(writer, 404, _error_body("not_found_error", "Not found"), {})
-            return True
+            return 404, _error_body("not_found_error", "Not found")
         refusal = api_refusal(request.body)
         if refusal is not None:
-            _write_json(writer, 400, _error_body("invalid_request_error", refusal), {})
-            return True
-        reply = self.handler(request.body)
-        if inspect.isawaitable(reply):
-            reply = await reply
-        if reply.first_delay:
-            await asyncio.sleep(reply.first_delay)
-        if reply.status != 200:
-            body = reply.error_body
-            if body is None:
-                body = _error_body(reply.error_type, reply.error)
-            _write_json(writer, reply.status, body, reply.headers)
-            return True
-        return await self._stream_events(request, reply, reader, writer)
+            return 400, _error_body("invalid_request_error", refusal)
+        return None
 
-    async def _stream_events(
-        self,
-        request: RecordedRequest,
-        reply: Reply,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers.items())
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n" + extra.encode() + b"\r\n"
-        )
-        # A hang-up shows as EOF on the read side while we write.
-        watcher = asyncio.create_task(_wait_for_eof(reader, request.client_gone))
+    def _error_body(self, reply: Reply) -> Any:
+        return _error_body(reply.error_type, reply.error)
+
+    async def _stream(self, stream: EventStream, request: RecordedRequest, reply: Reply) -> bool:
         position, ending = _ending(reply)
-
-        async def send(events: bytes) -> None:
-            await write_events(writer, events, reply.line_end, reply.write_size)
-
-        try:
-            await send(_start_events(request.body, reply))
-            for token in reply.tokens[:position]:
-                if reply.delay:
-                    await asyncio.sleep(reply.delay)
-                if request.client_gone.is_set():
-                    return False
-                delta = {"type": "text_delta", "text": token}
-                await send(_event("content_block_delta", index=0, delta=delta))
-                request.tokens_sent += 1
-                await writer.drain()
-            if ending == "hold":
-                await request.client_gone.wait()
-                return False
-            if ending == "abort":
-                writer.transport.abort()
-                return False
-            if ending == "error":
-                await send(_event("error", error=reply.stream_error))
-            elif ending == "finish":
-                await send(_end_events(reply))
-            # Stop watching before the reply ends: the client's next request may follow it.
-            await _stop(watcher)
-            if request.client_gone.is_set():
-                return False
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            request.completed = ending == "finish"
-            return True
-        except ConnectionError:
-            request.client_gone.set()
+        await stream.send(_start_events(request.body, reply))
+        deltas = (
+            _event("content_block_delta", index=0, delta={"type": "text_delta", "text": token})
+            for token in reply.tokens[:position]
+        )
+        if not await stream.send_tokens(deltas, reply.delay):
             return False
-        finally:
-            await _stop(watcher)
-            request.ended_at = time.monotonic()
+        if ending == "hold":
+            await request.client_gone.wait()
+            return False
+        if ending == "abort" or ending == "clean":
+            return await stream.cut(ending)
+        if ending == "error":
+            return await stream.end(_event("error", error=reply.stream_error), completed=False)
+        return await stream.end(_end_events(reply), completed=True)
 
 
 def _ending(reply: Reply) -> tuple[int, str]:
@@ -300,50 +209,12 @@ def _end_events(reply: Reply) -> bytes:
     )
 
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    413: "Request Entity Too Large",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    529: "Overloaded",
-}
-
-
-def _write_json(
-    writer: asyncio.StreamWriter, status: int, body: Any, headers: dict[str, str]
-) -> None:
-    payload = orjson.dumps(body)
-    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    writer.write(
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n"
-        f"{extra}\r\n".encode()
-        + payload
-    )
-
-
-async def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8200)
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each token")
-    args = parser.parse_args()
-
-    def handler(body: dict[str, Any]) -> Reply:
-        reply = echo_reply(body)
-        reply.delay = args.delay
-        return reply
-
-    async with AnthropicServer(handler, host=args.host, port=args.port) as server:
-        print(f"Anthropic Messages API test server at {server.base_url}", flush=True)
-        await asyncio.Event().wait()
+def _main() -> None:
+    args = command_line(__doc__, 8200).parse_args()
+    echo = lambda body: dataclasses.replace(echo_reply(body), delay=args.delay)  # noqa: E731
+    server = AnthropicServer(echo, host=args.host, port=args.port)
+    serve_forever(server, "Anthropic Messages API test server")
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main())
+    _main()
