@@ -8,7 +8,7 @@ Starts, in this process and one event loop:
   one token each (the job's text is then the query, trimmed);
 * the worker (gateway and worker, ``memory://`` store), its ``openai`` provider
   pointed at that server;
-* a TCP proxy in front of the worker, and a control server:
+* a TCP proxy in front of the worker (tests/support/tcp_proxy.py), and a control server:
   ``POST /cut`` aborts every connection through the proxy (answers ``{"cut": n}``),
   ``POST /block`` makes the proxy drop new connections at once, ``POST /unblock``
   undoes it, ``GET /stats`` answers ``{"accepted", "open", "dropped"}``.
@@ -35,6 +35,7 @@ from llm_worker.testing.openai_server import OpenAIServer, Reply
 # Run as a script (node spawns it): the repository's root holds the tests package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support.servers import make_settings, serve
+from tests.support.tcp_proxy import CuttingProxy
 
 _WORD = re.compile(r"\s*\S+")
 SLOW_TOKEN_SECONDS = 0.05
@@ -56,79 +57,10 @@ def reply_for(body: dict[str, Any]) -> Reply:
     return Reply(tokens=_WORD.findall(query))
 
 
-class CuttableProxy:
-    """Forwards TCP connections to ``target_port``; can abort them all at once."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.blocked = False
-        self.accepted = 0
-        self.dropped = 0
-        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self.cut()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
-
-    def cut(self) -> int:
-        """Aborts every open connection, both sides; returns how many there were."""
-        pairs = list(self._pairs)
-        for client, upstream in pairs:
-            client.transport.abort()
-            upstream.transport.abort()
-        self._pairs.clear()
-        return len(pairs)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        if self.blocked:
-            self.dropped += 1
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = (writer, up_writer)
-        self._pairs.add(pair)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            self._tasks.discard(task)
-            self._pairs.discard(pair)
-            for side in pair:
-                side.transport.abort()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-
-
 class Control:
     """A tiny HTTP server that orders the proxy about."""
 
-    def __init__(self, proxy: CuttableProxy) -> None:
+    def __init__(self, proxy: CuttingProxy) -> None:
         self.proxy = proxy
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -147,15 +79,15 @@ class Control:
         if method == "POST" and path == "/cut":
             return 200, {"cut": proxy.cut()}
         if method == "POST" and path == "/block":
-            proxy.blocked = True
+            proxy.block()
             return 200, {"blocked": True}
         if method == "POST" and path == "/unblock":
-            proxy.blocked = False
+            proxy.unblock()
             return 200, {"blocked": False}
         if method == "GET" and path == "/stats":
             return 200, {
                 "accepted": proxy.accepted,
-                "open": len(proxy._pairs),
+                "open": proxy.open_connections,
                 "dropped": proxy.dropped,
             }
         return 404, {"error": f"no {method} {path}"}
@@ -202,23 +134,20 @@ async def main() -> None:
     async with (
         OpenAIServer(reply_for) as upstream,
         serve(make_settings(openai_api_key="sk-test", openai_base_url=upstream.base_url)) as worker,
+        CuttingProxy(worker.port) as proxy,
     ):
-        port = worker.port
-        proxy = CuttableProxy(port)
         control = Control(proxy)
-        await proxy.start()
         await control.start()
         try:
             ready = {
                 "url": f"http://127.0.0.1:{proxy.port}",
-                "direct": f"http://127.0.0.1:{port}",
+                "direct": f"http://127.0.0.1:{worker.port}",
                 "control": f"http://127.0.0.1:{control.port}",
             }
             print(json.dumps(ready), flush=True)
             await closed.wait()
         finally:
             await control.close()
-            await proxy.close()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A loopback TCP proxy that fails on command: between a client and a worker, it cuts
 every connection through it at once (a network failure, as both ends see it), holds
-what the worker sends, and can be pointed at another port (a restarted worker)."""
+what the worker sends, drops new connections (a worker away), and can be pointed at
+another port (a restarted worker)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class CuttingProxy:
         self.port = 0
         self.accepted = 0
         """Connections accepted so far, forwarded or not."""
+        self.dropped = 0
+        """Connections dropped on arrival: while blocked, or with nobody at ``target_port``."""
+        self.blocked = False
         self._server: asyncio.Server | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._flowing = asyncio.Event()
@@ -42,13 +46,25 @@ class CuttingProxy:
         self.cut()
         await self._server.wait_closed()
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._links)
+
     def cut(self) -> int:
         """Abort every connection through the proxy, both sides; how many there were."""
         links = list(self._links)
         for client_side, worker_side in links:
             client_side.transport.abort()
             worker_side.transport.abort()
+        self._links.clear()
         return len(links)
+
+    def block(self) -> None:
+        """Drop each new connection on arrival (the connections open stay)."""
+        self.blocked = True
+
+    def unblock(self) -> None:
+        self.blocked = False
 
     def hold(self) -> None:
         """Stop passing on what the worker sends (the client hears nothing more)."""
@@ -78,7 +94,8 @@ class CuttingProxy:
         try:
             worker_reader, worker_writer = await self._connect()
         except OSError:
-            writer.transport.abort()  # nobody there: as a refused connection looks through it
+            self.dropped += 1
+            writer.transport.abort()  # as a refused connection looks through a proxy
             return
         link = (writer, worker_writer)
         self._links.add(link)
@@ -97,6 +114,8 @@ class CuttingProxy:
             worker_writer.transport.abort()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.blocked:
+            raise ConnectionRefusedError("the proxy is blocked")
         if self.worker_receive_buffer is None:
             return await asyncio.open_connection("127.0.0.1", self.target_port)
         sock = socket.socket()
