@@ -173,6 +173,8 @@ async def test_status_prints_json(worker: RunningWorker) -> None:
     status = json.loads(result.stdout)
     usage = status.pop("usage")
     assert usage["completion_tokens"] == 2  # "Echo:", " status"
+    # The finished message, as the client's status has it (llm-worker.v3).
+    assert status.pop("message") == {"role": "assistant", "content": "Echo: status"}
     assert status == {
         "job_id": job.id,
         "state": "done",

@@ -19,18 +19,9 @@ from websockets.typing import Subprotocol
 
 from llm_worker.aio.tasks import TaskSet
 from llm_worker.client.errors import ClientError, ConnectionLost, JobCancelled, JobFailed
-from llm_worker.client.events import (
-    TERMINAL_TYPES,
-    Cancelled,
-    Event,
-    Failed,
-    Reset,
-    Status,
-    Terminal,
-    TextDelta,
-)
-from llm_worker.client.session import Change, Follow, Request, Session
-from llm_worker.wire.dialects import SUBPROTOCOL
+from llm_worker.client.events import TERMINAL_TYPES, Cancelled, Event, Failed, Status, Terminal
+from llm_worker.client.results import Result
+from llm_worker.client.session import SUBPROTOCOLS, Change, Follow, Request, Session
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +100,9 @@ class Client:
         self.open_timeout = open_timeout
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._ws: ClientConnection | None = None
+        self.protocol: str | None = None
+        """The protocol the service speaks on the last connection (``llm-worker.v3``, or
+        ``llm-worker.v2`` for an older service, which sends no typed events)."""
         # One batch of frames at a time, in order: an unlisten must not overtake the
         # listen it undoes.
         self._sends = asyncio.Lock()
@@ -274,7 +268,7 @@ class Client:
         try:
             ws = await connect(
                 self.url,
-                subprotocols=[Subprotocol(SUBPROTOCOL)],
+                subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
                 additional_headers=self._headers,
                 open_timeout=self.open_timeout,
                 max_size=_MAX_FRAME_BYTES,
@@ -290,9 +284,12 @@ class Client:
             raise _CannotConnect(
                 f"cannot connect to {self.url}: {exc or type(exc).__name__}", True
             ) from None
-        if ws.subprotocol != SUBPROTOCOL:
+        if ws.subprotocol not in SUBPROTOCOLS:
             await ws.close()
-            raise _CannotConnect(f"{self.url} does not speak the protocol {SUBPROTOCOL}", False)
+            raise _CannotConnect(
+                f"{self.url} speaks none of the protocols {', '.join(SUBPROTOCOLS)}", False
+            )
+        self.protocol = ws.subprotocol
         return ws
 
     def _connected(self, ws: ClientConnection) -> None:
@@ -387,7 +384,6 @@ class Job:
         self._client = client
         self._follow = follow
         follow.waker = asyncio.Event()
-        self._text: list[str] = []
         self._end: Terminal | ClientError | None = None
 
     def __repr__(self) -> str:
@@ -406,11 +402,7 @@ class Job:
         if isinstance(item, ClientError):
             self._end = item
             raise item
-        if isinstance(item, TextDelta):
-            self._text.append(item.text)
-        elif isinstance(item, Reset):
-            self._text.clear()
-        elif isinstance(item, TERMINAL_TYPES):
+        if isinstance(item, TERMINAL_TYPES):
             self._end = item
         seq = getattr(item, "seq", None)
         if seq is not None:
@@ -422,12 +414,37 @@ class Job:
         """Whether the job's end (or an error) has been yielded."""
         return self._end is not None
 
+    @property
+    def message(self) -> dict[str, Any]:
+        """The assistant message of the events yielded so far (text, reasoning, refusal,
+        tool calls in progress; a :class:`Reset` voids them); once done, the finished
+        one the service sent with :class:`Done` (``llm-worker.v3``), whole even if the
+        job was followed from a later ``seq``. Append it to the history as it is."""
+        return self._follow.assembly.message()
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls of :attr:`message` (``{"id", "type", "function": {"name",
+        "arguments"}}``), their arguments as far as they came; ``[]`` when none."""
+        return list(self.message.get("tool_calls") or [])
+
     async def text(self) -> str:
         """The job's answer once it is done (the last attempt's, after a :class:`Reset`).
 
         Reads the events not read yet. :class:`JobFailed` or :class:`JobCancelled`
         if the job did not finish.
         """
+        await self._finish()
+        return self._follow.assembly.text
+
+    async def result(self) -> Result:
+        """The finished job: its assistant message to append to the history, its tool
+        calls, usage and finish reason. Reads the events not read yet;
+        :class:`JobFailed` or :class:`JobCancelled` if the job did not finish."""
+        await self._finish()
+        return self._follow.assembly.result()
+
+    async def _finish(self) -> None:
         async for _ in self:
             pass
         end = self._end
@@ -435,7 +452,6 @@ class Job:
             raise JobFailed(end.message)
         if isinstance(end, Cancelled):
             raise JobCancelled(f"job {self.id} was cancelled")
-        return "".join(self._text)
 
     async def cancel(self) -> None:
         """Stop the job: see :meth:`Client.cancel`. Its events then end with

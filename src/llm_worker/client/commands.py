@@ -7,9 +7,13 @@ request the service refused, 4 no connection, 130 interrupted (Ctrl-C leaves the
 job running, and says how to listen to it again), 141 stdout closed (``| head``).
 
 With ``--json``, stdout gets one JSON object per line: ``submitted`` first (for
-``submit``), then each event (``started``, ``text``, ``pending``, ``reset``,
-``notice``, and the end: ``done``, ``failed`` or ``cancelled``). Without it,
-stdout gets the answer's text alone, as it comes; everything else goes to stderr.
+``submit``), then each event (``started``, ``text``, ``reasoning``, ``tool_call``,
+``refusal``, ``pending``, ``reset``, ``notice``, and the end: ``done``, with the
+finished ``message`` from a service that sends it, ``failed`` or ``cancelled``).
+Without it, stdout gets the answer's text alone, as it comes; everything else goes
+to stderr: the model's reasoning as it comes, after ``reasoning:`` (dimmed on a
+terminal), a refusal after ``the model refused:``, and each tool call once the
+answer is done, as ``tool call get_weather({"city": "Paris"})``.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ from llm_worker.client.events import (
     Failed,
     Notice,
     Pending,
+    Reasoning,
+    Refusal,
     Reset,
     Started,
     TextDelta,
+    ToolCallDelta,
 )
 
 DEFAULT_URL = "ws://127.0.0.1:8001/ws/"
@@ -203,6 +210,8 @@ async def _status(args: argparse.Namespace, progress: _Progress) -> int:
         "finish_reason": status.finish_reason,
         "providers": status.providers,
     }
+    if status.message is not None:
+        record["message"] = status.message
     print(orjson.dumps(record).decode())
     return EXIT_DONE
 
@@ -228,6 +237,7 @@ async def _follow(job: Job, output: EventPrinter) -> int:
     async for event in job:
         output.event(event)
         if isinstance(event, Done):
+            output.tool_calls(job.tool_calls)
             code = EXIT_DONE
         elif isinstance(event, Failed):
             code = EXIT_FAILED
@@ -304,13 +314,25 @@ def event_record(event: Event) -> dict[str, Any]:
             return {"type": "started", "seq": seq}
         case TextDelta(text, seq):
             return {"type": "text", "text": text, "seq": seq}
+        case Reasoning(text, seq):
+            return {"type": "reasoning", "text": text, "seq": seq}
+        case ToolCallDelta(index, call_id, name, arguments, seq):
+            record: dict[str, Any] = {"type": "tool_call", "index": index}
+            if call_id is not None:
+                record["id"] = call_id
+            if name is not None:
+                record["name"] = name
+            return record | {"arguments": arguments, "seq": seq}
+        case Refusal(text, seq):
+            return {"type": "refusal", "text": text, "seq": seq}
         case Pending(position):
             return {"type": "pending", "position": position}
         case Reset(attempt, seq):
             return {"type": "reset", "attempt": attempt, "seq": seq}
-        case Done(seq, usage, finish_reason, providers):
-            return {"type": "done", "seq": seq, "usage": usage,
-                    "finish_reason": finish_reason, "providers": providers}  # fmt: skip
+        case Done(seq, usage, finish_reason, providers, message):
+            record = {"type": "done", "seq": seq, "usage": usage,
+                      "finish_reason": finish_reason, "providers": providers}  # fmt: skip
+            return record if message is None else record | {"message": message}
         case Failed(message, seq):
             return {"type": "failed", "message": message, "seq": seq}
         case Cancelled(seq):
@@ -322,16 +344,30 @@ def event_record(event: Event) -> dict[str, Any]:
     raise TypeError(f"not an event: {event!r}")
 
 
+# What plain mode writes before a block of reasoning or of a refusal, on stderr.
+SIDE_LABELS = {Reasoning: "reasoning: ", Refusal: "the model refused: "}
+_DIM, _PLAIN = "\x1b[2m", "\x1b[0m"
+
+
 class EventPrinter:
     """Prints a job's events: the text to stdout as it comes, the rest to stderr; or
-    every event as a JSON line to stdout."""
+    every event as a JSON line to stdout.
+
+    On stderr, reasoning and refusals are blocks of their own, each after its label
+    (:data:`SIDE_LABELS`) and ended by the next event of another kind; reasoning is
+    dimmed when stderr is a terminal (and ``NO_COLOR`` is not set).
+    """
 
     def __init__(self, as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.as_json = as_json
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.dim = self.err.isatty() and not os.environ.get("NO_COLOR")
         self._line_open = False
         """Whether text was printed and its line not ended."""
+        self._side: type[Reasoning] | type[Refusal] | None = None
+        """The kind of the block open on stderr, if any."""
+        self._side_line_open = False
 
     def submitted(self, job: Job) -> None:
         if self.as_json:
@@ -345,7 +381,13 @@ class EventPrinter:
     def event(self, event: Event) -> None:
         if self.as_json:
             self._json(event_record(event))
-        elif isinstance(event, TextDelta):
+            return
+        if isinstance(event, Reasoning | Refusal):
+            self._side_text(event)
+            return
+        if not isinstance(event, ToolCallDelta):
+            self._end_side()  # the fragments of a call come between a block's deltas
+        if isinstance(event, TextDelta):
             self.out.write(event.text)
             self.out.flush()
             self._line_open = not event.text.endswith("\n")
@@ -367,6 +409,33 @@ class EventPrinter:
         elif isinstance(event, Cancelled):
             self._end_line()
             self._note("job cancelled")
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> None:
+        """Say the tool calls of a finished answer, one line each: ``tool call
+        name(arguments)``, the arguments as the model wrote them."""
+        if self.as_json:
+            return  # the tool_call lines and done's message say them
+        for call in calls:
+            function = call.get("function") or {}
+            self._note(f"tool call {function.get('name')}({function.get('arguments', '')})")
+
+    def _side_text(self, event: Reasoning | Refusal) -> None:
+        kind = type(event)
+        if self._side is not kind:
+            self._end_side()
+            self._side = kind
+            self.err.write(SIDE_LABELS[kind])
+        dim = self.dim and kind is Reasoning
+        self.err.write(f"{_DIM}{event.text}{_PLAIN}" if dim else event.text)
+        self.err.flush()
+        self._side_line_open = not event.text.endswith("\n")
+
+    def _end_side(self) -> None:
+        if self._side is not None and self._side_line_open:
+            self.err.write("\n")
+            self.err.flush()
+        self._side = None
+        self._side_line_open = False
 
     def _json(self, record: dict[str, Any]) -> None:
         self.out.write(orjson.dumps(record).decode() + "\n")

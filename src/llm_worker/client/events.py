@@ -26,6 +26,36 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class Reasoning:
+    """A delta of the model's reasoning (its thinking, shown apart from the answer).
+    Sent only by a service that speaks ``llm-worker.v3``, as the other typed events."""
+
+    text: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of the ``index``-th tool call of the answer (0, 1, ...): ``id`` and
+    ``name`` in the fragment that starts the call (``None`` in the others), and a piece
+    of its JSON ``arguments``, cut anywhere. :attr:`Job.tool_calls` puts them together."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A delta of the model's refusal to answer (no answer, and why)."""
+
+    text: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Pending:
     """The job waits in the queue; ``position`` 1 is next."""
 
@@ -34,9 +64,11 @@ class Pending:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """The job runs again from the start (its worker died): its text so far is void.
+    """The job runs again from the start (its worker died): its text so far is void,
+    and so are its reasoning, refusal and tool calls.
 
-    :meth:`Job.text` discards what it gathered; a consumer showing the text should too.
+    :meth:`Job.text` and :attr:`Job.message` discard what they gathered; a consumer
+    showing the answer should too.
     """
 
     attempt: int
@@ -48,12 +80,16 @@ class Done:
     """The job finished. ``usage``: the tokens its model calls took (``prompt_tokens``,
     ``completion_tokens``, ``total_tokens``, and per stream in ``streams``), ``None``
     where the models did not say; ``finish_reason``: why the answer ended;
-    ``providers``: the provider that answered each stream (a fallback, perhaps)."""
+    ``providers``: the provider that answered each stream (a fallback, perhaps);
+    ``message``: the finished assistant message, ready to append to the history
+    (``role``, ``content``, and ``tool_calls``, ``refusal``, ``reasoning`` when there
+    are), from a service that speaks ``llm-worker.v3``, else ``None``."""
 
     seq: int
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
     providers: list[str | None] | None = None
+    message: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +122,19 @@ class Notice:
     seq: int | None = None
 
 
-Event = Started | TextDelta | Pending | Reset | Done | Failed | Cancelled | Notice
+Event = (
+    Started
+    | TextDelta
+    | Reasoning
+    | ToolCallDelta
+    | Refusal
+    | Pending
+    | Reset
+    | Done
+    | Failed
+    | Cancelled
+    | Notice
+)
 Terminal = Done | Failed | Cancelled
 TERMINAL_TYPES = (Done, Failed, Cancelled)
 
@@ -106,20 +154,34 @@ class Status:
     """When done: the tokens the job took (see :class:`Done`)."""
     finish_reason: str | None = None
     providers: list[str | None] | None = None
+    message: dict[str, Any] | None = None
+    """When done, from a service that speaks ``llm-worker.v3``: the finished assistant
+    message (see :class:`Done`)."""
 
 
 def decode_event(frame: Mapping[str, Any]) -> Event | None:
-    """The event a server frame about a job carries; ``None`` for any other frame.
+    """The event a server frame about a job carries; ``None`` for any other frame,
+    a type from a newer service included (skipped, not an error).
 
     Raises ``KeyError``/``TypeError``/``ValueError`` for a frame missing a field its
     type requires.
     """
     kind = frame.get("type")
     if kind == "running":
-        text = frame["message"]
-        if not isinstance(text, str):
-            raise TypeError("'message' is not a string")
+        text = _text(frame)
         return TextDelta(text, int(frame["seq"])) if text else Started(int(frame["seq"]))
+    if kind == "reasoning":
+        return Reasoning(_text(frame), int(frame["seq"]))
+    if kind == "tool_call":
+        return ToolCallDelta(
+            int(frame["index"]),
+            _optional_text(frame, "id"),
+            _optional_text(frame, "name"),
+            str(frame.get("arguments", "")),
+            int(frame["seq"]),
+        )
+    if kind == "refusal":
+        return Refusal(_text(frame), int(frame["seq"]))
     if kind == "pending":
         return Pending(int(frame["position"]))
     if kind == "notice":
@@ -127,14 +189,40 @@ def decode_event(frame: Mapping[str, Any]) -> Event | None:
     if kind == "reset":
         return Reset(int(frame["attempt"]), int(frame["seq"]))
     if kind == "done":
-        seq = int(frame["seq"])
-        return Done(seq, frame.get("usage"), frame.get("finish_reason"), frame.get("providers"))
+        return Done(
+            int(frame["seq"]),
+            frame.get("usage"),
+            frame.get("finish_reason"),
+            frame.get("providers"),
+            _message(frame),
+        )
     if kind == "failed":
         return Failed(str(frame.get("message", "")), int(frame["seq"]))
     if kind == "cancelled":
         seq = frame.get("seq")
         return Cancelled(None if seq is None else int(seq))
     return None
+
+
+def _text(frame: Mapping[str, Any]) -> str:
+    text = frame["message"]
+    if not isinstance(text, str):
+        raise TypeError("'message' is not a string")
+    return text
+
+
+def _optional_text(frame: Mapping[str, Any], name: str) -> str | None:
+    value = frame.get(name)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name!r} is not a string")
+    return value
+
+
+def _message(frame: Mapping[str, Any]) -> dict[str, Any] | None:
+    message = frame.get("message")
+    if message is not None and not isinstance(message, dict):
+        raise TypeError("'message' is not an object")
+    return message
 
 
 class EventFilter:
@@ -178,4 +266,5 @@ def decode_status(frame: Mapping[str, Any]) -> Status:
         usage=frame.get("usage"),
         finish_reason=frame.get("finish_reason"),
         providers=frame.get("providers"),
+        message=_message(frame),
     )

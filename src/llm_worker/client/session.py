@@ -16,6 +16,14 @@ of the protocol is here, each testable by feeding frames:
 - Order. A job's events pass once each, in order, across connections
   (:class:`EventFilter`); a job that runs again after its worker died yields
   :class:`Reset`.
+- The answer. As its consumer reads a job's events, they are put together into the
+  assistant message (:class:`~llm_worker.client.results.Assembly`): tool calls from
+  their fragments, so the calls in progress can be read; a resumed job goes on with
+  what it had (each fragment once), a :class:`Reset` voids it.
+- Versions. The client offers :data:`SUBPROTOCOLS`, the newest first: a service that
+  speaks ``llm-worker.v3`` sends typed events (reasoning, tool calls, refusals) and
+  the finished message with ``done``; an older one, ``llm-worker.v2``, text only.
+  Frames of a type the client does not know (from a newer service) are skipped.
 - A bounded buffer per job. When ``max_buffered_events`` of a job wait for its
   consumer, the session stops following it (``unlisten``, then a ``ping`` whose
   ``pong`` fences the frames still in flight, which are dropped); once its consumer
@@ -44,8 +52,15 @@ from llm_worker.client.errors import (
     refusal,
 )
 from llm_worker.client.events import Event, EventFilter, Notice, decode_event, decode_status
+from llm_worker.client.results import Assembly
+from llm_worker.wire.dialects import SUBPROTOCOL
 
 log = logging.getLogger(__name__)
+
+TYPED_SUBPROTOCOL = "llm-worker.v3"
+"""The protocol with typed events: reasoning, tool calls, refusals, the finished message."""
+SUBPROTOCOLS = (TYPED_SUBPROTOCOL, SUBPROTOCOL)
+"""The WebSocket subprotocols the client speaks, the one it prefers first."""
 
 _LOST = (
     "the connection dropped before the answer came: "
@@ -58,15 +73,17 @@ class Follow:
 
     ``paused`` while its consumer has too many to read: the service was asked to
     stop sending the job, and ``fence`` names the ``ping`` whose ``pong`` tells that
-    the last of its frames has come (``None`` once it has). ``waker`` belongs to the
-    I/O shell (what to wake when events come); the session never touches it.
+    the last of its frames has come (``None`` once it has). ``assembly`` is the answer
+    its consumer's events have put together. ``waker`` belongs to the I/O shell (what
+    to wake when events come); the session never touches it.
     """
 
-    __slots__ = ("buffer", "fence", "filter", "job_id", "paused", "waker")
+    __slots__ = ("assembly", "buffer", "fence", "filter", "job_id", "paused", "waker")
 
     def __init__(self, job_id: str, after: int) -> None:
         self.job_id = job_id
         self.filter = EventFilter(after)
+        self.assembly = Assembly()
         self.buffer: deque[Event | ClientError] = deque()
         self.paused = False
         self.fence: str | None = None
@@ -237,10 +254,13 @@ class Session:
 
     def take(self, follow: Follow) -> Event | ClientError | None:
         """The next event (or the error that ends it) of a job for its consumer; ``None``
-        if none waits. Reading may follow a paused job again."""
+        if none waits. The event is put into the job's answer; reading may follow a
+        paused job again."""
         if not follow.buffer:
             return None
         item = follow.buffer.popleft()
+        if not isinstance(item, ClientError):
+            follow.assembly.add(item)
         if follow.paused:
             self._resume(follow)
         return item

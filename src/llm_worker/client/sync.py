@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from llm_worker.client.asyncio import Client, Job
 from llm_worker.client.errors import ClientError
 from llm_worker.client.events import Event, Status
+from llm_worker.client.results import Result
 
 T = TypeVar("T")
 
@@ -133,6 +134,16 @@ class SyncJob:
     def ended(self) -> bool:
         return self._job.ended
 
+    @property
+    def message(self) -> dict[str, Any]:
+        """See :attr:`Job.message`."""
+        return self._job.message
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """See :attr:`Job.tool_calls`."""
+        return self._job.tool_calls
+
     def __iter__(self) -> Iterator[Event]:
         return self
 
@@ -145,6 +156,10 @@ class SyncJob:
     def text(self) -> str:
         """See :meth:`Job.text`."""
         return self._client._call(self._job.text())
+
+    def result(self) -> Result:
+        """See :meth:`Job.result`."""
+        return self._client._call(self._job.result())
 
     def cancel(self) -> None:
         """See :meth:`Job.cancel`."""
