@@ -7,9 +7,7 @@
 // serve_for_js.py, through a TCP proxy the tests can order to cut every connection.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
-import { createInterface } from "node:readline";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
@@ -24,110 +22,21 @@ import {
   RequestRefused,
 } from "../../src/llm_worker/server/static/client.js";
 
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+import {
+  ASSISTANT,
+  TEST_TIMEOUT,
+  assertSeqsIncrease,
+  collect,
+  frame,
+  json,
+  scriptedFetch,
+  sse,
+  startServers,
+  textOf,
+  tokens,
+} from "./support.mjs";
+
 const CLIENT_FILE = fileURLToPath(new URL("../../src/llm_worker/server/static/client.js", import.meta.url));
-const ASSISTANT = {
-  streams: [
-    {
-      provider: "openai",
-      settings: { model: "gpt-4o-mini" },
-      messages: [{ role: "user", content: "{query}" }],
-    },
-  ],
-};
-const TEST_TIMEOUT = 60_000;
-
-/** The text of the upstream's reply to "slow:N" or "tokens:N": " t0 t1 ... t(N-1)". */
-function tokens(count) {
-  return Array.from({ length: count }, (_, i) => ` t${i}`).join("");
-}
-
-/** Gathers a job's events (or those of any async iterable) into an array. */
-async function collect(iterable) {
-  const events = [];
-  for await (const event of iterable) events.push(event);
-  return events;
-}
-
-function textOf(events) {
-  return events
-    .filter((e) => e.type === "text")
-    .map((e) => e.text)
-    .join("");
-}
-
-function assertSeqsIncrease(events) {
-  const seqs = events.filter((e) => typeof e.seq === "number").map((e) => e.seq);
-  assert.ok(seqs.length > 0, "no event carried a seq");
-  for (let i = 1; i < seqs.length; i++) {
-    assert.ok(seqs[i] > seqs[i - 1], `seqs must grow, got ${seqs.join(",")}`);
-  }
-}
-
-// -- scripted answers -----------------------------------------------------------
-
-const encoder = new TextEncoder();
-
-/** A body of `bytes` cut into chunks of `size` bytes (the last one shorter), then
- * closed, or errored with `fail`. */
-function bodyOf(text, { size = Infinity, fail } = {}) {
-  const bytes = encoder.encode(text);
-  const chunks = [];
-  for (let i = 0; i < bytes.length; i += Math.min(size, bytes.length)) {
-    chunks.push(bytes.slice(i, i + size));
-  }
-  let next = 0;
-  return new ReadableStream({
-    pull(controller) {
-      if (next < chunks.length) controller.enqueue(chunks[next++]);
-      else if (fail) controller.error(fail);
-      else controller.close();
-    },
-  });
-}
-
-function sse(text, options) {
-  return new Response(bodyOf(text, options), {
-    status: 200,
-    headers: { "content-type": "text/event-stream" },
-  });
-}
-
-function json(status, body) {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json" },
-  });
-}
-
-function frame(obj, newline = "\n") {
-  const lines = [];
-  if (typeof obj.seq === "number") lines.push(`id: ${obj.seq}`);
-  lines.push(`event: ${obj.type}`, `data: ${JSON.stringify(obj)}`);
-  return lines.join(newline) + newline + newline;
-}
-
-/**
- * A fetch answering from `script`, one entry per call: a function of (url, init)
- * returning a Response, or throwing. Records each call as {method, path, lastEventId}.
- */
-function scriptedFetch(script) {
-  const calls = [];
-  const fetch = async (url, init = {}) => {
-    const headers = init.headers ?? {};
-    const call = {
-      method: init.method ?? "GET",
-      path: new URL(url).pathname,
-      lastEventId: headers["last-event-id"] ?? null,
-      authorization: headers.authorization ?? null,
-    };
-    calls.push(call);
-    const step = script[calls.length - 1];
-    if (step === undefined) throw new Error(`unexpected request #${calls.length}: ${url}`);
-    return step(call);
-  };
-  return { fetch, calls };
-}
 
 describe("the client, on scripted answers", () => {
   const J = "job-1";
@@ -151,7 +60,7 @@ describe("the client, on scripted answers", () => {
     { type: "notice", message: "the job store is unreachable" },
     { type: "notice", message: "loading local model 'm'", seq: 3 },
     { type: "text", text: " wörld", seq: 4 },
-    { type: "done", seq: 6, usage: null, finishReason: null, providers: null },
+    { type: "done", seq: 6, usage: null, finishReason: null, providers: null, message: null },
   ];
 
   for (const size of [1, 2, 3, 5, 7, 64, Infinity]) {
@@ -206,7 +115,7 @@ describe("the client, on scripted answers", () => {
       { type: "text", text: "a", seq: 2 },
       { type: "text", text: "b", seq: 3 },
       { type: "text", text: "cd", seq: 5 },
-      { type: "done", seq: 5, usage: null, finishReason: null, providers: null },
+      { type: "done", seq: 5, usage: null, finishReason: null, providers: null, message: null },
     ]);
     assert.deepEqual(
       calls.map((c) => [c.path, c.lastEventId]),
@@ -346,6 +255,7 @@ describe("the client, on scripted answers", () => {
       usage: null,
       finishReason: null,
       providers: null,
+      message: null,
     });
     assert.deepEqual(
       calls.map((c) => [c.lastEventId, c.authorization]),
@@ -358,42 +268,6 @@ describe("the client, on scripted answers", () => {
 });
 
 // -- against a real worker ---------------------------------------------------------
-
-/** Starts serve_for_js.py; resolves with its URLs and a stop(). */
-async function startServers() {
-  const python = process.env.PYTHON || ".venv/bin/python";
-  const child = spawn(python, ["tests/js/serve_for_js.py"], {
-    cwd: ROOT,
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  let stderr = "";
-  child.stderr.setEncoding("utf8");
-  child.stderr.on("data", (data) => {
-    stderr = (stderr + data).slice(-20_000);
-  });
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  const line = await new Promise((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout });
-    lines.once("line", resolve);
-    child.once("error", (error) =>
-      reject(new Error(`cannot start ${python} tests/js/serve_for_js.py: ${error.message}`)),
-    );
-    exited.then((code) =>
-      reject(new Error(`serve_for_js.py exited (${code}) before it was ready:\n${stderr}`)),
-    );
-  });
-  const urls = JSON.parse(line);
-  return {
-    ...urls,
-    stderr: () => stderr,
-    async stop() {
-      child.stdin.end();
-      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-}
 
 describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
   let servers;
@@ -462,6 +336,7 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
       usage: doneStatus.usage,
       finishReason: "stop",
       providers: ["openai"],
+      message: { role: "assistant", content: tokens(12) },
     });
     // Too late to cancel: refused with 409.
     await assert.rejects(done.cancel(), (error) => {
@@ -523,8 +398,16 @@ describe("the client, against a worker", { timeout: 5 * TEST_TIMEOUT }, () => {
 
     // After its end there is nothing more (204): the end, from the job's status.
     const end = full.at(-1);
+    assert.deepEqual(end.message, { role: "assistant", content: tokens(16) });
     assert.deepEqual(await collect(client.job(job.id, { after: end.seq })), [
-      { type: "done", seq: end.seq, usage: end.usage, finishReason: "stop", providers: ["openai"] },
+      {
+        type: "done",
+        seq: end.seq,
+        usage: end.usage,
+        finishReason: "stop",
+        providers: ["openai"],
+        message: end.message,
+      },
     ]);
   });
 

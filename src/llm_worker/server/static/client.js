@@ -19,6 +19,15 @@
  *     }
  *     // or, all at once: const text = await job.text();  (rejects with JobFailed or JobCancelled)
  *
+ * The client asks for typed events (`?events=typed`): the model's reasoning, its tool
+ * calls (in fragments) and its refusals come as events beside the text, and `done`
+ * carries the finished assistant message. A job puts its events together as they are
+ * read: `job.message` and `job.toolCalls` (the calls in progress, then whole), and
+ * `await job.result()` once it is done, whose `message` goes into the history of the
+ * next turn as it is. A server from before typed events sends text only; the message
+ * is then put together from it. Events of a type this client does not know (from a
+ * newer server) are skipped.
+ *
  * A page given a job id and its listen token by its backend follows the job
  * without a key: `new Client().job(jobId, { listenToken }).text()`.
  *
@@ -47,9 +56,15 @@
  * - `{type: "pending", position}`: queued, `position` 1 being next (sent again when it moves);
  * - `{type: "started", seq}`: an attempt started (after a `reset`, the next one);
  * - `{type: "text", text, seq}`: text to append (several deltas may come merged in one);
+ * - `{type: "reasoning", text, seq}`: the model's reasoning (its thinking), apart from the answer;
+ * - `{type: "tool_call", index, id, name, arguments, seq}`: a fragment of the `index`-th
+ *   tool call (0, 1, ...): `id` and `name` in the fragment that starts the call (else
+ *   null), and a piece of its JSON `arguments`, cut anywhere (`job.toolCalls` joins them);
+ * - `{type: "refusal", text, seq}`: the model's refusal to answer (no answer, and why);
  * - `{type: "reset", attempt, seq}`: the job restarted after its worker died: the text
- *   so far is void, the next attempt's text follows;
- * - `{type: "done", seq, usage, finishReason, providers}`, `{type: "failed", message, seq}`,
+ *   so far is void (its reasoning, refusal and tool calls too), the next attempt's follows;
+ * - `{type: "done", seq, usage, finishReason, providers, message}` (`message`: the finished
+ *   assistant message, null from a server without typed events), `{type: "failed", message, seq}`,
  *   `{type: "cancelled", seq}`:
  *   the end, always the last event;
  * - `{type: "notice", message, seq}`: why the job's listeners wait (e.g. its local
@@ -60,9 +75,13 @@
  * @typedef {{type: "pending", position: number}
  *   | {type: "started", seq: number}
  *   | {type: "text", text: string, seq: number}
+ *   | {type: "reasoning", text: string, seq: number}
+ *   | {type: "tool_call", index: number, id: string | null, name: string | null,
+ *      arguments: string, seq: number}
+ *   | {type: "refusal", text: string, seq: number}
  *   | {type: "reset", attempt: number, seq: number}
  *   | {type: "done", seq: number, usage: object | null, finishReason: string | null,
- *      providers: (string | null)[] | null}
+ *      providers: (string | null)[] | null, message: AssistantMessage | null}
  *   | {type: "failed", message: string, seq: number}
  *   | {type: "cancelled", seq: number | null}
  *   | {type: "notice", message: string, seq?: number}} JobEvent
@@ -80,6 +99,35 @@
  * @property {(string | null)[] | null} providers When done: the provider that answered
  *   each stream.
  * @property {string | null} error Why it failed, when it did.
+ * @property {AssistantMessage | null} message When done: the finished assistant message
+ *   (null from a server without typed events).
+ */
+
+/**
+ * The assistant message of a job's answer, the shape the OpenAI chat-completions API
+ * takes back in the history: `content` is null when the answer is only tool calls;
+ * `tool_calls`, `refusal` and `reasoning` are there only when there are some.
+ *
+ * @typedef {{role: "assistant", content: string | null, tool_calls?: ToolCall[],
+ *   refusal?: string, reasoning?: string}} AssistantMessage
+ */
+
+/**
+ * A tool call the model asks for; `function.arguments` is JSON text.
+ *
+ * @typedef {{id: string, type: "function", function: {name: string, arguments: string}}} ToolCall
+ */
+
+/**
+ * A finished job, from `job.result()`.
+ *
+ * @typedef {object} JobResult
+ * @property {AssistantMessage} message The message to append to the history as it is.
+ * @property {ToolCall[]} toolCalls The tool calls it asks for (`[]` when none).
+ * @property {string} text Its text (`""` when it is only tool calls).
+ * @property {object | null} usage
+ * @property {string | null} finishReason
+ * @property {(string | null)[] | null} providers
  */
 
 const DEFAULT_RETRY = Object.freeze({
@@ -294,7 +342,7 @@ export class Job {
     /** @type {number} The seq of the last event seen: a stream resumes after it. */
     this.lastSeq = after;
     this._key = useToken ? listenToken : undefined;
-    this._text = "";
+    this._answer = new Assembly();
     /** @type {JobEvent | null} */
     this._end = null;
     /** @type {number | undefined} */
@@ -319,7 +367,7 @@ export class Job {
   async *events() {
     if (this._end !== null) return;
     const retry = this.client.retry;
-    const path = `/v1/jobs/${encodeURIComponent(this.id)}/events`;
+    const path = `/v1/jobs/${encodeURIComponent(this.id)}/events?events=typed`;
     /** @type {number | null} */
     let failingSince = null;
     let delay = retry.initialDelayMs;
@@ -424,14 +472,62 @@ export class Job {
    * @throws {JobNotFound | ConnectionLost | ClientError} As `events()`.
    */
   async text() {
+    await this._finish();
+    return this._answer.text;
+  }
+
+  /**
+   * The finished job: its assistant message to append to the history, its tool calls,
+   * text, usage and finish reason.
+   *
+   * @returns {Promise<JobResult>}
+   * @throws {JobFailed | JobCancelled | JobNotFound | ConnectionLost | ClientError} As `text()`.
+   */
+  async result() {
+    const end = await this._finish();
+    const message = this.message;
+    return {
+      message,
+      toolCalls: message.tool_calls ?? [],
+      text: typeof message.content === "string" ? message.content : "",
+      usage: end.usage,
+      finishReason: end.finishReason,
+      providers: end.providers,
+    };
+  }
+
+  /**
+   * The assistant message of the events read so far (text, reasoning, refusal, tool
+   * calls in progress; a `reset` voids them); once done, the finished one the server
+   * sent with `done`, whole even if the job was followed from a later seq.
+   *
+   * @returns {AssistantMessage}
+   */
+  get message() {
+    const end = this._end;
+    if (end !== null && end.type === "done" && end.message) return end.message;
+    return this._answer.message();
+  }
+
+  /** @returns {ToolCall[]} The tool calls of `message`, their arguments as far as they came. */
+  get toolCalls() {
+    return this.message.tool_calls ?? [];
+  }
+
+  /**
+   * Reads the events to the job's end; its `done`.
+   *
+   * @returns {Promise<JobEvent & {type: "done"}>}
+   */
+  async _finish() {
     for await (const _event of this.events()) {
-      // _accept gathers the text.
+      // _accept puts the answer together.
     }
     const end = this._end;
     if (end === null) throw new ClientError(`the events of job ${this.id} ended without its end`);
     if (end.type === "failed") throw new JobFailed(this.id, end.message);
     if (end.type === "cancelled") throw new JobCancelled(this.id);
-    return this._text;
+    return end;
   }
 
   /** @returns {boolean} Whether the job's end has been seen. */
@@ -447,7 +543,8 @@ export class Job {
    * @throws {JobNotFound | RequestRefused | ConnectionLost | ClientError}
    */
   async status() {
-    const response = await this._retrying("GET", `/v1/jobs/${encodeURIComponent(this.id)}`);
+    const path = `/v1/jobs/${encodeURIComponent(this.id)}?events=typed`;
+    const response = await this._retrying("GET", path);
     if (!response.ok) throw await errorFrom(response);
     const body = await response.json();
     return {
@@ -458,6 +555,7 @@ export class Job {
       usage: body.usage ?? null,
       finishReason: body.finish_reason ?? null,
       providers: body.providers ?? null,
+      message: isObject(body.message) ? body.message : null,
     };
   }
 
@@ -557,12 +655,20 @@ export class Job {
       case "running":
         this._position = undefined;
         if (!frame.message) return { type: "started", seq };
-        this._text += frame.message;
+        this._answer.text += frame.message;
         return { type: "text", text: frame.message, seq };
+      case "reasoning":
+      case "refusal": {
+        const text = String(frame.message ?? "");
+        this._answer[type] += text;
+        return { type, text, seq };
+      }
+      case "tool_call":
+        return this._answer.toolCall(frame, seq);
       case "notice":
         return { type: "notice", message: String(frame.message ?? ""), seq };
       case "reset":
-        this._text = "";
+        this._answer = new Assembly();
         return { type: "reset", attempt: frame.attempt, seq };
       case "done":
         return (this._end = {
@@ -571,6 +677,7 @@ export class Job {
           usage: frame.usage ?? null,
           finishReason: frame.finish_reason ?? null,
           providers: frame.providers ?? null,
+          message: isObject(frame.message) ? frame.message : null,
         });
       case "failed":
         return (this._end = { type: "failed", message: String(frame.message ?? ""), seq });
@@ -597,6 +704,7 @@ export class Job {
           usage: status.usage,
           finishReason: status.finishReason,
           providers: status.providers,
+          message: status.message,
         });
       case "failed":
         return (this._end = { type: "failed", message: String(status.error ?? ""), seq });
@@ -605,6 +713,63 @@ export class Job {
       default:
         return null;
     }
+  }
+}
+
+// -- the answer ---------------------------------------------------------------------
+
+/**
+ * The assistant message a job's events put together as they are read: text, reasoning,
+ * refusal, and each tool call from its fragments (the first says its id and name, each
+ * brings a piece of its arguments).
+ */
+class Assembly {
+  constructor() {
+    this.text = "";
+    this.reasoning = "";
+    this.refusal = "";
+    /** @type {Map<number, {id: string, name: string, arguments: string}>} */
+    this.calls = new Map();
+  }
+
+  /**
+   * Takes in a `tool_call` frame; its event.
+   *
+   * @param {Record<string, unknown>} frame
+   * @param {number | null} seq
+   * @returns {JobEvent | null} null for a frame without its index.
+   */
+  toolCall(frame, seq) {
+    const index = frame.index;
+    if (typeof index !== "number" || !Number.isInteger(index)) return null; // not a fragment
+    const id = typeof frame.id === "string" ? frame.id : null;
+    const name = typeof frame.name === "string" ? frame.name : null;
+    const args = typeof frame.arguments === "string" ? frame.arguments : "";
+    let call = this.calls.get(index);
+    if (call === undefined) this.calls.set(index, (call = { id: "", name: "", arguments: "" }));
+    if (id) call.id = id;
+    if (name) call.name = name;
+    call.arguments += args;
+    return { type: "tool_call", index, id, name, arguments: args, seq };
+  }
+
+  /** @returns {AssistantMessage} */
+  message() {
+    /** @type {AssistantMessage} */
+    const message = { role: "assistant", content: this.text };
+    if (this.calls.size > 0) {
+      message.tool_calls = [...this.calls.entries()]
+        .sort(([a], [b]) => a - b)
+        .map(([, call]) => ({
+          id: call.id,
+          type: "function",
+          function: { name: call.name, arguments: call.arguments },
+        }));
+      if (this.text === "") message.content = null;
+    }
+    if (this.refusal !== "") message.refusal = this.refusal;
+    if (this.reasoning !== "") message.reasoning = this.reasoning;
+    return message;
   }
 }
 
@@ -765,6 +930,11 @@ function describe(error) {
     return `${error.message}${cause}`;
   }
   return String(error);
+}
+
+/** @param {unknown} value @returns {value is Record<string, unknown>} */
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
 /** @param {number} ms */
