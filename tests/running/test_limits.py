@@ -16,7 +16,7 @@ import websockets
 from llm_worker.jobs import templates
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.wire.dialects import SUBPROTOCOL
-from llm_worker.wire.protocol import MAX_FRAME_TEXT
+from llm_worker.wire.events import MAX_FRAME_TEXT
 from tests.conftest import ConnectClient, StartWorker
 from tests.support.wsclient import WSClient, assistant, text_of
 

@@ -22,7 +22,8 @@ from llm_worker.wire.dialects import (
     negotiate,
     refusal,
 )
-from llm_worker.wire.protocol import Frame, ProtocolError
+from llm_worker.wire.events import Frame
+from llm_worker.wire.protocol import ProtocolError
 from tests.conftest import ConnectClient, RunningWorker, StartWorker
 from tests.support.seed_client import F_AI_TYPES, JobFailed, SeedClient
 from tests.support.wsclient import WSClient, assistant, text_of
@@ -38,7 +39,7 @@ def test_the_seed_dialect_unless_the_client_opts_in() -> None:
     assert negotiate([], "2") == (Dialect.FULL, None)
 
 
-@pytest.mark.parametrize("value", ["3", "", "v2", "llm-worker.v2"])
+@pytest.mark.parametrize("value", ["4", "", "v2", "llm-worker.v2"])
 def test_an_unknown_protocol_parameter_is_refused(value: str) -> None:
     with pytest.raises(ProtocolError, match=r"unknown protocol .*\?protocol=2"):
         negotiate([], value)
@@ -313,9 +314,9 @@ async def test_an_unknown_protocol_parameter_refuses_the_connection(
     worker: RunningWorker,
 ) -> None:
     with pytest.raises(websockets.InvalidStatus) as refused:
-        await websockets.connect(worker.ws_url + "?protocol=3")
+        await websockets.connect(worker.ws_url + "?protocol=4")
     assert refused.value.response.status_code == 400
-    assert b"unknown protocol '3'" in refused.value.response.body
+    assert b"unknown protocol '4'" in refused.value.response.body
 
 
 async def test_the_subprotocol_is_accepted_by_a_browser_style_offer(worker: RunningWorker) -> None:

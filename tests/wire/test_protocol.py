@@ -7,6 +7,7 @@ import json
 import pytest
 
 from llm_worker.jobs.model import Event, EventKind, JobRecord, JobState
+from llm_worker.wire import events as wire_events
 from llm_worker.wire import protocol
 from llm_worker.wire.protocol import (
     AddRequest,
@@ -86,24 +87,24 @@ def test_frames() -> None:
         "id": None,
         "job_id": "j",
     }
-    assert json.loads(protocol.event("j", Event(3, EventKind.RUNNING, "hé"))) == {
+    assert json.loads(wire_events.event("j", Event(3, EventKind.RUNNING, "hé"))) == {
         "type": "running",
         "job_id": "j",
         "message": "hé",
         "seq": 3,
     }
-    assert json.loads(protocol.event("j", Event(4, EventKind.DONE))) == {
+    assert json.loads(wire_events.event("j", Event(4, EventKind.DONE))) == {
         "type": "done",
         "job_id": "j",
         "seq": 4,
     }
-    assert json.loads(protocol.event("j", Event(4, EventKind.FAILED, "boom"))) == {
+    assert json.loads(wire_events.event("j", Event(4, EventKind.FAILED, "boom"))) == {
         "type": "failed",
         "job_id": "j",
         "message": "boom",
         "seq": 4,
     }
-    assert json.loads(protocol.event("j", Event(2, EventKind.CANCELLED))) == {
+    assert json.loads(wire_events.event("j", Event(2, EventKind.CANCELLED))) == {
         "type": "cancelled",
         "job_id": "j",
         "seq": 2,
@@ -122,13 +123,13 @@ def test_frames() -> None:
 
 
 def test_frames_keep_the_seed_key_order() -> None:
-    frame = protocol.event("j", Event(1, EventKind.RUNNING, ""))
+    frame = wire_events.event("j", Event(1, EventKind.RUNNING, ""))
     assert frame.startswith('{"type":"running","job_id":"j","message":""')
 
 
 def test_a_notice_is_a_frame_of_its_own_with_its_seq() -> None:
     notice = Event(2, EventKind.NOTICE, "loading local model 'm'", 1)
-    assert json.loads(protocol.event("j", notice)) == {
+    assert json.loads(wire_events.event("j", notice)) == {
         "type": "notice",
         "job_id": "j",
         "message": "loading local model 'm'",
@@ -141,7 +142,7 @@ def test_a_notice_is_a_frame_of_its_own_with_its_seq() -> None:
         Event(4, EventKind.RUNNING, "b"),
         Event(5, EventKind.RUNNING, "c"),
     ]
-    frames = [json.loads(f.text) for f in protocol.event_frames("j", events)]
+    frames = [json.loads(f.text) for f in wire_events.event_frames("j", events)]
     assert [(f["type"], f["message"], f["seq"]) for f in frames] == [
         ("running", "", 1),
         ("running", "a", 2),
@@ -158,7 +159,7 @@ def test_event_frames_merge_consecutive_deltas_only() -> None:
         Event(4, EventKind.RUNNING, " world"),
         Event(5, EventKind.DONE),
     ]
-    frames = [json.loads(f.text) for f in protocol.event_frames("j", events)]
+    frames = [json.loads(f.text) for f in wire_events.event_frames("j", events)]
     assert frames == [
         {"type": "running", "job_id": "j", "message": "", "seq": 1},
         {"type": "running", "job_id": "j", "message": "Hello world", "seq": 4},
@@ -171,12 +172,12 @@ def test_event_frames_merge_consecutive_deltas_only() -> None:
         Event(10, EventKind.RUNNING, "new"),
         Event(11, EventKind.RUNNING, "er"),
     ]
-    frames = [json.loads(f.text) for f in protocol.event_frames("j", events)]
+    frames = [json.loads(f.text) for f in wire_events.event_frames("j", events)]
     assert [(f["type"], f.get("message"), f["seq"]) for f in frames] == [
         ("running", "old", 2),
         ("reset", None, 9),
         ("running", "newer", 11),
     ]
-    assert protocol.event_frames("j", [Event(7, EventKind.RUNNING, "x")]) == [
-        (protocol.event("j", Event(7, EventKind.RUNNING, "x")), "running", 7)
+    assert wire_events.event_frames("j", [Event(7, EventKind.RUNNING, "x")]) == [
+        (wire_events.event("j", Event(7, EventKind.RUNNING, "x")), "running", 7)
     ]

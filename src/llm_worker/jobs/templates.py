@@ -414,3 +414,45 @@ def check_placeholders(text: str, known: Iterable[str], where: str) -> None:
 def render(text: str, values: Mapping[str, str]) -> str:
     """``text`` with its placeholders replaced by ``values`` (checked beforehand)."""
     return compile_text(text).render(values)
+
+
+def template_texts(message: ChatMessage, where: str) -> list[tuple[str, str]]:
+    """The texts of a template message that placeholders render in, each with where it
+    is: its content, or its text parts (an image's URL, say, is never rendered)."""
+    content = message.content
+    if isinstance(content, str):
+        return [(content, f"{where}.content")]
+    if content is None:
+        return []
+    return [
+        (part.text, f"{where}.content[{number}].text")
+        for number, part in enumerate(content)
+        if isinstance(part, TextPart)
+    ]
+
+
+def template_size(message: ChatMessage, values: Mapping[str, str]) -> int:
+    """The size the template message will have rendered (:meth:`ChatMessage.size`),
+    known before anything is built."""
+    content = message.content
+    if isinstance(content, str):
+        return compile_text(content).size(values)
+    rendered = sum(compile_text(text).size(values) for text, _ in template_texts(message, ""))
+    literal = message.size() - sum(len(text) for text, _ in template_texts(message, ""))
+    return rendered + literal
+
+
+def render_message(message: ChatMessage, values: Mapping[str, str]) -> ChatMessage:
+    """The template message with the placeholders of its text rendered."""
+    content = message.content
+    if isinstance(content, str):
+        return message.model_copy(update={"content": compile_text(content).render(values)})
+    if content is None:
+        return message
+    parts = [
+        part.model_copy(update={"text": compile_text(part.text).render(values)})
+        if isinstance(part, TextPart)
+        else part
+        for part in content
+    ]
+    return message.model_copy(update={"content": parts})

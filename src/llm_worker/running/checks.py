@@ -22,7 +22,8 @@ from llm_worker.jobs.templates import (
     PipelineStream,
     TemplateError,
     check_placeholders,
-    compile_text,
+    template_size,
+    template_texts,
 )
 from llm_worker.providers import Provider
 from llm_worker.running.context import CheckContext
@@ -92,6 +93,23 @@ class JobChecks:
             else:
                 self._prefixed(where, self._check_model_stream, stream, context, where)
                 self._check_request_size(stream, values, spec, where)
+                self._check_messages(stream, spec, where)
+
+    def _check_messages(self, stream: ModelStream, spec: JobSpec, where: str) -> None:
+        """Refuse a message that may reach one of the stream's providers (its own or a
+        fallback) and holds what that provider cannot send: its literal messages, and
+        the history when the stream has an insert (inserts are handed the history)."""
+        messages = [
+            (item, f"{where}.messages[{position}]")
+            for position, item in enumerate(stream.messages)
+            if not isinstance(item, InsertItem)
+        ]
+        if any(isinstance(item, InsertItem) for item in stream.messages):
+            messages += [(message, f"history[{n}]") for n, message in enumerate(spec.history)]
+        for name, _ in stream.choices():
+            provider = self.providers.get(name)
+            for message, message_where in messages:
+                provider.check_message(message, message_where, name)
 
     def _check_sizes(self, spec: JobSpec) -> None:
         limits = self.limits
@@ -116,7 +134,7 @@ class JobChecks:
             if isinstance(item, InsertItem):
                 size += self.inserts.get(item.insert).size_hint(item.options, spec)
             else:
-                size += compile_text(item.content).size(values)
+                size += template_size(item, values)
         limit = self.limits.max_model_request_chars
         if size > limit:
             raise RequestRefused(
@@ -126,7 +144,7 @@ class JobChecks:
 
     def request_size(self, provider: str, messages: Sequence[ChatMessage]) -> None:
         """Refuse a rendered request to ``provider`` longer than the deployment allows."""
-        size = sum(len(message.content) for message in messages)
+        size = sum(message.size() for message in messages)
         limit = self.limits.max_model_request_chars
         if size > limit:
             raise RequestRefused(
@@ -169,4 +187,5 @@ class JobChecks:
                 except TemplateError as exc:
                     raise TemplateError(f"{item_where}: insert {item.insert!r} {exc}") from None
             else:
-                check_placeholders(item.content, context.known, f"{item_where}.content")
+                for text, text_where in template_texts(item, item_where):
+                    check_placeholders(text, context.known, text_where)

@@ -89,7 +89,7 @@ class HistoryInsert(Insert):
         return _kept(options, context.history)
 
     def size_hint(self, options: Mapping[str, Any], spec: JobSpec) -> int:
-        return sum(len(message.content) for message in _kept(options, spec.history))
+        return sum(message.size() for message in _kept(options, spec.history))
 
 
 def _kept(options: Mapping[str, Any], history: list[ChatMessage]) -> list[ChatMessage]:
@@ -168,7 +168,7 @@ class HistorySummaryInsert(Insert):
         recent = history[len(history) - keep_last :] if keep_last else []
         if not older:
             return list(recent)
-        transcript = "\n\n".join(f"{m.role}: {m.content}" for m in older)
+        transcript = "\n\n".join(f"{m.role}: {m.text}" for m in older)
         summary = await context.models.complete(
             options.get("provider", stream.provider),
             [

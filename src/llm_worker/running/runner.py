@@ -1,5 +1,6 @@
-"""Runs one job: its template's streams in order, the last one's deltas out (and
-every stream's notices: why the listeners wait).
+"""Runs one job: its template's streams in order, the last one's reply out as parts
+(text deltas, reasoning, tool-call fragments, refusals), and every stream's notices
+(why the listeners wait). Inner streams give their text only, to the streams after.
 
 Every model call takes one path (:meth:`Runner._call`): streamed to listeners, it is
 retried while nothing of it has been shown; taken whole (an inner stream, an insert
@@ -26,12 +27,13 @@ from llm_worker.jobs.templates import (
     ModelStream,
     PipelineStream,
     TemplateError,
-    compile_text,
+    render_message,
+    template_size,
 )
 from llm_worker.jobs.usage import JobUsage, track
 from llm_worker.jobs.usage import current as current_usage
 from llm_worker.ops.metrics import Metrics, ModelCall
-from llm_worker.providers import CallEnd, Notice, Provider, ProviderError
+from llm_worker.providers import CallEnd, Notice, Part, Provider, ProviderError
 from llm_worker.running.checks import JobChecks, RequestLimits, RequestRefused, declared_names
 from llm_worker.running.context import StreamContext
 from llm_worker.running.inserts import Insert
@@ -133,10 +135,10 @@ class Runner:
 
     async def run(
         self, spec: JobSpec, usage: JobUsage | None = None
-    ) -> AsyncIterator[str | Notice]:
-        """Yield the text deltas of the job's last stream, and the notices of its model
-        streams' providers (inner ones' too) as they come; the tokens its model calls
-        take go to ``usage``, by stream.
+    ) -> AsyncIterator[Part | Notice]:
+        """Yield the parts of the reply of the job's last stream (text deltas and typed
+        parts), and the notices of its model streams' providers (inner ones' too) as
+        they come; the tokens its model calls take go to ``usage``, by stream.
 
         Raises :class:`ProviderError` or :class:`TemplateError` when the job
         cannot complete; the message is meant for the job's listeners.
@@ -192,17 +194,17 @@ class Runner:
         usage: JobUsage | None,
         *,
         whole: bool,
-    ) -> AsyncIterator[str | Notice]:
-        """The stream's reply (as deltas, or ``whole``: one ``str``) and notices, from its
-        provider or, when that fails before any text was shown, from each of its
-        fallbacks in turn; ``usage`` learns which one answered."""
+    ) -> AsyncIterator[Part | Notice]:
+        """The stream's reply (as parts, or ``whole``: its text as one ``str``) and notices,
+        from its provider or, when that fails before any output was shown, from each of
+        its fallbacks in turn; ``usage`` learns which one answered."""
         failures: list[tuple[str, ProviderError]] = []
         for provider, settings in stream.choices():
             answered = False
             try:
                 async with aclosing(self._call(provider, messages, settings, whole)) as parts:
                     async for part in parts:
-                        if not answered and type(part) is str:
+                        if not answered and type(part) is not Notice:
                             answered = True
                             _answered(usage, provider)
                         yield part
@@ -235,16 +237,13 @@ class Runner:
             if isinstance(item, InsertItem):
                 insert = self.inserts.get(item.insert)
                 expanded = await insert.expand(item.options, stream, context)
-                size += sum(len(message.content) for message in expanded)
+                size += sum(message.size() for message in expanded)
                 messages.extend(expanded)
             else:
-                compiled = compile_text(item.content)
-                size += compiled.size(context.values)
+                size += template_size(item, context.values)
                 if size > self.limits.max_model_request_chars:
                     break
-                messages.append(
-                    item.model_copy(update={"content": compiled.render(context.values)})
-                )
+                messages.append(render_message(item, context.values))
         if size > self.limits.max_model_request_chars:
             raise RequestRefused(
                 f"assistant.streams[{context.stream_index}]: its request to provider "
@@ -281,11 +280,11 @@ class Runner:
         messages: Sequence[ChatMessage],
         settings: Mapping[str, Any],
         whole: bool,
-    ) -> AsyncIterator[str | Notice]:
-        """One model call, tried again after a retryable failure: its text deltas as they
-        come (retried only while none was yielded) or, ``whole``, its reply as one
-        ``str`` once it ended (retried from scratch); the provider's notices as they
-        come either way (a notice is no output)."""
+    ) -> AsyncIterator[Part | Notice]:
+        """One model call, tried again after a retryable failure: its parts as they come
+        (retried only while none was yielded) or, ``whole``, its text as one ``str`` once
+        it ended (retried from scratch; its typed parts are not kept); the provider's
+        notices as they come either way (a notice is no output)."""
         self.checks.request_size(provider, messages)
         chosen = self.providers.get(provider)
         tries = 0
@@ -298,17 +297,20 @@ class Runner:
             try:
                 async with aclosing(chosen.stream(messages, settings)) as parts:
                     async for part in parts:
-                        if type(part) is str:
-                            call.delta()
-                            if whole:
-                                text.append(part)
-                            else:
-                                shown = True
-                                yield part
-                        elif isinstance(part, Notice):
+                        kind = type(part)
+                        if kind is Notice:
                             yield part
+                        elif kind is CallEnd:
+                            end = part  # type: ignore[assignment]
+                        elif whole:
+                            if kind is str:
+                                call.delta()
+                                text.append(part)  # type: ignore[arg-type]
                         else:
-                            end = part if isinstance(part, CallEnd) else None
+                            if kind is str:
+                                call.delta()
+                            shown = True
+                            yield part
                 _ended(call, end)
                 if whole:
                     yield "".join(text)

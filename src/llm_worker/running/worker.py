@@ -2,8 +2,9 @@
 
 Its loop takes a free slot, then a job, then starts the job in a task of its
 own; a slot is taken before a job is claimed so that a busy worker leaves
-waiting jobs to others. A job's text goes to the store delta by delta as the
-provider produces it; the store fans it out to listeners.
+waiting jobs to others. A job's reply goes to the store part by part (text deltas,
+reasoning, tool-call fragments, refusals) as the provider produces it; the store
+fans it out to listeners. Its ``done`` carries the message the parts make.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contextlib import aclosing
 import orjson
 
 from llm_worker.jobs.model import Claim, EventKind
+from llm_worker.jobs.parts import Answer, Reasoning, Refusal, ToolCallDelta
 from llm_worker.jobs.templates import TemplateError
 from llm_worker.jobs.usage import JobUsage
 from llm_worker.ops.logs import set_job
@@ -201,26 +203,37 @@ class Worker:
             self._count(claim, outcome, time.perf_counter() - started)
 
     async def _produce(self, claim: Claim, start: _StartEvent) -> None:
-        """Run the job, storing what it produces as it comes (its notices, its text
-        deltas), then ``done`` with what its model calls took."""
+        """Run the job, storing what it produces as it comes (its notices, the parts of
+        its reply), then ``done`` with the message they make and what its model calls
+        took."""
         job_id, attempt, store = claim.job_id, claim.attempt, self.store
         usage = JobUsage(len(claim.spec.assistant.streams))
-        awaiting_text = True
-        async with aclosing(self.runner.run(claim.spec, usage)) as deltas:
-            async for delta in deltas:
-                if isinstance(delta, Notice):  # for the listeners, no text of the answer
+        answer = Answer()
+        add = answer.add
+        awaiting_output = True
+        async with aclosing(self.runner.run(claim.spec, usage)) as parts:
+            async for part in parts:
+                kind = type(part)
+                if kind is Notice:  # for the listeners, no part of the answer
                     await start.landed()
-                    await store.append(job_id, attempt, EventKind.NOTICE, delta.message)
+                    await store.append(job_id, attempt, EventKind.NOTICE, part.message)  # type: ignore[union-attr]
                     continue
-                if awaiting_text:
-                    awaiting_text = False
+                if awaiting_output:
+                    awaiting_output = False
                     self.metrics.first_delta(job_id, time.perf_counter())
                     await start.landed()
-                await store.append(job_id, attempt, EventKind.RUNNING, delta)
-        await start.landed()  # a reply without any text
-        # What the calls took, and why the answer ended: carried by `done`.
-        summary = orjson.dumps(usage.as_json()).decode()
-        await store.append(job_id, attempt, EventKind.DONE, summary)
+                add(part)  # type: ignore[arg-type]
+                if kind is str:
+                    await store.append(job_id, attempt, EventKind.RUNNING, part)  # type: ignore[arg-type]
+                else:
+                    event = _event_of(part)  # type: ignore[arg-type]
+                    if event is not None:
+                        await store.append(job_id, attempt, *event)
+        await start.landed()  # a reply without any output
+        # The message the reply makes, what the calls took and why the answer ended.
+        summary = usage.as_json()
+        summary["message"] = answer.message()
+        await store.append(job_id, attempt, EventKind.DONE, orjson.dumps(summary).decode())
 
     def _count(self, claim: Claim, outcome: str | None, seconds: float) -> None:
         """A job's end in the metrics (``None``: it ended elsewhere, or not at all)."""
@@ -277,3 +290,15 @@ class _StartEvent:
 def _take_outcome(future: asyncio.Future[object]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _event_of(part: Reasoning | ToolCallDelta | Refusal) -> tuple[EventKind, str] | None:
+    """The log event of a typed part of the reply; ``None`` for one listeners are not
+    shown as it comes (a reasoning block's signature: ``done``'s message carries it)."""
+    if type(part) is ToolCallDelta:
+        return EventKind.TOOL_CALL, part.as_json()
+    if type(part) is Reasoning:
+        return (EventKind.REASONING, part.text) if part.text else None
+    if type(part) is Refusal:
+        return (EventKind.REFUSAL, part.text) if part.text else None
+    return None

@@ -27,7 +27,7 @@ from llm_worker.ops.metrics import Metrics
 from llm_worker.store import JobStore
 from llm_worker.wire import protocol
 from llm_worker.wire.dialects import Dialect, Relay
-from llm_worker.wire.protocol import Frame
+from llm_worker.wire.events import Frame
 
 
 class Follower:

@@ -31,6 +31,7 @@ from llm_worker.server.refusals import Refused, error_response
 from llm_worker.store import JobStore, StoreError, StoreStats, UnknownJob
 from llm_worker.store.base import ListingKey, WorkerCensus
 from llm_worker.wire import errors, protocol
+from llm_worker.wire import events as event_frames
 
 log = logging.getLogger(__name__)
 
@@ -270,12 +271,13 @@ class Gateway:
             self.metrics.waiting_job_cancelled(record.tenant)
         return record
 
-    async def status_of(self, principal: Principal, job_id: str) -> str:
-        """The ``status`` reply about the job."""
+    async def status_of(self, principal: Principal, job_id: str, typed: bool = False) -> str:
+        """The ``status`` reply about the job; ``typed``, with the finished message and the
+        usage's details once it is done (:mod:`llm_worker.wire.events`)."""
         record = await self.visible(principal, job_id)
         position = await self.store.position(record.id)
         events = await self.store.read(record.id)
-        summary = protocol.summary_of(events[-1]) if events else None
+        summary = event_frames.summary_of(events[-1], typed) if events else None
         return protocol.status(record, position, output_of(events), summary)
 
     async def recent_jobs(

@@ -9,7 +9,10 @@ plain HTTP, on the same port, with the same keys, tenants, origins and limits.
     GET  /v1/catalog               the providers, inserts and pipelines templates may name
 
 The events endpoint sends each frame of the full protocol as one event: ``id:``
-is its ``seq``, ``event:`` its ``type``, ``data:`` the frame. It starts after
+is its ``seq``, ``event:`` its ``type``, ``data:`` the frame. With ``?events=typed``
+(there, and on ``GET /v1/jobs/{id}``) it is the typed protocol's frames: the
+reply's reasoning, tool calls and refusals, and the finished message
+(:mod:`llm_worker.wire.events`). It starts after
 ``Last-Event-ID`` (what a browser's ``EventSource`` sends when it reconnects) or
 ``?after=``, and ends after the job's terminal event. Asked for more once the
 job has ended, it answers 204, which tells ``EventSource`` to stop reconnecting.
@@ -56,7 +59,8 @@ from llm_worker.store import StoreError
 from llm_worker.store.base import ListingKey
 from llm_worker.wire import errors, protocol
 from llm_worker.wire.dialects import Dialect
-from llm_worker.wire.protocol import AddRequest, Frame, ProtocolError
+from llm_worker.wire.events import Frame
+from llm_worker.wire.protocol import AddRequest, ProtocolError
 
 if TYPE_CHECKING:
     from llm_worker.server.gateway import Gateway
@@ -115,7 +119,8 @@ class JobsAPI:
     async def get(self, request: Request) -> Response:
         try:
             principal = self.gateway.authenticate(request)
-            frame = await self.gateway.status_of(principal, request.path_params["job_id"])
+            typed = _typed(request)
+            frame = await self.gateway.status_of(principal, request.path_params["job_id"], typed)
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
         return Response(frame, media_type="application/json")
@@ -160,6 +165,7 @@ class JobsAPI:
         try:
             principal = self.gateway.authenticate(request)
             after = _resume_point(request)
+            dialect = Dialect.TYPED if _typed(request) else Dialect.FULL
             record = await self.gateway.visible(principal, job_id)
             # From the event `after` on: whether the job has sent it, and what follows.
             since = await self.gateway.store.read(job_id, max(after - 1, 0))
@@ -175,7 +181,7 @@ class JobsAPI:
                 return Response(status_code=204)
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
-        return EventStream(self.gateway, principal, job_id, after, self.keepalive_seconds)
+        return EventStream(self.gateway, principal, job_id, after, self.keepalive_seconds, dialect)
 
     # -- reading requests -------------------------------------------------------
 
@@ -307,6 +313,15 @@ def _summary(record: JobRecord) -> dict[str, Any]:
     }
 
 
+def _typed(request: Request) -> bool:
+    """Whether ``?events=`` asks for typed events (``typed``) or the text alone (``text``,
+    the default); :class:`Refused` (400) for anything else."""
+    events = request.query_params.get("events", "text")
+    if events not in ("text", "typed"):
+        raise Refused(f"events must be 'text' or 'typed', not {events[:40]!r}")
+    return events == "typed"
+
+
 def _resume_point(request: Request) -> int:
     """The seq to resume after: ``Last-Event-ID`` first (a reconnecting ``EventSource``
     sends it, with the URL it started with), else ``?after=``, else 0. Each, when
@@ -348,6 +363,7 @@ class EventStream(Response):
         job_id: str,
         after: int,
         keepalive_seconds: float = 15.0,
+        dialect: Dialect = Dialect.FULL,
     ) -> None:
         # Not Response.__init__: it would say the body is empty (content-length: 0).
         self.status_code = 200
@@ -358,6 +374,7 @@ class EventStream(Response):
         self.job_id = job_id
         self.after = after
         self.keepalive_seconds = keepalive_seconds
+        self.dialect = dialect
         self.followers: dict[str, asyncio.Task[None]] = {}
         """The job it relays, by the task relaying it (what a gateway's listener has)."""
         self._notices: asyncio.Queue[bytes] = asyncio.Queue(MAX_NOTICES)
@@ -453,7 +470,7 @@ class EventStream(Response):
     async def _chunks(self) -> AsyncIterator[bytes]:
         """The stream's bytes: its events, comments to keep it alive, and its end."""
         follower = Follower(
-            self.gateway.store, self.gateway.metrics, self.job_id, Dialect.FULL, self.after
+            self.gateway.store, self.gateway.metrics, self.job_id, self.dialect, self.after
         )
         async for frames in follower.watch(self.keepalive_seconds):
             yield b": keep-alive\n\n" if frames is None else b"".join(map(_sse, frames))

@@ -8,7 +8,7 @@ connection: closing one stops its followers, never its jobs.
 What one connection may cost is bounded: it follows at most
 ``MAX_FOLLOWED_JOBS`` jobs; what it was sent and has not read stays below the
 transport's high-water mark plus a frame (a frame of text is at most
-:data:`~llm_worker.wire.protocol.MAX_FRAME_TEXT`), and a connection that leaves it
+:data:`~llm_worker.wire.events.MAX_FRAME_TEXT`), and a connection that leaves it
 unread for ``SLOW_LISTENER_SECONDS`` is closed with code 1013, to come back and
 resume with ``listen`` and ``after``; its queue positions cost O(1) per queue
 move, however many of its jobs wait.
@@ -131,7 +131,7 @@ class Connection:
         """An ``error`` with ``code`` about each job this connection follows (of ``jobs``,
         if given), sent in the background (to full-protocol connections: the seed's
         clients know no such message)."""
-        if self.dialect is not Dialect.FULL or not self.followers:
+        if self.dialect is Dialect.SEED or not self.followers:
             return
         about = [job_id for job_id in self.followers if jobs is None or job_id in jobs]
         frames = [protocol.error(message, job_id, code) for job_id in about]
@@ -263,7 +263,8 @@ class Connection:
             await self.send(protocol.cancelled(record.id))
 
     async def status(self, request: StatusRequest) -> None:
-        await self.send(await self.gateway.status_of(self.principal, request.job_id))
+        status = await self.gateway.status_of(self.principal, request.job_id, self.dialect.typed)
+        await self.send(status)
 
     # -- following jobs -----------------------------------------------------
 
@@ -271,7 +272,7 @@ class Connection:
         task = asyncio.create_task(self._follow(job_id, after), name=f"follow-{job_id}")
         self.followers[job_id] = task
         task.add_done_callback(lambda t: self._forget(job_id, t))
-        if self.dialect is Dialect.FULL and job_id not in self._waiting:
+        if self.dialect is not Dialect.SEED and job_id not in self._waiting:
             # Its place is told shortly, if it waits still: a job that starts at once
             # is not said to wait.
             self._unannounced[job_id] = None

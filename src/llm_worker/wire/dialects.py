@@ -24,9 +24,15 @@ type other than ``resp_add``, ``running``, ``done`` and ``failed``:
 * a frame that is no request at all (not JSON, no known ``type``, binary)
   still gets ``error``: there is no job to answer it with.
 
-The **full protocol**, ``llm-worker.v2``, is sent everything. A client opts in
-by offering the WebSocket subprotocol ``llm-worker.v2`` or, where its library
-cannot, with the query parameter ``?protocol=2``.
+The **full protocol**, ``llm-worker.v2``, is sent everything but the reply's typed
+parts: a job's text, its notices, positions, resets, cancels. A client opts in by
+offering the WebSocket subprotocol ``llm-worker.v2`` or, where its library cannot,
+with the query parameter ``?protocol=2``.
+
+The **typed protocol**, ``llm-worker.v3`` (``?protocol=3``), is the full protocol
+with the reply's typed parts too: ``reasoning``, ``tool_call`` and ``refusal``
+frames, and a ``done`` (and ``status``) that carries the finished message and the
+usage's details (:mod:`llm_worker.wire.events`). A client offering both gets v3.
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from llm_worker.jobs.model import Event, EventKind
+from llm_worker.wire import events as event_frames
 from llm_worker.wire import protocol
-from llm_worker.wire.protocol import Frame, ProtocolError
+from llm_worker.wire.events import Frame
+from llm_worker.wire.protocol import ProtocolError
 
 SUBPROTOCOL = "llm-worker.v2"
+TYPED_SUBPROTOCOL = "llm-worker.v3"
 SEED_TYPES = frozenset({"resp_add", "running", "done", "failed"})
 """Every type the seed's server ever sent; a seed client knows no other."""
 
@@ -54,6 +63,12 @@ INTERRUPTED = (
 class Dialect(enum.Enum):
     SEED = "seed"
     FULL = SUBPROTOCOL
+    TYPED = TYPED_SUBPROTOCOL
+
+    @property
+    def typed(self) -> bool:
+        """Whether listeners get the reply's typed parts (and ``done``'s message)."""
+        return self is Dialect.TYPED
 
 
 def negotiate(offered: Sequence[str], protocol_param: str | None) -> tuple[Dialect, str | None]:
@@ -63,15 +78,20 @@ def negotiate(offered: Sequence[str], protocol_param: str | None) -> tuple[Diale
     value of its ``?protocol=`` query parameter. :class:`ProtocolError` for a
     ``protocol`` this server does not speak.
     """
+    if TYPED_SUBPROTOCOL in offered:
+        return Dialect.TYPED, TYPED_SUBPROTOCOL
     if SUBPROTOCOL in offered:
         return Dialect.FULL, SUBPROTOCOL
     if protocol_param is None or protocol_param == "1":
         return Dialect.SEED, None
     if protocol_param == "2":
         return Dialect.FULL, None
+    if protocol_param == "3":
+        return Dialect.TYPED, None
     raise ProtocolError(
         f"unknown protocol {protocol_param!r}: ?protocol=2 (or the subprotocol "
-        f"{SUBPROTOCOL}) asks for the full protocol; without either, the seed's is spoken"
+        f"{SUBPROTOCOL}) asks for the full protocol, ?protocol=3 (or {TYPED_SUBPROTOCOL}) "
+        "for it with typed events; without either, the seed's is spoken"
     )
 
 
@@ -111,9 +131,12 @@ class Relay:
 
     def frames(self, events: list[Event]) -> list[Frame]:
         """The frames this listener is sent of ``events``, the log's next batch."""
-        if self.dialect is Dialect.SEED:
+        dialect = self.dialect
+        if dialect is Dialect.SEED:
             events = self._seed_events(events)
-        return protocol.event_frames(self.job_id, events) if events else []
+        if not events:
+            return []
+        return event_frames.event_frames(self.job_id, events, dialect is Dialect.TYPED)
 
     def _seed_events(self, events: list[Event]) -> list[Event]:
         """The events as a seed listener is to get them; most batches as they are."""

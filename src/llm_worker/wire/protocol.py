@@ -1,8 +1,9 @@
 """The wire protocol: JSON text frames in, JSON text frames out. No I/O here.
 
 Requests (client to server): ``add``, ``listen``, ``cancel``, ``status``, ``ping``.
-Replies and events (server to client): ``resp_add``, ``pending``, ``running``,
-``notice``, ``reset``, ``done``, ``failed``, ``cancelled``, ``status``, ``error``, ``pong``.
+Replies (server to client): ``resp_add``, ``pending``, ``cancelled``, ``status``,
+``error``, ``pong``; a job's log events (``running``, ``done``, ...) are frames of
+:mod:`llm_worker.wire.events`.
 
 The seed's messages are kept exactly; everything else is additive, so a client
 of the old system ignores what it does not know. Unknown fields in a request
@@ -11,7 +12,7 @@ are ignored for the same reason.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -24,7 +25,7 @@ from pydantic import (
     ValidationError,
 )
 
-from llm_worker.jobs.model import Event, EventKind, JobRecord, JobSpec
+from llm_worker.jobs.model import JobRecord, JobSpec
 from llm_worker.jobs.templates import Assistant, ChatMessage, text_value
 from llm_worker.wire import errors
 
@@ -293,90 +294,6 @@ def resp_add(request_id: Any, job_id: str, listen_token: str | None = None) -> s
 
 def pending(job_id: str, position: int) -> str:
     return _frame({"type": "pending", "job_id": job_id, "position": position})
-
-
-def event(job_id: str, event: Event) -> str:
-    """The frame of one log event: ``running``, ``notice``, ``reset``, ``done``, ``failed``
-    or ``cancelled``."""
-    kind = event.kind
-    if kind is EventKind.RUNNING or kind is EventKind.FAILED or kind is EventKind.NOTICE:
-        return _frame(
-            {"type": kind.value, "job_id": job_id, "message": event.message, "seq": event.seq}
-        )
-    if kind is EventKind.RESET:
-        return _frame(
-            {"type": "reset", "job_id": job_id, "attempt": event.attempt, "seq": event.seq}
-        )
-    if kind is EventKind.DONE and event.message:
-        # The job's ``usage`` and ``finish_reason``, as the worker summed them up.
-        return _frame({"type": "done", "job_id": job_id, "seq": event.seq} | summary_of(event))
-    return _frame({"type": kind.value, "job_id": job_id, "seq": event.seq})
-
-
-def summary_of(event: Event) -> dict[str, Any]:
-    """What a ``done`` event says of the job: ``usage`` and ``finish_reason``."""
-    if event.kind is not EventKind.DONE or not event.message:
-        return {}
-    summary = orjson.loads(event.message)
-    return summary if isinstance(summary, dict) else {}
-
-
-class Frame(NamedTuple):
-    """A frame as sent, with what a transport needs of it without parsing it: its
-    ``type``, and the ``seq`` of the log event it carries (``None`` for others)."""
-
-    text: str
-    type: str
-    seq: int | None = None
-
-
-def event_frames(job_id: str, events: list[Event]) -> list[Frame]:
-    """Frames for events a listener has yet to get, consecutive deltas merged into one.
-
-    A listener that fell behind catches up in fewer, larger frames: a merged
-    ``running`` carries the deltas' text in order and the last one's ``seq``, so
-    clients that concatenate ``message`` (as those of the old protocol do) and
-    clients that resume with ``after`` see no difference. A merged frame holds
-    up to :data:`MAX_FRAME_TEXT` characters (so what a connection holds unsent
-    stays small); the empty ``running`` that marks the start of a job, and each
-    ``notice``, stay frames of their own, between the text before and after them.
-    """
-    if len(events) == 1:
-        return [_event_frame(job_id, events[0])]
-    frames: list[Frame] = []
-    text: list[str] = []
-    size = 0
-    last_seq = 0
-    for item in events:
-        if item.kind is EventKind.RUNNING and item.message:
-            if text and size + len(item.message) > MAX_FRAME_TEXT:
-                frames.append(_running(job_id, "".join(text), last_seq))
-                text, size = [], 0
-            text.append(item.message)
-            size += len(item.message)
-            last_seq = item.seq
-            continue
-        if text:
-            frames.append(_running(job_id, "".join(text), last_seq))
-            text = []
-        frames.append(_event_frame(job_id, item))
-    if text:
-        frames.append(_running(job_id, "".join(text), last_seq))
-    return frames
-
-
-def _event_frame(job_id: str, item: Event) -> Frame:
-    # A log event's frame is of its kind's type (EventKind's values are the types).
-    return Frame(event(job_id, item), item.kind.value, item.seq)
-
-
-# The most text deltas merged into one frame carry (one delta longer is sent alone).
-MAX_FRAME_TEXT = 32_768
-
-
-def _running(job_id: str, message: str, seq: int) -> Frame:
-    text = _frame({"type": "running", "job_id": job_id, "message": message, "seq": seq})
-    return Frame(text, "running", seq)
 
 
 def failed(job_id: Any, message: str) -> str:

@@ -27,17 +27,33 @@ def ref(model: str) -> dict[str, str]:
 CONTENT_PATTERN = r"^([^{}]|\{\{|\}\}|\{" + QUERY + r"\})*$"
 
 
-def _message_schema() -> dict[str, Any]:
-    schema = ChatMessage.model_json_schema()
-    schema.pop("title", None)
-    schema["properties"]["content"] = {
+def message_schemas() -> dict[str, Any]:
+    """``ChatMessage`` and ``TemplateMessage``, with the schemas of their parts beside them
+    (pydantic's ``$defs`` made components). A template's text (its content, or its text
+    parts) holds placeholders; an image's URL and other parts' data do not."""
+    schemas: dict[str, Any] = {}
+    message = ChatMessage.model_json_schema(ref_template=_REF)
+    schemas.update(message.pop("$defs", {}))
+    schemas["ChatMessage"] = message
+    template_text = {
         "type": "string",
         "pattern": CONTENT_PATTERN,
         "description": "May hold {query}; write {{ and }} for literal braces.",
     }
+    text_part = dict(schemas["TextPart"], properties=dict(schemas["TextPart"]["properties"]))
+    text_part["properties"]["text"] = template_text
+    text_part.pop("title", None)
+    schemas["TemplateTextPart"] = text_part
+    parts = [ref("TemplateTextPart"), ref("ImagePart"), ref("AudioPart"), ref("FilePart")]
+    template = dict(message, properties=dict(message["properties"]))
+    template.pop("title", None)
+    template["properties"]["content"] = {
+        "anyOf": [template_text, {"type": "array", "items": {"anyOf": parts}}, {"type": "null"}]
+    }
     # An item with ``insert`` is an insert, not a message.
-    schema["properties"]["insert"] = False
-    return schema
+    template["properties"]["insert"] = False
+    schemas["TemplateMessage"] = template
+    return schemas
 
 
 def _settings_schema(runner: Runner, provider: str) -> dict[str, Any]:
@@ -75,7 +91,7 @@ def _named(options: dict[str, Any], key: str, name: str) -> dict[str, Any]:
 
 def _stream_schemas(runner: Runner) -> dict[str, Any]:
     """The schemas of a stream: one per usable provider, one per pipeline."""
-    schemas: dict[str, Any] = {"TemplateMessage": _message_schema()}
+    schemas: dict[str, Any] = message_schemas()
     providers = runner.providers.usable()
     settings = {name: _settings_schema(runner, name) for name in providers}
     fallback = {
@@ -116,7 +132,6 @@ def _stream_schemas(runner: Runner) -> dict[str, Any]:
 def job_schemas(runner: Runner) -> dict[str, Any]:
     limits = runner.limits
     schemas = _stream_schemas(runner)
-    schemas["ChatMessage"] = ChatMessage.model_json_schema()
     schemas["Assistant"] = {
         "type": "object",
         "required": ["streams"],
