@@ -10,7 +10,7 @@ import pytest
 from dotenv import dotenv_values
 
 from llm_worker.config import Settings
-from llm_worker.jobs.templates import Assistant
+from llm_worker.jobs.templates import Assistant, ChatMessage
 from llm_worker.wire.protocol import parse_request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +20,9 @@ SERVER_TYPES = {
     "resp_add",
     "pending",
     "running",
+    "reasoning",
+    "tool_call",
+    "refusal",
     "notice",
     "reset",
     "done",
@@ -97,7 +100,12 @@ def test_json_examples_in_the_docs_are_valid_messages(example: str) -> None:
             "usage",
             "finish_reason",
             "providers",
+            "index",
+            "name",
+            "arguments",
         }
+        if message["type"] == "done" and "message" in message:
+            ChatMessage.model_validate(message["message"])
     else:
         parse_request(example)
 

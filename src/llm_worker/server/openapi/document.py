@@ -60,12 +60,20 @@ def _links(*operations: str) -> dict[str, Any]:
 
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_TYPED = {
+    "name": "events",
+    "in": "query",
+    "schema": {"type": "string", "enum": ["text", "typed"], "default": "text"},
+    "description": "`typed`: the reply's reasoning, tool calls and refusals too, and, once "
+    "done, the finished `message` and the usage's details; `text`: the text alone.",
+}
 _EVENTS = """\
 Server-Sent Events, one per frame of the WebSocket's full protocol: `id:` is the
 frame's `seq` (`pending` has none), `event:` its `type` (`pending`, `running`,
-`reset`, `done`, `failed`, `cancelled`, `error`), `data:` the frame as JSON
-(`JobEvent`). A `running` frame may carry several deltas merged, with the last
-one's seq. The stream ends after the terminal event (`done`, `failed` or
+`reset`, `done`, `failed`, `cancelled`, `error`; with `events=typed`, also
+`reasoning`, `tool_call`, `refusal`), `data:` the frame as JSON (`JobEvent`). A
+frame may carry several deltas of one kind merged (of one tool call, for
+`tool_call`), with the last one's seq. The stream ends after the terminal event (`done`, `failed` or
 `cancelled`), which it sends even when `after` is past the end of the job's log
 (it then resumes from there); comment lines keep an idle stream open."""
 
@@ -191,9 +199,10 @@ def _job_path(common: dict[str, Any]) -> dict[str, Any]:
         "get": {
             "operationId": "getJob",
             "summary": "A job's state, place in the queue and text so far",
-            "parameters": [_JOB_ID],
+            "parameters": [_JOB_ID, _TYPED],
             "responses": {
                 "200": _json("The job.", "Status", _links("streamJobEvents", "cancelJob")),
+                "400": _error("`events` is neither `text` nor `typed` (bad_request)."),
                 "404": _NOT_FOUND,
                 **common,
             },
@@ -210,6 +219,7 @@ def _events_path(common: dict[str, Any]) -> dict[str, Any]:
             "description": _EVENTS,
             "parameters": [
                 _JOB_ID,
+                _TYPED,
                 {
                     "name": "after",
                     "in": "query",
@@ -234,7 +244,10 @@ def _events_path(common: dict[str, Any]) -> dict[str, Any]:
                     "content": {"text/event-stream": {"schema": ref("ServerSentEvent")}},
                 },
                 "204": {"description": "The job has ended and nothing follows `after`."},
-                "400": _error("`after` or `Last-Event-ID` is not a seq (bad_request)."),
+                "400": _error(
+                    "`after` or `Last-Event-ID` is not a seq, or `events` is neither "
+                    "`text` nor `typed` (bad_request)."
+                ),
                 "404": _NOT_FOUND,
                 **common,
             },

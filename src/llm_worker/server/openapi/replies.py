@@ -8,12 +8,24 @@ from typing import Any
 from llm_worker.server.openapi.requests import STATES, ref
 from llm_worker.wire import errors
 
+_COUNT = {"type": ["integer", "null"], "minimum": 0}
 _TOKENS = {
     "type": "object",
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
     "properties": {
-        name: {"type": ["integer", "null"], "minimum": 0}
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens")
+        **dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), _COUNT),
+        "prompt_tokens_details": {
+            "type": "object",
+            "properties": {"cached_tokens": _COUNT},
+            "description": "With events=typed, where the models said: of the prompt's "
+            "tokens, those read from the provider's cache.",
+        },
+        "completion_tokens_details": {
+            "type": "object",
+            "properties": {"reasoning_tokens": _COUNT},
+            "description": "With events=typed, where the models said: of the "
+            "completion's tokens, those spent reasoning.",
+        },
     },
 }
 _SUMMARY = {
@@ -37,6 +49,11 @@ _SUMMARY = {
         "items": {"type": ["string", "null"]},
         "description": "The provider that answered each stream (null for a pipeline).",
     },
+    "message": {
+        "$ref": "#/components/schemas/ChatMessage",
+        "description": "With events=typed: the assistant message the reply makes, ready "
+        "to append to the history (content, tool_calls, refusal, reasoning).",
+    },
 }
 
 
@@ -49,7 +66,20 @@ def _event(kind: str, properties: dict[str, Any], required: list[str]) -> dict[s
 
 
 _SEQ = {"type": "integer", "minimum": 1}
-_EVENT_TYPES = ["pending", "running", "notice", "reset", "done", "failed", "cancelled", "error"]
+_EVENT_TYPES = [
+    "pending",
+    "running",
+    "reasoning",
+    "tool_call",
+    "refusal",
+    "notice",
+    "reset",
+    "done",
+    "failed",
+    "cancelled",
+    "error",
+]
+_DELTA = {"message": {"type": "string"}, "seq": _SEQ}
 
 
 def event_schemas() -> dict[str, Any]:
@@ -59,6 +89,19 @@ def event_schemas() -> dict[str, Any]:
         "RunningEvent": _event(
             "running", {"message": {"type": "string"}, "seq": _SEQ}, ["message", "seq"]
         ),
+        "ReasoningEvent": _event("reasoning", _DELTA, ["message", "seq"]),
+        "ToolCallEvent": _event(
+            "tool_call",
+            {
+                "index": {"type": "integer", "minimum": 0, "description": "Which call."},
+                "id": {"type": "string", "description": "In the call's first frame."},
+                "name": {"type": "string", "description": "In the call's first frame."},
+                "arguments": {"type": "string", "description": "A piece of its JSON."},
+                "seq": _SEQ,
+            },
+            ["index", "arguments", "seq"],
+        ),
+        "RefusalEvent": _event("refusal", _DELTA, ["message", "seq"]),
         "NoticeEvent": _event(
             "notice", {"message": {"type": "string"}, "seq": _SEQ}, ["message", "seq"]
         ),
