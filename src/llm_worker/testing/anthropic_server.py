@@ -6,12 +6,16 @@ noticed), answering ``POST /v1/messages`` with the API's server-sent events --
 ``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``,
 ``content_block_stop``, ``message_delta``, ``message_stop`` -- or doing what a
 :class:`Reply` says instead: fail with a status, send an ``error`` event mid-reply,
-cut the stream, or stall.
+cut the stream, or stall. A reply may hold typed blocks besides its text
+(:class:`Thinking`, :class:`RedactedThinking`, :class:`ToolUse`), sent as the API
+sends them: thinking before the text, tool uses after it.
 
 Requests the real API refuses (no ``max_tokens``, a ``system`` role among the
-messages, turns that do not alternate or do not open with the user) are
-refused the same way, with a 400 in the API's shape, so that tests see what
-the API would make of what the worker sends.
+messages, turns that do not alternate or do not open with the user, content blocks
+out of shape, a tool use without its result or a result without its tool use, with
+thinking on a tool-using turn that does not start with its thinking: the rules of
+:mod:`~llm_worker.testing.anthropic_rules`) are refused the same way, with a 400 in
+the API's shape, so that tests see what the API would make of what the worker sends.
 
 Run it by hand to try the worker without an API key::
 
@@ -23,11 +27,13 @@ then set ``ANTHROPIC_BASE_URL=http://127.0.0.1:8200`` and any ``ANTHROPIC_API_KE
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from llm_worker.testing.anthropic_rules import api_refusal
 from llm_worker.testing.loopback import (
     EventStream,
     LoopbackServer,
@@ -39,7 +45,45 @@ from llm_worker.testing.loopback import (
     serve_forever,
 )
 
-__all__ = ["AnthropicServer", "RecordedRequest", "Reply", "api_refusal", "echo_reply"]
+__all__ = [
+    "AnthropicServer",
+    "RecordedRequest",
+    "RedactedThinking",
+    "Reply",
+    "Thinking",
+    "ToolUse",
+    "api_refusal",
+    "echo_reply",
+]
+
+
+@dataclass
+class Thinking:
+    """A ``thinking`` block: its text in ``thinking_delta`` pieces, then its signature
+    in a ``signature_delta``."""
+
+    pieces: list[str]
+    signature: str = "loopback-signature"
+
+
+@dataclass
+class RedactedThinking:
+    """A ``redacted_thinking`` block: its data in its start, no deltas."""
+
+    data: str
+
+
+@dataclass
+class ToolUse:
+    """A ``tool_use`` block: its id and name in its start (with ``input: {}``), its
+    input in ``input_json_delta`` pieces (none: the call takes no input)."""
+
+    id: str
+    name: str
+    pieces: list[str] = field(default_factory=list)
+
+
+Block = Thinking | RedactedThinking | ToolUse
 
 
 @dataclass
@@ -63,6 +107,10 @@ class Reply(StreamedReply):
     hold_after: int | None = None
     """After this many tokens, send nothing more until the client hangs up (a model
     still thinking): what a test of cancellation needs, without timing."""
+    blocks: list[Block] = field(default_factory=list)
+    """Typed blocks: thinking ones go before the text, tool uses after it. Each of their
+    deltas is a token, as each of ``tokens`` is, for ``cut_after``, ``hold_after``,
+    ``error_after`` and ``tokens_sent``."""
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
@@ -76,36 +124,6 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 def echo_reply(body: dict[str, Any]) -> Reply:
     """The default: ``Echo: <last user message>``, a word per token."""
     return Reply(tokens=echo_tokens(body))
-
-
-def api_refusal(body: dict[str, Any]) -> str | None:
-    """Why the Messages API would answer 400 to ``body``, of the rules a chat request
-    can break; ``None`` when it would take it."""
-    if not isinstance(body.get("model"), str):
-        return "model: Field required"
-    if not isinstance(body.get("max_tokens"), int):
-        return "max_tokens: Field required"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "messages: at least one message is required"
-    previous = None
-    for index, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role not in ("user", "assistant"):
-            return (
-                f'messages.{index}.role: Input should be "user" or "assistant"'
-                if role != "system"
-                else 'messages: Unexpected role "system". The Messages API accepts a '
-                'top-level `system` parameter, not "system" as an input message role.'
-            )
-        if index == 0 and role != "user":
-            return 'messages: first message must use the "user" role'
-        if role == previous:
-            return 'messages: roles must alternate between "user" and "assistant"'
-        if not str(message.get("content", "")).strip():
-            return f"messages.{index}: text content blocks must be non-empty"
-        previous = role
-    return None
 
 
 class AnthropicServer(LoopbackServer[Reply]):
@@ -130,13 +148,10 @@ class AnthropicServer(LoopbackServer[Reply]):
         return _error_body(reply.error_type, reply.error)
 
     async def _stream(self, stream: EventStream, request: RecordedRequest, reply: Reply) -> bool:
-        position, ending = _ending(reply)
+        units, last = _units(reply)
+        position, ending = _ending(reply, len(units))
         await stream.send(_start_events(request.body, reply))
-        deltas = (
-            _event("content_block_delta", index=0, delta={"type": "text_delta", "text": token})
-            for token in reply.tokens[:position]
-        )
-        if not await stream.send_tokens(deltas, reply.delay):
+        if not await stream.send_tokens(units[:position], reply.delay):
             return False
         if ending == "hold":
             await request.client_gone.wait()
@@ -145,10 +160,47 @@ class AnthropicServer(LoopbackServer[Reply]):
             return await stream.cut(ending)
         if ending == "error":
             return await stream.end(_event("error", error=reply.stream_error), completed=False)
-        return await stream.end(_end_events(reply), completed=True)
+        return await stream.end(last + _end_events(reply, len(units)), completed=True)
 
 
-def _ending(reply: Reply) -> tuple[int, str]:
+def _units(reply: Reply) -> tuple[list[bytes], bytes]:
+    """The reply's deltas, one unit each, every block's start sent with its first delta
+    and its stop with its last; and what follows the last delta (the stop of the last
+    block, whole blocks that have no deltas)."""
+    units: list[bytes] = []
+    pending = b""
+    for index, (start, deltas) in enumerate(_blocks(reply)):
+        pending += _event("content_block_start", index=index, content_block=start)
+        for delta in deltas:
+            units.append(pending + _event("content_block_delta", index=index, delta=delta))
+            pending = b""
+        pending += _event("content_block_stop", index=index)
+    return units, pending
+
+
+def _blocks(reply: Reply) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each block's start and deltas, in the API's order: thinking, text, tool uses."""
+    thinking = [block for block in reply.blocks if not isinstance(block, ToolUse)]
+    for block in thinking:
+        if isinstance(block, Thinking):
+            deltas = [{"type": "thinking_delta", "thinking": piece} for piece in block.pieces]
+            deltas.append({"type": "signature_delta", "signature": block.signature})
+            yield {"type": "thinking", "thinking": "", "signature": ""}, deltas
+        else:
+            yield {"type": "redacted_thinking", "data": block.data}, []
+    if reply.tokens or not reply.blocks:
+        yield (
+            {"type": "text", "text": ""},
+            [{"type": "text_delta", "text": token} for token in reply.tokens],
+        )
+    for block in reply.blocks:
+        if isinstance(block, ToolUse):
+            start = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+            pieces = block.pieces
+            yield start, [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+
+
+def _ending(reply: Reply, units: int) -> tuple[int, str]:
     """After how many tokens the reply ends, and how: ``finish``, ``error``, ``hold``,
     ``abort`` or ``clean`` (a body ended before ``message_stop``); the first that
     ``reply`` asks for."""
@@ -159,7 +211,7 @@ def _ending(reply: Reply) -> tuple[int, str]:
         endings.append((reply.cut_after, reply.cut_mode))
     if reply.hold_after is not None:
         endings.append((reply.hold_after, "hold"))
-    endings.append((len(reply.tokens), "finish"))  # last: the others win a tie
+    endings.append((units, "finish"))  # last: the others win a tie
     return min(endings, key=lambda ending: ending[0])
 
 
@@ -193,19 +245,13 @@ def _start_events(body: dict[str, Any], reply: Reply) -> bytes:
         "stop_sequence": None,
         "usage": usage,
     }
-    return (
-        _event("message_start", message=message)
-        + _event("content_block_start", index=0, content_block={"type": "text", "text": ""})
-        + _event("ping")
-    )
+    return _event("message_start", message=message) + _event("ping")
 
 
-def _end_events(reply: Reply) -> bytes:
+def _end_events(reply: Reply, units: int) -> bytes:
     delta = {"stop_reason": reply.stop_reason, "stop_sequence": None}
-    return (
-        _event("content_block_stop", index=0)
-        + _event("message_delta", delta=delta, usage={"output_tokens": len(reply.tokens)})
-        + _event("message_stop")
+    return _event("message_delta", delta=delta, usage={"output_tokens": units}) + _event(
+        "message_stop"
     )
 
 
