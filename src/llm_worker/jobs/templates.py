@@ -86,8 +86,27 @@ class FilePart(_Part):
     file: FileData
 
 
+PART_TYPES = ("text", "image_url", "input_audio", "file")
+
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 """A part of a message's content: text, an image, audio or a file."""
+
+
+def _content_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "string"
+    return "null" if value is None else "parts"
+
+
+Content = Annotated[
+    Annotated[str, Tag("string")]
+    | Annotated[list[ContentPart], Tag("parts")]
+    | Annotated[None, Tag("null")],
+    Discriminator(_content_kind),
+]
+"""A message's content: text, a list of parts, or null (one branch checked, so one
+error for what is wrong with it)."""
+CONTENT_TAGS = frozenset({"string", "parts", "null"})
 
 
 class FunctionCall(BaseModel):
@@ -121,13 +140,32 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     role: Role
-    content: str | list[ContentPart] | None
+    content: Content
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[ToolCall] | None = None
     refusal: str | None = None
     reasoning: str | None = None
     reasoning_details: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_parts(cls, data: Any) -> Any:
+        """One clear error for content that is neither text, parts nor null, and for a
+        part of a type not known (rather than one per member of the union)."""
+        content = data.get("content") if isinstance(data, Mapping) else None
+        if content is None or isinstance(content, str):
+            return data
+        if not isinstance(content, list):
+            raise ValueError("content must be text, a list of parts, or null")
+        for number, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind not in PART_TYPES:
+                raise ValueError(
+                    f"content[{number}] is not a part of a known type (an object whose "
+                    f"type is one of {', '.join(PART_TYPES)}): {kind or part!r}"[:300]
+                )
+        return data
 
     @model_validator(mode="after")
     def _content_or_calls(self) -> ChatMessage:

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from llm_worker.jobs.model import JobRecord, JobSpec
-from llm_worker.jobs.templates import Assistant, ChatMessage, text_value
+from llm_worker.jobs.templates import CONTENT_TAGS, PART_TYPES, Assistant, ChatMessage, text_value
 from llm_worker.wire import errors
 
 
@@ -131,7 +131,7 @@ _REQUEST_TYPES: dict[str, type[Request]] = {
     "ping": PingRequest,
 }
 # Tags pydantic puts in error locations of tagged unions; they mean nothing to a client.
-_UNION_TAGS = frozenset({"message", "insert", "model", "pipeline"})
+_UNION_TAGS = frozenset({"message", "insert", "model", "pipeline", *PART_TYPES})
 _JSON_TYPE_NAMES = {
     list: "an array",
     str: "a string",
@@ -252,8 +252,10 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif isinstance(previous, int) and part in _UNION_TAGS:
-            pass
+        elif (isinstance(previous, int) and part in _UNION_TAGS) or (
+            previous == "content" and part in CONTENT_TAGS
+        ):
+            pass  # a union's tag in the location: nothing a client wrote
         else:
             text += f".{part}" if text else str(part)
         previous = part
