@@ -53,12 +53,10 @@ from llm_worker.client.errors import (
 )
 from llm_worker.client.events import Event, EventFilter, Notice, decode_event, decode_status
 from llm_worker.client.results import Assembly
-from llm_worker.wire.dialects import SUBPROTOCOL
+from llm_worker.wire.dialects import SUBPROTOCOL, TYPED_SUBPROTOCOL
 
 log = logging.getLogger(__name__)
 
-TYPED_SUBPROTOCOL = "llm-worker.v3"
-"""The protocol with typed events: reasoning, tool calls, refusals, the finished message."""
 SUBPROTOCOLS = (TYPED_SUBPROTOCOL, SUBPROTOCOL)
 """The WebSocket subprotocols the client speaks, the one it prefers first."""
 
