@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from llm_worker.server.access import key_hash
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from tests.conftest import RunningWorker, StartWorker
+from tests.support.sse import all_events, events
 from tests.support.wsclient import WSClient, assistant, text_of
 
 TOKENS = [f" t{i}" for i in range(20)]
@@ -30,31 +30,6 @@ BOB = "key-of-bob-9876543210"
 
 def job(query: str = "hello", **fields: Any) -> dict[str, Any]:
     return {"query": query, "assistant": assistant()} | fields
-
-
-async def events(
-    http: httpx.AsyncClient, job_id: str, headers: dict[str, str] | None = None, **params: Any
-) -> AsyncIterator[dict[str, Any]]:
-    """The stream's events as ``{"id", "event", "data"}``, read as a browser reads them."""
-    async with http.stream(
-        "GET", f"/v1/jobs/{job_id}/events", headers=headers, params=params
-    ) as response:
-        assert response.status_code == 200, await response.aread()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        fields: dict[str, Any] = {}
-        async for line in response.aiter_lines():
-            if not line:
-                if "data" in fields:
-                    fields["data"] = json.loads(fields["data"])
-                    yield fields
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                fields[name] = value
-
-
-async def all_events(http: httpx.AsyncClient, job_id: str, **kwargs: Any) -> list[dict[str, Any]]:
-    return [event async for event in events(http, job_id, **kwargs)]
 
 
 @pytest.fixture

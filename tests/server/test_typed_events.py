@@ -5,16 +5,20 @@ OpenAI's own schema accepts it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from llm_worker.testing.openai_server import OpenAIServer, Reply, ScriptedCall
+from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.wire.dialects import TYPED_SUBPROTOCOL
 from tests.conftest import ConnectClient, RunningWorker, StartWorker
 from tests.support.openai_schema import errors as openai_schema_errors
+from tests.support.sse import events
 from tests.support.wsclient import WSClient, assistant
 
 WEATHER_TOOL = {
@@ -79,9 +83,7 @@ async def test_an_agent_loop_runs_two_turns_over_typed_events(
 ) -> None:
     upstream.handler = lambda body: agent_reply()
     client = await typed_client(connect)
-    _, frames = await client.run(
-        query="Weather in Paris and Oslo?", assistant=agent_template()
-    )
+    _, frames = await client.run(query="Weather in Paris and Oslo?", assistant=agent_template())
     kinds = [frame["type"] for frame in frames]
     assert {"reasoning", "tool_call", "running", "done"} <= set(kinds), kinds
     reasoning = "".join(f["message"] for f in frames if f["type"] == "reasoning")
@@ -345,3 +347,49 @@ async def test_tool_calls_in_history_are_refused_by_a_provider_without_tools(
     )
     error = await client.expect("error")
     assert "history[0].tool_calls: provider 'echo' cannot take tool calls" in error["message"]
+
+
+async def test_a_worker_killed_mid_arguments_gives_each_call_once_after_the_reset(
+    upstream: OpenAIServer, tmp_path: Path
+) -> None:
+    """kill -9 while a call's arguments stream: the typed stream resumed on the restarted
+    worker says ``reset``, then the new attempt gives the whole call; a client that drops
+    what it had on ``reset`` holds each argument exactly once, and done's message too."""
+    upstream.handler = lambda body: Reply(
+        tokens=[],
+        tool_calls=[ScriptedCall("call_paris", "get_weather", PARIS, piece=2)],
+        delay=0.05,
+    )
+    env = clean_env(
+        LISTEN_PORT="0", STORE_URL="sqlite:///jobs.db", OPENAI_API_KEY="k",
+        OPENAI_BASE_URL=upstream.base_url,
+    )  # fmt: skip
+    body = {"query": "q", "assistant": agent_template()}
+    async with processes() as started:
+        first = await WorkerProcess.start(env, tmp_path)
+        started.append(first)
+        before: list[dict[str, Any]] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{first.port}") as http:
+            job_id = (await http.post("/v1/jobs", json=body)).json()["job_id"]
+            with contextlib.suppress(httpx.HTTPError):
+                async for event in events(http, job_id, events="typed"):
+                    before.append(event)
+                    if len(before) == 6:
+                        first.kill()  # mid-arguments
+        await first.process.wait()
+        assert [e["data"]["type"] for e in before[1:6]] == ["tool_call"] * 5
+        second = await WorkerProcess.start(env, tmp_path)
+        started.append(second)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{second.port}") as http:
+            headers = {"Last-Event-ID": before[-1]["id"]}
+            rest = [e async for e in events(http, job_id, headers, events="typed")]
+    frames = [e["data"] for e in before] + [e["data"] for e in rest]
+    assert rest[0]["data"]["type"] == "reset"
+    kept: list[dict[str, Any]] = []
+    for frame in frames:  # as a client keeps them: a reset voids what the attempt sent
+        kept = [] if frame["type"] == "reset" else [*kept, frame]
+    calls = calls_from_fragments(kept)
+    assert calls == {0: {"id": "call_paris", "name": "get_weather", "arguments": PARIS}}
+    done = frames[-1]
+    assert done["type"] == "done"
+    assert done["message"]["tool_calls"][0]["function"]["arguments"] == PARIS
