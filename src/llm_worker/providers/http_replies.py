@@ -1,7 +1,8 @@
 """What every HTTP provider reads the same way, sans-I/O where it can be: a reply's
-server-sent events, one reader per reply turning their data into text, the status
-table that says whether another try may cure an error answer, the wait a server asks
-for, the human part of an error body and the root cause of a transport's error."""
+server-sent events, one reader per reply turning their data into the reply's parts,
+the status table that says whether another try may cure an error answer, the wait a
+server asks for, the human part and the code of an error body and the root cause of a
+transport's error."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import httpx2
 
+from llm_worker.jobs.parts import Part
 from llm_worker.jobs.usage import CallEnd
 from llm_worker.providers.sse import EventStreamDecoder
 
@@ -38,18 +40,22 @@ async def sse_data(response: httpx2.Response) -> AsyncIterator[str]:
 
 class ReplyProblem(Exception):
     """What a reply's events said that fails the call: ``said`` follows the provider's
-    name and address in the error (``sent a chunk that is not JSON``)."""
+    name and address in the error (``sent a chunk that is not JSON``); ``code`` is the
+    upstream's own code for the error, where it said one."""
 
-    def __init__(self, said: str, *, retryable: bool = False, kind: str = "error") -> None:
+    def __init__(
+        self, said: str, *, retryable: bool = False, kind: str = "error", code: str | None = None
+    ) -> None:
         super().__init__(said)
         self.said = said
         self.retryable = retryable
         self.kind = kind
+        self.code = code
 
 
 class ReplyReader(abc.ABC):
-    """The events of one reply in, their text out, and what else they said kept: no
-    I/O, one reader per call.
+    """The events of one reply in, the reply's parts out, and what else they said kept:
+    no I/O, one reader per call.
 
     ``finished``: the model said its reply is finished, so the stream may end here
     without being cut. ``whole``: nothing the reply needs is still to come, so a
@@ -63,8 +69,10 @@ class ReplyReader(abc.ABC):
         self.whole = False
 
     @abc.abstractmethod
-    def read(self, data: str) -> str | None:
-        """The text the event whose ``data`` this is adds to the reply, if any; raises
+    def read(self, data: str) -> str | list[Part] | None:
+        """What the event whose ``data`` this is adds to the reply: its text (a ``str``,
+        the common case, kept cheap), its parts in the model's order (a list, for an
+        event that says more than text), or nothing (``None`` or empty); raises
         :class:`ReplyProblem` for an event that fails the call."""
 
     @abc.abstractmethod
@@ -126,6 +134,20 @@ def error_detail(body: object) -> str | None:
             more = f"; and {len(value) - 3} more" if len(value) > 3 else ""
             return "; ".join(problems)[:500] + more
     return None
+
+
+def error_code(body: object) -> str | None:
+    """The code an error body gives the error, in OpenAI's shape: ``{"error": {"code":
+    "context_length_exceeded", ...}}``, or the inner object alone (as the ``openai`` SDK
+    keeps it). Only a code in words counts: the number some servers put there (vLLM:
+    ``400``) repeats the HTTP status."""
+    if not isinstance(body, Mapping):
+        return None
+    code = body.get("code")
+    if isinstance(code, str) and code:
+        return code[:100]
+    inner = body.get("error")
+    return error_code(inner) if isinstance(inner, Mapping) else None
 
 
 def _problem(item: object) -> str:
