@@ -16,7 +16,20 @@ _FILE = Path(__file__).parent / "schemas" / "openai_chat.json"
 
 @cache
 def _document() -> dict[str, Any]:
-    return json.loads(_FILE.read_text())
+    return _nullable(json.loads(_FILE.read_text()))
+
+
+def _nullable(node: Any) -> Any:
+    """``node`` with OpenAPI 3.0's ``"nullable": true``, which some of the schemas still
+    use (a chunk's ``finish_reason``) and JSON Schema ignores, said the JSON Schema way."""
+    if isinstance(node, list):
+        return [_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable(value) for key, value in node.items()}
+    if node.pop("nullable", False) is True:
+        return {"anyOf": [{"type": "null"}, node]}
+    return node
 
 
 def errors(definition: str, instance: Any) -> list[str]:
