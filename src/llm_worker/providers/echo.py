@@ -77,7 +77,7 @@ class EchoProvider(Provider):
     async def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
     ) -> AsyncIterator[str | CallEnd]:
-        question = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        question = next((m.text for m in reversed(messages) if m.role == "user"), "")
         reply = words(question)
         limit = settings.get("max_tokens")
         finish_reason = "stop"
@@ -88,5 +88,5 @@ class EchoProvider(Provider):
         for word in reply:
             await asyncio.sleep(delay)  # 0 still lets other tasks run between words
             yield word
-        prompt = sum(len(words(message.content)) for message in messages)
+        prompt = sum(len(words(message.text)) for message in messages)
         yield CallEnd(finish_reason, prompt, len(reply))

@@ -322,7 +322,9 @@ class LocalProvider(Provider):
         outputs: asyncio.Queue[Output] = asyncio.Queue()
         stop = params.get("stop") or []
         request = LocalRequest(
-            messages=[m.to_openai() for m in messages],
+            # Text only (check_message refused other parts at add): the engine's chat
+            # template and its plain transcript both take a string.
+            messages=[{"role": m.role, "content": m.text} for m in messages],
             max_tokens=params.get("max_tokens", DEFAULT_MAX_TOKENS),
             temperature=float(params.get("temperature", 1.0)),
             top_p=float(params.get("top_p", 1.0)),
