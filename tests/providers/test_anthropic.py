@@ -286,7 +286,7 @@ async def test_a_bad_request_is_reported_in_the_api_words_and_not_retried(
     assert [m["type"] for m in messages] == ["running", "failed"]
     assert messages[-1]["message"] == (
         f"provider 'anthropic' at {api.base_url} answered HTTP 400: "
-        "prompt is too long: 250000 tokens"
+        "prompt is too long: 250000 tokens (code invalid_request_error)"
     )
     assert len(api.message_requests) == 1
 
@@ -309,7 +309,7 @@ async def test_an_error_event_after_output_fails_the_job(
     assert messages[-1]["type"] == "failed"
     assert messages[-1]["message"] == (
         f"provider 'anthropic' at {api.base_url} reported an error during the reply: "
-        "overloaded_error: Overloaded"
+        "Overloaded (code overloaded_error)"
     )
     # Listeners got the first two deltas, once: a retry would have repeated them.
     assert text_of(messages) == "".join(TOKENS[:2])
@@ -358,7 +358,9 @@ async def test_the_key_never_reaches_clients(api: AnthropicServer, client: WSCli
     )
     _, messages = await client.run(assistant=claude())
     failed = messages[-1]
-    assert failed["message"].endswith("answered HTTP 401: invalid x-api-key: [redacted]")
+    assert failed["message"].endswith(
+        "answered HTTP 401: invalid x-api-key: [redacted] (code authentication_error)"
+    )
     assert KEY not in str(messages)
     assert len(api.message_requests) == 1
 
@@ -524,7 +526,7 @@ def test_a_messages_stream_reads_without_a_network() -> None:
     assert not reply.finished
     reply.read('{"type": "message_stop"}')
     assert reply.finished and reply.whole
-    assert reply.end() == CallEnd("length", 7, 9)
+    assert reply.end() == CallEnd("length", 7, 9, cached_tokens=2)
     with pytest.raises(ReplyProblem) as raised:
         MessageEvents().read('{"type": "error", "error": {"type": "overloaded_error"}}')
     assert (raised.value.retryable, raised.value.kind) == (True, "http_5xx")
