@@ -40,9 +40,9 @@ async def test_a_record_whose_submit_never_ran_expires(
     store._conn.run = dies  # type: ignore[method-assign]
     with pytest.raises(GatewayDied):
         await store.submit(SPEC)
-    keys = [key async for key in store._client.scan_iter(match=f"{store.prefix}:job:*")]
+    keys = [key async for key in store._conn.client.scan_iter(match=f"{store.prefix}:job:*")]
     assert len(keys) == 1  # the record was written...
-    ttl = await store._client.pttl(keys[0])
+    ttl = await store._conn.client.pttl(keys[0])
     # ...to expire: within the unqueued record's TTL, not never (-1).
     assert 0 < ttl <= 60_000
 
@@ -51,7 +51,7 @@ async def test_a_queued_job_keeps_its_record(redis_store_factory: StoreFactory) 
     store = await redis_store_factory(queue_max=10, job_ttl=3600)
     assert isinstance(store, RedisStore)
     record = await store.submit(SPEC)
-    assert await store._client.pttl(store.keys.job_key(record.id)) == -1
+    assert await store._conn.client.pttl(store.keys.job_key(record.id)) == -1
     assert await store.position(record.id) == 1
 
 
@@ -75,9 +75,9 @@ async def test_a_tenant_at_its_limit_is_woken_not_polled(
     assert claim is not None and claim.job_id == first.id
     waiting = asyncio.ensure_future(store.claim(max_wait=30))
     await asyncio.sleep(0.3)  # it has met the tenant's limit, and waits
-    info = await store._client.info("commandstats")
+    info = await store._conn.client.info("commandstats")
     await asyncio.sleep(1.0)
-    after = await store._client.info("commandstats")
+    after = await store._conn.client.info("commandstats")
     asked = ("evalsha", "eval", "xreadgroup", "xautoclaim")
     # Idle, the waiting claim asks Redis nothing (before: 20 rounds a second, 60 calls);
     # what is left is the worker's presence, once a second.

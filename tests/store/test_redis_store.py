@@ -27,7 +27,7 @@ def heartbeat(store: RedisStore) -> asyncio.Task[None]:
 async def owner_of(store: RedisStore, entry: str) -> str | None:
     client = aioredis.Redis.from_url(store.url)
     try:
-        pending = await client.xpending_range(store.jobs_key, GROUP, entry, entry, 1)
+        pending = await client.xpending_range(store.keys.jobs_key, GROUP, entry, entry, 1)
     finally:
         await client.aclose()
     return pending[0]["consumer"].decode() if pending else None
@@ -172,7 +172,7 @@ async def test_followers_joining_while_a_log_loads_share_its_outcome(
     await store.claim(max_wait=1)
     await store.append(job_id, 1, EventKind.RUNNING)
     assert await asyncio.wait_for(stayer, 5) == [1]
-    assert store._feeds == {}
+    assert store._mirrors.feeds == {}
 
 
 async def test_a_worker_never_takes_over_its_own_running_job(

@@ -60,6 +60,25 @@ CURSOR_PATTERN = r"^[0-9]{1,17}(\.[0-9]{1,17})?_[0-9A-Za-z-]{1,64}$"
 CURSOR = re.compile(CURSOR_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
 
 
+@dataclass(frozen=True, slots=True)
+class ListingQuery:
+    """What a page of the listing of recent jobs asks for (see :meth:`JobStore.recent`)."""
+
+    state: JobState | None
+    limit: int
+    tenant: str | None
+    below: ListingKey | None = None
+
+    def admits(self, record: JobRecord) -> bool:
+        """Whether the job belongs on the page (its place there aside): in the state and
+        of the tenant asked for, below the page's start."""
+        return (
+            (self.state is None or record.state is self.state)
+            and (self.tenant is None or record.tenant == self.tenant)
+            and (self.below is None or ListingKey.of(record) < self.below)
+        )
+
+
 class QueueFull(StoreError):
     """The queue, or a tenant's share of it (``per_tenant``), is at its limit."""
 
@@ -181,7 +200,6 @@ class JobStore(abc.ABC):
     async def stats(self) -> StoreStats:
         """How many jobs wait and how many run."""
 
-    @abc.abstractmethod
     async def recent(
         self,
         state: JobState | None,
@@ -193,6 +211,11 @@ class JobStore(abc.ABC):
         :class:`ListingKey`): only those in ``state``, and only ``tenant``'s, when
         given (``None``: any state, every tenant); only those below ``below``, when
         given (the next page after a job of that key)."""
+        return await self._recent(ListingQuery(state, limit, tenant, below))
+
+    @abc.abstractmethod
+    async def _recent(self, query: ListingQuery) -> list[JobRecord]:
+        """The page of :meth:`recent` that ``query`` asks for."""
 
     # -- worker side --------------------------------------------------------
 

@@ -15,28 +15,29 @@ a job's writes, the job is lost to the store: what it wrote since its last
 saved change is dropped, and it ends ``failed`` with a message naming the
 store, shown at once so that no listener waits for ever; its end is saved when
 the journal works again.
+
+This module is the store's logic; its parts hold its state: :mod:`.kept_jobs` every
+job (by id, in the listing's order, until its TTL has passed), :mod:`.queue` the jobs
+waiting and how many run, :mod:`.stored_job` a job as held here, :mod:`.limits` the
+tenants' rates of adds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import dataclasses
-import heapq
 import itertools
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 from llm_worker.jobs.model import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
 from llm_worker.ops.logs import about
-from llm_worker.store import queue_policy
 from llm_worker.store.base import (
     JobStore,
-    ListingKey,
+    ListingQuery,
     NotOwner,
     QueueFull,
     RateLimited,
@@ -45,48 +46,16 @@ from llm_worker.store.base import (
     UnknownJob,
     Unstorable,
 )
-from llm_worker.store.eventlog import EventLog
 from llm_worker.store.journal import Failures, Journal, NullJournal, Restored
-from llm_worker.store.limits import UNLIMITED, TenantLimits
-from llm_worker.store.waiters import Waiters
+from llm_worker.store.kept_jobs import KeptJobs
+from llm_worker.store.limits import UNLIMITED, AddRates, TenantLimits
+from llm_worker.store.queue import JobQueue
+from llm_worker.store.stored_job import StoredJob
 
 log = logging.getLogger(__name__)
 
 # Tries to save the end of a job lost to the store before giving up on it.
 SAVE_END_TRIES = 5
-
-
-class StoredJob:
-    """A job as the store holds it: record, request, place in the queue, log."""
-
-    __slots__ = (
-        "cancel_callbacks",
-        "end_tries",
-        "ending",
-        "log",
-        "record",
-        "reset_after",
-        "saved",
-        "spec",
-        "ticket",
-    )
-
-    def __init__(self, record: JobRecord, spec: bytes | None, ticket: int) -> None:
-        self.record = record
-        self.spec = spec
-        """What the client asked for, as JSON (compact while it waits); dropped once
-        the job ended, to keep little."""
-        self.ticket = ticket
-        """Order of submission: the queue is sorted by it."""
-        self.log = EventLog()
-        self.cancel_callbacks: list[Callable[[], None]] = []
-        self.saved = False
-        """Whether the journal has the job at all (a new job is not queued before)."""
-        self.ending: JobRecord | None = None
-        """The record the job takes once its terminal event, written, is saved."""
-        self.reset_after = 0
-        """A re-run's ``reset`` takes a seq above this one (see :class:`Restored`)."""
-        self.end_tries = 0
 
 
 class MemoryStore(JobStore):
@@ -107,25 +76,13 @@ class MemoryStore(JobStore):
         self.journal = journal or NullJournal()
         self.journal.on_round_end = self._round_ended
         self._clock = clock
-        self._jobs: dict[str, StoredJob] = {}
-        # Every job's ListingKey, sorted: a listing's page is a binary search and a
-        # walk of about its length. Jobs come in created_at order, so an insert lands
-        # at the end.
-        self._listing: list[ListingKey] = []
-        # Pending jobs in FIFO order: tickets grow with each submit, so the
-        # list stays sorted and a job's position is a binary search.
-        self._pending: list[int] = []
-        self._pending_jobs: dict[int, StoredJob] = {}
+        """The time, for every time the store writes or compares (see :mod:`.kept_jobs`)."""
+        self._kept = KeptJobs(job_ttl, clock)
+        self._jobs = self._kept.by_id
+        """Every job by id, for the workers' calls (clients see :meth:`.KeptJobs.visible`)."""
+        self._queue = JobQueue(self.limits)
         self._tickets = itertools.count(1)
-        self._queued_bytes = 0
-        # Per tenant: its waiting jobs' tickets (sorted), and how many of its jobs run.
-        self._tenant_pending: dict[str, list[int]] = {}
-        self._tenant_running: Counter[str] = Counter()
         self._rates = AddRates(clock)
-        self._running = 0
-        self._claim_waiters: Waiters[None] = Waiters()
-        self._queue_waiters: Waiters[None] = Waiters()
-        self._expiry: list[tuple[float, str]] = []
         self._sweeper: asyncio.Task[None] | None = None
         # Per round the journal has under way: the jobs to show once it is saved,
         # each up to the seq it had written by then.
@@ -152,16 +109,16 @@ class MemoryStore(JobStore):
 
     async def submit(self, spec: JobSpec, tenant: str = "") -> JobRecord:
         limits = self.limits(tenant)
-        if len(self._pending) >= self.queue_max:
+        if len(self._queue) >= self.queue_max:
             raise QueueFull.of_jobs(self.queue_max)
         queued = limits.max_queued_jobs
-        if queued is not None and len(self._tenant_pending.get(tenant, ())) >= queued:
+        if queued is not None and self._queue.waiting_of(tenant) >= queued:
             raise QueueFull.of_tenant(tenant, queued)
         try:
             text = spec_json(spec)
         except ValueError as exc:
             raise Unstorable(str(exc)) from None
-        if self._queued_bytes + len(text) > self.queue_max_bytes:
+        if self._queue.bytes + len(text) > self.queue_max_bytes:
             raise QueueFull.of_bytes(self.queue_max_bytes)
         if limits.adds_per_minute:
             wait = self._rates.take(tenant, limits.adds_per_minute)
@@ -172,29 +129,19 @@ class MemoryStore(JobStore):
         )
         job = StoredJob(record, text, next(self._tickets))
         self.journal.add_job(record, text, job.ticket)
-        self._jobs[record.id] = job
-        bisect.insort(self._listing, ListingKey.of(record))
+        self._kept.add(job)
         await self._saved(job)
-        self._enqueue(job)
+        self._queue.add(job)
         return record
 
-    def _job(self, job_id: str) -> StoredJob | None:
-        job = self._jobs.get(job_id)
-        if job is None or not job.saved or self._expired(job.record):
-            return None
-        return job
-
     def _known(self, job_id: str) -> StoredJob:
-        job = self._job(job_id)
+        job = self._kept.visible(job_id)
         if job is None:
             raise UnknownJob(job_id)
         return job
 
-    def _expired(self, record: JobRecord) -> bool:
-        return record.finished_at is not None and record.finished_at + self.job_ttl <= self._clock()
-
     async def get(self, job_id: str) -> JobRecord | None:
-        job = self._job(job_id)
+        job = self._kept.visible(job_id)
         return job.record if job is not None else None
 
     async def read(self, job_id: str, after: int = 0) -> list[Event]:
@@ -214,7 +161,7 @@ class MemoryStore(JobStore):
                     await self._saved(job)
             return job.record
         if record.state is JobState.PENDING:
-            self._leave_queue(job)
+            self._queue.remove(job)
         callbacks, job.cancel_callbacks = job.cancel_callbacks, []
         self._end(job, EventKind.CANCELLED, "")
         # The worker stops now; a cancel that cannot be saved loses the job anyway.
@@ -223,71 +170,31 @@ class MemoryStore(JobStore):
         return job.record
 
     async def position(self, job_id: str) -> int | None:
-        job = self._job(job_id)
+        job = self._kept.visible(job_id)
         if job is None or job.record.state is not JobState.PENDING or job.log.ended:
             return None
-        index = bisect.bisect_left(self._pending, job.ticket)
-        if index == len(self._pending) or self._pending[index] != job.ticket:
-            return None
-        return index + 1
+        return self._queue.position(job)
 
     async def queue_moved(self) -> None:
-        await self._queue_waiters.wait()
+        await self._queue.moved()
 
     async def stats(self) -> StoreStats:
-        return StoreStats(pending=len(self._pending), running=self._running)
+        return StoreStats(pending=len(self._queue), running=self._queue.running)
 
-    async def recent(
-        self,
-        state: JobState | None,
-        limit: int,
-        tenant: str | None,
-        below: ListingKey | None = None,
-    ) -> list[JobRecord]:
+    async def _recent(self, query: ListingQuery) -> list[JobRecord]:
         # Every job this store knows is in memory (the SQLite store too: it restores
-        # them all at start): a walk down the index from the page's start, O(limit)
-        # plus the jobs a filter passes over.
-        end = len(self._listing) if below is None else bisect.bisect_left(self._listing, below)
-        found: list[JobRecord] = []
-        for index in range(end - 1, -1, -1):
-            job = self._jobs[self._listing[index].job_id]
-            record = job.record
-            if (
-                job.saved
-                and (state is None or record.state is state)
-                and (tenant is None or record.tenant == tenant)
-                and not self._expired(record)
-            ):
-                found.append(record)
-                if len(found) == limit:
-                    break
-        return found
-
-    def _unlist(self, record: JobRecord) -> None:
-        key = ListingKey.of(record)
-        index = bisect.bisect_left(self._listing, key)
-        if index < len(self._listing) and self._listing[index] == key:
-            del self._listing[index]
+        # them all at start).
+        return self._kept.page(query)
 
     # -- worker side --------------------------------------------------------
 
     async def claim(self, max_wait: float) -> Claim | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait
-        while (job := self._next_to_run()) is None:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            try:
-                await asyncio.wait_for(self._claim_waiters.wait(), remaining)
-            except TimeoutError:
-                return None
-        self._leave_queue(job)
+        job = await self._queue.take(max_wait)
+        if job is None:
+            return None
         record = job.record
         record.state = JobState.RUNNING
         record.attempt += 1
-        self._running += 1
-        self._tenant_running[record.tenant] += 1
         self.journal.update_job(record)
         if record.attempt > 1:
             # What an earlier attempt wrote is void: listeners start over.
@@ -305,19 +212,6 @@ class MemoryStore(JobStore):
             tenant=record.tenant,
             created_at=record.created_at,
         )
-
-    def _next_to_run(self) -> StoredJob | None:
-        """The job :func:`.queue_policy.next_ticket` says runs next."""
-        oldest = None
-        if self._pending:
-            head = self._pending_jobs[self._pending[0]]
-            oldest = (head.ticket, head.record.tenant)
-        ticket = queue_policy.next_ticket(oldest, self._tenant_pending, self._may_run)
-        return None if ticket is None else self._pending_jobs[ticket]
-
-    def _may_run(self, tenant: str) -> bool:
-        limit = self.limits(tenant).max_running_jobs
-        return queue_policy.may_run(self._tenant_running[tenant], limit)
 
     def _held(self, job_id: str, attempt: int) -> StoredJob:
         job = self._jobs.get(job_id)
@@ -353,8 +247,8 @@ class MemoryStore(JobStore):
             return
         log.info("job %s queued again: %s", job_id, reason, extra=about(job_id))
         job.record.state = JobState.PENDING
-        self._stopped_running(job)
-        self._enqueue(job)
+        self._queue.stopped(job)
+        self._queue.add(job)
         self.journal.update_job(job.record)
         with contextlib.suppress(StoreError):
             await self._saved(job)
@@ -443,10 +337,10 @@ class MemoryStore(JobStore):
         """The job's end is shown: its record ends too."""
         assert job.ending is not None
         if job.record.state is JobState.RUNNING:
-            self._stopped_running(job)
+            self._queue.stopped(job)
         job.record, job.ending = job.ending, None
         job.cancel_callbacks = []
-        self._schedule_expiry(job.record)
+        self._kept.ended(job.record)
         # A finished job is kept for its TTL: in a form the garbage collector
         # need not walk, without what only running it needed.
         job.log.freeze()
@@ -465,8 +359,7 @@ class MemoryStore(JobStore):
         job.log.truncate()
         job.ending = None
         if not job.saved:
-            if self._jobs.pop(job_id, None) is not None:
-                self._unlist(job.record)
+            self._kept.drop(job_id)
             return
         if job.record.state.finished:
             self._end_unsaved(job, error)
@@ -475,7 +368,7 @@ class MemoryStore(JobStore):
             "job %s failed: the job store could not save it: %s", job_id, error, extra=about(job_id)
         )
         if job.record.state is JobState.PENDING:
-            self._leave_queue(job)
+            self._queue.remove(job)
         callbacks, job.cancel_callbacks = job.cancel_callbacks, []
         self._end(job, EventKind.FAILED, _lost_message(error))
         self._show(job)
@@ -496,49 +389,14 @@ class MemoryStore(JobStore):
         for event in job.log.events[-1:]:
             self.journal.add_event(job.record.id, event)
 
-    # -- the queue ------------------------------------------------------------
-
-    def _stopped_running(self, job: StoredJob) -> None:
-        self._running -= 1
-        tenant = job.record.tenant
-        self._tenant_running[tenant] -= 1
-        if not self._tenant_running[tenant]:
-            del self._tenant_running[tenant]
-        # A job of a tenant at its limit of running jobs may now start.
-        self._claim_waiters.wake(None)
-
-    def _enqueue(self, job: StoredJob) -> None:
-        bisect.insort(self._pending, job.ticket)
-        self._pending_jobs[job.ticket] = job
-        bisect.insort(self._tenant_pending.setdefault(job.record.tenant, []), job.ticket)
-        self._queued_bytes += len(job.spec or b"")
-        self._claim_waiters.wake(None)
-
-    def _leave_queue(self, job: StoredJob) -> None:
-        index = bisect.bisect_left(self._pending, job.ticket)
-        if index < len(self._pending) and self._pending[index] == job.ticket:
-            del self._pending[index]
-            del self._pending_jobs[job.ticket]
-            tenant = job.record.tenant
-            tickets = self._tenant_pending[tenant]
-            del tickets[bisect.bisect_left(tickets, job.ticket)]
-            if not tickets:
-                del self._tenant_pending[tenant]
-            self._queued_bytes -= len(job.spec or b"")
-            self._queue_waiters.wake(None)
+    # -- the jobs kept before ------------------------------------------------
 
     def _restore(self, restored: list[Restored]) -> None:
         """Bring back the jobs the journal kept; those that were running queue again."""
+        jobs = [StoredJob.restored(kept) for kept in sorted(restored, key=lambda r: r.ticket)]
+        self._kept.add_restored(jobs)
         requeued = 0
-        for kept in sorted(restored, key=lambda r: r.ticket):
-            job = StoredJob(kept.record, kept.spec, kept.ticket)
-            job.saved = True
-            job.reset_after = kept.reset_after
-            for event in kept.events:
-                job.log.add(event)
-            job.log.show()
-            self._jobs[kept.record.id] = job
-            self._listing.append(ListingKey.of(kept.record))
+        for job in jobs:
             record = job.record
             if record.state is JobState.RUNNING:
                 # Its worker died with the process: it runs again, in its original place.
@@ -546,73 +404,37 @@ class MemoryStore(JobStore):
                 self.journal.update_job(record)
                 requeued += 1
             if record.state is JobState.PENDING:
-                self._enqueue(job)
+                self._queue.add(job)
             elif record.finished_at is not None:
-                self._schedule_expiry(record)
+                self._kept.ended(record)
                 job.log.freeze()
-        self._listing.sort()
         self._tickets = itertools.count(max((r.ticket for r in restored), default=0) + 1)
         # Said in the name of the store in use (SQLite's, for one), not of this base.
         logging.getLogger(type(self).__module__).info(
             "%d jobs kept, %d queued (%d of them were running)",
             len(restored),
-            len(self._pending),
+            len(self._queue),
             requeued,
         )
 
     # -- expiry ---------------------------------------------------------------
 
-    def _schedule_expiry(self, record: JobRecord) -> None:
-        assert record.finished_at is not None
-        heapq.heappush(self._expiry, (record.finished_at + self.job_ttl, record.id))
-
     def sweep(self) -> int:
-        """Forget finished jobs whose TTL has passed; returns how many."""
-        now = self._clock()
-        removed = 0
-        while self._expiry and self._expiry[0][0] <= now:
-            _, job_id = heapq.heappop(self._expiry)
-            job = self._jobs.get(job_id)
-            if job is not None and self._expired(job.record):
-                del self._jobs[job_id]
-                self._unlist(job.record)
-                self.journal.delete_job(job_id)
-                removed += 1
-        return removed
+        """Forget finished jobs whose TTL has passed, by the store's clock; returns how many."""
+        dropped = self._kept.drop_expired()
+        for job_id in dropped:
+            self.journal.delete_job(job_id)
+        return len(dropped)
 
     async def _sweep_forever(self) -> None:
-        interval = min(max(self.job_ttl / 4, 0.05), 30.0)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._kept.sweep_interval)
             removed = self.sweep()
             if removed:
                 log.debug("forgot %d expired jobs", removed)
             # Deletions, and the ends of jobs lost to the store, wait for no one.
             if self.journal.unsaved():
                 self.journal.save()
-
-
-class AddRates:
-    """How fast each tenant adds jobs, against its limit (GCRA: a burst of a minute's
-    worth, then one every 1/rate of a minute)."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._next: dict[str, float] = {}
-        """Per tenant: when its allowance is whole again (its theoretical arrival time)."""
-
-    def take(self, tenant: str, per_minute: int) -> float:
-        """0 if the tenant may add a job now (and it counts), else seconds to wait."""
-        now = self._clock()
-        interval = 60.0 / per_minute
-        arrival = max(self._next.get(tenant, now), now)
-        allowed_from = arrival - 60.0 + interval
-        if now < allowed_from:
-            return allowed_from - now
-        self._next[tenant] = arrival + interval
-        if len(self._next) > 10_000:  # forget tenants whose allowance is whole again
-            self._next = {t: a for t, a in self._next.items() if a > now}
-        return 0.0
 
 
 def _lost_message(error: str) -> str:

@@ -4,10 +4,11 @@ The policy: jobs run in the order they were added (by ticket), but a tenant
 running as many jobs as its limit allows is passed over until one of them ends; the
 next job is then the oldest waiting job whose tenant may run one more.
 
-:class:`~.memory.MemoryStore` (and the SQLite store, which is it writing through a
-journal) asks this module. The Redis store's Lua cannot call Python: its claims
-(:mod:`.redis.claims`) are tested against this module instead, scenario by scenario
-(``tests/store/test_queue_policy.py``), which names where they differ.
+The in-process queue (:class:`~.queue.JobQueue`, of the memory store and so of the
+SQLite store, which is it writing through a journal) asks this module. The Redis
+store's Lua cannot call Python: its claims (:mod:`.redis.claims`) are tested against
+this module instead, scenario by scenario (``tests/store/test_queue_policy.py``),
+which names where they differ.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from llm_worker.ops.logs import about
 from llm_worker.store.redis.connection import Connection
 from llm_worker.store.redis.layout import GROUP, decoded
 from llm_worker.store.redis.limits import TenantGates
+from llm_worker.store.redis.queue import dequeue_args
 from llm_worker.store.redis.reachability import UNREACHABLE
 from llm_worker.store.redis.scripts import (
     DEFER,
@@ -224,15 +225,7 @@ class Claims:
 
         def dequeue_and_start(pipe: Any) -> None:
             # One round trip: both are safe to repeat.
-            self._conn.queue(
-                pipe,
-                DEQUEUE,
-                pending_key=self._keys.pending_key,
-                counts_key=self._keys.counts_key,
-                job_id=job_id,
-                moved_channel=self._keys.moved_channel,
-                publish=self._conn.publish_command,
-            )
+            self._conn.queue(pipe, DEQUEUE, **dequeue_args(self._conn, job_id))
             self._conn.queue(
                 pipe,
                 START,

@@ -179,6 +179,33 @@ class Connection:
 
     # -- notices ----------------------------------------------------------------
 
+    async def listen(
+        self,
+        *,
+        follows: bool,
+        notified: Callable[[str, bytes], None],
+        reconnected: Callable[[], None],
+    ) -> list[asyncio.Task[None]]:
+        """Subscribe to the channels this process hears (as :meth:`subscribe` does): a
+        worker needs to hear of cancels and wakes only; queue moves and logs are for
+        those who show them (``follows``). The tasks reading them, returned."""
+        queue_channels = [self.keys.cancel_channel, self.keys.wake_channel]
+        events_channels = []
+        if follows:
+            queue_channels.append(self.keys.moved_channel)
+            events_channels.append(self.keys.events_channel)
+        # On a cluster, a subscription per shard: one reader waiting on one shard's
+        # connection would hold up the messages of another.
+        groups = (
+            [queue_channels, events_channels]
+            if self.cluster
+            else [queue_channels + events_channels]
+        )
+        return [
+            await self.subscribe(channels, notified, reconnected)
+            for channels in filter(None, groups)
+        ]
+
     async def subscribe(
         self,
         channels: list[str],

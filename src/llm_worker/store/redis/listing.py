@@ -1,4 +1,4 @@
-"""Jobs' records as Redis holds them, and the listing of recent jobs.
+"""The listing of recent jobs, as Redis holds it.
 
 Recent jobs come from an index kept for them, a sorted set of job ids by
 created_at that the submit script adds to with the queue (one ZADD in the slot it
@@ -18,55 +18,36 @@ import logging
 import math
 import time
 
-from llm_worker.jobs.model import JobRecord, JobState
-from llm_worker.store.base import ListingKey
+from llm_worker.jobs.model import JobRecord
+from llm_worker.store.base import ListingQuery
 from llm_worker.store.redis.connection import Connection
 from llm_worker.store.redis.layout import decoded
 from llm_worker.store.redis.reachability import UNREACHABLE
+from llm_worker.store.redis.records import JobRecords
 
 log = logging.getLogger(__name__)
 
 # Ids of the index of recent jobs read at once, by a listing or a sweep of it.
 _RECENT_PAGE = 500
-_RECORD_FIELDS = ("state", "created_at", "attempt", "error", "finished_at", "tenant")
-
-
-def job_record(job_id: str, fields: dict[str, str]) -> JobRecord:
-    """The record a job's hash holds."""
-    finished_at = fields.get("finished_at")
-    return JobRecord(
-        id=job_id,
-        state=JobState(fields["state"]),
-        created_at=float(fields.get("created_at", 0)),
-        attempt=int(fields.get("attempt", 0)),
-        error=fields.get("error"),
-        finished_at=float(finished_at) if finished_at else None,
-        tenant=fields.get("tenant", ""),
-    )
 
 
 class RecentJobs:
     """The index of recent jobs: listed a page at a time, swept of jobs gone."""
 
-    def __init__(self, conn: Connection, job_ttl: float) -> None:
+    def __init__(self, conn: Connection, records: JobRecords, job_ttl: float) -> None:
         self._conn = conn
+        self._records = records
         self._job_ttl = job_ttl
 
-    async def list(
-        self,
-        state: JobState | None,
-        limit: int,
-        tenant: str | None,
-        below: ListingKey | None = None,
-    ) -> list[JobRecord]:
-        """Up to ``limit`` records, newest first, below ``below``, of the state and
-        tenant asked for (``None``: any)."""
+    async def page(self, query: ListingQuery) -> list[JobRecord]:
+        """The records ``query`` asks for, newest first."""
         # Members of one score come in reverse order of their ids: a ListingKey's order.
         reach, client, index = self._conn.reach, self._conn.client, self._conn.keys.recent_key
         found: list[JobRecord] = []
+        below = query.below
         high = math.inf if below is None else below.created_at  # the page starts at this score...
         ties = 0  # ...past the ids at that very score seen (and kept) already
-        while len(found) < limit:
+        while len(found) < query.limit:
             top = "+inf" if high == math.inf else repr(high)
             page = await reach.for_client(
                 lambda top=top, ties=ties: client.zrevrangebyscore(
@@ -76,7 +57,7 @@ class RecentJobs:
             if not page:
                 break
             ids = [decoded(member) for member, _ in page]
-            records = await reach.for_client(lambda ids=ids: self.records(ids))
+            records = await reach.for_client(lambda ids=ids: self._records.records(ids))
             gone = [job_id for job_id, record in zip(ids, records, strict=True) if record is None]
             if gone:
                 await reach.for_client(lambda gone=gone: client.zrem(index, *gone))
@@ -88,37 +69,8 @@ class RecentJobs:
             )
             ties = ties + kept_at_last if last == high else kept_at_last
             high = last
-            found += [
-                record
-                for record in records
-                if record is not None
-                and (state is None or record.state is state)
-                and (tenant is None or record.tenant == tenant)
-                and (below is None or ListingKey.of(record) < below)
-            ]
-        return found[:limit]
-
-    async def records(self, job_ids: list[str]) -> list[JobRecord | None]:
-        """The jobs' records, ``None`` for each job that is gone: one round trip."""
-        async with self._conn.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(self._conn.keys.job_key(job_id), list(_RECORD_FIELDS))
-            rows = await pipe.execute()
-        records: list[JobRecord | None] = []
-        for job_id, values in zip(job_ids, rows, strict=True):
-            fields = {
-                name: decoded(value)
-                for name, value in zip(_RECORD_FIELDS, values, strict=True)
-                if value is not None
-            }
-            records.append(job_record(job_id, fields) if "state" in fields else None)
-        return records
-
-    async def jobs_exist(self, job_ids: list[str]) -> list[bool]:
-        async with self._conn.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.exists(self._conn.keys.job_key(job_id))
-            return [bool(exists) for exists in await pipe.execute()]
+            found += [record for record in records if record is not None and query.admits(record)]
+        return found[: query.limit]
 
     async def sweep(self) -> int:
         """Drop from the index the ids of jobs that are gone, among those created over
@@ -134,7 +86,7 @@ class RecentJobs:
             if not page:
                 return removed
             ids = [decoded(member) for member in page]
-            exists = await self.jobs_exist(ids)
+            exists = await self._records.all_exist(ids)
             gone = [job_id for job_id, alive in zip(ids, exists, strict=True) if not alive]
             if gone:
                 removed += int(await client.zrem(index, *gone))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from llm_worker.jobs.model import JobRecord, JobState
 from llm_worker.store.base import QueueFull, StoreStats, StoreUnavailable, UnknownJob
@@ -17,6 +18,20 @@ from llm_worker.store.redis.connection import Connection
 from llm_worker.store.redis.layout import GROUP
 from llm_worker.store.redis.limits import FAST_TRY_SECONDS
 from llm_worker.store.redis.scripts import CANCEL, DEQUEUE, KEEP, RECORD, SUBMIT
+
+
+def dequeue_args(conn: Connection, job_id: str) -> dict[str, Any]:
+    """:data:`.scripts.DEQUEUE`'s keys and arguments for ``job_id`` leaving the queue
+    (started or cancelled): out of the waiting jobs and their counts, those behind it
+    told that they moved."""
+    keys = conn.keys
+    return {
+        "pending_key": keys.pending_key,
+        "counts_key": keys.counts_key,
+        "job_id": job_id,
+        "moved_channel": keys.moved_channel,
+        "publish": conn.publish_command,
+    }
 
 
 class JobQueue:
@@ -123,14 +138,7 @@ class JobQueue:
             await reach.for_client(lambda: self._conn.announce([[job_id, 0]]))
         if before in (JobState.PENDING, JobState.CANCELLED):
             await reach.for_client(
-                lambda: self._conn.run(
-                    DEQUEUE,
-                    pending_key=self._keys.pending_key,
-                    counts_key=self._keys.counts_key,
-                    job_id=job_id,
-                    moved_channel=self._keys.moved_channel,
-                    publish=self._conn.publish_command,
-                )
+                lambda: self._conn.run(DEQUEUE, **dequeue_args(self._conn, job_id))
             )
         elif before is JobState.RUNNING:
             await reach.for_client(lambda: self._conn.publish(self._keys.cancel_channel, job_id))

@@ -4,9 +4,9 @@ This is the front: the :class:`~llm_worker.store.base.JobStore` interface, each 
 handed to the part that holds it. Where keys live is :mod:`.layout`'s; the scripts
 that change them, :mod:`.scripts`'; the clients, :mod:`.connection`'s. A worker's
 claims on jobs are :mod:`.claims`', the events it writes :mod:`.outbox`'s, tenants'
-limits :mod:`.limits`', who is alive :mod:`.presence`'s; the listing of recent jobs
-is :mod:`.listing`'s, riding out outages :mod:`.reachability`'s, and the mirrors of
-followed logs :mod:`.mirrors`'.
+limits :mod:`.limits`', who is alive :mod:`.presence`'s; jobs' records and logs
+are read by :mod:`.records`, the listing of recent jobs is :mod:`.listing`'s, riding
+out outages :mod:`.reachability`'s, and the mirrors of followed logs :mod:`.mirrors`'.
 
 Every call that fails for want of Redis is retried with back-off: requests of
 clients for up to ``outage_grace`` seconds, a worker's events until they get
@@ -23,25 +23,13 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
-
-import redis.asyncio as aioredis
 
 from llm_worker.aio.tasks import TaskSet
-from llm_worker.jobs.model import (
-    Claim,
-    Event,
-    EventKind,
-    JobRecord,
-    JobSpec,
-    JobState,
-    spec_json,
-    stored_kind,
-)
+from llm_worker.jobs.model import Claim, Event, EventKind, JobRecord, JobSpec, spec_json
 from llm_worker.ops.redaction import redact_url
 from llm_worker.store.base import (
     JobStore,
-    ListingKey,
+    ListingQuery,
     StoreStats,
     UnknownJob,
     Unstorable,
@@ -52,12 +40,13 @@ from llm_worker.store.redis.claims import Claims
 from llm_worker.store.redis.connection import MAX_IN_FLIGHT, Connection
 from llm_worker.store.redis.layout import Keys, decoded
 from llm_worker.store.redis.limits import TenantGates
-from llm_worker.store.redis.listing import RecentJobs, job_record
-from llm_worker.store.redis.mirrors import Feed, Mirrors
+from llm_worker.store.redis.listing import RecentJobs
+from llm_worker.store.redis.mirrors import Mirrors
 from llm_worker.store.redis.outbox import Outbox
 from llm_worker.store.redis.presence import Presence
 from llm_worker.store.redis.queue import JobQueue
 from llm_worker.store.redis.reachability import Reachability
+from llm_worker.store.redis.records import JobRecords
 from llm_worker.store.waiters import Waiters
 
 log = logging.getLogger(__name__)
@@ -117,15 +106,7 @@ class RedisStore(JobStore):
             finished_ttl_ms=self._ttl,
         )
         self._gates, self._claims, self._outbox, self._presence = self._worker_side(limits)
-        self._recent = RecentJobs(self._conn, job_ttl)
-        self._mirrors = Mirrors(
-            read_events=self._events,
-            job_exists=self._job_exists,
-            jobs_exist=self._recent.jobs_exist,
-            reachability=self._reach,
-            background=self._background,
-            channel=self.keys.events_channel,
-        )
+        self._records, self._listing, self._mirrors = self._gateway_side()
 
     def _worker_side(
         self, limits: Callable[[str], TenantLimits] | None
@@ -151,29 +132,25 @@ class RedisStore(JobStore):
         )
         return gates, claims, outbox, presence
 
+    def _gateway_side(self) -> tuple[JobRecords, RecentJobs, Mirrors]:
+        """The parts a gateway uses: jobs' records, the listing, the mirrors of logs."""
+        records = JobRecords(self._conn)
+        mirrors = Mirrors(
+            read_events=records.events,
+            job_exists=records.exists,
+            jobs_exist=records.all_exist,
+            reachability=self._reach,
+            background=self._background,
+            channel=self.keys.events_channel,
+        )
+        return records, RecentJobs(self._conn, records, self.job_ttl), mirrors
+
     @property
     def limits(self) -> Callable[[str], TenantLimits]:
         return self._gates.limits
 
-    @property
-    def quiet_after(self) -> float:
-        """How long a worker may go unheard before it counts as gone quiet."""
-        return self._presence.quiet_after
-
     def report_commits(self, observe: Callable[[float], None]) -> None:
         self._outbox.on_commit = observe
-
-    @property
-    def jobs_key(self) -> str:
-        return self.keys.jobs_key
-
-    @property
-    def _client(self) -> aioredis.Redis:
-        return self._conn.client
-
-    @property
-    def _feeds(self) -> dict[str, Feed]:
-        return self._mirrors.feeds
 
     @property
     def _ttl(self) -> int:
@@ -185,31 +162,16 @@ class RedisStore(JobStore):
     async def start(self) -> None:
         await self._conn.open(deadline=self.outage_grace)
         self._tasks = [asyncio.create_task(self._outbox.write_forever(), name="redis-writes")]
-        # A worker needs to hear of cancels and wakes only; queue moves and logs are
-        # for those who show them.
-        queue_channels = [self.keys.cancel_channel, self.keys.wake_channel]
-        events_channels = []
-        if self.follows:
-            queue_channels.append(self.keys.moved_channel)
-            events_channels.append(self.keys.events_channel)
-        # On a cluster, a subscription per shard: one reader waiting on one shard's
-        # connection would hold up the messages of another.
-        groups = (
-            [queue_channels, events_channels]
-            if self.cluster
-            else [queue_channels + events_channels]
+        self._tasks += await self._conn.listen(
+            follows=self.follows, notified=self._notified, reconnected=self._reconnected
         )
-        for channels in filter(None, groups):
-            self._tasks.append(
-                await self._conn.subscribe(channels, self._notified, self._reconnected)
-            )
         self._tasks += [
             asyncio.create_task(self._claims.heartbeat_forever(), name="redis-heartbeat"),
             asyncio.create_task(self._mirrors.poll_forever(), name="redis-feed-poll"),
         ]
         if self.follows:  # gateways add to the index of recent jobs: they trim it too
             self._tasks.append(
-                asyncio.create_task(self._recent.sweep_forever(), name="redis-recent-sweep")
+                asyncio.create_task(self._listing.sweep_forever(), name="redis-recent-sweep")
             )
         log.info(
             "job store: Redis at %s, keys %s:*, worker %s",
@@ -258,38 +220,11 @@ class RedisStore(JobStore):
         await self._gates.take_add(tenant)
         return await self._queue.add(text, tenant, self.limits(tenant))
 
-    async def _fields(self, job_id: str) -> dict[str, str] | None:
-        raw = await self._reach.for_client(lambda: self._client.hgetall(self.keys.job_key(job_id)))
-        if not raw:
-            return None
-        return {decoded(k): decoded(v) for k, v in raw.items()}
-
     async def get(self, job_id: str) -> JobRecord | None:
-        fields = await self._fields(job_id)
-        return job_record(job_id, fields) if fields is not None else None
+        return await self._records.get(job_id)
 
     async def read(self, job_id: str, after: int = 0) -> list[Event]:
-        fields = await self._fields(job_id)
-        if fields is None:
-            raise UnknownJob(job_id)
-        start = max(after, int(fields.get("start", 0)))
-        return await self._reach.for_client(lambda: self._events(job_id, start))
-
-    async def _events(self, job_id: str, after: int, count: int | None = None) -> list[Event]:
-        entries = await self._client.xrange(
-            self.keys.events_key(job_id), min=f"0-{after + 1}", count=count
-        )
-        events = []
-        for entry_id, fields in entries:
-            kind = stored_kind(decoded(fields[b"k"]))
-            if kind is None:
-                continue  # written by a newer version: left out
-            seq = int(decoded(entry_id).partition("-")[2])
-            events.append(Event(seq, kind, decoded(fields[b"m"]), int(fields[b"a"])))
-        return events
-
-    async def _job_exists(self, job_id: str) -> bool:
-        return bool(await self._client.exists(self.keys.job_key(job_id)))
+        return await self._records.read(job_id, after)
 
     def follow(self, job_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
         return self._mirrors.follow(job_id, after)
@@ -311,36 +246,19 @@ class RedisStore(JobStore):
     async def stats(self) -> StoreStats:
         return await self._queue.stats()
 
-    async def recent(
-        self,
-        state: JobState | None,
-        limit: int,
-        tenant: str | None,
-        below: ListingKey | None = None,
-    ) -> list[JobRecord]:
-        return await self._recent.list(state, limit, tenant, below)
+    async def _recent(self, query: ListingQuery) -> list[JobRecord]:
+        return await self._listing.page(query)
 
     async def sweep_recent(self) -> int:
         """Drop from the index of recent jobs the ids of jobs that are gone, among those
         created over JOB_TTL ago; returns how many."""
-        return await self._recent.sweep()
+        return await self._listing.sweep()
 
     async def workers(self) -> WorkerCensus:
         return await self._presence.census()
 
     async def owners(self, job_ids: list[str]) -> dict[str, str]:
-        async def read() -> list[Any]:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for job_id in job_ids:
-                    pipe.hmget(self.keys.job_key(job_id), ["state", "owner"])
-                return list(await pipe.execute())
-
-        rows = await self._reach.for_client(read) if job_ids else []
-        return {
-            job_id: decoded(owner).rpartition("/")[0]
-            for job_id, (state, owner) in zip(job_ids, rows, strict=True)
-            if owner is not None and state is not None and decoded(state) == JobState.RUNNING.value
-        }
+        return await self._records.owners(job_ids)
 
     # -- notifications ------------------------------------------------------
 
