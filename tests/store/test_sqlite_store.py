@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import sqlite3
@@ -13,6 +12,7 @@ import pytest
 from llm_worker.jobs.model import EventKind, JobSpec, JobState
 from llm_worker.jobs.templates import Assistant
 from llm_worker.store.sqlite import DatabaseInUse, SQLiteStore
+from tests.support.clock import ManualClock
 from tests.support.stores import until_shown
 
 SPEC = JobSpec(
@@ -142,15 +142,21 @@ async def test_one_process_owns_the_file(tmp_path: Path) -> None:
 
 async def test_expired_jobs_are_deleted_on_start(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    store = SQLiteStore(path, queue_max=10, job_ttl=0.1)
-    await store.start()
+    clock = ManualClock()
+    store = await opened(path, clock=clock)
     job_id = (await store.submit(SPEC)).id
     await store.claim(max_wait=0)
     await store.append(job_id, 1, EventKind.DONE)
     await store.close()
-    await asyncio.sleep(0.2)
-    store = SQLiteStore(path, queue_max=10, job_ttl=0.1)
-    await store.start()
+    # Started again within the TTL (by the store's clock): the job is kept...
+    store = await opened(path, clock=clock)
+    try:
+        assert await store.get(job_id) is not None
+    finally:
+        await store.close()
+    clock.advance(61)
+    # ...and once it has passed, deleted as the store starts.
+    store = await opened(path, clock=clock)
     try:
         assert await store.get(job_id) is None
     finally:
