@@ -4,7 +4,10 @@ Starts, in this process and one event loop:
 
 * a loopback OpenAI-compatible server whose reply depends on the user's query:
   ``slow:N`` is N tokens `` t0`` ... 0.05 s apart, ``tokens:N`` the same at once,
-  ``fail`` an HTTP 400 from upstream (the job fails), anything else its own words,
+  ``fail`` an HTTP 400 from upstream (the job fails), ``tools`` (``tools:slow``: its
+  chunks 0.05 s apart) some reasoning and two tool calls, ``get_weather`` and
+  ``get_time`` (:data:`CALLS`), their arguments in chunks of 2 or 3 characters; a
+  history ending with tool results, those results; anything else its own words,
   one token each (the job's text is then the query, trimmed);
 * the worker (gateway and worker, ``memory://`` store), its ``openai`` provider
   pointed at that server;
@@ -30,7 +33,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from llm_worker.testing.openai_server import OpenAIServer, Reply
+from llm_worker.testing.openai_server import OpenAIServer, Reply, ScriptedCall
 
 # Run as a script (node spawns it): the repository's root holds the tests package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -39,12 +42,21 @@ from tests.support.tcp_proxy import CuttingProxy
 
 _WORD = re.compile(r"\s*\S+")
 SLOW_TOKEN_SECONDS = 0.05
+CALLS = [
+    ScriptedCall("call_a", "get_weather", '{"city": "Paris", "unit": "celsius"}', piece=3),
+    ScriptedCall("call_b", "get_time", '{"timezone": "Europe/Paris"}', piece=2),
+]
 
 
 def reply_for(body: dict[str, Any]) -> Reply:
-    """The upstream's reply, chosen by the last user message (the job's query)."""
+    """The upstream's reply: to tool results, them; else chosen by the last user message
+    (the job's query)."""
+    messages = body.get("messages", [])
+    if messages and messages[-1]["role"] == "tool":
+        results = " ".join(m["content"] for m in messages if m["role"] == "tool")
+        return Reply(tokens=_WORD.findall(results))
     query = next(
-        (m.get("content", "") for m in reversed(body.get("messages", [])) if m["role"] == "user"),
+        (m.get("content", "") for m in reversed(messages) if m["role"] == "user"),
         "",
     )
     kind, _, count = query.partition(":")
@@ -54,6 +66,9 @@ def reply_for(body: dict[str, Any]) -> Reply:
         return Reply(tokens=[f" t{i}" for i in range(int(count))])
     if query == "fail":
         return Reply(status=400, error="told to fail")
+    if kind == "tools":
+        delay = SLOW_TOKEN_SECONDS if count == "slow" else 0.0
+        return Reply(reasoning=["Two ", "tools."], tool_calls=CALLS, delay=delay)
     return Reply(tokens=_WORD.findall(query))
 
 

@@ -5,11 +5,19 @@
 //     node --test tests/js/
 
 import assert from "node:assert/strict";
-import { describe, test } from "node:test";
+import { after, before, describe, test } from "node:test";
 
 import { Client } from "../../src/llm_worker/server/static/client.js";
 
-import { collect, frame, json, scriptedFetch, sse } from "./support.mjs";
+import {
+  TEST_TIMEOUT,
+  collect,
+  frame,
+  json,
+  scriptedFetch,
+  sse,
+  startServers,
+} from "./support.mjs";
 
 const J = "job-1";
 const WEATHER = '{"city": "Paris", "unit": "celsius"}';
@@ -206,5 +214,106 @@ describe("typed events, on scripted answers", () => {
     const result = await job.result();
     assert.deepEqual(result.message, { role: "assistant", content: "Bonjour" });
     assert.deepEqual([result.text, result.toolCalls], ["Bonjour", []]);
+  });
+});
+
+// -- against a worker ----------------------------------------------------------------
+
+const TOOLS = ["get_weather", "get_time"].map((name) => ({
+  type: "function",
+  function: { name, parameters: { type: "object", properties: {} } },
+}));
+const AGENT = {
+  streams: [
+    {
+      provider: "openai",
+      settings: { model: "gpt-test", tools: TOOLS },
+      messages: [{ role: "system", content: "You are an agent." }, { insert: "history" }],
+    },
+  ],
+};
+const RESULTS = { get_weather: "18 C, sunny", get_time: "12:00" };
+
+/** The arguments of each call the events bring, joined, by index. */
+function argumentsByCall(events) {
+  const joined = [];
+  for (const event of events) {
+    if (event.type !== "tool_call") continue;
+    joined[event.index] = (joined[event.index] ?? "") + event.arguments;
+  }
+  return joined;
+}
+
+describe("typed events, against a worker", { timeout: 3 * TEST_TIMEOUT }, () => {
+  // The worker's model (serve_for_js.py) answers "tools" with reasoning and two calls,
+  // and a history ending with tool results with those results.
+  let servers;
+  let client;
+
+  before(
+    async () => {
+      servers = await startServers();
+      client = new Client(servers.direct);
+    },
+    { timeout: TEST_TIMEOUT },
+  );
+
+  after(async () => {
+    await servers?.stop();
+  });
+
+  test("an agent loop: two calls, their results, the answer", { timeout: TEST_TIMEOUT }, async () => {
+    const history = [{ role: "user", content: "tools" }];
+    const job = await client.submit("", AGENT, { history });
+    const events = await collect(job);
+    assert.equal(
+      events
+        .filter((e) => e.type === "reasoning")
+        .map((e) => e.text)
+        .join(""),
+      "Two tools.",
+    );
+    const starts = events.filter((e) => e.type === "tool_call" && e.id !== null);
+    assert.deepEqual(
+      starts.map((e) => [e.index, e.id, e.name]),
+      [
+        [0, "call_a", "get_weather"],
+        [1, "call_b", "get_time"],
+      ],
+    );
+    assert.deepEqual(argumentsByCall(events), [WEATHER, TIME]);
+    const result = await job.result();
+    assert.deepEqual(result.message, { ...FINISHED, reasoning: "Two tools." });
+    assert.deepEqual(events.at(-1).message, result.message);
+    assert.equal(result.finishReason, "tool_calls");
+
+    history.push(result.message);
+    for (const call of result.toolCalls) {
+      history.push({ role: "tool", tool_call_id: call.id, content: RESULTS[call.function.name] });
+    }
+    const answer = await (await client.submit("", AGENT, { history })).result();
+    assert.equal(answer.text, "18 C, sunny 12:00");
+    assert.deepEqual(answer.toolCalls, []);
+  });
+
+  test("cut in the middle of the arguments: each fragment once", { timeout: TEST_TIMEOUT }, async () => {
+    const proxied = new Client(servers.url, { retry: { giveUpAfterMs: 20_000 } });
+    const history = [{ role: "user", content: "tools:slow" }];
+    const job = await proxied.submit("", AGENT, { history });
+    const events = [];
+    let cuts = 0;
+    for await (const event of job) {
+      events.push(event);
+      // Once inside the first call's arguments, once inside the second's.
+      if (event.type === "tool_call" && event.index === cuts && event.arguments !== "") {
+        const response = await fetch(`${servers.control}/cut`, { method: "POST" });
+        // The stream's connection, and perhaps the add's, kept alive.
+        assert.ok((await response.json()).cut >= 1, "a cut found no connection");
+        cuts += 1;
+      }
+    }
+    assert.equal(cuts, 2);
+    assert.deepEqual(argumentsByCall(events), [WEATHER, TIME]);
+    assert.deepEqual(job.toolCalls, FINISHED.tool_calls);
   });
 });
