@@ -35,6 +35,7 @@ import orjson
 from llm_worker.jobs.parts import Part, Reasoning, ToolCallDelta
 from llm_worker.jobs.templates import ChatMessage, TemplateError
 from llm_worker.providers.anthropic_messages import (
+    MESSAGE_SCHEMA,
     check_message,
     check_thinking,
     to_anthropic,
@@ -153,6 +154,9 @@ class AnthropicProvider(HttpProvider):
 
     def check_message(self, message: ChatMessage, where: str, name: str) -> None:
         check_message(message, where, name)
+
+    def message_schema(self) -> dict[str, Any] | None:
+        return MESSAGE_SCHEMA
 
     def _check_values(self, merged: Mapping[str, Any]) -> None:
         check_integer(merged, "max_tokens", low=1)

@@ -359,3 +359,65 @@ def check_thinking(thinking: object, max_tokens: int) -> None:
             f"settings.thinking.budget_tokens must be at least {MIN_THINKING_BUDGET} and "
             f"less than max_tokens ({max_tokens}), not {budget}"
         )
+
+
+_IMAGE = {
+    "properties": {
+        "type": {"const": "image_url"},
+        "image_url": {
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "pattern": "^(https?://|data:(" + "|".join(IMAGE_TYPES) + ");base64,)",
+                },
+                "detail": {"enum": ["auto", None]},
+            },
+            "additionalProperties": {"not": {}},
+        },
+    }
+}
+_PDF = {
+    "properties": {
+        "type": {"const": "file"},
+        "file": {
+            "required": ["file_data"],
+            "properties": {
+                "file_data": {"type": "string", "pattern": "^data:application/pdf;base64,"},
+                "file_id": {"type": "null"},
+            },
+        },
+    }
+}
+MESSAGE_SCHEMA: dict[str, Any] = {
+    "properties": {
+        "content": {
+            "anyOf": [
+                {"type": ["string", "null"]},
+                {
+                    "type": "array",
+                    "items": {"anyOf": [{"properties": {"type": {"const": "text"}}}, _IMAGE, _PDF]},
+                },
+            ]
+        },
+        "tool_calls": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "array",
+                    "items": {
+                        "properties": {
+                            "function": {"properties": {"arguments": {"pattern": r"^\s*\{"}}}
+                        }
+                    },
+                },
+            ]
+        },
+    },
+    "description": "Text, images (http(s) or base64 data URLs of "
+    + ", ".join(IMAGE_TYPES)
+    + ") and PDF files (base64 data URLs), in a user's turn; tool calls whose arguments "
+    "are a JSON object; no audio.",
+}
+"""Roughly what :func:`check_message` asks, as a JSON Schema (the HTTP API's document):
+that a tool call's arguments parse as a JSON object, and that images and files stand in
+a user's turn, it cannot say."""

@@ -50,6 +50,21 @@ KINDS = frozenset(
 )
 
 
+TEXT_ONLY: dict[str, Any] = {
+    "properties": {
+        "content": {
+            "anyOf": [
+                {"type": ["string", "null"]},
+                {"type": "array", "items": {"properties": {"type": {"const": "text"}}}},
+            ]
+        },
+        "tool_calls": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
+    },
+    "description": "Text only: no other content parts, no tool calls.",
+}
+"""The messages a text-only provider takes (:meth:`Provider.message_schema`)."""
+
+
 class ProviderError(Exception):
     """A model call that failed; the message is shown to the job's listeners.
 
@@ -117,6 +132,12 @@ class Provider(abc.ABC):
                     )
         if message.tool_calls:
             raise TemplateError(f"{where}.tool_calls: provider {name!r} cannot take tool calls")
+
+    def message_schema(self) -> dict[str, Any] | None:
+        """What :meth:`check_message` asks of a message beyond its fields, as a JSON Schema
+        that a message object must also meet (for the HTTP API's document); ``None`` when
+        it takes every message. By default: text, and no tool calls."""
+        return TEXT_ONLY
 
     def configuration_problem(self) -> str | None:
         """What the deployment must set before this provider can run jobs (a key, a

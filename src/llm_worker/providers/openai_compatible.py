@@ -83,6 +83,9 @@ class OpenAICompatibleProvider(HttpProvider):
         """Every message is sent as it is: content parts of any type, tool calls, tool
         results (an endpoint that cannot take one says so in its answer)."""
 
+    def message_schema(self) -> dict[str, Any] | None:
+        return None
+
     def _check_names(self, settings: Mapping[str, Any], merged: Mapping[str, Any]) -> None:
         for key, why in _RESERVED_SETTINGS.items():
             if key in settings:

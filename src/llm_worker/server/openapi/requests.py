@@ -27,6 +27,26 @@ def ref(model: str) -> dict[str, str]:
 CONTENT_PATTERN = r"^([^{}]|\{\{|\}\}|\{" + QUERY + r"\})*$"
 
 
+# What ChatMessage's validator says beyond its fields: content null only beside tool calls,
+# and tool calls only in an assistant's message.
+_MESSAGE_RULES = [
+    {
+        "if": {"properties": {"content": {"type": "null"}}, "required": ["content"]},
+        "then": {
+            "properties": {
+                "role": {"const": "assistant"},
+                "tool_calls": {"type": "array", "minItems": 1},
+            },
+            "required": ["tool_calls"],
+        },
+    },
+    {
+        "if": {"properties": {"tool_calls": {"type": "array"}}, "required": ["tool_calls"]},
+        "then": {"properties": {"role": {"const": "assistant"}}},
+    },
+]
+
+
 def message_schemas() -> dict[str, Any]:
     """``ChatMessage`` and ``TemplateMessage``, with the schemas of their parts beside them
     (pydantic's ``$defs`` made components). A template's text (its content, or its text
@@ -34,6 +54,7 @@ def message_schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     message = ChatMessage.model_json_schema(ref_template=_REF)
     schemas.update(message.pop("$defs", {}))
+    message["allOf"] = _MESSAGE_RULES
     schemas["ChatMessage"] = message
     template_text = {
         "type": "string",
@@ -97,6 +118,7 @@ def _stream_schemas(runner: Runner) -> dict[str, Any]:
     fallback = {
         "anyOf": [_with_settings(name, settings[name], {}, "provider") for name in providers]
     }
+    rules = {name: runner.providers.get(name).message_schema() for name in providers}
     streams = []
     for name in providers:
         inserts = [
@@ -111,13 +133,24 @@ def _stream_schemas(runner: Runner) -> dict[str, Any]:
                 "messages": {
                     "type": "array",
                     "minItems": 1,
-                    "items": {"anyOf": [ref("TemplateMessage"), *inserts]},
+                    "items": {"anyOf": [_meeting(ref("TemplateMessage"), rules[name]), *inserts]},
                 },
                 "fallbacks": {"type": "array", "maxItems": MAX_FALLBACKS, "items": fallback},
             },
             "provider",
         )
         schemas[model]["required"].append("messages")
+        # A fallback's provider is sent the same messages: they must suit it too.
+        fallback_rules = [
+            {
+                "if": _names_fallback(other),
+                "then": {"properties": {"messages": {"items": rule}}},
+            }
+            for other, rule in rules.items()
+            if rule is not None
+        ]
+        if fallback_rules:
+            schemas[model]["allOf"] = fallback_rules
         schemas[model]["description"] = f"A model call to provider {name!r}."
         streams.append(ref(model))
     for name, pipeline in runner.pipelines.items():
@@ -127,6 +160,41 @@ def _stream_schemas(runner: Runner) -> dict[str, Any]:
         streams.append(ref(model))
     schemas["Stream"] = {"anyOf": streams}
     return schemas
+
+
+def _meeting(schema: dict[str, Any], rule: dict[str, Any] | None) -> dict[str, Any]:
+    """``schema``, and ``rule`` beside it when there is one."""
+    return schema if rule is None else {"allOf": [schema, rule]}
+
+
+def _names_fallback(provider: str) -> dict[str, Any]:
+    """A stream that names ``provider`` among its fallbacks."""
+    named = {"properties": {"provider": {"const": provider}}, "required": ["provider"]}
+    return {"properties": {"fallbacks": {"contains": named}}, "required": ["fallbacks"]}
+
+
+def history_rules(runner: Runner) -> list[dict[str, Any]]:
+    """What the history must meet for each provider that may be sent it: one whose stream
+    (as its provider or a fallback) has an insert, which is handed the history."""
+    rules = []
+    for name in runner.providers.usable():
+        rule = runner.providers.get(name).message_schema()
+        if rule is None:
+            continue
+        names = {"properties": {"provider": {"const": name}}, "required": ["provider"]}
+        stream = {
+            "anyOf": [names, _names_fallback(name)],
+            "properties": {"messages": {"contains": {"required": ["insert"]}}},
+            "required": ["messages"],
+        }
+        streams = {"properties": {"streams": {"contains": stream}}, "required": ["streams"]}
+        rules.append(
+            {
+                "if": {"properties": {"assistant": streams}, "required": ["assistant"]},
+                "then": {"properties": {"history": {"items": rule}}},
+            }
+        )
+    return rules
 
 
 def job_schemas(runner: Runner) -> dict[str, Any]:
@@ -167,4 +235,6 @@ def job_schemas(runner: Runner) -> dict[str, Any]:
         },
         "description": "A job: what a WebSocket `add` carries, without `type` and `id`.",
     }
+    if rules := history_rules(runner):
+        schemas["JobRequest"]["allOf"] = rules
     return schemas
