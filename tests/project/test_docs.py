@@ -10,7 +10,8 @@ import pytest
 from dotenv import dotenv_values
 
 from llm_worker.config import Settings
-from llm_worker.jobs.templates import Assistant, ChatMessage
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import Assistant
 from llm_worker.wire.protocol import parse_request
 
 ROOT = Path(__file__).resolve().parents[2]

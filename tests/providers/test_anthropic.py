@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.providers import anthropic as anthropic_provider
 from llm_worker.providers.anthropic import (
     DEFAULT_MAX_TOKENS,

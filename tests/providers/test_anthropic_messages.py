@@ -10,7 +10,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.providers.anthropic import AnthropicClients, AnthropicProvider
 from llm_worker.providers.anthropic_messages import to_anthropic
 

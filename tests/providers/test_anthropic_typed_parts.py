@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.parts import Answer, Part, Reasoning, ToolCallDelta
-from llm_worker.jobs.templates import ChatMessage
 from llm_worker.providers.anthropic import AnthropicClients, AnthropicProvider, MessageEvents
 from llm_worker.providers.base import CallEnd, ProviderError
 from llm_worker.providers.http_replies import ReplyProblem

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from llm_worker.config import Settings
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.providers.echo import EchoProvider, words
 from llm_worker.providers.openai_compatible import ClientPool
 from llm_worker.running.catalog import build_providers, provider_readiness, real_providers

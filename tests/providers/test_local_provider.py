@@ -21,7 +21,8 @@ transformers = pytest.importorskip("transformers")
 
 from llm_worker.client import Client, TextDelta  # noqa: E402
 from llm_worker.client import Notice as NoticeEvent  # noqa: E402
-from llm_worker.jobs.templates import ChatMessage, TemplateError  # noqa: E402
+from llm_worker.jobs.messages import ChatMessage  # noqa: E402
+from llm_worker.jobs.templates import TemplateError  # noqa: E402
 from llm_worker.providers import CallEnd, Notice, ProviderError  # noqa: E402
 from llm_worker.providers.local import LocalModels, LocalProvider  # noqa: E402
 from llm_worker.testing.openai_server import OpenAIServer, Reply  # noqa: E402

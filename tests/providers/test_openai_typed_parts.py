@@ -13,8 +13,8 @@ import openai
 import orjson
 import pytest
 
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.parts import Answer, Part, Reasoning, Refusal, ToolCallDelta
-from llm_worker.jobs.templates import ChatMessage
 from llm_worker.jobs.usage import CallEnd
 from llm_worker.providers.base import Notice, ProviderError
 from llm_worker.providers.openai_compatible import ClientPool, OpenAICompatibleProvider

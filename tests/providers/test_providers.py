@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llm_worker.jobs.templates import ChatMessage
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.usage import CallEnd
 from llm_worker.providers.base import ProviderError
 from llm_worker.providers.http_replies import ReplyProblem

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.providers.base import CallEnd, Notice
 from llm_worker.providers.echo import EchoProvider
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.model import JobSpec
-from llm_worker.jobs.templates import Assistant, ChatMessage
+from llm_worker.jobs.templates import Assistant
 from llm_worker.providers import CallEnd, Notice, Provider, ProviderError
 from llm_worker.running.registry import Registry
 from llm_worker.running.runner import RetryPolicy, Runner

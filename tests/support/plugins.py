@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
-from llm_worker.jobs.templates import ChatMessage, ModelStream, TemplateError
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import ModelStream, TemplateError
 from llm_worker.providers import Provider, ProviderError
 from llm_worker.running.context import CheckContext, StreamContext
 from llm_worker.running.inserts import Insert

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llm_worker.jobs.templates import Assistant, ChatMessage
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import Assistant
 
 
 class JobState(enum.StrEnum):

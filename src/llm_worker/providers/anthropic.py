@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.parts import Part, Reasoning, ToolCallDelta
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.providers.anthropic_messages import (
     MESSAGE_SCHEMA,
     check_message,

@@ -1,6 +1,6 @@
 """What the ``anthropic`` provider sends: the chat in the Messages API's shape.
 
-The chat comes in OpenAI's shape (:class:`~llm_worker.jobs.templates.ChatMessage`);
+The chat comes in OpenAI's shape (:class:`~llm_worker.jobs.messages.ChatMessage`);
 the API takes it apart: system and developer messages go to its ``system``
 parameter; content parts become content blocks (text, ``image`` from a data URL or
 an http(s) URL, ``document`` from a PDF); an assistant's signed
@@ -26,16 +26,16 @@ from typing import Any
 
 import orjson
 
-from llm_worker.jobs.templates import (
+from llm_worker.jobs.messages import (
     AudioPart,
     ChatMessage,
     ContentPart,
     FilePart,
     ImagePart,
-    TemplateError,
     TextPart,
     ToolCall,
 )
+from llm_worker.jobs.templates import TemplateError
 
 Block = dict[str, Any]
 

@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llm_worker.jobs.messages import ChatMessage, TextPart
 from llm_worker.jobs.parts import Part, Reasoning, Refusal, ToolCallDelta
-from llm_worker.jobs.templates import ChatMessage, TemplateError, TextPart
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.jobs.usage import CallEnd
 
 __all__ = [

@@ -20,7 +20,8 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.providers.base import CallEnd, Provider
 from llm_worker.providers.checks import (
     check_integer,

@@ -21,7 +21,8 @@ from typing import Any
 
 import httpx2
 
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.ops.redaction import redact_url, scrub, url_secrets
 from llm_worker.providers.base import CallEnd, Part, Provider, ProviderError
 from llm_worker.providers.http_replies import (

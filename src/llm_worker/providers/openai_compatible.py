@@ -21,7 +21,8 @@ from urllib.parse import parse_qsl
 import openai
 import orjson
 
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import TemplateError
 from llm_worker.providers.base import CallEnd, Part, Reasoning, Refusal, ToolCallDelta
 from llm_worker.providers.checks import (
     MODEL_SCHEMA,

@@ -10,13 +10,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.model import JobSpec
 from llm_worker.jobs.templates import (
     BUILTIN_PLACEHOLDERS,
     PLAIN_NAME,
     PREVIOUS_STREAM_OUTPUT,
     QUERY,
-    ChatMessage,
     InsertItem,
     ModelStream,
     PipelineStream,

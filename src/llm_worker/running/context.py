@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.model import JobSpec
-from llm_worker.jobs.templates import ChatMessage, TemplateError
+from llm_worker.jobs.templates import TemplateError
 
 if TYPE_CHECKING:
     from llm_worker.providers import Provider

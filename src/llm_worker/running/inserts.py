@@ -23,8 +23,9 @@ import abc
 from collections.abc import Mapping
 from typing import Any
 
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.model import JobSpec
-from llm_worker.jobs.templates import ChatMessage, ModelStream, TemplateError
+from llm_worker.jobs.templates import ModelStream, TemplateError
 from llm_worker.providers.checks import INT64_MAX
 from llm_worker.running.context import CheckContext, StreamContext
 from llm_worker.running.registry import Registry

@@ -18,11 +18,11 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.model import JobSpec
 from llm_worker.jobs.templates import (
     PREVIOUS_STREAM_OUTPUT,
     QUERY,
-    ChatMessage,
     InsertItem,
     ModelStream,
     PipelineStream,

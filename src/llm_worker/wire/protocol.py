@@ -25,8 +25,9 @@ from pydantic import (
     ValidationError,
 )
 
+from llm_worker.jobs.messages import CONTENT_TAGS, PART_TYPES, ChatMessage
 from llm_worker.jobs.model import JobRecord, JobSpec
-from llm_worker.jobs.templates import CONTENT_TAGS, PART_TYPES, Assistant, ChatMessage, text_value
+from llm_worker.jobs.templates import Assistant, text_value
 from llm_worker.wire import errors
 
 

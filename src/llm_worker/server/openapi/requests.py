@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llm_worker.jobs.templates import BUILTIN_PLACEHOLDERS, MAX_FALLBACKS, QUERY, ChatMessage
+from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.templates import BUILTIN_PLACEHOLDERS, MAX_FALLBACKS, QUERY
 
 if TYPE_CHECKING:
     from llm_worker.running.runner import Runner
