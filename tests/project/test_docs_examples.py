@@ -2,9 +2,10 @@
 
 Python blocks run as scripts, shell blocks with bash, ``console`` blocks command
 by command with their printed output compared, JavaScript blocks under Node
-(beside a copy of the ``/client.js`` the worker serves). The worker is a real
-``llm-worker serve`` with the ``echo`` provider on and the ``openai`` provider
-pointed at the loopback model server, so that examples naming either answer.
+(beside a copy of the ``/client.js`` the worker serves, with the modules it
+imports). The worker is a real ``llm-worker serve`` with the ``echo`` provider on
+and the ``openai`` provider pointed at the loopback model server, so that examples
+naming either answer.
 The only change made to an example is the port: the docs say the default,
 8001, and the tests' worker takes a free one.
 
@@ -19,7 +20,6 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from llm_worker.testing.processes import clean_env
+from tests.support.client_js import download_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -183,8 +184,7 @@ def test_example_runs_as_pasted(block: Block, live: LiveWorker) -> None:
     elif block.language == "js":
         node = shutil.which("node")
         assert node is not None, "Node.js runs the JavaScript examples"
-        with urllib.request.urlopen(f"http://127.0.0.1:{live.port}/client.js") as response:
-            (live.workdir / "client.js").write_bytes(response.read())
+        download_client(f"http://127.0.0.1:{live.port}", live.workdir)
         script = live.workdir / "example.mjs"
         script.write_text(code)
         assert _run(live, [node, str(script)]).strip()

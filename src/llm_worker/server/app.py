@@ -47,9 +47,12 @@ log = logging.getLogger(__name__)
 
 # After the grace, how long listeners may take to receive what giving up jobs produced.
 RELAY_AFTER_GRACE_SECONDS = 2.0
-CLIENT_JS = Path(__file__).parent / "static" / "client.js"
-CONSOLE_HTML = Path(__file__).parent / "static" / "console.html"
-CONSOLE_JS = Path(__file__).parent / "static" / "console.js"
+STATIC = Path(__file__).parent / "static"
+CLIENT_JS = STATIC / "client.js"
+# The modules client.js imports, by name: only these are served at /client/{name}.js.
+CLIENT_MODULES = {path.stem: path for path in sorted((STATIC / "client").glob("*.js"))}
+CONSOLE_HTML = STATIC / "console.html"
+CONSOLE_JS = STATIC / "console.js"
 # The console loads nothing from anywhere but the worker (it works offline, and an
 # injected tag could call nowhere else), and no other page may frame it.
 CONSOLE_HEADERS = {
@@ -210,6 +213,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             *JobsAPI(gateway, service.settings.sse_keepalive_seconds).routes(),
             Route("/openapi.json", openapi_route(service)),
             Route("/client.js", client_js),
+            Route("/client/{name}.js", client_module),
             Route("/", to_console),
             Route("/console", console_page),
             Route("/console.js", console_js),
@@ -264,6 +268,15 @@ async def client_js(request: Request) -> FileResponse:
     """The browser client (an ES module, also usable from Node), public like the page
     that loads it: it holds no secret."""
     return FileResponse(CLIENT_JS, media_type="text/javascript; charset=utf-8")
+
+
+async def client_module(request: Request) -> FileResponse:
+    """A module of the browser client, which ``/client.js`` imports: public and served
+    as it is. Only the files of ``static/client/`` are, by name; any other is a 404."""
+    module = CLIENT_MODULES.get(request.path_params["name"])
+    if module is None:
+        raise HTTPException(404)
+    return FileResponse(module, media_type="text/javascript; charset=utf-8")
 
 
 async def console_page(request: Request) -> FileResponse:
