@@ -19,6 +19,7 @@ from tests.conftest import (
     serve,
 )
 from tests.support.stores import STORE_KINDS
+from tests.support.waiting import eventually
 from tests.support.wsclient import WSClient, assert_exactly_once, assistant, done_frame, text_of
 
 TOKENS = [f" t{i}" for i in range(20)]
@@ -396,7 +397,12 @@ async def test_finished_jobs_expire_after_job_ttl(
     job_id, _ = await client.run()
     await client.send({"type": "status", "job_id": job_id})
     assert (await client.expect("status"))["state"] == "done"
-    await asyncio.sleep(0.5)
+    store = worker.app.state.store
+
+    async def expired() -> bool:
+        return await store.get(job_id) is None
+
+    await eventually(expired, what="the job's record to expire")
     await client.send({"type": "listen", "job_id": job_id})
     assert await client.recv() == {
         "type": "error",
