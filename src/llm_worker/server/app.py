@@ -34,6 +34,7 @@ from llm_worker.running.inserts import builtin_inserts
 from llm_worker.running.pipelines import builtin_pipelines
 from llm_worker.running.runner import RetryPolicy, Runner
 from llm_worker.running.worker import Worker
+from llm_worker.server import openai_api
 from llm_worker.server.access import load_access
 from llm_worker.server.gateway import Gateway, GatewayLimits
 from llm_worker.server.http_api import JobsAPI
@@ -211,6 +212,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             Route("/healthz", gateway.healthz),
             Route("/metrics", gateway.metrics_endpoint),
             *JobsAPI(gateway, service.settings.sse_keepalive_seconds).routes(),
+            *openai_api.routes(gateway),
             Route("/openapi.json", openapi_route(service)),
             Route("/client.js", client_js),
             Route("/client/{name}.js", client_module),

