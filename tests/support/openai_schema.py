@@ -11,12 +11,12 @@ from typing import Any
 
 import jsonschema
 
-_FILE = Path(__file__).parent / "schemas" / "openai_chat.json"
+_SCHEMAS = Path(__file__).parent / "schemas"
 
 
 @cache
-def _document() -> dict[str, Any]:
-    return _nullable(json.loads(_FILE.read_text()))
+def _document(name: str = "openai_chat") -> dict[str, Any]:
+    return _nullable(json.loads((_SCHEMAS / f"{name}.json").read_text()))
 
 
 def _nullable(node: Any) -> Any:
@@ -32,10 +32,11 @@ def _nullable(node: Any) -> Any:
     return node
 
 
-def errors(definition: str, instance: Any) -> list[str]:
+def errors(definition: str, instance: Any, document: str = "openai_chat") -> list[str]:
     """What is wrong with ``instance`` as OpenAI's ``definition`` (for instance
-    ``CreateChatCompletionRequest``) defines it; empty when it is valid."""
-    schema = {"$ref": f"#/$defs/{definition}", "$defs": _document()["$defs"]}
+    ``CreateChatCompletionRequest``) defines it; empty when it is valid. The Responses
+    API's definitions are in ``document="openai_responses"``."""
+    schema = {"$ref": f"#/$defs/{definition}", "$defs": _document(document)["$defs"]}
     validator = jsonschema.Draft202012Validator(schema)
     return [
         f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
