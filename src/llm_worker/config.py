@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     """Where the ``anthropic`` provider sends requests (the Messages API's root, no /v1)."""
     providers_file: Path | None = None
     """TOML or YAML file naming further OpenAI-compatible endpoints."""
+    openai_api_provider: str = "openai"
+    """The provider that OpenAI's API (``/v1/chat/completions``, ``/v1/responses``) runs a
+    ``model`` on when the name does not start with a provider's (``vllm/...``)."""
     echo_provider: Literal["off", "on", "auto"] = "off"
     """The ``echo`` provider, which repeats the question word by word, for trying and
     testing: ``on``; ``auto``, only while no real provider is configured (what

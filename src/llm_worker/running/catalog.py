@@ -328,9 +328,17 @@ def known_models(providers: Registry[Provider], also: str = "") -> set[str]:
     a metric label of their own; a name a client makes up does not."""
     names = {name.strip() for name in also.split(",") if name.strip()}
     for _, provider in providers.items():
-        model = getattr(provider, "defaults", {}).get("model")
-        if isinstance(model, str):
-            names.add(model)
-        if isinstance(provider, LocalProvider):
-            names.update(provider.choices)
+        names.update(provider_models(provider))
+    return names
+
+
+def provider_models(provider: Provider) -> set[str]:
+    """The models ``provider`` is known to serve: its default model, a local provider's
+    models."""
+    names = set()
+    model = getattr(provider, "defaults", {}).get("model")
+    if isinstance(model, str):
+        names.add(model)
+    if isinstance(provider, LocalProvider):
+        names.update(provider.choices)
     return names

@@ -212,7 +212,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             Route("/healthz", gateway.healthz),
             Route("/metrics", gateway.metrics_endpoint),
             *JobsAPI(gateway, service.settings.sse_keepalive_seconds).routes(),
-            *openai_api.routes(gateway),
+            *openai_api.routes(gateway, service.settings.openai_api_provider),
             Route("/openapi.json", openapi_route(service)),
             Route("/client.js", client_js),
             Route("/client/{name}.js", client_module),

@@ -8,10 +8,16 @@ from typing import TYPE_CHECKING
 
 from starlette.routing import Route
 
+from llm_worker.server.openai_api import chat, models
+
 if TYPE_CHECKING:
     from llm_worker.server.gateway import Gateway
 
 
-def routes(gateway: Gateway) -> list[Route]:
-    """Every route of OpenAI's API this worker serves."""
-    return []
+def routes(gateway: Gateway, default_provider: str = "openai") -> list[Route]:
+    """Every route of OpenAI's API this worker serves; a ``model`` that names no provider
+    runs on ``default_provider`` (``OPENAI_API_PROVIDER``)."""
+    return [
+        *chat.routes(gateway, default_provider),
+        *models.routes(gateway, default_provider),
+    ]

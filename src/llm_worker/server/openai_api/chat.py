@@ -1,0 +1,230 @@
+"""``POST /v1/chat/completions``: OpenAI's Chat Completions API, each request a job.
+
+The request is read into a job (:mod:`llm_worker.wire.openai.chat_request`) and
+queued as any other (keys, tenants, limits, metrics); its log is rendered as the
+reply (:mod:`llm_worker.wire.openai.chat_render`): the ``chat.completion`` once the
+job ends, or, with ``stream: true``, its ``chat.completion.chunk`` objects as
+Server-Sent Events ending with ``data: [DONE]``. Every reply says its job in
+``x-llm-worker-job-id``: the job can be followed, read and cancelled through
+``/v1/jobs`` like the others.
+
+A client that goes away before the reply ends cancels the job (the model stops),
+unless the request said ``x-llm-worker-keep-running: true``: then the job runs on,
+its answer kept in the store for ``/v1/jobs/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from llm_worker.jobs.model import Event, EventKind
+from llm_worker.ops.logs import set_job
+from llm_worker.server.access import Principal
+from llm_worker.server.openai_api.bodies import read_json
+from llm_worker.server.openai_api.errors import answered, openai_error, openai_error_body
+from llm_worker.server.refusals import Refused
+from llm_worker.store import StoreError
+from llm_worker.wire.openai.chat_render import ChunkRenderer, completion, done_summary
+from llm_worker.wire.openai.chat_request import ChatRequest, read_chat_request
+
+if TYPE_CHECKING:
+    from llm_worker.server.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+JOB_HEADER = "x-llm-worker-job-id"
+KEEP_RUNNING_HEADER = "x-llm-worker-keep-running"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def routes(gateway: Gateway, default_provider: str) -> list[Route]:
+    door = ChatCompletions(gateway, default_provider)
+    return [Route("/v1/chat/completions", answered(door.create), methods=["POST"])]
+
+
+class ChatCompletions:
+    """The door: a request in, a job queued, its reply out."""
+
+    def __init__(self, gateway: Gateway, default_provider: str) -> None:
+        self.gateway = gateway
+        self.default_provider = default_provider
+
+    async def create(self, request: Request) -> Response:
+        principal = self.gateway.authenticate(request)
+        body = await read_json(self.gateway, request)
+        providers = self.gateway.runner.providers
+        chat = read_chat_request(body, providers, self.default_provider)
+        if chat.provider in providers:
+            chat = _fitted(chat, providers.get(chat.provider).settings_schema())
+        created = int(time.time())
+        record, _ = await self.gateway.add_job(principal, chat.job_spec(created))
+        keep_running = request.headers.get(KEEP_RUNNING_HEADER, "").lower() == "true"
+        job = _Job(self.gateway, principal, record.id, keep_running)
+        renderer = ChunkRenderer(record.id, chat.model, created, chat.include_usage)
+        if chat.stream:
+            return ChatStream(job, renderer)
+        return await _completion(job, request, chat.model, created)
+
+
+def _fitted(chat: ChatRequest, schema: Mapping[str, Any]) -> ChatRequest:
+    """``chat`` with ``max_completion_tokens`` sent as ``max_tokens`` to a provider that
+    takes only that (Anthropic's)."""
+    properties = schema.get("properties") or {}
+    settings = chat.settings
+    if (
+        "max_completion_tokens" in settings
+        and "max_completion_tokens" not in properties
+        and "max_tokens" in properties
+    ):
+        settings = dict(settings)
+        settings["max_tokens"] = settings.pop("max_completion_tokens")
+        return dataclasses.replace(chat, settings=settings)
+    return chat
+
+
+class _Job:
+    """The job a request started, and what its client's going away does to it."""
+
+    def __init__(self, gateway: Gateway, principal: Principal, job_id: str, keep: bool) -> None:
+        self.gateway = gateway
+        self.principal = principal
+        self.id = job_id
+        self.keep_running = keep
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {JOB_HEADER: self.id}
+
+    async def events(self) -> Any:
+        """The job's log, batch by batch, from its start."""
+        async for batch in self.gateway.store.follow(self.id, 0):
+            yield batch
+
+    async def client_gone(self) -> None:
+        """The client left before its reply ended: the job is cancelled, unless it was
+        asked to keep running."""
+        if self.keep_running:
+            log.info("client gone; job %s keeps running as asked", self.id)
+            return
+        with contextlib.suppress(Refused, StoreError):
+            await self.gateway.cancel_job(self.principal, self.id)
+            log.info("client gone; job %s cancelled", self.id)
+
+
+async def _completion(job: _Job, request: Request, model: str, created: int) -> Response:
+    """The ``chat.completion`` once the job ends (an error in OpenAI's shape if it did
+    not end done), or the job cancelled if the client leaves first."""
+    ending = asyncio.ensure_future(_last_event(job))
+    leaving = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({ending, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (ending, leaving):
+            task.cancel()
+    if not ending.done() or ending.cancelled():
+        await job.client_gone()
+        return Response(status_code=499, headers=job.headers)
+    last = ending.result()
+    if last.kind is EventKind.DONE:
+        body = completion(job.id, model, created, done_summary(last))
+        return JSONResponse(body, headers=job.headers)
+    if last.kind is EventKind.CANCELLED:
+        return openai_error(
+            409, f"job {job.id} was cancelled", code="job_cancelled", headers=job.headers
+        )
+    return openai_error(
+        500, last.message or f"job {job.id} failed", code="job_failed", headers=job.headers
+    )
+
+
+async def _last_event(job: _Job) -> Event:
+    async for batch in job.events():
+        for event in batch:
+            if event.kind.terminal:
+                return event
+    raise StoreError(f"the log of job {job.id} ended without its end")
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class ChatStream(Response):
+    """A job's reply as ``chat.completion.chunk`` Server-Sent Events, live."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, job: _Job, renderer: ChunkRenderer) -> None:
+        # Not Response.__init__: it would say the body is empty (content-length: 0).
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**SSE_HEADERS, **job.headers})
+        self.job = job
+        self.renderer = renderer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        relaying = asyncio.create_task(self._relay(send), name=f"chat-{self.job.id}")
+        leaving = asyncio.create_task(_disconnected(receive), name="chat-disconnect")
+        # Counted as a follower, so a stopping worker lets it relay the job's end.
+        self.job.gateway.streams[relaying] = self.job.id
+        try:
+            await asyncio.wait({relaying, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.job.gateway.streams.pop(relaying, None)
+            for task in (relaying, leaving):
+                task.cancel()
+            for task in (relaying, leaving):
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await task
+        ended = relaying.done() and not relaying.cancelled() and relaying.exception() is None
+        if not ended:
+            await self.job.client_gone()
+            return
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relay(self, send: Send) -> None:
+        set_job(self.job.id, self.job.principal.tenant)
+        renderer = self.renderer
+        metrics, since = self.job.gateway.metrics, time.perf_counter()
+        await send(_body(_data(renderer.start())))
+        sent_text = False
+        async for batch in self.job.events():
+            chunks = renderer.chunks(batch)
+            if chunks:
+                await send(_body(b"".join(_data(chunk) for chunk in chunks)))
+                if not sent_text:
+                    sent_text = True
+                    metrics.first_frame_sent(self.job.id, since, time.perf_counter())
+            if renderer.finished:
+                break
+        if renderer.error is not None:
+            message, code = renderer.error
+            await send(_body(b"data: " + openai_error_body(500, message, None, code) + b"\n\n"))
+        else:
+            await send(_body(b"data: [DONE]\n\n"))
+
+
+def _data(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _body(data: bytes) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": True}

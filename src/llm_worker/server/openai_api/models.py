@@ -1,0 +1,71 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}``: the models this deployment serves,
+as OpenAI lists them. Each usable provider's known models (its default model, a
+local provider's models) are ``<provider>/<model>``; the default provider's
+(``OPENAI_API_PROVIDER``) are listed by their bare names too. Any other name a
+provider takes still works in a request: the list is what is known, not a limit."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from llm_worker.running.catalog import provider_models
+from llm_worker.server.openai_api.errors import answered, openai_error
+from llm_worker.server.refusals import Refused
+from llm_worker.wire import errors
+
+if TYPE_CHECKING:
+    from llm_worker.server.gateway import Gateway
+
+
+def routes(gateway: Gateway, default_provider: str) -> list[Route]:
+    listing = ModelList(gateway, default_provider)
+    return [
+        Route("/v1/models", answered(listing.list), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", answered(listing.get), methods=["GET"]),
+    ]
+
+
+class ModelList:
+    def __init__(self, gateway: Gateway, default_provider: str) -> None:
+        self.gateway = gateway
+        self.default_provider = default_provider
+        # Models have no birthday here: the time the worker started stands for it.
+        self.created = int(time.time())
+
+    def models(self) -> list[dict[str, Any]]:
+        """The model objects of every model served, sorted by id."""
+        providers = self.gateway.runner.providers
+        served: dict[str, str] = {}
+        for name in providers.usable():
+            for model in provider_models(providers.get(name)):
+                served[f"{name}/{model}"] = name
+                if name == self.default_provider:
+                    served.setdefault(model, name)
+        return [
+            {"id": model_id, "object": "model", "created": self.created, "owned_by": owner}
+            for model_id, owner in sorted(served.items())
+        ]
+
+    async def list(self, request: Request) -> Response:
+        self._allowed(request)
+        return JSONResponse({"object": "list", "data": self.models()})
+
+    async def get(self, request: Request) -> Response:
+        self._allowed(request)
+        model_id = request.path_params["model_id"]
+        for model in self.models():
+            if model["id"] == model_id:
+                return JSONResponse(model)
+        return openai_error(
+            404, f"the model {model_id!r} is not served here", "model", "model_not_found"
+        )
+
+    def _allowed(self, request: Request) -> None:
+        principal = self.gateway.authenticate(request)
+        if principal.listen_only:
+            raise Refused("a listen token may only follow its job", errors.LISTEN_ONLY)
