@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from starlette.routing import Route
 
 from llm_worker.server.openai_api import chat, models
+from llm_worker.server.openai_api.responses import ResponsesAPI
 
 if TYPE_CHECKING:
     from llm_worker.server.gateway import Gateway
@@ -20,4 +21,5 @@ def routes(gateway: Gateway, default_provider: str = "openai") -> list[Route]:
     return [
         *chat.routes(gateway, default_provider),
         *models.routes(gateway, default_provider),
+        *ResponsesAPI(gateway, default_provider).routes(),
     ]

@@ -1,0 +1,261 @@
+"""OpenAI's Responses API on the worker's port, each response a job:
+
+    POST   /v1/responses                      create (``stream``, ``background``)
+    GET    /v1/responses/{id}                 the Response as it stands; with
+                                              ``stream=true&starting_after=N`` its events after N
+    POST   /v1/responses/{id}/cancel          cancel the job (a cancelled one: returned as it is)
+    DELETE /v1/responses/{id}                 no longer served (its job cancelled if it runs)
+    GET    /v1/responses/{id}/input_items     its input, as items
+
+A response's id is ``resp_`` and its job's id. Its events come from the job's log
+(:mod:`llm_worker.wire.openai.responses_events`), numbered by the log alone, which is
+what lets a stream resume at any ``sequence_number`` while the job is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from llm_worker.jobs.model import JobRecord, JobSpec, JobState
+from llm_worker.server.access import Principal
+from llm_worker.server.openai_api.errors import answered
+from llm_worker.server.openai_api.responses_kept import KeptResponse, KeptResponses
+from llm_worker.store import UnknownJob
+from llm_worker.wire.openai import InvalidParam
+from llm_worker.wire.openai import responses as requests
+from llm_worker.wire.openai.chat_request import resolve_model
+from llm_worker.wire.openai.responses_events import ResponseLog
+
+if TYPE_CHECKING:
+    from llm_worker.server.gateway import Gateway
+
+PREFIX = "resp_"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# Request fields a Response echoes back.
+_ECHOED = ("instructions", "metadata", "temperature", "top_p", "max_output_tokens", "tools")
+_ECHOED_MORE = ("tool_choice", "parallel_tool_calls", "previous_response_id", "reasoning", "text")
+
+
+class ResponsesAPI:
+    """The ``/v1/responses`` routes."""
+
+    def __init__(self, gateway: Gateway, default_provider: str = "openai") -> None:
+        self.gateway = gateway
+        self.default_provider = default_provider
+        self.kept = KeptResponses()
+        self._cancels: set[asyncio.Task[Any]] = set()
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/responses", answered(self.create), methods=["POST"]),
+            Route("/v1/responses/{id}", answered(self.one), methods=["GET", "DELETE"]),
+            Route("/v1/responses/{id}/cancel", answered(self.cancel), methods=["POST"]),
+            Route("/v1/responses/{id}/input_items", answered(self.input_items), methods=["GET"]),
+        ]
+
+    # -- create -------------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        principal = self.gateway.authenticate(request)
+        try:
+            body = requests.check_fields(orjson.loads(await request.body()))
+        except orjson.JSONDecodeError:
+            raise InvalidParam("the request body is not JSON") from None
+        items = requests.input_items(body["input"])
+        earlier = await self._earlier(principal, body.get("previous_response_id"))
+        history = earlier + requests.history(body.get("instructions"), items)
+        provider, model = resolve_model(
+            body["model"], self.gateway.runner.providers.usable(), self.default_provider
+        )
+        settings = {"model": model, **requests.settings(body)}
+        base = _base(body, time.time())
+        stream = {"provider": provider, "settings": settings, "messages": [{"insert": "history"}]}
+        assistant = {"streams": [stream], "openai_request": {"api": "responses", **base}}
+        spec = JobSpec.model_validate({"assistant": assistant, "query": "", "history": history})
+        record, _ = await self.gateway.add_job(principal, spec)
+        background = bool(body.get("background"))
+        kept = KeptResponse(base, background, items, history)
+        self.kept.add(record.id, kept)
+        if body.get("stream"):
+            return self._stream(record.id, kept, -1, cancel_when_gone=not background)
+        log = ResponseLog(PREFIX + record.id, base, background)
+        if background:
+            log.status = "queued"
+            return JSONResponse(log.response())
+        await self._read_to_end(record.id, log)
+        return JSONResponse(log.response())
+
+    async def _earlier(self, principal: Principal, previous: Any) -> list[dict[str, Any]]:
+        """The conversation a ``previous_response_id`` continues: that response's
+        history and its output message."""
+        if previous is None:
+            return []
+        if not isinstance(previous, str):
+            raise InvalidParam(
+                "previous_response_id must be a response's id", "previous_response_id"
+            )
+        job_id = await self._job_id(principal, previous)
+        kept = self.kept.get(job_id)
+        log = await self._log_of(job_id, kept)
+        if kept is None or log.message is None:
+            raise InvalidParam(
+                f"response {previous!r} has no stored conversation to continue (not finished, "
+                "or created by another process)",
+                "previous_response_id",
+            )
+        return [*kept.history, _without_reasoning(log.message)]
+
+    # -- read ---------------------------------------------------------------------
+
+    async def one(self, request: Request) -> Response:
+        principal = self.gateway.authenticate(request)
+        job_id = await self._job_id(principal, request.path_params["id"])
+        if request.method == "DELETE":
+            return await self._delete(principal, job_id)
+        kept = self.kept.get(job_id)
+        if request.query_params.get("stream") in ("true", "1"):
+            after = _starting_after(request.query_params.get("starting_after"))
+            return self._stream(job_id, kept, after, cancel_when_gone=False)
+        log = await self._log_of(job_id, kept)
+        if not log.ended:
+            record = await self.gateway.visible(principal, job_id)
+            log.status = "queued" if record.state is JobState.PENDING else "in_progress"
+        return JSONResponse(log.response())
+
+    async def input_items(self, request: Request) -> Response:
+        principal = self.gateway.authenticate(request)
+        job_id = await self._job_id(principal, request.path_params["id"])
+        kept = self.kept.get(job_id)
+        if kept is None:
+            raise InvalidParam(f"the input of {PREFIX}{job_id} is not kept by this process")
+        data = [requests.listed_item(item, f"in_{job_id}_{n}") for n, item in enumerate(kept.items)]
+        if request.query_params.get("order", "desc") == "desc":
+            data.reverse()
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            }
+        )
+
+    # -- cancel and delete -------------------------------------------------------
+
+    async def cancel(self, request: Request) -> Response:
+        principal = self.gateway.authenticate(request)
+        job_id = await self._job_id(principal, request.path_params["id"])
+        record = await self.gateway.cancel_job(principal, job_id)
+        log = await self._log_of(job_id, self.kept.get(job_id))
+        if record.state is JobState.CANCELLED:
+            log.status = "cancelled"
+        return JSONResponse(log.response())
+
+    async def _delete(self, principal: Principal, job_id: str) -> Response:
+        record = await self.gateway.visible(principal, job_id)
+        if not record.state.finished:
+            await self.gateway.cancel_job(principal, job_id)
+        self.kept.delete(job_id)
+        return JSONResponse({"id": PREFIX + job_id, "object": "response", "deleted": True})
+
+    # -- the log --------------------------------------------------------------------
+
+    async def _job_id(self, principal: Principal, response_id: str) -> str:
+        """The job of ``response_id``, if ``principal`` may see it and it was not deleted."""
+        job_id = response_id.removeprefix(PREFIX)
+        if not response_id.startswith(PREFIX) or self.kept.deleted(job_id):
+            raise UnknownJob(response_id)
+        record: JobRecord = await self.gateway.visible(principal, job_id)
+        return record.id
+
+    async def _log_of(self, job_id: str, kept: KeptResponse | None) -> ResponseLog:
+        """The job's Response as its log so far makes it."""
+        log = _new_log(job_id, kept)
+        log.opening()
+        for event in await self.gateway.store.read(job_id):
+            log.feed(event)
+        return log
+
+    async def _read_to_end(self, job_id: str, log: ResponseLog) -> None:
+        async for _ in self._events(job_id, log):
+            pass
+
+    async def _events(self, job_id: str, log: ResponseLog) -> AsyncIterator[dict[str, Any]]:
+        """The response's events from the first, until its end."""
+        for event in log.opening():
+            yield event
+        async for batch in self.gateway.store.follow(job_id, 0):
+            for entry in batch:
+                for event in log.feed(entry):
+                    yield event
+            if log.ended:
+                return
+
+    def _stream(
+        self, job_id: str, kept: KeptResponse | None, after: int, cancel_when_gone: bool
+    ) -> Response:
+        log = _new_log(job_id, kept)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for event in self._events(job_id, log):
+                    if event["sequence_number"] > after:
+                        yield _sse(event)
+            finally:
+                if cancel_when_gone and not log.ended:
+                    self._cancel_later(job_id)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    def _cancel_later(self, job_id: str) -> None:
+        """The job of a stream whose client left it: cancelled (its model stopped)."""
+        task = asyncio.ensure_future(self.gateway.store.cancel(job_id))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+
+def _new_log(job_id: str, kept: KeptResponse | None) -> ResponseLog:
+    if kept is None:
+        return ResponseLog(PREFIX + job_id, {"model": "", "created_at": 0}, False)
+    return ResponseLog(PREFIX + job_id, kept.base, kept.background)
+
+
+def _base(body: dict[str, Any], created_at: float) -> dict[str, Any]:
+    base: dict[str, Any] = {"created_at": int(created_at), "model": body["model"]}
+    for name in (*_ECHOED, *_ECHOED_MORE):
+        base[name] = body.get(name)
+    base["tools"] = [{"strict": None, **tool} for tool in base["tools"] or ()]
+    base["tool_choice"] = base["tool_choice"] or "auto"
+    base["parallel_tool_calls"] = base["parallel_tool_calls"] is not False
+    base["metadata"] = base["metadata"] or {}
+    base["text"] = base["text"] or {"format": {"type": "text"}}
+    base["background"] = bool(body.get("background"))
+    base["store"] = body.get("store") is not False
+    return base
+
+
+def _without_reasoning(message: dict[str, Any]) -> dict[str, Any]:
+    """A finished message as the next turn sends it back (its reasoning is the model's)."""
+    return {k: v for k, v in message.items() if k not in ("reasoning", "reasoning_details")}
+
+
+def _starting_after(value: str | None) -> int:
+    if value is None:
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidParam("starting_after must be a number", "starting_after") from None
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
