@@ -16,25 +16,12 @@ import httpx
 import openai
 import pytest
 
-from llm_worker.testing.openai_server import OpenAIServer, Reply, ScriptedCall
+from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import RunningWorker, StartWorker
+from tests.server.test_typed_events import OSLO, PARIS, WEATHER_TOOL, agent_reply
 from tests.support.openai_schema import errors as schema_errors
 from tests.support.waiting import eventually
 
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-PARIS = json.dumps({"city": "Paris", "note": 'brace } and quote " inside'})
-OSLO = json.dumps({"city": "Oslo", "days": [1, 2, 3]})
 USER: Any = [{"role": "user", "content": "Weather in Paris and Oslo?"}]
 
 
@@ -43,21 +30,6 @@ async def sdk(worker: RunningWorker, key: str = "none") -> AsyncIterator[openai.
     client = openai.AsyncOpenAI(base_url=worker.http_url + "/v1", api_key=key, max_retries=0)
     async with client:
         yield client
-
-
-def two_calls(delay: float = 0.0) -> Reply:
-    return Reply(
-        tokens=["Checking."],
-        tool_calls=[
-            ScriptedCall("call_paris", "get_weather", PARIS, piece=3),
-            ScriptedCall("call_oslo", "get_weather", OSLO, piece=2),
-        ],
-        usage_details={
-            "prompt_tokens_details": {"cached_tokens": 2},
-            "completion_tokens_details": {"reasoning_tokens": 3},
-        },
-        delay=delay,
-    )
 
 
 async def test_a_reply_waited_for(start_worker: StartWorker, upstream: OpenAIServer) -> None:
@@ -85,7 +57,7 @@ async def test_a_reply_waited_for(start_worker: StartWorker, upstream: OpenAISer
 async def test_tool_calls_streamed_and_put_together_by_the_sdk(
     start_worker: StartWorker, upstream: OpenAIServer
 ) -> None:
-    upstream.handler = lambda body: two_calls()
+    upstream.handler = lambda body: agent_reply()
     worker = await start_worker()
     chunks: list[dict[str, Any]] = []
     async with (
@@ -105,7 +77,8 @@ async def test_tool_calls_streamed_and_put_together_by_the_sdk(
                 chunks.append(event.chunk.model_dump(exclude_unset=True))
         final = await stream.get_final_completion()
     message = final.choices[0].message
-    assert message.content == "Checking."
+    assert message.content == "Checking both."
+    assert message.model_extra == {"reasoning_content": "The user asks about two cities."}
     assert message.tool_calls is not None
     calls = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls]
     assert calls == [("call_paris", "get_weather", PARIS), ("call_oslo", "get_weather", OSLO)]
@@ -255,31 +228,23 @@ async def leave_early(
         await asking
 
 
+@pytest.mark.parametrize("keep_running", [False, True])
 @pytest.mark.parametrize("streaming", [True, False])
-async def test_a_client_leaving_cancels_the_job(
-    start_worker: StartWorker, upstream: OpenAIServer, streaming: bool
-) -> None:
-    upstream.handler = lambda body: Reply(tokens=[f" t{i}" for i in range(400)], delay=0.02)
-    worker = await start_worker()
-    async with sdk(worker) as client:
-        await leave_early(client, upstream, streaming)
-    request = upstream.chat_requests[0]
-    await eventually(request.client_gone.is_set, what="the model's request cut")
-    assert request.tokens_sent < 400
-    await eventually(states_are(worker, ["cancelled"]), what="the job cancelled")
-
-
-@pytest.mark.parametrize("streaming", [True, False])
-async def test_keep_running_lets_the_job_finish(
-    start_worker: StartWorker, upstream: OpenAIServer, streaming: bool
+async def test_a_client_leaving_cancels_the_job_unless_asked_not_to(
+    start_worker: StartWorker, upstream: OpenAIServer, streaming: bool, keep_running: bool
 ) -> None:
     upstream.handler = lambda body: Reply(tokens=[f" t{i}" for i in range(40)], delay=0.02)
     worker = await start_worker()
+    headers = {"x-llm-worker-keep-running": "true"} if keep_running else {}
     async with sdk(worker) as client:
-        keep = {"x-llm-worker-keep-running": "true"}
-        await leave_early(client, upstream, streaming, extra_headers=keep)
-    assert await job_states(worker) == ["running"]
-    await eventually(states_are(worker, ["done"]), what="the job done")
+        await leave_early(client, upstream, streaming, extra_headers=headers)
     request = upstream.chat_requests[0]
-    assert not request.client_gone.is_set()
-    assert request.tokens_sent == 40
+    if keep_running:
+        assert await job_states(worker) == ["running"]
+        await eventually(states_are(worker, ["done"]), what="the job done")
+        assert not request.client_gone.is_set()
+        assert request.tokens_sent == 40
+    else:
+        await eventually(request.client_gone.is_set, what="the model's request cut")
+        assert request.tokens_sent < 40
+        await eventually(states_are(worker, ["cancelled"]), what="the job cancelled")

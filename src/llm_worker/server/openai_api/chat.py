@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from llm_worker.jobs.model import Event, EventKind
 from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
+from llm_worker.server.http_api import SSE_HEADERS, _disconnected
 from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered, openai_error, openai_error_body
 from llm_worker.server.refusals import Refused
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 JOB_HEADER = "x-llm-worker-job-id"
 KEEP_RUNNING_HEADER = "x-llm-worker-keep-running"
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def routes(gateway: Gateway, default_provider: str) -> list[Route]:
@@ -155,14 +155,6 @@ async def _last_event(job: _Job) -> Event:
             if event.kind.terminal:
                 return event
     raise StoreError(f"the log of job {job.id} ended without its end")
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Returns once the client has gone away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 class ChatStream(Response):
