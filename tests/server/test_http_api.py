@@ -344,6 +344,8 @@ async def test_the_openapi_document_is_valid_and_describes_every_route(
         "/v1/jobs/{job_id}/events",
         "/v1/jobs/{job_id}/cancel",
         "/v1/catalog",
+        "/v1/models",
+        "/v1/models/{model_id}",
     }
     job_schema = document["components"]["schemas"]["JobRequest"]
     assert set(job_schema["required"]) == {"query", "assistant"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llm_worker import __version__
+from llm_worker.server.openapi.openai_paths import OPENAI_SCHEMAS, openai_paths
 from llm_worker.server.openapi.replies import RESOURCE_SCHEMAS, event_schemas
 from llm_worker.server.openapi.requests import (
     LISTING_MAX,
@@ -276,7 +277,7 @@ def openapi_document(runner: Runner, *, keys: bool) -> dict[str, Any]:
     """The document of the API as this deployment serves it: its providers, inserts,
     pipelines and limits (``runner``), with API keys or without (``keys``)."""
     common = _common(keys)
-    schemas = {**job_schemas(runner), **event_schemas(), **RESOURCE_SCHEMAS}
+    schemas = {**job_schemas(runner), **event_schemas(), **RESOURCE_SCHEMAS, **OPENAI_SCHEMAS}
     components: dict[str, Any] = {"schemas": schemas}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -297,6 +298,7 @@ def openapi_document(runner: Runner, *, keys: bool) -> dict[str, Any]:
             "/v1/jobs/{job_id}": _job_path(common),
             "/v1/jobs/{job_id}/events": _events_path(common),
             "/v1/jobs/{job_id}/cancel": _cancel_path(common),
+            **openai_paths(keys),
         },
     }
     if keys:
