@@ -97,6 +97,25 @@ async def test_jobs_survive_a_restart_and_running_ones_run_again(tmp_path: Path)
         await store.close()
 
 
+async def test_a_kept_request_outlives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = await opened(path)
+    kept = SPEC.model_copy(update={"keep_request": True})
+    kept_id = (await store.submit(kept)).id
+    plain_id = (await store.submit(SPEC)).id
+    for job_id in (kept_id, plain_id):
+        await store.claim(max_wait=0)
+        await store.append(job_id, 1, EventKind.DONE)
+    await store.close()
+
+    store = await opened(path)
+    try:
+        assert await store.request(kept_id) == kept
+        assert await store.request(plain_id) is None
+    finally:
+        await store.close()
+
+
 async def test_submit_returns_only_once_the_job_is_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     store = await opened(path)

@@ -277,6 +277,30 @@ async def test_finished_jobs_expire_after_their_ttl(short_lived: ShortLived) -> 
     assert await store.get(pending_id) is not None
 
 
+async def test_a_request_asked_to_be_kept_is_kept_with_the_record(
+    short_lived: ShortLived,
+) -> None:
+    store = short_lived.store
+    kept = SPEC.model_copy(update={"keep_request": True, "query": "kept"})
+    kept_id = (await store.submit(kept)).id
+    plain_id = (await store.submit(SPEC)).id
+    assert await store.request(kept_id) == kept
+    assert await store.request(plain_id) is None
+    for _ in range(2):
+        claim = await store.claim(max_wait=0)
+        assert claim is not None
+        await store.append(claim.job_id, 1, EventKind.DONE)
+    assert await store.request(kept_id) == kept  # after its end, for the TTL
+    assert await store.request(plain_id) is None
+    assert await store.request("no-such-job") is None
+
+    async def gone() -> bool:
+        return await store.request(kept_id) is None
+
+    await short_lived.pass_ttl(gone, "the kept request's expiry")
+    assert await store.get(kept_id) is None
+
+
 async def test_a_new_attempt_resets_the_log(make_durable_store: StoreFactory) -> None:
     # release() is how a worker hands a job back (as when it stops); stores that
     # outlive a worker then run it again.

@@ -118,6 +118,11 @@ class JobSpec(BaseModel):
     query: str
     history: list[ChatMessage] = Field(default_factory=list)
     variables: dict[str, str] = Field(default_factory=dict)
+    keep_request: bool = False
+    """Keep this request with the job's record for its TTL (:meth:`JobStore.request`),
+    not only until it ends: for a door that serves it back later (the Responses API's
+    input items and ``previous_response_id``). The last field, so that
+    :func:`keeps_request` reads it off the JSON's end."""
 
 
 @dataclass(slots=True)
@@ -153,6 +158,15 @@ def spec_json(spec: JobSpec) -> bytes:
         return spec.__pydantic_serializer__.to_json(spec)
     except (ValueError, RecursionError) as exc:  # pydantic's serialization errors included
         raise ValueError(f"the job cannot be stored: {exc}") from None
+
+
+_KEEPS_REQUEST = b',"keep_request":true}'
+
+
+def keeps_request(text: bytes) -> bool:
+    """Whether a request as :func:`spec_json` wrote it asked to be kept
+    (``keep_request``): its last field, read without parsing the rest."""
+    return text.endswith(_KEEPS_REQUEST)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ a store, so one process or many run the same code. A store guarantees:
   written to a job after it was cancelled or finished;
 * events get consecutive ``seq`` numbers and every follower sees each of them
   once, in order, whether it joined before, during or after the job ran;
-* a finished job and its log stay readable for the store's TTL, then vanish.
+* a finished job and its log stay readable for the store's TTL, then vanish; so
+  does its request, when it asked to be kept (:meth:`JobStore.request`).
 """
 
 from __future__ import annotations
@@ -166,6 +167,12 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:
         """The job's record, or ``None`` for an unknown or expired job."""
+
+    @abc.abstractmethod
+    async def request(self, job_id: str) -> JobSpec | None:
+        """The job's request, if it asked to be kept (``keep_request``): for as long as
+        the job's record is kept, as :meth:`get` reads it. ``None`` for any other job,
+        and for an unknown or expired one."""
 
     @abc.abstractmethod
     async def read(self, job_id: str, after: int = 0) -> list[Event]:

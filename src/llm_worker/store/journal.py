@@ -32,7 +32,8 @@ class Restored:
 
     record: JobRecord
     spec: bytes | None
-    """The request, as JSON, while the job has not ended."""
+    """The request, as JSON, while the job has not ended (and after, if it asked to
+    be kept)."""
     ticket: int
     events: list[Event] = field(default_factory=list)
     reset_after: int = 0

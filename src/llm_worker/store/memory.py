@@ -33,7 +33,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
-from llm_worker.jobs.model import Claim, Event, EventKind, JobRecord, JobSpec, JobState, spec_json
+from llm_worker.jobs.model import (
+    Claim,
+    Event,
+    EventKind,
+    JobRecord,
+    JobSpec,
+    JobState,
+    keeps_request,
+    spec_json,
+)
 from llm_worker.ops.logs import about
 from llm_worker.store.base import (
     JobStore,
@@ -143,6 +152,12 @@ class MemoryStore(JobStore):
     async def get(self, job_id: str) -> JobRecord | None:
         job = self._kept.visible(job_id)
         return job.record if job is not None else None
+
+    async def request(self, job_id: str) -> JobSpec | None:
+        job = self._kept.visible(job_id)
+        if job is None or job.spec is None or not keeps_request(job.spec):
+            return None
+        return JobSpec.model_validate_json(job.spec)
 
     async def read(self, job_id: str, after: int = 0) -> list[Event]:
         return self._known(job_id).log.since(after)
@@ -344,7 +359,8 @@ class MemoryStore(JobStore):
         # A finished job is kept for its TTL: in a form the garbage collector
         # need not walk, without what only running it needed.
         job.log.freeze()
-        job.spec = None
+        if job.spec is not None and not keeps_request(job.spec):
+            job.spec = None
 
     def _lost(self, job: StoredJob, error: str) -> None:
         """The journal could not save the job's writes: the job ends, failed.

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from llm_worker.jobs.model import Event, JobRecord, JobState, stored_kind
+from llm_worker.jobs.model import Event, JobRecord, JobState, keeps_request, stored_kind
 from llm_worker.store import sqlite_writer as writer
 from llm_worker.store.base import StoreError
 from llm_worker.store.journal import Failures, Journal, Restored
@@ -171,8 +171,11 @@ class SQLiteJournal(Journal):
             record = JobRecord(
                 job_id, JobState(state), created_at, attempt, error, finished_at, tenant
             )
-            # A finished job is only listened to: its request is not needed again.
-            request = spec.encode() if finished_at is None else None
+            # A finished job is only listened to: its request is not needed again,
+            # unless it asked to be kept.
+            request = spec.encode()
+            if finished_at is not None and not keeps_request(request):
+                request = None
             jobs[job_id] = Restored(record, request, ticket, reset_after=reserved)
         for job_id, seq, kind, message, attempt in connection.execute(
             "SELECT job_id, seq, kind, message, attempt FROM events ORDER BY job_id, seq"

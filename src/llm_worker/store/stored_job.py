@@ -28,7 +28,7 @@ class StoredJob:
         self.record = record
         self.spec = spec
         """What the client asked for, as JSON (compact while it waits); dropped once
-        the job ended, to keep little."""
+        the job ended, to keep little, unless it asked to be kept (``keep_request``)."""
         self.ticket = ticket
         """Order of submission: the queue is sorted by it."""
         self.log = EventLog()

@@ -53,6 +53,15 @@ class JobRecords:
         start = max(after, int(fields.get("start", 0)))
         return await self._conn.reach.for_client(lambda: self.events(job_id, start))
 
+    async def request(self, job_id: str) -> bytes | None:
+        """The job's request as JSON, ``None`` if Redis does not hold the job (its hash
+        keeps the request, and expires with the record)."""
+        key = self._keys.job_key(job_id)
+        spec: bytes | None = await self._conn.reach.for_client(
+            lambda: self._conn.client.hget(key, "spec")
+        )
+        return spec
+
     async def _fields(self, job_id: str) -> dict[str, str] | None:
         key = self._keys.job_key(job_id)
         raw = await self._conn.reach.for_client(lambda: self._conn.client.hgetall(key))

@@ -25,7 +25,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from llm_worker.aio.tasks import TaskSet
-from llm_worker.jobs.model import Claim, Event, EventKind, JobRecord, JobSpec, spec_json
+from llm_worker.jobs.model import (
+    Claim,
+    Event,
+    EventKind,
+    JobRecord,
+    JobSpec,
+    keeps_request,
+    spec_json,
+)
 from llm_worker.ops.redaction import redact_url
 from llm_worker.store.base import (
     JobStore,
@@ -222,6 +230,12 @@ class RedisStore(JobStore):
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._records.get(job_id)
+
+    async def request(self, job_id: str) -> JobSpec | None:
+        text = await self._records.request(job_id)
+        if text is None or not keeps_request(text):
+            return None
+        return JobSpec.model_validate_json(text)
 
     async def read(self, job_id: str, after: int = 0) -> list[Event]:
         return await self._records.read(job_id, after)
