@@ -27,7 +27,7 @@ from starlette.routing import Route
 from llm_worker.jobs.model import JobRecord, JobSpec, JobState
 from llm_worker.server.access import Principal
 from llm_worker.server.openai_api.errors import answered
-from llm_worker.server.openai_api.responses_kept import KeptResponse, KeptResponses
+from llm_worker.server.openai_api.responses_kept import DeletedResponses, KeptResponse
 from llm_worker.store import UnknownJob
 from llm_worker.wire.openai import InvalidParam
 from llm_worker.wire.openai import responses as requests
@@ -50,7 +50,7 @@ class ResponsesAPI:
     def __init__(self, gateway: Gateway, default_provider: str = "openai") -> None:
         self.gateway = gateway
         self.default_provider = default_provider
-        self.kept = KeptResponses()
+        self.deleted = DeletedResponses()
         self._cancels: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[Route]:
@@ -78,12 +78,17 @@ class ResponsesAPI:
         settings = {"model": model, **requests.settings(body)}
         base = _base(body, time.time())
         stream = {"provider": provider, "settings": settings, "messages": [{"insert": "history"}]}
-        assistant = {"streams": [stream], "openai_request": {"api": "responses", **base}}
-        spec = JobSpec.model_validate({"assistant": assistant, "query": "", "history": history})
+        kept = KeptResponse(base, bool(body.get("background")), items, history)
+        spec = JobSpec.model_validate(
+            {
+                "assistant": {"streams": [stream], "openai_request": kept.request()},
+                "query": "",
+                "history": history,
+                "keep_request": base["store"],
+            }
+        )
         record, _ = await self.gateway.add_job(principal, spec)
-        background = bool(body.get("background"))
-        kept = KeptResponse(base, background, items, history)
-        self.kept.add(record.id, kept)
+        background = kept.background
         if body.get("stream"):
             return self._stream(record.id, kept, -1, cancel_when_gone=not background)
         log = ResponseLog(PREFIX + record.id, base, background)
@@ -103,12 +108,12 @@ class ResponsesAPI:
                 "previous_response_id must be a response's id", "previous_response_id"
             )
         job_id = await self._job_id(principal, previous)
-        kept = self.kept.get(job_id)
+        kept = await self._kept(job_id)
         log = await self._log_of(job_id, kept)
         if kept is None or log.message is None:
             raise InvalidParam(
                 f"response {previous!r} has no stored conversation to continue (not finished, "
-                "or created by another process)",
+                "or created with store false)",
                 "previous_response_id",
             )
         return [*kept.history, _without_reasoning(log.message)]
@@ -120,7 +125,7 @@ class ResponsesAPI:
         job_id = await self._job_id(principal, request.path_params["id"])
         if request.method == "DELETE":
             return await self._delete(principal, job_id)
-        kept = self.kept.get(job_id)
+        kept = await self._kept(job_id)
         if request.query_params.get("stream") in ("true", "1"):
             after = _starting_after(request.query_params.get("starting_after"))
             return self._stream(job_id, kept, after, cancel_when_gone=False)
@@ -133,9 +138,12 @@ class ResponsesAPI:
     async def input_items(self, request: Request) -> Response:
         principal = self.gateway.authenticate(request)
         job_id = await self._job_id(principal, request.path_params["id"])
-        kept = self.kept.get(job_id)
+        kept = await self._kept(job_id)
         if kept is None:
-            raise InvalidParam(f"the input of {PREFIX}{job_id} is not kept by this process")
+            raise InvalidParam(
+                f"the input of {PREFIX}{job_id} is not kept "
+                "(made with store false, or not a response)"
+            )
         data = [requests.listed_item(item, f"in_{job_id}_{n}") for n, item in enumerate(kept.items)]
         if request.query_params.get("order", "desc") == "desc":
             data.reverse()
@@ -155,7 +163,7 @@ class ResponsesAPI:
         principal = self.gateway.authenticate(request)
         job_id = await self._job_id(principal, request.path_params["id"])
         record = await self.gateway.cancel_job(principal, job_id)
-        log = await self._log_of(job_id, self.kept.get(job_id))
+        log = await self._log_of(job_id, await self._kept(job_id))
         if record.state is JobState.CANCELLED:
             log.status = "cancelled"
         return JSONResponse(log.response())
@@ -164,7 +172,7 @@ class ResponsesAPI:
         record = await self.gateway.visible(principal, job_id)
         if not record.state.finished:
             await self.gateway.cancel_job(principal, job_id)
-        self.kept.delete(job_id)
+        self.deleted.add(job_id)
         return JSONResponse({"id": PREFIX + job_id, "object": "response", "deleted": True})
 
     # -- the log --------------------------------------------------------------------
@@ -172,10 +180,16 @@ class ResponsesAPI:
     async def _job_id(self, principal: Principal, response_id: str) -> str:
         """The job of ``response_id``, if ``principal`` may see it and it was not deleted."""
         job_id = response_id.removeprefix(PREFIX)
-        if not response_id.startswith(PREFIX) or self.kept.deleted(job_id):
+        if not response_id.startswith(PREFIX) or job_id in self.deleted:
             raise UnknownJob(response_id)
         record: JobRecord = await self.gateway.visible(principal, job_id)
         return record.id
+
+    async def _kept(self, job_id: str) -> KeptResponse | None:
+        """What the store keeps of the response's request (``None``: created with
+        ``store`` false, or not through this door)."""
+        spec = await self.gateway.store.request(job_id)
+        return None if spec is None else KeptResponse.of(spec)
 
     async def _log_of(self, job_id: str, kept: KeptResponse | None) -> ResponseLog:
         """The job's Response as its log so far makes it."""

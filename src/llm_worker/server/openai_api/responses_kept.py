@@ -1,11 +1,11 @@
-"""What the Responses door keeps of each response beside its job.
+"""What the Responses door keeps of each response beside its job's log.
 
-The store keeps a job's log, not its request once it ended; a Response's
-request-side fields (model as asked, instructions, tools...), its input items and
-the chat history its job ran on are kept here, in this process, for the newest
-``MAX_KEPT`` responses. A response created by another process, or before a
-restart, is still served from its job's log (its status, output and usage), with
-those fields empty; its input items and ``previous_response_id`` need this record.
+A response's request-side fields (model as asked, instructions, tools...) and its
+input items ride in its job's request, as the template's ``openai_request`` field;
+the chat history its job ran on is the request's history. A response created with
+``store`` true (the default) asks the store to keep that request for the job's TTL
+(``keep_request``), so any gateway, this process after a restart included, serves
+its input items, its echoed fields and a next turn's ``previous_response_id``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_KEPT = 10_000
+from llm_worker.jobs.model import JobSpec
+
+MAX_DELETED = 10_000
+API = "responses"
+"""The ``api`` of the ``openai_request`` of a job made by the Responses door."""
 
 
 @dataclass
@@ -27,28 +31,32 @@ class KeptResponse:
     history: list[dict[str, Any]] = field(default_factory=list)
     """The chat messages its job ran on (for a next turn's ``previous_response_id``)."""
 
+    def request(self) -> dict[str, Any]:
+        """The ``openai_request`` field of the job's template: what :meth:`of` reads."""
+        return {"api": API, **self.base, "input_items": self.items}
 
-class KeptResponses:
-    """The newest responses' records, and the ids of those deleted."""
+    @classmethod
+    def of(cls, spec: JobSpec) -> KeptResponse | None:
+        """The response a job's request makes; ``None`` for a job of another door."""
+        request = spec.assistant.fields.get("openai_request")
+        if not isinstance(request, dict) or request.get("api") != API:
+            return None
+        base = {k: v for k, v in request.items() if k not in ("api", "input_items")}
+        history = [message.model_dump(mode="json") for message in spec.history]
+        return cls(base, bool(base.get("background")), request.get("input_items", []), history)
 
-    def __init__(self, limit: int = MAX_KEPT) -> None:
+
+class DeletedResponses:
+    """The ids of the newest responses deleted through this process."""
+
+    def __init__(self, limit: int = MAX_DELETED) -> None:
         self._limit = limit
-        self._kept: OrderedDict[str, KeptResponse] = OrderedDict()
         self._deleted: OrderedDict[str, None] = OrderedDict()
 
-    def add(self, job_id: str, kept: KeptResponse) -> None:
-        self._kept[job_id] = kept
-        if len(self._kept) > self._limit:
-            self._kept.popitem(last=False)
-
-    def get(self, job_id: str) -> KeptResponse | None:
-        return self._kept.get(job_id)
-
-    def delete(self, job_id: str) -> None:
-        self._kept.pop(job_id, None)
+    def add(self, job_id: str) -> None:
         self._deleted[job_id] = None
         if len(self._deleted) > self._limit:
             self._deleted.popitem(last=False)
 
-    def deleted(self, job_id: str) -> bool:
+    def __contains__(self, job_id: object) -> bool:
         return job_id in self._deleted
