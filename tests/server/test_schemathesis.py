@@ -19,10 +19,12 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from llm_worker.server import openai_api
 from llm_worker.testing.openai_server import OpenAIServer
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 
@@ -53,6 +55,12 @@ async def schemathesis(document: Path, url: str, tmp_path: Path, *headers: str) 
     summary = output.strip().splitlines()[-1]  # "== No issues found in 30s ==", or what it found
     assert "in " in summary and not re.search(r"failure|error", summary), output
     return output
+
+
+def exchanges(tmp_path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The requests of the run and what the server answered each (its HAR report)."""
+    har = json.loads((tmp_path / "run.har").read_text())
+    return [(entry["request"], entry["response"]) for entry in har["log"]["entries"]]
 
 
 def responses(tmp_path: Path) -> list[dict[str, Any]]:
@@ -93,12 +101,16 @@ async def test_schemathesis_finds_nothing_without_keys(
     # Jobs were created, read, followed and cancelled, and bad requests refused.
     assert {200, 201, 400, 404} <= statuses, statuses
     assert "Stateful" in output
-    for response in answered:
+    for request, response in exchanges(tmp_path):
         if response["status"] >= 400:
             body = json.loads(response["content"]["text"])
-            # OpenAI's API (/v1/models) answers in OpenAI's shape, the rest in ours.
-            error = body.get("error", body)
-            assert error["type"] and error["code"], body
+            if urlsplit(request["url"]).path.startswith(openai_api.PATHS):
+                # OpenAI's own API answers in OpenAI's shape, as its SDKs read it.
+                assert "error" in body, (request["method"], request["url"], body)
+                error = body["error"]
+                assert error["type"] and error["code"] and error["message"], body
+            else:
+                assert body["type"] == "error" and body["code"], body
 
 
 @pytest.mark.timeout(300)

@@ -38,6 +38,7 @@ from llm_worker.server import openai_api
 from llm_worker.server.access import load_access
 from llm_worker.server.gateway import Gateway, GatewayLimits
 from llm_worker.server.http_api import JobsAPI
+from llm_worker.server.openai_api.errors import openai_error
 from llm_worker.server.openapi import openapi_document
 from llm_worker.server.origins import origin_middleware
 from llm_worker.server.websocket import websocket_endpoint
@@ -247,8 +248,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
         message = f"nothing is served at {request.url.path}"
     else:
         message = exc.detail
+    code = _ROUTER_CODES.get(exc.status_code, errors.BAD_REQUEST)
+    if request.url.path.startswith(openai_api.PATHS):
+        # OpenAI's API answers in OpenAI's shape, which its SDKs read.
+        return openai_error(exc.status_code, message, code=code, headers=exc.headers)
     return Response(
-        errors.error_body(_ROUTER_CODES.get(exc.status_code, errors.BAD_REQUEST), message),
+        errors.error_body(code, message),
         status_code=exc.status_code,
         headers=exc.headers,
         media_type="application/json",

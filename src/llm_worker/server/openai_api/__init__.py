@@ -14,6 +14,9 @@ from llm_worker.server.openai_api.responses import ResponsesAPI
 if TYPE_CHECKING:
     from llm_worker.server.gateway import Gateway
 
+PATHS = ("/v1/chat/", "/v1/models", "/v1/responses")
+"""Where OpenAI's API is served: its errors there, the router's too, are in OpenAI's shape."""
+
 
 def routes(gateway: Gateway, default_provider: str = "openai") -> list[Route]:
     """Every route of OpenAI's API this worker serves; a ``model`` that names no provider
