@@ -68,6 +68,27 @@ def throughput_table(results: dict[str, Any]) -> Table:
     return table
 
 
+def openai_api_table(results: dict[str, Any]) -> Table:
+    """The SDK streaming ``/v1/chat/completions`` through the worker beside the SDK
+    talking to the model server itself, interleaved rounds."""
+    table = Table(
+        [
+            "jobs at once", "direct TTFT p50", "through the worker p50",
+            Column("added p50", key=True), "added p99", "direct tokens/s",
+            "through the worker tokens/s", Column("worker / direct", key=True),
+        ]
+    )  # fmt: skip
+    for level, r in results["openai_api"].items():
+        direct, door = r["direct"], r["peer"]
+        table.add(
+            level, f"{direct['p50']:.2f} ms", f"{door['p50']:.2f} ms",
+            f"{door['p50'] - direct['p50']:+.2f} ms", f"{door['p99'] - direct['p99']:+.2f} ms",
+            f"{direct['throughput']:,.0f}", f"{door['throughput']:,.0f}",
+            f"{door['throughput'] / direct['throughput']:.2f}",
+        )  # fmt: skip
+    return table
+
+
 def peer_table(results: dict[str, Any]) -> Table | None:
     """The worker beside its peers at 10 jobs at once, when peers were measured."""
     peer = results.get("peer")

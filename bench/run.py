@@ -31,7 +31,13 @@ from typing import Any
 
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from local_batching import summary
-from report import peer_table, throughput_table, ttft_table, write_benchmarks_md
+from report import (
+    openai_api_table,
+    peer_table,
+    throughput_table,
+    ttft_table,
+    write_benchmarks_md,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -43,6 +49,7 @@ FULL = {
     "throughput_rounds": {1: 9, 10: 5, 100: 5, 1000: 3},
     "scale": {"idle": 10_000, "jobs": 1000, "tokens": 200, "delay": 0.01},
     "fanout": {"listeners": 100, "tokens": 2000},
+    "openai_api_rounds": {1: 40, 10: 10},
 }
 SMOKE = {
     "levels": [1, 10],
@@ -51,6 +58,7 @@ SMOKE = {
     "throughput_rounds": {1: 1, 10: 1},
     "scale": {"idle": 200, "jobs": 20, "tokens": 20, "delay": 0.01},
     "fanout": {"listeners": 10, "tokens": 200},
+    "openai_api_rounds": {1: 2},
     # Two tokens: a prefill and one batched step, the least that runs every way of generating.
     "local_args": ["--tokens", "2", "--hidden", "64", "--layers", "2"],
 }
@@ -198,6 +206,14 @@ async def run(sizes: dict[str, Any], workdir: Path, litellm: str | None = None) 
             results["scale"] = await loadgen(base | {"scenario": "scale"} | sizes["scale"])
             print("  fan-out", flush=True)
             results["fanout"] = await loadgen(base | {"scenario": "fanout"} | sizes["fanout"])
+            results["openai_api"] = {}
+            for level, rounds in sizes["openai_api_rounds"].items():
+                print(f"  concurrency {level}: /v1/chat/completions beside the SDK", flush=True)
+                results["openai_api"][level] = await loadgen(
+                    base | openai_api_reach(worker, sizes["throughput_tokens"])
+                    | {"scenario": "peer", "concurrency": level, "rounds": rounds,
+                       "tokens": sizes["throughput_tokens"]}
+                )  # fmt: skip
             if litellm:
                 results["peer"] = await litellm_row(
                     litellm, base, upstream_port, workdir, sizes, results
@@ -249,6 +265,20 @@ async def litellm_row(
             "throughput": results["throughput"][10]["worker"],
         },
         "direct (openai SDK)": direct | {"added_p50": 0.0},
+    }
+
+
+def openai_api_reach(worker: WorkerProcess, tokens: int) -> dict[str, Any]:
+    """The worker's OpenAI API as the ``peer`` scenario's proxy: the SDK streaming
+    ``/v1/chat/completions`` through the worker, beside the SDK talking to the model
+    server itself, the same models by name (a bare name runs on the ``openai`` provider)."""
+    return {
+        "peer_base_url": f"http://127.0.0.1:{worker.port}/v1",
+        "peer_key": "unused",
+        "peer_models": {
+            "ttft": "fake:tokens=5,delay=0.0,first_delay=0.0",
+            "throughput": f"fake:tokens={tokens},delay=0.0,first_delay=0.0",
+        },
     }
 
 
@@ -374,6 +404,9 @@ def main() -> None:
     if (peers := peer_table(results)) is not None:
         print()
         print(peers.text())
+    if results.get("openai_api"):
+        print()
+        print(openai_api_table(results).text())
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'benchmarks.png'}")
     if args.docs:
         write_benchmarks_md(report, ROOT / "BENCHMARKS.md", args.out / "benchmarks.png")
