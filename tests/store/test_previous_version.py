@@ -34,7 +34,8 @@ async def test_a_store_of_the_previous_version_is_served_to_every_protocol(
     path = tmp_path / "jobs.db"
     shutil.copy(FIXTURE, path)
     upstream.handler = lambda body: Reply(tokens=["Still ", "here."])
-    worker = await start_worker(store_url=f"sqlite:///{path}")
+    # Its jobs ended on 2026-12-07: kept far longer than that, whenever this runs.
+    worker = await start_worker(store_url=f"sqlite:///{path}", job_ttl_seconds=100 * 365 * 86400)
     seed = await connect(worker.ws_url, seed=True)
     full = await connect(worker.ws_url)
     typed = await connect(worker.ws_url, subprotocols=[TYPED_SUBPROTOCOL])
