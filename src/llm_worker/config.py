@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     openai_api_provider: str = "openai"
     """The provider that OpenAI's API (``/v1/chat/completions``, ``/v1/responses``) runs a
     ``model`` on when the name does not start with a provider's (``vllm/...``)."""
+    assistants: Path | None = None
+    """A JSON file of assistant templates by name, or a directory of ``NAME.json``
+    templates, that OpenAI's API serves as the models ``assistant:NAME``."""
     echo_provider: Literal["off", "on", "auto"] = "off"
     """The ``echo`` provider, which repeats the question word by word, for trying and
     testing: ``on``; ``auto``, only while no real provider is configured (what
@@ -251,7 +254,13 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "log_file", "providers_file", "vllm_uri", "api_keys_file", "metrics_port", mode="before"
+        "log_file",
+        "providers_file",
+        "assistants",
+        "vllm_uri",
+        "api_keys_file",
+        "metrics_port",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -124,7 +124,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker]:
         clean_env(),
         re.compile(r"server at (http://\S+)"),
     )
+    assistants = workdir / "assistants"
+    assistants.mkdir()
+    (assistants / "notes-then-answer.json").write_text(docs_assistant())
     env = clean_env(
+        ASSISTANTS=str(assistants),
         LISTEN_PORT="0",
         STORE_URL="memory://",
         ECHO_PROVIDER="on",
@@ -145,6 +149,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker]:
         for process in (worker, model):
             process.terminate()
             process.wait(timeout=30)
+
+
+def docs_assistant() -> str:
+    """The template docs/openai-api.md shows as ``assistants/notes-then-answer.json``:
+    the worker's (``ASSISTANTS``), so that its ``assistant:NAME`` example runs as pasted."""
+    shown = [b.code for b in blocks(ROOT / "docs" / "openai-api.md") if b.language == "json"]
+    return next(code for code in shown if '"streams"' in code)
 
 
 def _on(live: LiveWorker, code: str) -> str:

@@ -23,6 +23,7 @@ from llm_worker.config import ConfigError, Role, Settings
 from llm_worker.ops.metrics import CONTENT_TYPE, Metrics, Readings
 from llm_worker.ops.redaction import redact_url
 from llm_worker.providers.openai_compatible import ClientPool
+from llm_worker.running.assistants import load_assistants
 from llm_worker.running.catalog import (
     build_providers,
     known_models,
@@ -109,6 +110,7 @@ class Service:
         )
         self.metrics = Metrics()
         self.runner = build_runner(settings, self.clients, self.metrics)
+        self.assistants = load_assistants(settings.assistants, self.runner)
         self.metrics.know_models(known_models(self.runner.providers, settings.metrics_models))
         self.access = load_access(settings)
         if self.access.enabled and role == "gateway" and settings.token_secret is None:
@@ -213,7 +215,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             Route("/healthz", gateway.healthz),
             Route("/metrics", gateway.metrics_endpoint),
             *JobsAPI(gateway, service.settings.sse_keepalive_seconds).routes(),
-            *openai_api.routes(gateway, service.settings.openai_api_provider),
+            *openai_api.routes(gateway, service.settings.openai_api_provider, service.assistants),
             Route("/openapi.json", openapi_route(service)),
             Route("/client.js", client_js),
             Route("/client/{name}.js", client_module),

@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from llm_worker.jobs.model import Event, EventKind
+from llm_worker.jobs.model import Event, EventKind, JobSpec
+from llm_worker.jobs.templates import Assistant
 from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
 from llm_worker.server.http_api import SSE_HEADERS, _disconnected
@@ -37,6 +38,7 @@ from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered, openai_error, openai_error_body
 from llm_worker.server.refusals import Refused
 from llm_worker.store import StoreError
+from llm_worker.wire.openai.assistants import assistant_job, refuse_settings, template_for
 from llm_worker.wire.openai.chat_render import ChunkRenderer, completion, done_summary
 from llm_worker.wire.openai.chat_request import ChatRequest, read_chat_request
 
@@ -49,33 +51,47 @@ JOB_HEADER = "x-llm-worker-job-id"
 KEEP_RUNNING_HEADER = "x-llm-worker-keep-running"
 
 
-def routes(gateway: Gateway, default_provider: str) -> list[Route]:
-    door = ChatCompletions(gateway, default_provider)
+def routes(
+    gateway: Gateway, default_provider: str, assistants: Mapping[str, Assistant]
+) -> list[Route]:
+    door = ChatCompletions(gateway, default_provider, assistants)
     return [Route("/v1/chat/completions", answered(door.create), methods=["POST"])]
 
 
 class ChatCompletions:
     """The door: a request in, a job queued, its reply out."""
 
-    def __init__(self, gateway: Gateway, default_provider: str) -> None:
+    def __init__(
+        self, gateway: Gateway, default_provider: str, assistants: Mapping[str, Assistant]
+    ) -> None:
         self.gateway = gateway
         self.default_provider = default_provider
+        self.assistants = assistants
 
     async def create(self, request: Request) -> Response:
         principal = self.gateway.authenticate(request)
         body = await read_json(self.gateway, request)
-        providers = self.gateway.runner.providers
-        chat = read_chat_request(body, providers, self.default_provider)
-        if chat.provider in providers:
-            chat = _fitted(chat, providers.get(chat.provider).settings_schema())
+        chat = read_chat_request(body, self.gateway.runner.providers, self.default_provider)
         created = int(time.time())
-        record, _ = await self.gateway.add_job(principal, chat.job_spec(created))
+        record, _ = await self.gateway.add_job(principal, self._job_spec(chat, created))
         keep_running = request.headers.get(KEEP_RUNNING_HEADER, "").lower() == "true"
         job = _Job(self.gateway, principal, record.id, keep_running)
         renderer = ChunkRenderer(record.id, chat.model, created, chat.include_usage)
         if chat.stream:
             return ChatStream(job, renderer)
         return await _completion(job, request, chat.model, created)
+
+    def _job_spec(self, chat: ChatRequest, created: int) -> JobSpec:
+        """The job answering ``chat``: the template its ``assistant:NAME`` names, or one
+        stream on the provider its model names."""
+        template = template_for(chat.model, self.assistants)
+        if template is not None:
+            refuse_settings(chat.model, chat.settings)
+            return assistant_job(template, chat.messages, chat.openai_request(created), "messages")
+        providers = self.gateway.runner.providers
+        if chat.provider in providers:
+            chat = _fitted(chat, providers.get(chat.provider).settings_schema())
+        return chat.job_spec(created)
 
 
 def _fitted(chat: ChatRequest, schema: Mapping[str, Any]) -> ChatRequest:

@@ -69,7 +69,7 @@ def refusal_error(exc: Refused | StoreError | InvalidParam) -> Response:
     """The response refusing what the gateway, the store or the request's reading
     refused, with the status and headers the rest of the API gives it."""
     if isinstance(exc, InvalidParam):
-        return openai_error(400, exc.message, exc.param, exc.code or errors.BAD_REQUEST)
+        return openai_error(exc.status, exc.message, exc.param, exc.code or errors.BAD_REQUEST)
     if isinstance(exc, Refused):
         return openai_error(errors.CODES[exc.code], exc.message, None, exc.code, exc.headers())
     code, headers = store_refusal(exc)

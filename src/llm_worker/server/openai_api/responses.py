@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,12 +25,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from llm_worker.jobs.model import JobRecord, JobSpec, JobState
+from llm_worker.jobs.templates import Assistant
 from llm_worker.server.access import Principal
 from llm_worker.server.openai_api.errors import answered
 from llm_worker.server.openai_api.responses_kept import DeletedResponses, KeptResponse
 from llm_worker.store import UnknownJob
 from llm_worker.wire.openai import InvalidParam
 from llm_worker.wire.openai import responses as requests
+from llm_worker.wire.openai.assistants import assistant_job, refuse_settings, template_for
 from llm_worker.wire.openai.chat_request import resolve_model
 from llm_worker.wire.openai.responses_events import ResponseLog
 
@@ -42,14 +44,22 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # Request fields a Response echoes back.
 _ECHOED = ("instructions", "metadata", "temperature", "top_p", "max_output_tokens", "tools")
 _ECHOED_MORE = ("tool_choice", "parallel_tool_calls", "previous_response_id", "reasoning", "text")
+# What an assistant template's own streams fix (previous_response_id only adds history).
+ASSISTANT_REFUSED = requests.PASSED_ON - {"previous_response_id"}
 
 
 class ResponsesAPI:
     """The ``/v1/responses`` routes."""
 
-    def __init__(self, gateway: Gateway, default_provider: str = "openai") -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        default_provider: str = "openai",
+        assistants: Mapping[str, Assistant] | None = None,
+    ) -> None:
         self.gateway = gateway
         self.default_provider = default_provider
+        self.assistants = assistants or {}
         self.deleted = DeletedResponses()
         self._cancels: set[asyncio.Task[Any]] = set()
 
@@ -72,22 +82,9 @@ class ResponsesAPI:
         items = requests.input_items(body["input"])
         earlier = await self._earlier(principal, body.get("previous_response_id"))
         history = earlier + requests.history(body.get("instructions"), items)
-        provider, model = resolve_model(
-            body["model"], self.gateway.runner.providers.usable(), self.default_provider
-        )
-        settings = {"model": model, **requests.settings(body)}
         base = _base(body, time.time())
-        stream = {"provider": provider, "settings": settings, "messages": [{"insert": "history"}]}
         kept = KeptResponse(base, bool(body.get("background")), items, history)
-        spec = JobSpec.model_validate(
-            {
-                "assistant": {"streams": [stream], "openai_request": kept.request()},
-                "query": "",
-                "history": history,
-                "keep_request": base["store"],
-            }
-        )
-        record, _ = await self.gateway.add_job(principal, spec)
+        record, _ = await self.gateway.add_job(principal, self._job_spec(body, kept))
         background = kept.background
         if body.get("stream"):
             return self._stream(record.id, kept, -1, cancel_when_gone=not background)
@@ -97,6 +94,28 @@ class ResponsesAPI:
             return JSONResponse(log.response())
         await self._read_to_end(record.id, log)
         return JSONResponse(log.response())
+
+    def _job_spec(self, body: dict[str, Any], kept: KeptResponse) -> JobSpec:
+        """The job answering ``body``: the template its ``assistant:NAME`` names, or one
+        stream on the provider its model names."""
+        store = kept.base["store"]
+        template = template_for(body["model"], self.assistants)
+        if template is not None:
+            refuse_settings(body["model"], [n for n in body if n in ASSISTANT_REFUSED])
+            return assistant_job(template, kept.history, kept.request(), "input", store)
+        provider, model = resolve_model(
+            body["model"], self.gateway.runner.providers.usable(), self.default_provider
+        )
+        settings = {"model": model, **requests.settings(body)}
+        stream = {"provider": provider, "settings": settings, "messages": [{"insert": "history"}]}
+        return JobSpec.model_validate(
+            {
+                "assistant": {"streams": [stream], "openai_request": kept.request()},
+                "query": "",
+                "history": kept.history,
+                "keep_request": store,
+            }
+        )
 
     async def _earlier(self, principal: Principal, previous: Any) -> list[dict[str, Any]]:
         """The conversation a ``previous_response_id`` continues: that response's

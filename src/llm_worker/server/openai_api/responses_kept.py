@@ -43,6 +43,8 @@ class KeptResponse:
             return None
         base = {k: v for k, v in request.items() if k not in ("api", "input_items")}
         history = [message.model_dump(mode="json") for message in spec.history]
+        if spec.query:  # a template's job (assistant:NAME): its query was the last message
+            history.append({"role": "user", "content": spec.query})
         return cls(base, bool(base.get("background")), request.get("input_items", []), history)
 
 

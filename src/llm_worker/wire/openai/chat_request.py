@@ -62,14 +62,7 @@ class ChatRequest:
         """The job that answers the request: its messages as history, run on the
         provider with its settings; what replies are rendered with kept beside
         (``openai_request``)."""
-        openai_request = {
-            "endpoint": "chat.completions",
-            "model": self.model,
-            "created": created,
-            "stream": self.stream,
-            "include_usage": self.include_usage,
-            "metadata": self.metadata,
-        }
+        openai_request = self.openai_request(created)
         stream = {
             "provider": self.provider,
             "settings": {**self.settings, "model": self.upstream_model},
@@ -85,6 +78,17 @@ class ChatRequest:
             )
         except ValidationError as exc:
             raise InvalidParam(_first_problem(exc), "messages") from None
+
+    def openai_request(self, created: int) -> dict[str, Any]:
+        """What the job keeps beside its template to render its replies."""
+        return {
+            "endpoint": "chat.completions",
+            "model": self.model,
+            "created": created,
+            "stream": self.stream,
+            "include_usage": self.include_usage,
+            "metadata": self.metadata,
+        }
 
 
 def read_chat_request(body: Any, providers: Collection[str], default_provider: str) -> ChatRequest:
