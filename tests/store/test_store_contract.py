@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -299,6 +300,52 @@ async def test_a_request_asked_to_be_kept_is_kept_with_the_record(
 
     await short_lived.pass_ttl(gone, "the kept request's expiry")
     assert await store.get(kept_id) is None
+
+
+async def test_an_ended_job_forgotten_is_gone_at_once(
+    make_store: StoreFactory, store_kind: str, tmp_path: Path
+) -> None:
+    options = {"path": tmp_path / "forget.db"} if store_kind == "sqlite" else {}
+    store = await make_store(queue_max=10, job_ttl=60, **options)
+    kept = SPEC.model_copy(update={"keep_request": True})
+    done_id, running_id, pending_id = [(await store.submit(kept)).id for _ in range(3)]
+    await store.claim(max_wait=0)
+    await store.append(done_id, 1, EventKind.RUNNING, "text")
+    await until_shown(store, done_id, 1)
+
+    following = asyncio.Event()
+
+    async def follow() -> list[EventKind]:
+        kinds = []
+        async for batch in store.follow(done_id):
+            kinds += [event.kind for event in batch]
+            following.set()
+        return kinds
+
+    follower = asyncio.create_task(follow())  # waiting on the job when it ends
+    await asyncio.wait_for(following.wait(), 10)
+    await store.append(done_id, 1, EventKind.DONE)
+    await store.claim(max_wait=0)  # running_id runs
+    for refused in (running_id, pending_id, "no-such-job"):
+        assert await store.forget(refused) is False, refused
+    assert await store.forget(done_id) is True
+    kinds = await asyncio.wait_for(follower, 10)  # ended, not left hanging
+    assert kinds == [EventKind.RUNNING, EventKind.DONE]
+    assert await store.forget(done_id) is False  # forgotten already
+    assert await store.get(done_id) is None
+    assert await store.request(done_id) is None
+    with pytest.raises(UnknownJob):
+        await store.read(done_id)
+    with pytest.raises(UnknownJob):
+        await follow()
+    assert [r.id for r in await store.recent(None, 10, None)] == [pending_id, running_id]
+    assert await store.request(running_id) == kept  # the others are untouched
+    if store_kind == "sqlite":  # gone for good: not back after a restart
+        await store.close()
+        store = await make_store(queue_max=10, job_ttl=60, **options)
+        assert await store.get(done_id) is None
+        assert await store.request(done_id) is None
+        assert [r.id for r in await store.recent(None, 10, None)] == [pending_id, running_id]
 
 
 async def test_a_new_attempt_resets_the_log(make_durable_store: StoreFactory) -> None:

@@ -10,7 +10,8 @@ a store, so one process or many run the same code. A store guarantees:
 * events get consecutive ``seq`` numbers and every follower sees each of them
   once, in order, whether it joined before, during or after the job ran;
 * a finished job and its log stay readable for the store's TTL, then vanish; so
-  does its request, when it asked to be kept (:meth:`JobStore.request`).
+  does its request, when it asked to be kept (:meth:`JobStore.request`); a finished
+  job :meth:`JobStore.forget` was asked to forget vanishes at once, for good.
 """
 
 from __future__ import annotations
@@ -173,6 +174,14 @@ class JobStore(abc.ABC):
         """The job's request, if it asked to be kept (``keep_request``): for as long as
         the job's record is kept, as :meth:`get` reads it. ``None`` for any other job,
         and for an unknown or expired one."""
+
+    @abc.abstractmethod
+    async def forget(self, job_id: str) -> bool:
+        """Forget a job that has ended, before its TTL: its record, log and kept request
+        are gone at once, for every process on the store and after a restart (the job
+        is unknown, as an expired one). ``False``, and nothing changes, for a job that
+        has not ended (cancel it first, and wait for its end) or one not known. Its
+        listeners had its terminal event already: those still following end."""
 
     @abc.abstractmethod
     async def read(self, job_id: str, after: int = 0) -> list[Event]:

@@ -159,6 +159,21 @@ class MemoryStore(JobStore):
             return None
         return JobSpec.model_validate_json(job.spec)
 
+    async def forget(self, job_id: str) -> bool:
+        job = self._kept.visible(job_id)
+        if job is None or job.ending is not None or not job.record.state.finished:
+            return False  # unknown, or not ended (its end not shown yet, at least)
+        # Its listeners follow the log itself, which has ended: they are not cut off.
+        self._kept.drop(job_id)
+        self.journal.delete_job(job_id)
+        if self.journal.immediate:
+            return True
+        failures = await asyncio.shield(self.journal.save())
+        if job_id in failures:
+            self._kept.add(job)  # still on disk: kept here too, as a restart would find it
+            raise StoreError(f"the job store could not forget the job: {failures[job_id]}")
+        return True
+
     async def read(self, job_id: str, after: int = 0) -> list[Event]:
         return self._known(job_id).log.since(after)
 

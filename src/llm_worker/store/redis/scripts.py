@@ -63,11 +63,15 @@ class Scripts:
     """The scripts registered with one client: run by keyword, or queued in a pipeline."""
 
     def __init__(self, client: Any) -> None:
+        self._client = client
         self._registered = {script.name: client.register_script(script.source) for script in ALL}
 
     async def run(self, script: Script[R], **named: Any) -> R:
-        """Run ``script`` (loading it first if Redis has not got it) and read its reply."""
+        """Run ``script`` (loading it first if Redis has not got it) and read its reply. A
+        script not in :data:`ALL` (one only run, never queued) is registered at first use."""
         keys, args = script.lay_out(named)
+        if script.name not in self._registered:
+            self._registered[script.name] = self._client.register_script(script.source)
         return script.reply(await self._registered[script.name](keys=keys, args=args))
 
     def queue(self, pipe: Any, script: Script[Any], **named: Any) -> None:

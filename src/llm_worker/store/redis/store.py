@@ -46,6 +46,7 @@ from llm_worker.store.base import (
 from llm_worker.store.limits import UNLIMITED, TenantLimits
 from llm_worker.store.redis.claims import Claims
 from llm_worker.store.redis.connection import MAX_IN_FLIGHT, Connection
+from llm_worker.store.redis.forgetting import forget
 from llm_worker.store.redis.layout import Keys, decoded
 from llm_worker.store.redis.limits import TenantGates
 from llm_worker.store.redis.listing import RecentJobs
@@ -236,6 +237,10 @@ class RedisStore(JobStore):
         if text is None or not keeps_request(text):
             return None
         return JobSpec.model_validate_json(text)
+
+    async def forget(self, job_id: str) -> bool:
+        await self._outbox.written_of(job_id)  # what this process appended goes first
+        return await forget(self._conn, job_id)
 
     async def read(self, job_id: str, after: int = 0) -> list[Event]:
         return await self._records.read(job_id, after)
