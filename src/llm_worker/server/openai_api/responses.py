@@ -4,7 +4,7 @@
     GET    /v1/responses/{id}                 the Response as it stands; with
                                               ``stream=true&starting_after=N`` its events after N
     POST   /v1/responses/{id}/cancel          cancel the job (a cancelled one: returned as it is)
-    DELETE /v1/responses/{id}                 no longer served (its job cancelled if it runs)
+    DELETE /v1/responses/{id}                 cancelled if it runs, then forgotten by the store
     GET    /v1/responses/{id}/input_items     its input, as items
 
 A response's id is ``resp_`` and its job's id. Its events come from the job's log
@@ -28,7 +28,7 @@ from llm_worker.jobs.model import JobRecord, JobSpec, JobState
 from llm_worker.jobs.templates import Assistant
 from llm_worker.server.access import Principal
 from llm_worker.server.openai_api.errors import answered
-from llm_worker.server.openai_api.responses_kept import DeletedResponses, KeptResponse
+from llm_worker.server.openai_api.responses_kept import KeptResponse
 from llm_worker.store import UnknownJob
 from llm_worker.wire.openai import InvalidParam
 from llm_worker.wire.openai import responses as requests
@@ -60,7 +60,6 @@ class ResponsesAPI:
         self.gateway = gateway
         self.default_provider = default_provider
         self.assistants = assistants or {}
-        self.deleted = DeletedResponses()
         self._cancels: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[Route]:
@@ -188,18 +187,23 @@ class ResponsesAPI:
         return JSONResponse(log.response())
 
     async def _delete(self, principal: Principal, job_id: str) -> Response:
-        record = await self.gateway.visible(principal, job_id)
-        if not record.state.finished:
-            await self.gateway.cancel_job(principal, job_id)
-        self.deleted.add(job_id)
+        """Cancel the job (a no-op once it ended; refused to a listen-only key): the store
+        has written its end when that returns. Then the store forgets it, for every
+        gateway on it and after a restart. A job whose end cannot be shown yet: 409."""
+        await self.gateway.cancel_job(principal, job_id)
+        if not await self.gateway.store.forget(job_id):
+            await self.gateway.visible(principal, job_id)  # deleted meanwhile: a 404
+            raise InvalidParam(
+                f"{PREFIX}{job_id} has not ended yet; try again", code="conflict", status=409
+            )
         return JSONResponse({"id": PREFIX + job_id, "object": "response", "deleted": True})
 
     # -- the log --------------------------------------------------------------------
 
     async def _job_id(self, principal: Principal, response_id: str) -> str:
-        """The job of ``response_id``, if ``principal`` may see it and it was not deleted."""
+        """The job of ``response_id``, if ``principal`` may see it (a deleted one is gone)."""
         job_id = response_id.removeprefix(PREFIX)
-        if not response_id.startswith(PREFIX) or job_id in self.deleted:
+        if not response_id.startswith(PREFIX):
             raise UnknownJob(response_id)
         record: JobRecord = await self.gateway.visible(principal, job_id)
         return record.id

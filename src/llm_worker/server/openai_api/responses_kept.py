@@ -10,13 +10,11 @@ its input items, its echoed fields and a next turn's ``previous_response_id``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from llm_worker.jobs.model import JobSpec
 
-MAX_DELETED = 10_000
 API = "responses"
 """The ``api`` of the ``openai_request`` of a job made by the Responses door."""
 
@@ -46,19 +44,3 @@ class KeptResponse:
         if spec.query:  # a template's job (assistant:NAME): its query was the last message
             history.append({"role": "user", "content": spec.query})
         return cls(base, bool(base.get("background")), request.get("input_items", []), history)
-
-
-class DeletedResponses:
-    """The ids of the newest responses deleted through this process."""
-
-    def __init__(self, limit: int = MAX_DELETED) -> None:
-        self._limit = limit
-        self._deleted: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, job_id: str) -> None:
-        self._deleted[job_id] = None
-        if len(self._deleted) > self._limit:
-            self._deleted.popitem(last=False)
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._deleted
