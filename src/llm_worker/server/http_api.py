@@ -106,7 +106,7 @@ class JobsAPI:
     async def create(self, request: Request) -> Response:
         try:
             principal = self.gateway.authenticate(request)
-            body = await self._body(request)
+            body = await read_body(request, self.gateway.limits.max_message_bytes)
             add = self._add_request(body)
             record, token = await self.gateway.add_job(principal, add.to_spec())
         except (Refused, StoreError) as exc:
@@ -185,21 +185,6 @@ class JobsAPI:
 
     # -- reading requests -------------------------------------------------------
 
-    async def _body(self, request: Request) -> bytes:
-        """The request's body, refused (413) past ``MAX_MESSAGE_BYTES`` without reading on."""
-        limit = self.gateway.limits.max_message_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise Refused(_too_large(int(declared), limit), errors.PAYLOAD_TOO_LARGE)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Refused(_too_large(size, limit), errors.PAYLOAD_TOO_LARGE)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     @staticmethod
     def _add_request(body: bytes) -> AddRequest:
         try:
@@ -210,7 +195,7 @@ class JobsAPI:
             raise Refused(
                 "a job must be a JSON object with the fields of 'add'", errors.INVALID_JSON
             )
-        _whole_numbers(obj)
+        whole_numbers(obj)
         try:
             request = protocol.request_from({**obj, "type": "add"})
         except ProtocolError as exc:
@@ -224,7 +209,7 @@ class JobsAPI:
 _EXACT_FLOATS = 2.0**63
 
 
-def _whole_numbers(obj: dict[str, Any]) -> None:
+def whole_numbers(obj: dict[str, Any]) -> None:
     """Turn the whole numbers written as floats in ``obj`` (nested) into ints, in place."""
     stack: list[dict[str, Any] | list[Any]] = [obj]
     while stack:
@@ -236,6 +221,22 @@ def _whole_numbers(obj: dict[str, Any]) -> None:
                 container[key] = int(value)  # type: ignore[index]
             elif isinstance(value, dict | list):
                 stack.append(value)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413) past ``limit`` bytes (``MAX_MESSAGE_BYTES``)
+    without reading on."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(_too_large(int(declared), limit), errors.PAYLOAD_TOO_LARGE)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(_too_large(size, limit), errors.PAYLOAD_TOO_LARGE)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _answered(
