@@ -396,7 +396,7 @@ class EventStream(Response):
         # The stream counts as a follower while it relays a job, so a stopping worker
         # lets it relay the job's end (Gateway.drain), as a WebSocket's followers do.
         relaying = asyncio.create_task(self._relay(transport, send), name=f"sse-{self.job_id}")
-        watching = asyncio.create_task(_disconnected(receive), name="sse-disconnect")
+        watching = asyncio.create_task(disconnected(receive), name="sse-disconnect")
         delivering = asyncio.create_task(self._watch_delivery(transport), name="sse-delivery")
         announcing = asyncio.create_task(self._announce(send), name="sse-notices")
         self.gateway.streams[relaying] = self.job_id
@@ -485,7 +485,7 @@ def _sse(frame: Frame) -> bytes:
     return f"id: {frame.seq}\nevent: {frame.type}\ndata: {frame.text}\n\n".encode()
 
 
-async def _disconnected(receive: Receive) -> None:
+async def disconnected(receive: Receive) -> None:
     """Returns once the client has gone away."""
     while True:
         message = await receive()

@@ -33,7 +33,7 @@ from llm_worker.jobs.model import Event, EventKind, JobSpec
 from llm_worker.jobs.templates import Assistant
 from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
-from llm_worker.server.http_api import SSE_HEADERS, _disconnected
+from llm_worker.server.http_api import SSE_HEADERS, disconnected
 from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered, openai_error, openai_error_body
 from llm_worker.server.refusals import Refused
@@ -143,7 +143,7 @@ async def _completion(job: _Job, request: Request, model: str, created: int) -> 
     """The ``chat.completion`` once the job ends (an error in OpenAI's shape if it did
     not end done), or the job cancelled if the client leaves first."""
     ending = asyncio.ensure_future(_last_event(job))
-    leaving = asyncio.ensure_future(_disconnected(request.receive))
+    leaving = asyncio.ensure_future(disconnected(request.receive))
     try:
         await asyncio.wait({ending, leaving}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -189,7 +189,7 @@ class ChatStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         relaying = asyncio.create_task(self._relay(send), name=f"chat-{self.job.id}")
-        leaving = asyncio.create_task(_disconnected(receive), name="chat-disconnect")
+        leaving = asyncio.create_task(disconnected(receive), name="chat-disconnect")
         # Counted as a follower, so a stopping worker lets it relay the job's end.
         self.job.gateway.streams[relaying] = self.job.id
         try:
