@@ -49,3 +49,13 @@ class TaskSet:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def cancel_requested() -> bool:
+    """Whether the running task has been asked to stop. A loop around a client library's
+    calls must ask this before going round again: a cancel that lands inside the
+    library's own timeouts or connection handling can be swallowed (the call returns,
+    or raises the library's own error), and the loop would then run on, cancelled, for
+    ever, holding up whoever awaits it (redis-py, under Python 3.11: a worker's stop)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

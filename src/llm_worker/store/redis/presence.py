@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+from llm_worker.aio.tasks import cancel_requested
 from llm_worker.store.base import WorkerCensus
 from llm_worker.store.redis.connection import Connection
 from llm_worker.store.redis.reachability import UNREACHABLE
@@ -43,6 +44,8 @@ class Presence:
                 self._conn.reach.went_down(exc)
             except Exception:
                 log.exception("saying this worker is alive failed")
+            if cancel_requested():  # a stop's cancel that the Redis client swallowed
+                raise asyncio.CancelledError
             await asyncio.sleep(_PRESENCE_SECONDS)
 
     async def leave(self) -> None:
