@@ -54,6 +54,7 @@ def test_a_request_becomes_a_job() -> None:
         ({"model": "", "messages": USER}, "model"),
         ({"model": "m", "messages": []}, "messages"),
         ({"model": "m", "messages": USER, "stream": "yes"}, "stream"),
+        ({"model": "m", "messages": USER, "store": "yes"}, "store"),
         ({"model": "m", "messages": USER, "stream_options": {"x": 1}}, "stream_options.x"),
     ],
 )

@@ -113,6 +113,7 @@ def read_chat_request(body: Any, providers: Collection[str], default_provider: s
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidParam("'metadata' must be an object", "metadata")
+    _flag(body, "store")  # taken, and nothing to do: every job is kept for its TTL
     return ChatRequest(
         model=model,
         provider=provider,
