@@ -1,1 +1,1 @@
-"""asyncio helpers every layer uses: tasks owned by whoever starts them."""
+"""asyncio helpers every layer uses: tasks owned by whoever starts them, streams paced."""

@@ -137,6 +137,7 @@ class Service:
                     max_message_bytes=settings.max_message_bytes,
                     max_followed_jobs=settings.max_followed_jobs,
                     slow_listener_seconds=settings.slow_listener_seconds,
+                    sse_keepalive_seconds=settings.sse_keepalive_seconds,
                 ),
                 metrics=self.metrics,
             )
@@ -214,7 +215,7 @@ def create_app(settings: Settings | None = None, role: Role = "all") -> Starlett
             WebSocketRoute("/ws", websocket_endpoint(gateway)),
             Route("/healthz", gateway.healthz),
             Route("/metrics", gateway.metrics_endpoint),
-            *JobsAPI(gateway, service.settings.sse_keepalive_seconds).routes(),
+            *JobsAPI(gateway).routes(),
             *openai_api.routes(gateway, service.settings.openai_api_provider, service.assistants),
             Route("/openapi.json", openapi_route(service)),
             Route("/client.js", client_js),

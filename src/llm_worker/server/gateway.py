@@ -64,6 +64,7 @@ class GatewayLimits:
     max_message_bytes: int = 1024 * 1024
     max_followed_jobs: int = 1000
     slow_listener_seconds: float = 30.0
+    sse_keepalive_seconds: float = 15.0
 
 
 class Gateway:

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -50,11 +50,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from llm_worker.jobs.model import JobRecord, JobState
-from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
 from llm_worker.server.follower import Follower
 from llm_worker.server.refusals import Refused, error_response, refusal_response
-from llm_worker.server.serving import TRANSPORT_EXTENSION
+from llm_worker.server.sse import KEEPALIVE, JobStream
 from llm_worker.store import StoreError
 from llm_worker.store.base import ListingKey
 from llm_worker.wire import errors, protocol
@@ -67,11 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SSE_HEADERS = {
-    "cache-control": "no-cache",
-    # Tells nginx not to buffer the stream.
-    "x-accel-buffering": "no",
-}
 # Jobs a listing answers with, unless it asks for fewer; at most.
 LISTING_LIMIT = 50
 # Notices (an outage, a quiet worker) an event stream holds for a reader that does not read.
@@ -82,9 +76,8 @@ LISTING_MAX = 500
 class JobsAPI:
     """The ``/v1/jobs`` routes, served by the gateway's operations."""
 
-    def __init__(self, gateway: Gateway, keepalive_seconds: float = 15.0) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.keepalive_seconds = keepalive_seconds
 
     def routes(self) -> list[Route]:
         return [
@@ -181,7 +174,7 @@ class JobsAPI:
                 return Response(status_code=204)
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
-        return EventStream(self.gateway, principal, job_id, after, self.keepalive_seconds, dialect)
+        return EventStream(self.gateway, principal, job_id, after, dialect)
 
     # -- reading requests -------------------------------------------------------
 
@@ -352,10 +345,9 @@ def _seq(name: str, value: str) -> int:
     return int(value)
 
 
-class EventStream(Response):
-    """One job's log as Server-Sent Events, live, in the full protocol's frames."""
-
-    media_type = "text/event-stream"
+class EventStream(JobStream):
+    """One job's log as Server-Sent Events, live, in the full protocol's frames (or the
+    typed protocol's), with the notices about its job (:meth:`announce`) between them."""
 
     def __init__(
         self,
@@ -363,18 +355,10 @@ class EventStream(Response):
         principal: Principal,
         job_id: str,
         after: int,
-        keepalive_seconds: float = 15.0,
         dialect: Dialect = Dialect.FULL,
     ) -> None:
-        # Not Response.__init__: it would say the body is empty (content-length: 0).
-        self.status_code = 200
-        self.background = None
-        self.init_headers(SSE_HEADERS)
-        self.gateway = gateway
-        self.principal = principal
-        self.job_id = job_id
+        super().__init__(gateway, principal, job_id)
         self.after = after
-        self.keepalive_seconds = keepalive_seconds
         self.dialect = dialect
         self.followers: dict[str, asyncio.Task[None]] = {}
         """The job it relays, by the task relaying it (what a gateway's listener has)."""
@@ -391,50 +375,15 @@ class EventStream(Response):
             self._notices.put_nowait(_sse(frame))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        # The stream counts as a follower while it relays a job, so a stopping worker
-        # lets it relay the job's end (Gateway.drain), as a WebSocket's followers do.
-        relaying = asyncio.create_task(self._relay(transport, send), name=f"sse-{self.job_id}")
-        watching = asyncio.create_task(disconnected(receive), name="sse-disconnect")
-        delivering = asyncio.create_task(self._watch_delivery(transport), name="sse-delivery")
-        announcing = asyncio.create_task(self._announce(send), name="sse-notices")
-        self.gateway.streams[relaying] = self.job_id
-        self.followers[self.job_id] = relaying
+        # A listener of the gateway's while it streams: it is told of outages.
         self.gateway.event_streams.add(self)
-        tasks = (relaying, watching, delivering, announcing)
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await super().__call__(scope, receive, send)
         finally:
-            self.gateway.streams.pop(relaying, None)
             self.gateway.event_streams.discard(self)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
-        if relaying.done() and not relaying.cancelled() and relaying.exception() is None:
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _relay(self, transport: Any, send: Send) -> None:
-        set_job(self.job_id, self.principal.tenant)  # this task's log lines are about the job
-        limit = self.gateway.limits.slow_listener_seconds
-
-        async def write(data: bytes) -> None:
-            message = {"type": "http.response.body", "body": data, "more_body": True}
-            if transport is None or not transport.blocked():
-                await send(message)
-                return
-            try:
-                await asyncio.wait_for(send(message), limit)
-            except TimeoutError:
-                log.info("cutting an event stream left unread for %.0fs", limit)
-                transport.abort()
-                raise OSError("the reader was too slow") from None
-
-        async for chunk in self._chunks():
-            await write(chunk)
+    def side_tasks(self, send: Send) -> list[Coroutine[Any, Any, None]]:
+        return [self._announce(send)]
 
     async def _announce(self, send: Send) -> None:
         """Write the notices :meth:`announce` queues, between the job's events."""
@@ -442,39 +391,14 @@ class EventStream(Response):
             notice = await self._notices.get()
             await send({"type": "http.response.body", "body": notice, "more_body": True})
 
-    async def _watch_delivery(self, transport: Any) -> None:
-        """Returns, having hung up, once bytes sent have stayed unacknowledged by the
-        reader's TCP for ``SLOW_LISTENER_SECONDS``: a reader that has stopped reading
-        once the buffers between are full, or a path that went dark, where small
-        writes (keep-alives) never fill the buffers that :meth:`_relay` waits on."""
-        limit = self.gateway.limits.slow_listener_seconds
-        interval = min(limit, self.keepalive_seconds) / 2
-        loop = asyncio.get_running_loop()
-        acked, progressed = -1, loop.time()
-        while True:
-            await asyncio.sleep(interval)
-            delivery = transport.delivery() if transport is not None else None
-            if delivery is None:
-                continue  # unknown here: the slow-reader cut alone applies
-            pending, now_acked = delivery
-            now = loop.time()
-            if not pending or now_acked != acked:
-                acked, progressed = now_acked, now
-            elif now - progressed >= limit:
-                log.info(
-                    "cutting an event stream whose reader has acknowledged nothing for %.0fs",
-                    now - progressed,
-                )
-                transport.abort()
-                return
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes]:
         """The stream's bytes: its events, comments to keep it alive, and its end."""
         follower = Follower(
             self.gateway.store, self.gateway.metrics, self.job_id, self.dialect, self.after
         )
-        async for frames in follower.watch(self.keepalive_seconds):
-            yield b": keep-alive\n\n" if frames is None else b"".join(map(_sse, frames))
+        keepalive = self.gateway.limits.sse_keepalive_seconds
+        async for frames in follower.watch(keepalive):
+            yield KEEPALIVE if frames is None else b"".join(map(_sse, frames))
 
 
 def _sse(frame: Frame) -> bytes:
@@ -483,11 +407,3 @@ def _sse(frame: Frame) -> bytes:
     if frame.seq is None:
         return f"event: {frame.type}\ndata: {frame.text}\n\n".encode()
     return f"id: {frame.seq}\nevent: {frame.type}\ndata: {frame.text}\n\n".encode()
-
-
-async def disconnected(receive: Receive) -> None:
-    """Returns once the client has gone away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return

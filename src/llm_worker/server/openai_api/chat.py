@@ -20,23 +20,22 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
+from llm_worker.aio.streams import with_idle_ticks
 from llm_worker.jobs.model import Event, EventKind, JobSpec
 from llm_worker.jobs.templates import Assistant
-from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
-from llm_worker.server.http_api import SSE_HEADERS, disconnected
 from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered, openai_error, openai_error_body
 from llm_worker.server.refusals import Refused
+from llm_worker.server.sse import KEEPALIVE, JobStream, disconnected
 from llm_worker.store import StoreError
 from llm_worker.wire.openai.assistants import assistant_job, refuse_settings, template_for
 from llm_worker.wire.openai.chat_render import ChunkRenderer, completion, done_summary
@@ -173,66 +172,41 @@ async def _last_event(job: _Job) -> Event:
     raise StoreError(f"the log of job {job.id} ended without its end")
 
 
-class ChatStream(Response):
+class ChatStream(JobStream):
     """A job's reply as ``chat.completion.chunk`` Server-Sent Events, live."""
 
-    media_type = "text/event-stream"
-
     def __init__(self, job: _Job, renderer: ChunkRenderer) -> None:
-        # Not Response.__init__: it would say the body is empty (content-length: 0).
-        self.status_code = 200
-        self.background = None
-        self.init_headers({**SSE_HEADERS, **job.headers})
+        super().__init__(job.gateway, job.principal, job.id, job.headers)
         self.job = job
         self.renderer = renderer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        relaying = asyncio.create_task(self._relay(send), name=f"chat-{self.job.id}")
-        leaving = asyncio.create_task(disconnected(receive), name="chat-disconnect")
-        # Counted as a follower, so a stopping worker lets it relay the job's end.
-        self.job.gateway.streams[relaying] = self.job.id
-        try:
-            await asyncio.wait({relaying, leaving}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.job.gateway.streams.pop(relaying, None)
-            for task in (relaying, leaving):
-                task.cancel()
-            for task in (relaying, leaving):
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
-        ended = relaying.done() and not relaying.cancelled() and relaying.exception() is None
-        if not ended:
-            await self.job.client_gone()
-            return
-        with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    async def client_gone(self) -> None:
+        await self.job.client_gone()
 
-    async def _relay(self, send: Send) -> None:
-        set_job(self.job.id, self.job.principal.tenant)
+    async def chunks(self) -> AsyncIterator[bytes]:
         renderer = self.renderer
-        metrics, since = self.job.gateway.metrics, time.perf_counter()
-        await send(_body(_data(renderer.start())))
+        metrics, since = self.gateway.metrics, time.perf_counter()
+        yield _data(renderer.start())
         sent_text = False
-        async for batch in self.job.events():
+        keepalive = self.gateway.limits.sse_keepalive_seconds
+        async for batch in with_idle_ticks(self.job.events(), keepalive):
+            if batch is None:
+                yield KEEPALIVE
+                continue
             chunks = renderer.chunks(batch)
             if chunks:
-                await send(_body(b"".join(_data(chunk) for chunk in chunks)))
+                yield b"".join(_data(chunk) for chunk in chunks)
                 if not sent_text:
                     sent_text = True
-                    metrics.first_frame_sent(self.job.id, since, time.perf_counter())
+                    metrics.first_frame_sent(self.job_id, since, time.perf_counter())
             if renderer.finished:
                 break
         if renderer.error is not None:
             message, code = renderer.error
-            await send(_body(b"data: " + openai_error_body(500, message, None, code) + b"\n\n"))
+            yield b"data: " + openai_error_body(500, message, None, code) + b"\n\n"
         else:
-            await send(_body(b"data: [DONE]\n\n"))
+            yield b"data: [DONE]\n\n"
 
 
 def _data(chunk: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-def _body(data: bytes) -> dict[str, Any]:
-    return {"type": "http.response.body", "body": data, "more_body": True}

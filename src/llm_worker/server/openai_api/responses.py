@@ -14,22 +14,26 @@ what lets a stream resume at any ``sequence_number`` while the job is kept.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from llm_worker.aio.streams import with_idle_ticks
 from llm_worker.jobs.model import JobRecord, JobSpec, JobState
 from llm_worker.jobs.templates import Assistant
 from llm_worker.server.access import Principal
+from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered
 from llm_worker.server.openai_api.responses_kept import KeptResponse
-from llm_worker.store import UnknownJob
+from llm_worker.server.refusals import Refused
+from llm_worker.server.sse import KEEPALIVE, JobStream
+from llm_worker.store import JobStore, StoreError, UnknownJob
 from llm_worker.wire.openai import InvalidParam
 from llm_worker.wire.openai import responses as requests
 from llm_worker.wire.openai.assistants import assistant_job, refuse_settings, template_for
@@ -40,7 +44,6 @@ if TYPE_CHECKING:
     from llm_worker.server.gateway import Gateway
 
 PREFIX = "resp_"
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # Request fields a Response echoes back.
 _ECHOED = ("instructions", "metadata", "temperature", "top_p", "max_output_tokens", "tools")
 _ECHOED_MORE = ("tool_choice", "parallel_tool_calls", "previous_response_id", "reasoning", "text")
@@ -60,7 +63,6 @@ class ResponsesAPI:
         self.gateway = gateway
         self.default_provider = default_provider
         self.assistants = assistants or {}
-        self._cancels: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[Route]:
         return [
@@ -74,10 +76,7 @@ class ResponsesAPI:
 
     async def create(self, request: Request) -> Response:
         principal = self.gateway.authenticate(request)
-        try:
-            body = requests.check_fields(orjson.loads(await request.body()))
-        except orjson.JSONDecodeError:
-            raise InvalidParam("the request body is not JSON") from None
+        body = requests.check_fields(await read_json(self.gateway, request))
         items = requests.input_items(body["input"])
         earlier = await self._earlier(principal, body.get("previous_response_id"))
         history = earlier + requests.history(body.get("instructions"), items)
@@ -86,7 +85,8 @@ class ResponsesAPI:
         record, _ = await self.gateway.add_job(principal, self._job_spec(body, kept))
         background = kept.background
         if body.get("stream"):
-            return self._stream(record.id, kept, -1, cancel_when_gone=not background)
+            log = _new_log(record.id, kept)
+            return ResponseStream(self.gateway, principal, record.id, log, -1, not background)
         log = ResponseLog(PREFIX + record.id, base, background)
         if background:
             log.status = "queued"
@@ -146,7 +146,7 @@ class ResponsesAPI:
         kept = await self._kept(job_id)
         if request.query_params.get("stream") in ("true", "1"):
             after = _starting_after(request.query_params.get("starting_after"))
-            return self._stream(job_id, kept, after, cancel_when_gone=False)
+            return ResponseStream(self.gateway, principal, job_id, _new_log(job_id, kept), after)
         log = await self._log_of(job_id, kept)
         if not log.ended:
             record = await self.gateway.visible(principal, job_id)
@@ -223,41 +223,55 @@ class ResponsesAPI:
         return log
 
     async def _read_to_end(self, job_id: str, log: ResponseLog) -> None:
-        async for _ in self._events(job_id, log):
+        async for _ in _events(self.gateway.store, job_id, log):
             pass
 
-    async def _events(self, job_id: str, log: ResponseLog) -> AsyncIterator[dict[str, Any]]:
-        """The response's events from the first, until its end."""
-        for event in log.opening():
-            yield event
-        async for batch in self.gateway.store.follow(job_id, 0):
-            for entry in batch:
-                for event in log.feed(entry):
-                    yield event
-            if log.ended:
-                return
 
-    def _stream(
-        self, job_id: str, kept: KeptResponse | None, after: int, cancel_when_gone: bool
-    ) -> Response:
-        log = _new_log(job_id, kept)
+class ResponseStream(JobStream):
+    """A response's events after ``after`` as Server-Sent Events, live."""
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for event in self._events(job_id, log):
-                    if event["sequence_number"] > after:
-                        yield _sse(event)
-            finally:
-                if cancel_when_gone and not log.ended:
-                    self._cancel_later(job_id)
+    def __init__(
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        job_id: str,
+        log: ResponseLog,
+        after: int,
+        cancel_when_gone: bool = False,
+    ) -> None:
+        super().__init__(gateway, principal, job_id)
+        self.log = log
+        self.after = after
+        self.cancel_when_gone = cancel_when_gone
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+    async def chunks(self) -> AsyncIterator[bytes]:
+        after, log = self.after, self.log
+        events = _events(self.gateway.store, self.job_id, log)
+        idle = self.gateway.limits.sse_keepalive_seconds
+        async for event in with_idle_ticks(events, idle):
+            if event is None:
+                yield KEEPALIVE
+            elif event["sequence_number"] > after:
+                yield _sse(event)
 
-    def _cancel_later(self, job_id: str) -> None:
-        """The job of a stream whose client left it: cancelled (its model stopped)."""
-        task = asyncio.ensure_future(self.gateway.store.cancel(job_id))
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
+    async def client_gone(self) -> None:
+        """A client that started the response and left before its end cancels it (its
+        model stops); one that came back to read it does not."""
+        if self.cancel_when_gone and not self.log.ended:
+            with contextlib.suppress(Refused, StoreError):
+                await self.gateway.cancel_job(self.principal, self.job_id)
+
+
+async def _events(store: JobStore, job_id: str, log: ResponseLog) -> AsyncIterator[dict[str, Any]]:
+    """The response's events from the first, until its end."""
+    for event in log.opening():
+        yield event
+    async for batch in store.follow(job_id, 0):
+        for entry in batch:
+            for event in log.feed(entry):
+                yield event
+        if log.ended:
+            return
 
 
 def _new_log(job_id: str, kept: KeptResponse | None) -> ResponseLog:
