@@ -51,3 +51,36 @@ async def test_keys_are_asked_for(start_worker: StartWorker) -> None:
     async with client:
         with pytest.raises(openai.AuthenticationError):
             await client.models.list()
+
+
+async def test_an_openai_compatible_server_lists_its_own_models(
+    start_worker: StartWorker, upstream: OpenAIServer
+) -> None:
+    # A vLLM or Ollama behind the default provider, no model named in the settings: the
+    # server's own list is what the deployment serves.
+    upstream.models = ("qwen-7b", "llama-8b")
+    worker = await start_worker()
+    client = openai.AsyncOpenAI(base_url=worker.http_url + "/v1", api_key="none", max_retries=0)
+    async with client:
+        listed = [model.id async for model in client.models.list()]
+        assert {"llama-8b", "qwen-7b", "openai/llama-8b", "openai/qwen-7b"} <= set(listed)
+        assert (await client.models.retrieve("openai/qwen-7b")).owned_by == "openai"
+        # Asked once a minute at most, not per listing.
+        await client.models.list()
+        asked = [r for r in upstream.requests if r.path.partition("?")[0].endswith("/models")]
+        assert len(asked) == 1, [r.path for r in upstream.requests]
+
+
+async def test_a_server_that_cannot_list_its_models_lists_none(
+    start_worker: StartWorker, tmp_path: Path
+) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text(  # nothing listens on port 9 (discard)
+        '[providers.down]\nbase_url = "http://127.0.0.1:9/v1"\nsettings = { model = "gpt-x" }\n'
+    )
+    worker = await start_worker(providers_file=providers, openai_api_provider="down")
+    client = openai.AsyncOpenAI(base_url=worker.http_url + "/v1", api_key="none", max_retries=0)
+    async with client:
+        listed = [model.id async for model in client.models.list()]
+    # What the settings name is still served; nothing else, and no error.
+    assert sorted(listed) == ["down/gpt-x", "gpt-x"]

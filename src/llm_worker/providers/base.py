@@ -150,6 +150,11 @@ class Provider(abc.ABC):
         API's document (``/openapi.json``); by default any object."""
         return {"type": "object"}
 
+    async def served_models(self) -> list[str]:
+        """The models the provider's server says it serves, beyond those its settings
+        name (OpenAI's ``GET /v1/models`` lists them); none by default."""
+        return []
+
     @abc.abstractmethod
     def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]

@@ -13,6 +13,8 @@ reply comes back as text, reasoning, refusal and tool-call fragments
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -42,6 +44,8 @@ from llm_worker.providers.http_replies import (
     error_code,
     error_detail,
 )
+
+log = logging.getLogger(__name__)
 
 # Owned by the worker: the messages come from the template, the reply must stream,
 # and one job has one reply.
@@ -79,6 +83,29 @@ class OpenAICompatibleProvider(HttpProvider):
     finish_marker = "no finish_reason"
     # llama.cpp's server answers so when the prompt is longer than its context.
     empty_reply_is_final = True
+    # How long the server's list of models is trusted, and waited for.
+    MODELS_KEPT_SECONDS = 60.0
+    MODELS_TIMEOUT_SECONDS = 5.0
+    _models: tuple[float, list[str]] | None = None
+
+    async def served_models(self) -> list[str]:
+        """The ids the server's ``GET /models`` lists (a vLLM's or Ollama's models),
+        asked at most once a minute; none while it is not configured or does not say
+        (unreachable, an error, another shape), which is logged, not raised: the list
+        is what is known, not a limit."""
+        now = time.monotonic()
+        if self._models is not None and now - self._models[0] < self.MODELS_KEPT_SECONDS:
+            return self._models[1]
+        models: list[str] = []
+        if self.configuration_problem() is None:
+            try:
+                client = (await self._client()).with_options(timeout=self.MODELS_TIMEOUT_SECONDS)
+                page = await client.models.list()
+                models = sorted({model.id for model in page.data if isinstance(model.id, str)})
+            except Exception as exc:  # whatever the server did, the list is empty
+                log.info("%s: its models could not be listed: %s", self._where(), exc)
+        self._models = (now, models)
+        return models
 
     def check_message(self, message: ChatMessage, where: str, name: str) -> None:
         """Every message is sent as it is: content parts of any type, tool calls, tool

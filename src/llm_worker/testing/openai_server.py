@@ -131,6 +131,8 @@ class OpenAIServer(LoopbackServer[Reply]):
 
     api_root = "/v1"
     default_handler = staticmethod(echo_reply)
+    models: tuple[str, ...] = ()
+    """What ``GET /v1/models`` lists."""
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
@@ -139,7 +141,11 @@ class OpenAIServer(LoopbackServer[Reply]):
     def _direct_answer(self, request: RecordedRequest) -> tuple[int, Any] | None:
         path = request.path.partition("?")[0]
         if request.method == "GET" and path.rstrip("/").endswith("/models"):
-            return 200, {"object": "list", "data": []}
+            listed = [
+                {"id": model, "object": "model", "created": 0, "owned_by": "loopback"}
+                for model in self.models
+            ]
+            return 200, {"object": "list", "data": listed}
         if request.method != "POST" or not path.endswith("/chat/completions"):
             return 404, {"error": {"message": "not found"}}
         return None

@@ -1,6 +1,7 @@
 """``GET /v1/models`` and ``GET /v1/models/{id}``: the models this deployment serves,
 as OpenAI lists them. Each usable provider's known models (its default model, a
-local provider's models) are ``<provider>/<model>``; the default provider's
+local provider's models, those an OpenAI-compatible server lists at its own
+``/models``, asked at most once a minute) are ``<provider>/<model>``; the default provider's
 (``OPENAI_API_PROVIDER``) are listed by their bare names too, and each of the
 deployment's templates (``ASSISTANTS``) as ``assistant:NAME``. Any other name a
 provider takes still works in a request: the list is what is known, not a limit."""
@@ -52,12 +53,13 @@ class ModelList:
         # Models have no birthday here: the time the worker started stands for it.
         self.created = int(time.time())
 
-    def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> list[dict[str, Any]]:
         """The model objects of every model served, sorted by id."""
         providers = self.gateway.runner.providers
         served: dict[str, str] = {}
         for name in providers.usable():
-            for model in provider_models(providers.get(name)):
+            provider = providers.get(name)
+            for model in provider_models(provider) | set(await provider.served_models()):
                 served[f"{name}/{model}"] = name
                 if name == self.default_provider:
                     served.setdefault(model, name)
@@ -70,12 +72,12 @@ class ModelList:
 
     async def list(self, request: Request) -> Response:
         self._allowed(request)
-        return JSONResponse({"object": "list", "data": self.models()})
+        return JSONResponse({"object": "list", "data": await self.models()})
 
     async def get(self, request: Request) -> Response:
         self._allowed(request)
         model_id = request.path_params["model_id"]
-        for model in self.models():
+        for model in await self.models():
             if model["id"] == model_id:
                 return JSONResponse(model)
         return openai_error(
