@@ -30,7 +30,6 @@ from llm_worker.jobs.templates import Assistant
 from llm_worker.server.access import Principal
 from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered
-from llm_worker.server.openai_api.responses_kept import KeptResponse
 from llm_worker.server.refusals import Refused
 from llm_worker.server.sse import KEEPALIVE, JobStream
 from llm_worker.store import JobStore, StoreError, UnknownJob
@@ -38,6 +37,7 @@ from llm_worker.wire.openai import InvalidParam
 from llm_worker.wire.openai import responses as requests
 from llm_worker.wire.openai.assistants import assistant_job, refuse_settings, template_for
 from llm_worker.wire.openai.chat_request import resolve_model
+from llm_worker.wire.openai.response_request import ResponseRequest
 from llm_worker.wire.openai.responses_events import ResponseLog
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class ResponsesAPI:
         earlier = await self._earlier(principal, body.get("previous_response_id"))
         history = earlier + requests.history(body.get("instructions"), items)
         base = _base(body, time.time())
-        kept = KeptResponse(base, bool(body.get("background")), items, history)
+        kept = ResponseRequest(base, bool(body.get("background")), items, history)
         record, _ = await self.gateway.add_job(principal, self._job_spec(body, kept))
         background = kept.background
         if body.get("stream"):
@@ -94,7 +94,7 @@ class ResponsesAPI:
         await self._read_to_end(record.id, log)
         return JSONResponse(log.response())
 
-    def _job_spec(self, body: dict[str, Any], kept: KeptResponse) -> JobSpec:
+    def _job_spec(self, body: dict[str, Any], kept: ResponseRequest) -> JobSpec:
         """The job answering ``body``: the template its ``assistant:NAME`` names, or one
         stream on the provider its model names."""
         store = kept.base["store"]
@@ -208,13 +208,13 @@ class ResponsesAPI:
         record: JobRecord = await self.gateway.visible(principal, job_id)
         return record.id
 
-    async def _kept(self, job_id: str) -> KeptResponse | None:
+    async def _kept(self, job_id: str) -> ResponseRequest | None:
         """What the store keeps of the response's request (``None``: created with
         ``store`` false, or not through this door)."""
         spec = await self.gateway.store.request(job_id)
-        return None if spec is None else KeptResponse.of(spec)
+        return None if spec is None else ResponseRequest.of(spec)
 
-    async def _log_of(self, job_id: str, kept: KeptResponse | None) -> ResponseLog:
+    async def _log_of(self, job_id: str, kept: ResponseRequest | None) -> ResponseLog:
         """The job's Response as its log so far makes it."""
         log = _new_log(job_id, kept)
         log.opening()
@@ -274,7 +274,7 @@ async def _events(store: JobStore, job_id: str, log: ResponseLog) -> AsyncIterat
             return
 
 
-def _new_log(job_id: str, kept: KeptResponse | None) -> ResponseLog:
+def _new_log(job_id: str, kept: ResponseRequest | None) -> ResponseLog:
     if kept is None:
         return ResponseLog(PREFIX + job_id, {"model": "", "created_at": 0}, False)
     return ResponseLog(PREFIX + job_id, kept.base, kept.background)

@@ -1,4 +1,5 @@
-"""What the Responses door keeps of each response beside its job's log.
+"""A response's request, as its job keeps it beside its log: what the Responses door
+needs to answer for it later (pure).
 
 A response's request-side fields (model as asked, instructions, tools...) and its
 input items ride in its job's request, as the template's ``openai_request`` field;
@@ -20,7 +21,7 @@ API = "responses"
 
 
 @dataclass
-class KeptResponse:
+class ResponseRequest:
     base: dict[str, Any]
     """The Response's fields that come from its request."""
     background: bool
@@ -34,7 +35,7 @@ class KeptResponse:
         return {"api": API, **self.base, "input_items": self.items}
 
     @classmethod
-    def of(cls, spec: JobSpec) -> KeptResponse | None:
+    def of(cls, spec: JobSpec) -> ResponseRequest | None:
         """The response a job's request makes; ``None`` for a job of another door."""
         request = spec.assistant.fields.get("openai_request")
         if not isinstance(request, dict) or request.get("api") != API:
