@@ -216,6 +216,9 @@ def write_benchmarks_md(report: dict[str, Any], path: Path, chart: Path) -> None
         targets=targets,
         ttft=ttft_table(results).markdown(),
         throughput=throughput_table(results).markdown(),
+        openai_api=openai_api_table(results).markdown()
+        if results.get("openai_api")
+        else "(not measured in this run)",
         idle=scale["per_idle_connection_kib"],
         per_job=scale["per_running_job_kib"],
         idle_count=report["sizes"]["scale"]["idle"],

@@ -182,7 +182,7 @@ async def run(sizes: dict[str, Any], workdir: Path, litellm: str | None = None) 
                 "upstream_port": upstream_port,
                 "worker_pid": worker.process.pid,
             }
-            for level in sizes["levels"]:
+            for level in sizes["levels"] if not sizes.get("openai_api_only") else []:
                 print(f"  concurrency {level}: time to first token", flush=True)
                 results["ttft"][level] = await loadgen(
                     base
@@ -202,10 +202,11 @@ async def run(sizes: dict[str, Any], workdir: Path, litellm: str | None = None) 
                         "rounds": sizes["throughput_rounds"][level],
                     }
                 )
-            print("  idle connections and running jobs", flush=True)
-            results["scale"] = await loadgen(base | {"scenario": "scale"} | sizes["scale"])
-            print("  fan-out", flush=True)
-            results["fanout"] = await loadgen(base | {"scenario": "fanout"} | sizes["fanout"])
+            if not sizes.get("openai_api_only"):
+                print("  idle connections and running jobs", flush=True)
+                results["scale"] = await loadgen(base | {"scenario": "scale"} | sizes["scale"])
+                print("  fan-out", flush=True)
+                results["fanout"] = await loadgen(base | {"scenario": "fanout"} | sizes["fanout"])
             results["openai_api"] = {}
             for level, rounds in sizes["openai_api_rounds"].items():
                 print(f"  concurrency {level}: /v1/chat/completions beside the SDK", flush=True)
@@ -221,7 +222,7 @@ async def run(sizes: dict[str, Any], workdir: Path, litellm: str | None = None) 
         finally:
             upstream.terminate()
             upstream.wait(30)
-    local = local_batching(sizes, workdir)
+    local = None if sizes.get("openai_api_only") else local_batching(sizes, workdir)
     if local is not None:
         results["local"] = local
     return results
@@ -365,6 +366,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--docs", action="store_true", help="also write BENCHMARKS.md")
     parser.add_argument(
+        "--openai-api",
+        action="store_true",
+        help="only the row of /v1/chat/completions beside the SDK (full sizes), printed",
+    )
+    parser.add_argument(
         "--litellm",
         nargs="?",
         const=shutil.which("litellm") or "litellm",
@@ -383,6 +389,12 @@ def main() -> None:
         write_benchmarks_md(report, ROOT / "BENCHMARKS.md", args.out / "benchmarks.png")
         return
     sizes = SMOKE if args.smoke else FULL
+    if args.openai_api:
+        with tempfile.TemporaryDirectory() as workdir:
+            sizes = {**sizes, "openai_api_only": True}
+            results = asyncio.run(run(sizes, Path(workdir)))
+        print(openai_api_table(results).text())
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"benchmark ({'smoke' if args.smoke else 'full'} sizes)", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
