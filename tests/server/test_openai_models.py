@@ -84,3 +84,15 @@ async def test_a_server_that_cannot_list_its_models_lists_none(
         listed = [model.id async for model in client.models.list()]
     # What the settings name is still served; nothing else, and no error.
     assert sorted(listed) == ["down/gpt-x", "gpt-x"]
+
+
+async def test_the_echo_provider_of_a_fresh_clone_is_listed(start_worker: StartWorker) -> None:
+    worker = await start_worker(echo_provider="on")
+    client = openai.AsyncOpenAI(base_url=worker.http_url + "/v1", api_key="none", max_retries=0)
+    async with client:
+        listed = [model.id async for model in client.models.list()]
+        assert "echo/echo" in listed
+        reply = await client.chat.completions.create(
+            model="echo/echo", messages=[{"role": "user", "content": "Hello there"}]
+        )
+    assert reply.choices[0].message.content == "Hello there"

@@ -75,6 +75,10 @@ class EchoProvider(Provider):
             "additionalProperties": False,
         }
 
+    async def served_models(self) -> list[str]:
+        """``echo``: any name works, this one stands for them in a model list."""
+        return ["echo"]
+
     async def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
     ) -> AsyncIterator[str | CallEnd]:
