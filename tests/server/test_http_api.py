@@ -346,6 +346,11 @@ async def test_the_openapi_document_is_valid_and_describes_every_route(
         "/v1/catalog",
         "/v1/models",
         "/v1/models/{model_id}",
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
+        "/v1/responses/{response_id}/cancel",
+        "/v1/responses/{response_id}/input_items",
     }
     job_schema = document["components"]["schemas"]["JobRequest"]
     assert set(job_schema["required"]) == {"query", "assistant"}

@@ -3,11 +3,15 @@ and negative data, the stateful phase along the document's links (create -> get 
 events -> cancel); without keys, with an admin key, and as a page of a foreign
 origin (every answer then a documented JSON 403, or the router's 405).
 
-Jobs go to the loopback OpenAI-compatible server (``openai``); ``local`` is usable
-too (torch is installed; ``LOCAL_MODELS`` names a hub id), offline, so a job naming
-its model fails in a moment. The examples are few enough for the three runs to take about a
-minute and a half here; the seed is fixed, so a failure is reproducible
-(``st run ... --seed``, printed with the run's output).
+Jobs go to the loopback OpenAI-compatible server (``openai``) or to ``echo``, a
+text-only provider that takes only its own settings (so the document's rules for
+what a provider may be sent, and for settings it refuses, are exercised). Every
+job a valid request starts succeeds: OpenAI's doors answer a non-streamed
+completion whose job failed with a 500 (job_failed), which the run would rightly
+flag, so the deployment offers no model that cannot run (``local``, with a hub id
+that cannot be had offline, would be one). The examples are few enough for the
+three runs to take about two minutes here; the seed is fixed, so a failure is
+reproducible (``st run ... --seed``, printed with the run's output).
 """
 
 from __future__ import annotations
@@ -73,9 +77,9 @@ async def serve_and_check(
     upstream: OpenAIServer, tmp_path: Path, env: dict[str, str], *headers: str
 ) -> str:
     env = clean_env(
-        LISTEN_PORT="0", STORE_URL="memory://", WORKER_CONCURRENCY="32",
-        OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url, HF_HUB_OFFLINE="1",
-        LOCAL_MODELS="nobody=nobody/no-such-model", **env,
+        LISTEN_PORT="0", STORE_URL="memory://", WORKER_CONCURRENCY="256",
+        OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url,
+        ECHO_PROVIDER="on", ECHO_DELAY_SECONDS="0", **env,
     )  # fmt: skip
     async with processes() as started:
         worker = await WorkerProcess.start(env, tmp_path)
@@ -101,6 +105,12 @@ async def test_schemathesis_finds_nothing_without_keys(
     # Jobs were created, read, followed and cancelled, and bad requests refused.
     assert {200, 201, 400, 404} <= statuses, statuses
     assert "Stateful" in output
+    # OpenAI's doors answered valid requests, waited for and streamed, and refused others.
+    for door in ("/v1/chat/completions", "/v1/responses"):
+        answers = [r for q, r in exchanges(tmp_path) if urlsplit(q["url"]).path == door]
+        kinds = {r["content"]["mimeType"].partition(";")[0] for r in answers if r["status"] == 200}
+        assert kinds == {"application/json", "text/event-stream"}, (door, kinds)
+        assert 400 in {r["status"] for r in answers}, door
     for request, response in exchanges(tmp_path):
         if response["status"] >= 400:
             body = json.loads(response["content"]["text"])

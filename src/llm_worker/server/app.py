@@ -266,7 +266,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
 def openapi_route(service: Service) -> Callable[[Request], Awaitable[JSONResponse]]:
     """``/openapi.json``: the document of this deployment (its providers, inserts,
     pipelines, limits and keys), built once."""
-    document = openapi_document(service.runner, keys=service.access.enabled)
+    document = openapi_document(
+        service.runner,
+        keys=service.access.enabled,
+        openai_provider=service.settings.openai_api_provider,
+        assistants=service.assistants,
+    )
 
     async def openapi_json(request: Request) -> JSONResponse:
         return JSONResponse(document)

@@ -3,10 +3,12 @@ may give and the links between them (create -> get -> events -> cancel)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from llm_worker import __version__
-from llm_worker.server.openapi.openai_paths import OPENAI_SCHEMAS, openai_paths
+from llm_worker.server.openapi.openai_doors import Doors
+from llm_worker.server.openapi.openai_paths import openai_paths, openai_schemas
 from llm_worker.server.openapi.replies import RESOURCE_SCHEMAS, event_schemas
 from llm_worker.server.openapi.requests import (
     LISTING_MAX,
@@ -273,11 +275,25 @@ def _cancel_path(common: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def openapi_document(runner: Runner, *, keys: bool) -> dict[str, Any]:
+def openapi_document(
+    runner: Runner,
+    *,
+    keys: bool,
+    openai_provider: str = "openai",
+    assistants: Iterable[str] = (),
+) -> dict[str, Any]:
     """The document of the API as this deployment serves it: its providers, inserts,
-    pipelines and limits (``runner``), with API keys or without (``keys``)."""
+    pipelines and limits (``runner``), with API keys or without (``keys``); OpenAI's
+    API with the provider of its bare model names (``OPENAI_API_PROVIDER``) and the
+    names of its templates (``ASSISTANTS``)."""
     common = _common(keys)
-    schemas = {**job_schemas(runner), **event_schemas(), **RESOURCE_SCHEMAS, **OPENAI_SCHEMAS}
+    doors = Doors(runner, openai_provider, tuple(sorted(assistants)))
+    schemas = {
+        **job_schemas(runner),
+        **event_schemas(),
+        **RESOURCE_SCHEMAS,
+        **openai_schemas(doors),
+    }
     components: dict[str, Any] = {"schemas": schemas}
     document: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -1,42 +1,31 @@
 """The part of the document for OpenAI's API on the worker (:mod:`llm_worker.server.
-openai_api`): its model list so far. Its errors are in OpenAI's shape (``OpenAIError``);
-those the server gives before a route answers (a foreign origin's 403, a stopping
-server's 503) are in the rest of the API's (``Error``)."""
+openai_api`): its model list, chat completions (:mod:`.openai_chat_paths`) and
+responses (:mod:`.openai_responses_paths`). Its errors are in OpenAI's shape
+(``OpenAIError``); those the server gives before a route answers (a foreign origin's
+403, a stopping server's 503) may be in the rest of the API's (``Error``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from llm_worker.server.openapi.openai_chat_paths import chat_paths, chat_schemas
+from llm_worker.server.openapi.openai_doors import Doors, common_replies, openai_error
+from llm_worker.server.openapi.openai_responses_paths import responses_paths, responses_schemas
 from llm_worker.server.openapi.requests import ref
 
 
-def _error(description: str, *models: str) -> dict[str, Any]:
-    schema = ref(models[0]) if len(models) == 1 else {"anyOf": [ref(m) for m in models]}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _common(keys: bool) -> dict[str, Any]:
-    common = {
-        "403": _error(
-            "A page from an origin not allowed (origin_not_allowed)"
-            + (", or a listen token (listen_only)." if keys else "."),
-            "Error",
-            "OpenAIError",
-        ),
-        "500": _error("A bug of ours (internal_error).", "OpenAIError"),
-        "503": _error("The worker is stopping (shutting_down).", "Error", "OpenAIError"),
-    }
-    if keys:
-        common["401"] = {
-            **_error("No valid API key (unauthorized).", "OpenAIError"),
-            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-        }
-    return common
-
-
 def openai_paths(keys: bool) -> dict[str, Any]:
-    """``/v1/models`` and ``/v1/models/{model_id}``."""
-    common = _common(keys)
+    """``/v1/models``, ``/v1/chat/completions`` and ``/v1/responses``'s routes."""
+    return {**_models_paths(keys), **chat_paths(keys), **responses_paths(keys)}
+
+
+def openai_schemas(doors: Doors) -> dict[str, Any]:
+    """The schemas of OpenAI's API as this deployment serves it."""
+    return {**OPENAI_SCHEMAS, **chat_schemas(doors), **responses_schemas(doors)}
+
+
+def _models_paths(keys: bool) -> dict[str, Any]:
+    common = common_replies(keys)
     return {
         "/v1/models": {
             "get": {
@@ -68,7 +57,7 @@ def openai_paths(keys: bool) -> dict[str, Any]:
                         "description": "The model.",
                         "content": {"application/json": {"schema": ref("Model")}},
                     },
-                    "404": _error("Not a model served here (model_not_found).", "OpenAIError"),
+                    "404": openai_error("Not a model served here (model_not_found)."),
                     **common,
                 },
             }
