@@ -121,10 +121,12 @@ async def test_appends_retried_after_a_lost_reply_are_not_doubled(
         APPEND,
         job_key=store.keys.job_key(job_id),
         events_key=store.keys.events_key(job_id),
+        gone_key=store.keys.gone_key(job_id),
         attempt=1,
         last_op=held.ops,
         ttl_ms=60_000,
         now="0",
+        tombstone_ms=60_000,
         events=["running", "a", "running", "b"],
     )
     assert seq == 2

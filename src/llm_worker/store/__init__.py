@@ -51,6 +51,7 @@ def open_store(
         "queue_max": settings.queue_max,
         "queue_max_bytes": settings.queue_max_bytes,
         "job_ttl": settings.job_ttl_seconds,
+        "tombstone_ttl": settings.tombstone_seconds,
         "limits": limits,
     }
     if scheme == "memory" and sep:

@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from llm_worker.jobs.model import Claim, Event, EventKind, JobRecord, JobSpec, JobState
+from llm_worker.store.idempotency import IdempotencyKey, Submitted
+from llm_worker.store.tombstones import Tombstone
 
 
 class StoreError(Exception):
@@ -131,6 +133,33 @@ class UnknownJob(StoreError):
         self.job_id = job_id
 
 
+class ExpiredJob(UnknownJob):
+    """The job existed, and its record and log expired: its tombstone is what is left
+    (:mod:`.tombstones`). An :class:`UnknownJob` still, for whoever tells no difference
+    (the seed's clients)."""
+
+    def __init__(self, tombstone: Tombstone) -> None:
+        super().__init__(tombstone.job_id)
+        self.tombstone = tombstone
+
+    def __str__(self) -> str:
+        return (
+            f"job {self.job_id!r} has expired: a finished job is kept for JOB_TTL_SECONDS "
+            "(this one's record and events are gone)"
+        )
+
+
+class KeyReused(StoreError):
+    """An idempotency key used, within its window, for a different request."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(
+            f"the idempotency key {key[:80]!r} was used for a different request (job "
+            f"{job_id}) within its window: use a new key for a new job"
+        )
+        self.job_id = job_id
+
+
 class NotOwner(StoreError):
     """The attempt no longer holds the job: it was cancelled, finished or reclaimed."""
 
@@ -164,6 +193,18 @@ class JobStore(abc.ABC):
         :class:`QueueFull` when the queue, its bytes, or the tenant's share of it
         is at its limit; :class:`RateLimited` when the tenant adds too fast.
         """
+
+    @abc.abstractmethod
+    async def submit_once(self, spec: JobSpec, tenant: str, key: IdempotencyKey) -> Submitted:
+        """:meth:`submit`, once per ``key`` of ``tenant`` within its window
+        (:mod:`.idempotency`): an add of the key made a job already (or is making it),
+        that job is the answer (``replayed``, once it is saved); :class:`KeyReused` if
+        that add asked for another job. The key is kept in the step that queues the job."""
+
+    @abc.abstractmethod
+    async def tombstone(self, job_id: str) -> Tombstone | None:
+        """What is left of the job if it expired lately (:mod:`.tombstones`); ``None``
+        for a job kept, forgotten on purpose, never known, or expired long ago."""
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:

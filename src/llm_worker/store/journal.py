@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llm_worker.jobs.model import Event, JobRecord
+from llm_worker.store.idempotency import FirstJob
+from llm_worker.store.tombstones import Tombstone
 
 Failures = dict[str, str]
 """Job id -> why its writes of a round could not be saved."""
@@ -45,6 +47,10 @@ class Journal(abc.ABC):
     """Whether what it saves outlives the process."""
     immediate: bool = False
     """Whether a write is saved as it is made: nothing to wait for, no rounds."""
+    kept_once: list[tuple[str, str, FirstJob]] = []  # noqa: RUF012 - read only
+    """The idempotency keys (tenant, key, first job) :meth:`open` found, in their window."""
+    kept_tombstones: list[Tombstone] = []  # noqa: RUF012 - read only
+    """The tombstones :meth:`open` found, not expired."""
 
     def __init__(self) -> None:
         self.on_round_end: Callable[[asyncio.Future[Failures], Failures], None] = _ignore
@@ -75,6 +81,18 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     def delete_job(self, job_id: str) -> None:
         """The job expired."""
+
+    def add_once(self, tenant: str, key: str, first: FirstJob) -> None:  # noqa: B027
+        """An idempotency key made its first job (saved with that job, in its round)."""
+
+    def delete_once(self, tenant: str, key: str, first: FirstJob) -> None:  # noqa: B027
+        """The key's window ended."""
+
+    def bury(self, tombstone: Tombstone) -> None:  # noqa: B027
+        """A job expired: its tombstone (saved with the job's deletion)."""
+
+    def unbury(self, tombstone: Tombstone) -> None:  # noqa: B027
+        """The tombstone's time is up."""
 
     @abc.abstractmethod
     def forget(self, job_id: str) -> None:

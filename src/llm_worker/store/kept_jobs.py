@@ -14,16 +14,23 @@ import heapq
 from collections.abc import Callable, Iterable
 
 from llm_worker.jobs.model import JobRecord
-from llm_worker.store.base import ListingKey, ListingQuery
+from llm_worker.store.base import ExpiredJob, ListingKey, ListingQuery, UnknownJob
+from llm_worker.store.journal import Journal
+from llm_worker.store.kept_tombstones import Tombstones
 from llm_worker.store.stored_job import StoredJob
+from llm_worker.store.tombstones import Tombstone
 
 
 class KeptJobs:
     """The jobs of one process's store, saved or not yet, finished or not."""
 
-    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, ttl: float, clock: Callable[[], float], tombstone_ttl: float, journal: Journal
+    ) -> None:
         self.ttl = ttl
         self._clock = clock
+        self.tombstones = Tombstones(tombstone_ttl, clock, journal)
+        """What is left of the jobs expired lately (:mod:`.tombstones`)."""
         self.by_id: dict[str, StoredJob] = {}
         # Every job's ListingKey, sorted: a listing's page is a binary search and a
         # walk of about its length. Jobs come in created_at order, so an add lands
@@ -37,7 +44,10 @@ class KeptJobs:
         bisect.insort(self._listing, ListingKey.of(job.record))
 
     def add_restored(self, jobs: Iterable[StoredJob]) -> None:
-        """Jobs a journal kept, in any order (sorted once, not one by one)."""
+        """Jobs a journal kept, in any order (sorted once, not one by one), and its
+        tombstones."""
+        for tombstone in self.tombstones.journal.kept_tombstones:
+            self.tombstones.bury(tombstone, written=True)
         for job in jobs:
             self.by_id[job.record.id] = job
             self._listing.append(ListingKey.of(job.record))
@@ -79,6 +89,22 @@ class KeptJobs:
 
     # -- expiry ---------------------------------------------------------------
 
+    def tombstone(self, job_id: str) -> Tombstone | None:
+        """What is left of the job if it expired (swept already or not), and lately."""
+        job = self.by_id.get(job_id)
+        if job is not None and job.saved and self.expired(job.record):
+            return self._tombstone_of(job.record)
+        return self.tombstones.find(job_id)
+
+    def unknown(self, job_id: str) -> UnknownJob:
+        """What to raise for a job not visible: :class:`ExpiredJob` if it expired lately."""
+        tombstone = self.tombstone(job_id)
+        return UnknownJob(job_id) if tombstone is None else ExpiredJob(tombstone)
+
+    def _tombstone_of(self, record: JobRecord) -> Tombstone:
+        assert record.finished_at is not None
+        return Tombstone(record.id, record.tenant, record.finished_at + self.ttl)
+
     def expired(self, record: JobRecord) -> bool:
         """Whether the job ended over its TTL ago."""
         return record.finished_at is not None and record.finished_at + self.ttl <= self._clock()
@@ -89,7 +115,8 @@ class KeptJobs:
         heapq.heappush(self._expiry, (record.finished_at + self.ttl, record.id))
 
     def drop_expired(self) -> list[str]:
-        """Forget the jobs whose TTL has passed; their ids."""
+        """Forget the jobs whose TTL has passed (in the journal too), each leaving a
+        tombstone (expired tombstones go); their ids."""
         now = self._clock()
         dropped = []
         while self._expiry and self._expiry[0][0] <= now:
@@ -97,7 +124,10 @@ class KeptJobs:
             job = self.by_id.get(job_id)
             if job is not None and self.expired(job.record):
                 self.drop(job_id)
+                self.tombstones.journal.delete_job(job_id)
+                self.tombstones.bury(self._tombstone_of(job.record))
                 dropped.append(job_id)
+        self.tombstones.drop_expired()
         return dropped
 
     @property

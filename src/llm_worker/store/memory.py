@@ -52,14 +52,16 @@ from llm_worker.store.base import (
     RateLimited,
     StoreError,
     StoreStats,
-    UnknownJob,
     Unstorable,
 )
+from llm_worker.store.idempotency import IdempotencyKey, Submitted
 from llm_worker.store.journal import Failures, Journal, NullJournal, Restored
 from llm_worker.store.kept_jobs import KeptJobs
 from llm_worker.store.limits import UNLIMITED, AddRates, TenantLimits
+from llm_worker.store.once_keys import OnceKeys
 from llm_worker.store.queue import JobQueue
 from llm_worker.store.stored_job import StoredJob
+from llm_worker.store.tombstones import DEFAULT_TOMBSTONE_SECONDS, Tombstone
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class MemoryStore(JobStore):
         limits: Callable[[str], TenantLimits] | None = None,
         clock: Callable[[], float] = time.time,
         journal: Journal | None = None,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_SECONDS,
     ) -> None:
         self.queue_max = queue_max
         self.queue_max_bytes = queue_max_bytes
@@ -86,12 +89,13 @@ class MemoryStore(JobStore):
         self.journal.on_round_end = self._round_ended
         self._clock = clock
         """The time, for every time the store writes or compares (see :mod:`.kept_jobs`)."""
-        self._kept = KeptJobs(job_ttl, clock)
+        self._kept = KeptJobs(job_ttl, clock, tombstone_ttl, self.journal)
         self._jobs = self._kept.by_id
         """Every job by id, for the workers' calls (clients see :meth:`.KeptJobs.visible`)."""
         self._queue = JobQueue(self.limits)
         self._tickets = itertools.count(1)
         self._rates = AddRates(clock)
+        self._once = OnceKeys(clock, self.journal, self._new_job, self._queued)
         self._sweeper: asyncio.Task[None] | None = None
         # Per round the journal has under way: the jobs to show once it is saved,
         # each up to the seq it had written by then.
@@ -117,6 +121,18 @@ class MemoryStore(JobStore):
     # -- gateway side -------------------------------------------------------
 
     async def submit(self, spec: JobSpec, tenant: str = "") -> JobRecord:
+        record = self._new_job(spec, tenant)
+        await self._queued(record)
+        return record
+
+    async def submit_once(self, spec: JobSpec, tenant: str, key: IdempotencyKey) -> Submitted:
+        return await self._once.submit(spec, tenant, key)
+
+    async def tombstone(self, job_id: str) -> Tombstone | None:
+        return self._kept.tombstone(job_id)
+
+    def _new_job(self, spec: JobSpec, tenant: str) -> JobRecord:
+        """Write a new job, if the limits let it in: kept, not saved or queued yet."""
         limits = self.limits(tenant)
         if len(self._queue) >= self.queue_max:
             raise QueueFull.of_jobs(self.queue_max)
@@ -139,14 +155,18 @@ class MemoryStore(JobStore):
         job = StoredJob(record, text, next(self._tickets))
         self.journal.add_job(record, text, job.ticket)
         self._kept.add(job)
+        return record
+
+    async def _queued(self, record: JobRecord) -> None:
+        """Queue the job :meth:`_new_job` wrote, once saved."""
+        job = self._jobs[record.id]
         await self._saved(job)
         self._queue.add(job)
-        return record
 
     def _known(self, job_id: str) -> StoredJob:
         job = self._kept.visible(job_id)
         if job is None:
-            raise UnknownJob(job_id)
+            raise self._kept.unknown(job_id)
         return job
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -426,6 +446,7 @@ class MemoryStore(JobStore):
         """Bring back the jobs the journal kept; those that were running queue again."""
         jobs = [StoredJob.restored(kept) for kept in sorted(restored, key=lambda r: r.ticket)]
         self._kept.add_restored(jobs)
+        self._once.restore()
         requeued = 0
         for job in jobs:
             record = job.record
@@ -453,8 +474,7 @@ class MemoryStore(JobStore):
     def sweep(self) -> int:
         """Forget finished jobs whose TTL has passed, by the store's clock; returns how many."""
         dropped = self._kept.drop_expired()
-        for job_id in dropped:
-            self.journal.delete_job(job_id)
+        self._once.drop_expired()
         return len(dropped)
 
     async def _sweep_forever(self) -> None:

@@ -41,11 +41,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from llm_worker.jobs.model import Event, JobRecord, JobState, keeps_request, stored_kind
+from llm_worker.store import sqlite_side_tables as side_tables
 from llm_worker.store import sqlite_writer as writer
 from llm_worker.store.base import StoreError
+from llm_worker.store.idempotency import FirstJob
 from llm_worker.store.journal import Failures, Journal, Restored
 from llm_worker.store.limits import TenantLimits
 from llm_worker.store.memory import MemoryStore
+from llm_worker.store.tombstones import DEFAULT_TOMBSTONE_SECONDS, Tombstone
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +98,12 @@ class SQLiteJournal(Journal):
         job_ttl: float,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_SECONDS,
     ) -> None:
         super().__init__()
         self.path = path
         self.job_ttl = job_ttl
+        self.tombstone_ttl = tombstone_ttl
         self.synchronous = synchronous
         self.commits = 0
         self._clock = clock
@@ -146,7 +151,7 @@ class SQLiteJournal(Journal):
         self.lock()
         try:
             with contextlib.closing(writer.connect(str(self.path), self.synchronous)) as connection:
-                connection.executescript(SCHEMA)
+                connection.executescript(SCHEMA + side_tables.SCHEMA)
                 _migrate(connection)
                 restored = self._load(connection)
         except sqlite3.Error as exc:
@@ -158,7 +163,7 @@ class SQLiteJournal(Journal):
         """The unexpired jobs and their logs; expired ones are deleted."""
         now = self._clock()
         jobs: dict[str, Restored] = {}
-        expired: list[str] = []
+        expired: list[tuple[str, Tombstone]] = []
         for row in connection.execute(
             "SELECT id, ticket, state, attempt, spec, created_at, finished_at, error,"
             " seq_reserved, tenant FROM jobs"
@@ -166,7 +171,7 @@ class SQLiteJournal(Journal):
             (job_id, ticket, state, attempt, spec, created_at, finished_at, error, reserved,
              tenant) = row  # fmt: skip
             if finished_at is not None and finished_at + self.job_ttl <= now:
-                expired.append(job_id)
+                expired.append((job_id, Tombstone(job_id, tenant, finished_at + self.job_ttl)))
                 continue
             record = JobRecord(
                 job_id, JobState(state), created_at, attempt, error, finished_at, tenant
@@ -184,9 +189,13 @@ class SQLiteJournal(Journal):
             known = stored_kind(kind)
             if kept is not None and known is not None:
                 kept.events.append(Event(seq, known, message, attempt))
-        for job_id in expired:
+        for job_id, _ in expired:
             connection.execute(writer.STATEMENTS[writer.DELETE_EVENTS], (job_id,))
             connection.execute(writer.STATEMENTS[writer.DELETE_JOB], (job_id,))
+        self.kept_once = side_tables.load_once(connection, now)
+        self.kept_tombstones = side_tables.load_tombstones(
+            connection, now, self.tombstone_ttl, [tombstone for _, tombstone in expired]
+        )
         log.info("job database %s: %d expired jobs deleted", self.path, len(expired))
         return list(jobs.values())
 
@@ -291,6 +300,20 @@ class SQLiteJournal(Journal):
         self._write(job_id, writer.DELETE_EVENTS, (job_id,))
         self._write(job_id, writer.DELETE_JOB, (job_id,))
 
+    def add_once(self, tenant: str, key: str, first: FirstJob) -> None:
+        self._write(first.job_id, writer.INSERT_ONCE, side_tables.once_row(tenant, key, first))
+
+    def delete_once(self, tenant: str, key: str, first: FirstJob) -> None:
+        self._write(f"once {tenant} {key}", writer.DELETE_ONCE, (tenant, key, first.job_id))
+
+    def bury(self, tombstone: Tombstone) -> None:
+        row = (tombstone.job_id, tombstone.tenant, tombstone.expired_at)
+        self._write(tombstone.job_id, writer.INSERT_TOMBSTONE, row)
+
+    def unbury(self, tombstone: Tombstone) -> None:
+        row = (tombstone.job_id, tombstone.expired_at)
+        self._write(f"tombstone {tombstone.job_id}", writer.DELETE_TOMBSTONE, row)
+
     def _write(self, job_id: str, statement: int, params: tuple[Any, ...]) -> None:
         statements = self._unsaved.get(job_id)
         if statements is None:
@@ -385,9 +408,12 @@ class SQLiteStore(MemoryStore):
         limits: Callable[[str], TenantLimits] | None = None,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_SECONDS,
     ) -> None:
         self.path = path
-        self.sqlite = SQLiteJournal(path, job_ttl=job_ttl, synchronous=synchronous, clock=clock)
+        self.sqlite = SQLiteJournal(
+            path, job_ttl=job_ttl, synchronous=synchronous, clock=clock, tombstone_ttl=tombstone_ttl
+        )
         super().__init__(
             queue_max=queue_max,
             job_ttl=job_ttl,
@@ -395,6 +421,7 @@ class SQLiteStore(MemoryStore):
             limits=limits,
             clock=clock,
             journal=self.sqlite,
+            tombstone_ttl=tombstone_ttl,
         )
 
     def lock(self) -> None:

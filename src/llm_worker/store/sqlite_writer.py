@@ -37,6 +37,10 @@ UPDATE_JOB = 1
 INSERT_EVENT = 2
 DELETE_EVENTS = 3
 DELETE_JOB = 4
+INSERT_ONCE = 5
+DELETE_ONCE = 6
+INSERT_TOMBSTONE = 7
+DELETE_TOMBSTONE = 8
 _EVENT_COLUMNS = "INSERT OR REPLACE INTO events (job_id, seq, kind, message, attempt) VALUES"
 STATEMENTS = (
     "INSERT INTO jobs (id, ticket, state, attempt, spec, created_at, finished_at, error, tenant)"
@@ -45,6 +49,13 @@ STATEMENTS = (
     f"{_EVENT_COLUMNS} (?, ?, ?, ?, ?)",
     "DELETE FROM events WHERE job_id = ?",
     "DELETE FROM jobs WHERE id = ?",
+    # Idempotency keys and tombstones (:mod:`.sqlite_side_tables`); a deletion names the
+    # row it means, so that one put again in the same round stays.
+    "INSERT OR REPLACE INTO once_keys (tenant, key, job_id, digest, created_at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)",
+    "DELETE FROM once_keys WHERE tenant = ? AND key = ? AND job_id = ?",
+    "INSERT OR REPLACE INTO tombstones (id, tenant, expired_at) VALUES (?, ?, ?)",
+    "DELETE FROM tombstones WHERE id = ? AND expired_at = ?",
 )
 # Rows per multi-row INSERT of events: 5 parameters each, under SQLite's historic 999.
 EVENTS_PER_INSERT = 199

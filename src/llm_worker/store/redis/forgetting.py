@@ -14,7 +14,7 @@ from llm_worker.store.redis.scripts import Script
 
 DISCARD = Script(
     "discard",
-    keys=("job_key", "events_key"),
+    keys=("job_key", "events_key", "gone_key"),
     args=(),
     reply=bool,  # Redis answers 0 or 1
     # An ended job's record and log, gone; false (and nothing changed) for a job that
@@ -22,7 +22,7 @@ DISCARD = Script(
     body="""
 local state = redis.call('HGET', job_key, 'state')
 if state ~= 'done' and state ~= 'failed' and state ~= 'cancelled' then return 0 end
-redis.call('DEL', job_key, events_key)
+redis.call('DEL', job_key, events_key, gone_key)
 return 1
 """,
 )
@@ -33,7 +33,12 @@ async def forget(conn: Connection, job_id: str) -> bool:
     whether it was deleted (not if it has not ended, or is unknown)."""
     keys, reach = conn.keys, conn.reach
     deleted = await reach.for_client(
-        lambda: conn.run(DISCARD, job_key=keys.job_key(job_id), events_key=keys.events_key(job_id))
+        lambda: conn.run(
+            DISCARD,
+            job_key=keys.job_key(job_id),
+            events_key=keys.events_key(job_id),
+            gone_key=keys.gone_key(job_id),  # forgotten on purpose: no tombstone
+        )
     )
     if deleted:
         await reach.for_client(lambda: conn.client.zrem(keys.recent_key, job_id))

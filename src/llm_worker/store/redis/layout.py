@@ -19,6 +19,10 @@ so each Lua script touches one slot):
                         error, owner
 ``P:events:{ID}``       stream: the job's log, entry ``0-SEQ`` per event
 ``P:rate:{T}``          the time tenant T's allowance of adds is whole again (GCRA)
+``P:gone:{ID}``         an ended job's tombstone: when its record expires, and its
+                        tenant; expires TOMBSTONE_SECONDS after the record
+``P:{queue}:once:D``    an idempotency key's first job (D: a digest of tenant and key),
+                        for its window; set by the script that queues the job
 
 Channels: ``P:{events}`` (jobs' logs grew: one message per round of writes,
 covering every job the round wrote to, with the events themselves where it has
@@ -32,6 +36,7 @@ queue's channels are published by the scripts that change the queue.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -77,6 +82,13 @@ class Keys:
 
     def running_key(self, tenant: str) -> str:
         return f"{self.prefix}:{{queue}}:running:{tenant}"
+
+    def gone_key(self, job_id: str) -> str:
+        return f"{self.prefix}:gone:{{{job_id}}}"
+
+    def once_key(self, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()
+        return f"{self.prefix}:{{queue}}:once:{digest}"
 
     def rate_key(self, tenant: str) -> str:
         return f"{self.prefix}:rate:{{{tenant}}}"

@@ -62,12 +62,14 @@ class Outbox:
         gates: TenantGates,
         *,
         ttl_ms: int,
+        tombstone_ms: int,
     ) -> None:
         self._conn = conn
         self._keys = conn.keys
         self._claims = claims
         self._gates = gates
         self._ttl_ms = ttl_ms
+        self._tombstone_ms = tombstone_ms
         self._batches: dict[str, Batch] = {}
         self._unwritten = 0
         self._ready = asyncio.Event()
@@ -180,10 +182,12 @@ class Outbox:
                     APPEND,
                     job_key=self._keys.job_key(job_id),
                     events_key=self._keys.events_key(job_id),
+                    gone_key=self._keys.gone_key(job_id),
                     attempt=batch.attempt,
                     last_op=batch.last_op,
                     ttl_ms=self._ttl_ms,
                     now=now,
+                    tombstone_ms=self._tombstone_ms,
                     events=[part for event in batch.events for part in event],
                 )
             for job_id, held in ended:

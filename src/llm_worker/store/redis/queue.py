@@ -13,8 +13,10 @@ from typing import Any
 
 from llm_worker.jobs.model import JobRecord, JobState
 from llm_worker.store.base import QueueFull, StoreStats, StoreUnavailable, UnknownJob
+from llm_worker.store.idempotency import FirstJob, IdempotencyKey
 from llm_worker.store.limits import TenantLimits
 from llm_worker.store.redis.connection import Connection
+from llm_worker.store.redis.idempotency import SUBMIT_ONCE, once_args
 from llm_worker.store.redis.layout import GROUP
 from llm_worker.store.redis.limits import FAST_TRY_SECONDS
 from llm_worker.store.redis.scripts import CANCEL, DEQUEUE, KEEP, RECORD, SUBMIT
@@ -45,6 +47,7 @@ class JobQueue:
         queue_max_bytes: int,
         unqueued_ttl: float,
         finished_ttl_ms: int,
+        tombstone_ms: int,
     ) -> None:
         self._conn = conn
         self._keys = conn.keys
@@ -52,10 +55,14 @@ class JobQueue:
         self.queue_max_bytes = queue_max_bytes
         self._unqueued_ttl_ms = int(unqueued_ttl * 1000)
         self._finished_ttl_ms = finished_ttl_ms
+        self.tombstone_ms = tombstone_ms
 
-    async def add(self, spec_text: str, tenant: str, limits: TenantLimits) -> JobRecord:
+    async def add(
+        self, spec_text: str, tenant: str, limits: TenantLimits, once: IdempotencyKey | None = None
+    ) -> JobRecord | FirstJob:
         """A new job, queued; :class:`QueueFull` if the queue, the tenant's share of
-        it or its bytes are full."""
+        it or its bytes are full. With ``once``, the job of that idempotency key of the
+        tenant instead, if it has one (:mod:`.idempotency`)."""
         reach = self._conn.reach
         job_id = str(uuid.uuid4())
         now = time.time()
@@ -83,25 +90,34 @@ class JobQueue:
             FAST_TRY_SECONDS,
         )
         max_queued = limits.max_queued_jobs
-        submitted = await reach.for_client(
-            lambda: self._conn.run(
-                SUBMIT,
-                jobs_key=self._keys.jobs_key,
-                pending_key=self._keys.pending_key,
-                tickets_key=self._keys.tickets_key,
-                counts_key=self._keys.counts_key,
-                recent_key=self._keys.recent_key,
-                job_id=job_id,
-                queue_max=self.queue_max,
-                tenant=tenant,
-                tenant_max=-1 if max_queued is None else max_queued,
-                size=len(spec_text),
-                max_bytes=self.queue_max_bytes,
-                created_at=repr(now),
-                wake_channel=self._keys.wake_channel,
-                publish=self._conn.publish_command,
+        named = {
+            "jobs_key": self._keys.jobs_key,
+            "pending_key": self._keys.pending_key,
+            "tickets_key": self._keys.tickets_key,
+            "counts_key": self._keys.counts_key,
+            "recent_key": self._keys.recent_key,
+            "job_id": job_id,
+            "queue_max": self.queue_max,
+            "tenant": tenant,
+            "tenant_max": -1 if max_queued is None else max_queued,
+            "size": len(spec_text),
+            "max_bytes": self.queue_max_bytes,
+            "created_at": repr(now),
+            "wake_channel": self._keys.wake_channel,
+            "publish": self._conn.publish_command,
+        }
+        if once is None:
+            submitted = await reach.for_client(lambda: self._conn.run(SUBMIT, **named))
+        else:
+            first = FirstJob(job_id, once.digest, now, now + once.window)
+            submitted = await reach.for_client(
+                lambda: self._conn.run(
+                    SUBMIT_ONCE, **named, **once_args(self._conn, tenant, once, first)
+                )
             )
-        )
+            if isinstance(submitted, FirstJob):  # the key's: this job is not queued
+                await reach.for_client(lambda: self._conn.client.delete(job_key))
+                return submitted
         if submitted.full is not None:
             await reach.for_client(lambda: self._conn.client.delete(job_key))
             raise self._full(submitted.full, tenant, max_queued or 0)
@@ -128,8 +144,10 @@ class JobQueue:
                 CANCEL,
                 job_key=self._keys.job_key(job_id),
                 events_key=self._keys.events_key(job_id),
+                gone_key=self._keys.gone_key(job_id),
                 ttl_ms=self._finished_ttl_ms,
                 now=repr(time.time()),
+                tombstone_ms=self.tombstone_ms,
             )
         )
         if before is None:

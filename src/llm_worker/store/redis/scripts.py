@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from llm_worker.jobs.model import JobState
+from llm_worker.store.redis.burial import EXPIRE
 from llm_worker.store.redis.layout import decoded
 
 R = TypeVar("R")
@@ -303,14 +304,15 @@ return {attempt, '', seq, unpack(redis.call('HMGET', job_key, 'spec', 'tenant', 
 
 APPEND = Script(
     "append",
-    keys=("job_key", "events_key"),
-    args=("attempt", "last_op", "ttl_ms", "now"),
+    keys=("job_key", "events_key", "gone_key"),
+    args=("attempt", "last_op", "ttl_ms", "now", "tombstone_ms"),
     rest="events",
     reply=_seq_or_lost,
     # events: each event's kind and message. Appends the batch unless the attempt no
     # longer holds the job (None). A batch applied already (a retry after a reply
     # that got lost) answers the seq it ended at.
-    body="""
+    body=EXPIRE
+    + """
 local state, holder, op, opseq, seq =
   unpack(redis.call('HMGET', job_key, 'state', 'attempt', 'op', 'opseq', 'seq'))
 if holder ~= attempt then return -1 end
@@ -324,8 +326,7 @@ for i = events_from, #ARGV, 2 do
   if kind == 'done' or kind == 'failed' then
     redis.call('HSET', job_key, 'state', kind, 'finished_at', now)
     if kind == 'failed' then redis.call('HSET', job_key, 'error', ARGV[i + 1]) end
-    redis.call('PEXPIRE', job_key, ttl_ms)
-    redis.call('PEXPIRE', events_key, ttl_ms)
+    expire()
   end
 end
 redis.call('HSET', job_key, 'seq', seq, 'op', last_op, 'opseq', seq)
@@ -335,19 +336,19 @@ return seq
 
 CANCEL = Script(
     "cancel",
-    keys=("job_key", "events_key"),
-    args=("ttl_ms", "now"),
+    keys=("job_key", "events_key", "gone_key"),
+    args=("ttl_ms", "now", "tombstone_ms"),
     reply=_state_before,
     # The state before (None: no such job); a pending or running job ends cancelled.
-    body="""
+    body=EXPIRE
+    + """
 local state, attempt = unpack(redis.call('HMGET', job_key, 'state', 'attempt'))
 if not state then return 'missing' end
 if state ~= 'pending' and state ~= 'running' then return state end
 local seq = redis.call('HINCRBY', job_key, 'seq', 1)
 redis.call('XADD', events_key, '0-' .. seq, 'k', 'cancelled', 'm', '', 'a', attempt)
 redis.call('HSET', job_key, 'state', 'cancelled', 'finished_at', now)
-redis.call('PEXPIRE', job_key, ttl_ms)
-redis.call('PEXPIRE', events_key, ttl_ms)
+expire()
 return state
 """,
 )

@@ -37,16 +37,19 @@ from llm_worker.jobs.model import (
 from llm_worker.ops.redaction import redact_url
 from llm_worker.store.base import (
     JobStore,
+    KeyReused,
     ListingQuery,
     StoreStats,
     UnknownJob,
     Unstorable,
     WorkerCensus,
 )
+from llm_worker.store.idempotency import IdempotencyKey, Submitted
 from llm_worker.store.limits import UNLIMITED, TenantLimits
 from llm_worker.store.redis.claims import Claims
 from llm_worker.store.redis.connection import MAX_IN_FLIGHT, Connection
 from llm_worker.store.redis.forgetting import forget
+from llm_worker.store.redis.idempotency import first_job, read_tombstone
 from llm_worker.store.redis.layout import Keys, decoded
 from llm_worker.store.redis.limits import TenantGates
 from llm_worker.store.redis.listing import RecentJobs
@@ -56,6 +59,7 @@ from llm_worker.store.redis.presence import Presence
 from llm_worker.store.redis.queue import JobQueue
 from llm_worker.store.redis.reachability import Reachability
 from llm_worker.store.redis.records import JobRecords
+from llm_worker.store.tombstones import DEFAULT_TOMBSTONE_SECONDS, Tombstone
 from llm_worker.store.waiters import Waiters
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,7 @@ class RedisStore(JobStore):
         outage_grace: float = 10.0,
         cluster: bool = False,
         follows: bool = True,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_SECONDS,
     ) -> None:
         self.url = url
         self.cluster = cluster
@@ -113,6 +118,7 @@ class RedisStore(JobStore):
             queue_max_bytes=queue_max_bytes,
             unqueued_ttl=max(60.0, 4 * outage_grace),  # past every retry of the submit
             finished_ttl_ms=self._ttl,
+            tombstone_ms=max(1, round(tombstone_ttl * 1000)),
         )
         self._gates, self._claims, self._outbox, self._presence = self._worker_side(limits)
         self._records, self._listing, self._mirrors = self._gateway_side()
@@ -135,7 +141,9 @@ class RedisStore(JobStore):
             heartbeat_timeout=self.heartbeat_timeout,
             outage_grace=self.outage_grace,
         )
-        outbox = Outbox(self._conn, claims, gates, ttl_ms=self._ttl)
+        outbox = Outbox(
+            self._conn, claims, gates, ttl_ms=self._ttl, tombstone_ms=self._queue.tombstone_ms
+        )
         presence = Presence(
             self._conn, self.worker_name, quiet_after=max(5.0, self.heartbeat_timeout / 3)
         )
@@ -227,7 +235,29 @@ class RedisStore(JobStore):
         except ValueError as exc:
             raise Unstorable(str(exc)) from None
         await self._gates.take_add(tenant)
-        return await self._queue.add(text, tenant, self.limits(tenant))
+        record = await self._queue.add(text, tenant, self.limits(tenant))
+        assert isinstance(record, JobRecord)
+        return record
+
+    async def submit_once(self, spec: JobSpec, tenant: str, key: IdempotencyKey) -> Submitted:
+        try:
+            text = spec_json(spec)
+        except ValueError as exc:
+            raise Unstorable(str(exc)) from None
+        # A replay takes nothing of the tenant's rate: asked first, apart.
+        found = await first_job(self._conn, tenant, key.key)
+        if found is None:
+            await self._gates.take_add(tenant)
+            made = await self._queue.add(text, tenant, self.limits(tenant), key)
+            if isinstance(made, JobRecord):
+                return Submitted(made, replayed=False)
+            found = made
+        if not found.matches(key):
+            raise KeyReused(key.key, found.job_id)
+        return Submitted(found.answer(tenant), replayed=True)
+
+    async def tombstone(self, job_id: str) -> Tombstone | None:
+        return await read_tombstone(self._conn, job_id)
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._records.get(job_id)
