@@ -219,14 +219,14 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(16, ge=1)
     queue_max: int = Field(10_000, ge=1)
     job_ttl_seconds: float = Field(3600.0, gt=0)
-    max_message_bytes: int = Field(1024 * 1024, ge=1024)
-    job_max_attempts: int = Field(3, ge=1)
-    """Runs of a job whose worker keeps dying, before it fails."""
-    shutdown_grace_seconds: float = Field(30.0, ge=0)
     tombstone_seconds: float = Field(7 * 86400.0, ge=0)
     """How long an expired job's id is still known as expired (410) rather than unknown."""
     idempotency_window_seconds: float = Field(86400.0, gt=0)
     """How long an idempotency key holds the job it first added."""
+    max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    job_max_attempts: int = Field(3, ge=1)
+    """Runs of a job whose worker keeps dying, before it fails."""
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
     """How long running jobs may go on after a stop is asked for."""
 
     @field_validator("echo_provider", mode="before")

@@ -404,10 +404,12 @@ async def test_finished_jobs_expire_after_job_ttl(
 
     await eventually(expired, what="the job's record to expire")
     await client.send({"type": "listen", "job_id": job_id})
+    # Expired, not unknown: its tombstone says so (tests/server/test_expired_jobs.py).
     assert await client.recv() == {
         "type": "error",
-        "code": "job_not_found",
-        "message": f"unknown job_id {job_id!r}",
+        "code": "expired",
+        "message": f"job {job_id!r} has expired: a finished job is kept for JOB_TTL_SECONDS "
+        "(this one's record and events are gone)",
         "ref": job_id,
     }
 

@@ -211,10 +211,13 @@ async def test_resuming_past_the_end_of_a_running_job_still_ends_with_its_end(
                 assert stream.status_code == 200
                 text = "".join([chunk async for chunk in stream.aiter_text()])
             assert "event: done" in text, text[-300:]
-        # Ended: past its last seq, nothing follows (204 stops EventSource).
+        # Ended: at its last seq, nothing follows (204 stops EventSource); past it, the
+        # client is wrong, and told where the log ends (tests/server/test_expired_jobs.py).
         last = max(int(line[4:]) for line in text.splitlines() if line.startswith("id: "))
-        answer = await http.get(f"/v1/jobs/{job_id}/events", params={"after": str(last + 5)})
+        answer = await http.get(f"/v1/jobs/{job_id}/events", params={"after": str(last)})
         assert answer.status_code == 204
+        answer = await http.get(f"/v1/jobs/{job_id}/events", params={"after": str(last + 5)})
+        assert (answer.status_code, answer.json()["code"]) == (400, "after_beyond_end")
 
 
 # -- row 17: an event stream whose path goes dark -----------------------------------

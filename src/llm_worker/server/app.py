@@ -138,6 +138,7 @@ class Service:
                     max_followed_jobs=settings.max_followed_jobs,
                     slow_listener_seconds=settings.slow_listener_seconds,
                     sse_keepalive_seconds=settings.sse_keepalive_seconds,
+                    idempotency_window_seconds=settings.idempotency_window_seconds,
                 ),
                 metrics=self.metrics,
             )

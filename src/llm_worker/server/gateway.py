@@ -26,10 +26,11 @@ from llm_worker.ops.metrics import CONTENT_TYPE, Metrics, Readings
 from llm_worker.running.catalog import local_model_readings
 from llm_worker.running.checks import RequestRefused
 from llm_worker.running.runner import Runner
+from llm_worker.server import idempotent
 from llm_worker.server.access import Access, Principal
 from llm_worker.server.refusals import Refused, error_response
 from llm_worker.store import JobStore, StoreError, StoreStats, UnknownJob
-from llm_worker.store.base import ListingKey, WorkerCensus
+from llm_worker.store.base import ExpiredJob, ListingKey, WorkerCensus
 from llm_worker.wire import errors, protocol
 from llm_worker.wire import events as event_frames
 
@@ -65,6 +66,7 @@ class GatewayLimits:
     max_followed_jobs: int = 1000
     slow_listener_seconds: float = 30.0
     sse_keepalive_seconds: float = 15.0
+    idempotency_window_seconds: float = 86400.0
 
 
 class Gateway:
@@ -231,8 +233,14 @@ class Gateway:
             raise Refused(NEEDS_KEY, errors.UNAUTHORIZED, challenge=True)
         return principal
 
-    async def add_job(self, principal: Principal, spec: JobSpec) -> tuple[JobRecord, str | None]:
-        """Queue a job after checking it; the job and, with keys, its listen token.
+    async def add_job(
+        self,
+        principal: Principal,
+        spec: JobSpec,
+        once: idempotent.IdempotentAdd | None = None,
+    ) -> tuple[JobRecord, str | None]:
+        """Queue a job after checking it; the job and, with keys, its listen token. With
+        ``once``, the job of its idempotency key if an add of it made one (a replay).
 
         :class:`Refused` for a request the gateway will not queue, the store's
         :class:`StoreError` for one it cannot."""
@@ -246,16 +254,27 @@ class Gateway:
             raise Refused(str(exc), errors.INVALID_JOB) from None
         except TemplateError as exc:
             raise Refused(f"invalid assistant template: {exc}", errors.INVALID_JOB) from None
-        record = await self.store.submit(spec, principal.tenant)
+        window = self.limits.idempotency_window_seconds
+        record = await idempotent.submit(self.store, spec, principal.tenant, once, window)
+        if once is not None and once.replayed:  # the first add did the rest
+            return record, self._listen_token(record)
         self.metrics.job_added(record.tenant)
         log.debug("job %s added", record.id, extra=about(record.id, record.tenant))
         token = self.access.listen_token(record.id, record.tenant) if self.access.enabled else None
         return record, token
 
+    def _listen_token(self, record: JobRecord) -> str | None:
+        return self.access.listen_token(record.id, record.tenant) if self.access.enabled else None
+
     async def visible(self, principal: Principal, job_id: str) -> JobRecord:
         """The job's record, if ``principal`` may know of the job at all (else
-        :class:`UnknownJob`, as for a job that does not exist)."""
+        :class:`UnknownJob`, as for a job that does not exist; :class:`ExpiredJob` for
+        one of its own that expired lately)."""
         record = await self.store.get(job_id)
+        if record is None:
+            tombstone = await self.store.tombstone(job_id)
+            if tombstone is not None and principal.may_see(tombstone.tenant, job_id):
+                raise ExpiredJob(tombstone)
         if record is None or not principal.may_see(record.tenant, job_id):
             raise UnknownJob(job_id)
         return record

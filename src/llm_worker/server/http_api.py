@@ -21,15 +21,21 @@ be resumed like any other: whether its writes wait (the buffers between are
 full), or what was sent stays unacknowledged by the reader's TCP (a path that
 went dark, which the kernel's buffers hide from the first test). An idle stream
 sends a comment every ``SSE_KEEPALIVE_SECONDS``, which also finds a reader gone.
-Resuming after a seq past the end of the job's log (never sent, or lost with a
-worker that died) resumes from the log's end: the stream still ends with the
-job's terminal event.
+Resuming after a seq past the end of a running job's log (never sent, or lost with
+a worker that died) resumes from the log's end: the stream still ends with the
+job's terminal event. Past the end of an ended job's log, nothing can have been
+lost: 400 ``after_beyond_end``, saying where the log ends.
+
+``POST /v1/jobs`` with ``Idempotency-Key`` adds its job once per key
+(:mod:`.idempotent`): a replay answers as the first add did, with
+``Idempotent-Replayed: true``.
 
 Errors are JSON, ``{"type": "error", "code": ..., "message": ...}``, with the
 WebSocket's messages, a stable ``code`` (:mod:`llm_worker.wire.errors`) and the status
 codes of HTTP: 400 a bad request, 401 no valid key, 403 a listen token asking
 more than to listen (or a key not an admin's listing jobs), 404 an unknown job,
-409 a cancel of a job that ended, 413 a request above ``MAX_MESSAGE_BYTES``, 429
+409 a cancel of a job that ended or an idempotency key reused for another request,
+410 a job that expired (``expired``), 413 a request above ``MAX_MESSAGE_BYTES``, 429
 a tenant over its limits, 503 the queue full, the store away or the worker
 stopping.
 """
@@ -52,6 +58,8 @@ from starlette.types import Receive, Scope, Send
 from llm_worker.jobs.model import JobRecord, JobState
 from llm_worker.server.access import Principal
 from llm_worker.server.follower import Follower
+from llm_worker.server.idempotent import HEADER as IDEMPOTENCY_HEADER
+from llm_worker.server.idempotent import REPLAYED_HEADER, idempotent_add
 from llm_worker.server.refusals import Refused, error_response, refusal_response
 from llm_worker.server.sse import KEEPALIVE, JobStream
 from llm_worker.store import StoreError
@@ -101,13 +109,17 @@ class JobsAPI:
             principal = self.gateway.authenticate(request)
             body = await read_body(request, self.gateway.limits.max_message_bytes)
             add = self._add_request(body)
-            record, token = await self.gateway.add_job(principal, add.to_spec())
+            once = idempotent_add(request.headers.get(IDEMPOTENCY_HEADER, add.idempotency_key))
+            record, token = await self.gateway.add_job(principal, add.to_spec(), once=once)
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
         reply: dict[str, Any] = {"job_id": record.id, "state": record.state.value}
         if token is not None:
             reply["listen_token"] = token
-        return JSONResponse(reply, status_code=201, headers={"location": f"/v1/jobs/{record.id}"})
+        headers = {"location": f"/v1/jobs/{record.id}"}
+        if once is not None and once.replayed:  # the first add's answer, again
+            headers[REPLAYED_HEADER] = "true"
+        return JSONResponse(reply, status_code=201, headers=headers)
 
     async def get(self, request: Request) -> Response:
         try:
@@ -169,6 +181,12 @@ class JobsAPI:
                 after = max(
                     (event.seq for event in await self.gateway.store.read(job_id)), default=0
                 )
+                if record.state.finished:  # nothing was lost: the client is wrong
+                    raise Refused(
+                        f"after {_resume_point(request)} is beyond the end of job {job_id}'s "
+                        f"log: it ended, at seq {after}",
+                        errors.AFTER_BEYOND_END,
+                    )
             if record.state.finished and not any(event.seq > after for event in since):
                 # Nothing more will come: 204 tells EventSource not to reconnect.
                 return Response(status_code=204)

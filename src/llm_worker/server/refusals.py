@@ -7,6 +7,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from llm_worker.store import QueueFull, RateLimited, StoreError, UnknownJob, Unstorable
+from llm_worker.store.base import ExpiredJob, KeyReused
 from llm_worker.wire import errors
 
 
@@ -29,8 +30,12 @@ class Refused(Exception):
 
 def store_refusal(exc: StoreError) -> tuple[str, dict[str, str] | None]:
     """The code (and headers) of an HTTP response refusing what the store refused."""
+    if isinstance(exc, ExpiredJob):
+        return errors.EXPIRED, None
     if isinstance(exc, UnknownJob):
         return errors.JOB_NOT_FOUND, None
+    if isinstance(exc, KeyReused):
+        return errors.IDEMPOTENCY_KEY_REUSED, None
     if isinstance(exc, Unstorable):
         return errors.INVALID_JOB, None
     if isinstance(exc, RateLimited):

@@ -31,6 +31,7 @@ from llm_worker.ops.logs import set_job
 from llm_worker.server.access import Principal
 from llm_worker.server.follower import Follower
 from llm_worker.server.gateway import Gateway, credential, unauthorized
+from llm_worker.server.idempotent import idempotent_add
 from llm_worker.server.refusals import Refused, error_response, store_refusal
 from llm_worker.server.serving import TRANSPORT_EXTENSION, Transport
 from llm_worker.store import StoreError, UnknownJob
@@ -183,7 +184,7 @@ class Connection:
                 await self.send(protocol.pong(request.id))
         except StoreError as exc:
             code, _ = store_refusal(exc)
-            await self.refuse(request.type, _ref(request), str(exc), code)
+            await self.refuse(request.type, _ref(request), self._told(exc), code)
         except GONE:
             raise
         except Exception:
@@ -196,6 +197,13 @@ class Connection:
                 errors.INTERNAL_ERROR,
             )
 
+    def _told(self, exc: StoreError) -> str:
+        """What the client is told of ``exc``: a seed client, what it always was (an
+        expired job is unknown to it, as it was before tombstones)."""
+        if self.dialect is Dialect.SEED and isinstance(exc, UnknownJob):
+            return str(UnknownJob(exc.job_id))
+        return str(exc)
+
     def _too_large(self, size: int) -> str:
         return (
             f"message too large: {size} bytes, the limit is "
@@ -207,7 +215,10 @@ class Connection:
             await self.refuse("add", request.id, refused, errors.TOO_MANY_FOLLOWED_JOBS)
             return
         try:
-            record, token = await self.gateway.add_job(self.principal, request.to_spec())
+            once = None
+            if self.dialect is not Dialect.SEED:
+                once = idempotent_add(request.idempotency_key, "idempotency_key")
+            record, token = await self.gateway.add_job(self.principal, request.to_spec(), once=once)
         except Refused as exc:
             await self.refuse("add", request.id, exc.message, exc.code)
             return
@@ -303,8 +314,9 @@ class Connection:
                 self._unannounced.pop(job_id, None)
                 for frame in frames:
                     await self.send(frame.text)
-        except UnknownJob:
-            await self.refuse("listen", job_id, str(UnknownJob(job_id)), errors.JOB_NOT_FOUND)
+        except UnknownJob as exc:
+            code, _ = store_refusal(exc)
+            await self.refuse("listen", job_id, self._told(exc), code)
 
     async def _announce_positions(self) -> None:
         """Send ``pending`` for each job that waits, then whenever one moves up: for the

@@ -23,6 +23,8 @@ INVALID_JSON = "invalid_json"
 """A body that is not JSON, or not a JSON object."""
 INVALID_JOB = "invalid_job"
 """A job this deployment cannot run: its fields, template, providers, settings or size."""
+AFTER_BEYOND_END = "after_beyond_end"
+"""A resume point (``Last-Event-ID``, ``after``) past the last event of a job that ended."""
 UNKNOWN_PROTOCOL = "unknown_protocol"
 """A WebSocket asking for a dialect not spoken."""
 HOST_NOT_ALLOWED = "host_not_allowed"
@@ -41,15 +43,21 @@ ADMIN_ONLY = "admin_only"
 NOT_FOUND = "not_found"
 """No such route."""
 JOB_NOT_FOUND = "job_not_found"
-"""No such job: never added, expired, or another tenant's."""
+"""No such job: never added, forgotten, another tenant's, or expired so long ago that
+even its tombstone is gone (``TOMBSTONE_SECONDS``; before, it is ``expired``)."""
 METHOD_NOT_ALLOWED = "method_not_allowed"
 """A method the route does not serve (``Allow`` lists those it does)."""
-# 408, 409, 413
+# 408, 409, 410, 413
 REQUEST_TIMEOUT = "request_timeout"
 """The request's headers took longer than ``HANDSHAKE_TIMEOUT_SECONDS`` to arrive, or
 its body arrived too slowly (``BODY_TIMEOUT_SECONDS``, ``BODY_MIN_BYTES_PER_SECOND``)."""
 JOB_ENDED = "job_ended"
 """A cancel of a job that had already ended."""
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+"""An idempotency key used, within its window, for a different request."""
+# 410
+EXPIRED = "expired"
+"""A job that ended over ``JOB_TTL_SECONDS`` ago: its record and log are gone."""
 PAYLOAD_TOO_LARGE = "payload_too_large"
 """A body above ``MAX_MESSAGE_BYTES``."""
 # 429
@@ -82,6 +90,7 @@ CODES: dict[str, int] = {
     BAD_REQUEST: 400,
     INVALID_JSON: 400,
     INVALID_JOB: 400,
+    AFTER_BEYOND_END: 400,
     UNKNOWN_PROTOCOL: 400,
     HOST_NOT_ALLOWED: 400,
     UNAUTHORIZED: 401,
@@ -93,6 +102,8 @@ CODES: dict[str, int] = {
     METHOD_NOT_ALLOWED: 405,
     REQUEST_TIMEOUT: 408,
     JOB_ENDED: 409,
+    IDEMPOTENCY_KEY_REUSED: 409,
+    EXPIRED: 410,
     PAYLOAD_TOO_LARGE: 413,
     RATE_LIMITED: 429,
     TENANT_QUEUE_FULL: 429,

@@ -79,6 +79,10 @@ class _Request(BaseModel):
 class AddRequest(_Request):
     type: Literal["add"]
     id: RequestId | None = None
+    idempotency_key: Any = None
+    """The full protocol's: an add of the same key and request within its window is the
+    first add's job again (checked by the gateway, so that a seed client's stray field
+    changes nothing)."""
     query: StrictStr
     assistant: Assistant
     history: list[ChatMessage] = Field(default_factory=list)

@@ -73,7 +73,10 @@ def refusal_error(exc: Refused | StoreError | InvalidParam) -> Response:
     if isinstance(exc, Refused):
         return openai_error(errors.CODES[exc.code], exc.message, None, exc.code, exc.headers())
     code, headers = store_refusal(exc)
-    return openai_error(errors.CODES[code], str(exc), None, code, headers)
+    # OpenAI's SDKs have no class for a 410: an expired response is their NotFoundError,
+    # whose code and message say it expired.
+    status = 404 if code == errors.EXPIRED else errors.CODES[code]
+    return openai_error(status, str(exc), None, code, headers)
 
 
 def answered(

@@ -1,0 +1,57 @@
+"""Idempotent adds as the gateway serves them (:mod:`llm_worker.store.idempotency`):
+the key a request brings, checked, and the store asked to add its job once.
+
+Over HTTP the key is the ``Idempotency-Key`` header (or the body's
+``idempotency_key``); on a full-protocol WebSocket, the ``add``'s
+``idempotency_key``. A replay is answered as the first add was: HTTP's 201 and
+body, with ``Idempotent-Replayed: true``; the WebSocket's ``resp_add`` naming the
+first job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llm_worker.jobs.model import JobRecord, JobSpec, spec_json
+from llm_worker.server.refusals import Refused
+from llm_worker.store import JobStore, Unstorable
+from llm_worker.store.idempotency import IdempotencyKey, key_problem, request_digest
+from llm_worker.wire import errors
+
+HEADER = "idempotency-key"
+REPLAYED_HEADER = "idempotent-replayed"
+
+
+@dataclass(slots=True)
+class IdempotentAdd:
+    """An add's idempotency key, and, once added, whether its job was a replay."""
+
+    key: str
+    replayed: bool = False
+
+
+def idempotent_add(key: object, where: str = "Idempotency-Key") -> IdempotentAdd | None:
+    """The add of ``key`` (``None`` without one); :class:`Refused` (400) for a key that
+    is not a string of printable ASCII of 1 to 255 characters."""
+    if key is None:
+        return None
+    problem = f"{where} must be a string" if not isinstance(key, str) else key_problem(key)
+    if problem is not None:
+        raise Refused(f"{where}: {problem}", errors.BAD_REQUEST)
+    return IdempotentAdd(key)
+
+
+async def submit(
+    store: JobStore, spec: JobSpec, tenant: str, once: IdempotentAdd | None, window: float
+) -> JobRecord:
+    """The job ``spec`` makes for ``tenant``: added once per key within ``window``
+    seconds when ``once`` names one (which then says whether it was a replay)."""
+    if once is None:
+        return await store.submit(spec, tenant)
+    try:
+        digest = request_digest(spec_json(spec))
+    except ValueError as exc:
+        raise Unstorable(str(exc)) from None
+    submitted = await store.submit_once(spec, tenant, IdempotencyKey(once.key, digest, window))
+    once.replayed = submitted.replayed
+    return submitted.record
