@@ -150,6 +150,20 @@ async def test_concurrent_greedy_jobs_equal_sequential_ones_token_for_token(
     assert engine.running == 0
 
 
+async def test_null_settings_are_settings_not_given(
+    provider: LocalProvider, tiny_model: Path
+) -> None:
+    # What OpenAI's API sends for "not given"; float(None) failed the job before.
+    greedy = {"model": "tiny", "temperature": 0, "max_tokens": 6, "ignore_eos": True}
+    nulls = {"temperature": None, "top_p": None, "seed": None, "stop": None}
+    provider.check_settings({**greedy, **nulls})
+    expected = await collect(provider, PROMPTS[0], **greedy)
+    local = LocalProvider(
+        "local", models=provider.models, choices=provider.choices, defaults=greedy
+    )
+    assert await collect(local, PROMPTS[0], model="tiny", max_tokens=6, **nulls) == expected
+
+
 async def test_seeded_sampling_is_reproducible(provider: LocalProvider, tiny_model: Path) -> None:
     settings = {"model": "tiny", "temperature": 0.9, "top_p": 0.9, "max_tokens": 30}
     first = await collect(provider, "hi", seed=7, **settings)

@@ -65,3 +65,10 @@ def test_each_row_of_a_batch_picks_its_own_way() -> None:
     tokens = sample_rows(logits, [Sampling(), Sampling(), seeded])
     assert tokens[:2] == [1, 0]
     assert tokens[2] == sample(logits[2], again)
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy() -> None:
+    # 1e-300 overflowed the logits: every probability NaN, and torch.multinomial raised.
+    logits = logits_of(0.2, 0.5, 0.3) * 100
+    for temperature in (1e-300, 1e-40, 1e-6):
+        assert sample(logits, Sampling(temperature=temperature)) == 1

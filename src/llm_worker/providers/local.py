@@ -8,7 +8,7 @@ sends becomes a path or a download, and what a job's listeners are told of a
 model that cannot be loaded names no file of this machine.
 
 Settings: ``model`` (one of the names), ``max_tokens`` (512),
-``temperature`` (1; 0 is greedy), ``top_p`` (1), ``stop``, ``seed``, and
+``temperature`` (1; 0 is greedy, as is any below 1e-5), ``top_p`` (1), ``stop``, ``seed``, and
 optionally ``device`` (``cuda`` when there is one, else ``cpu``), ``dtype``
 (``auto``: float32 on the CPU, the model's own on a GPU) and ``ignore_eos``
 (vLLM's name: go on to ``max_tokens`` past the end of sequence, as benchmarks do).
@@ -304,7 +304,8 @@ class LocalProvider(Provider):
     async def stream(
         self, messages: Sequence[ChatMessage], settings: Mapping[str, Any]
     ) -> AsyncIterator[str | Notice | CallEnd]:
-        params = {**self.defaults, **settings}
+        # A setting given as null is one not given (as OpenAI's API reads it).
+        params = {**self.defaults, **{k: v for k, v in settings.items() if v is not None}}
         problem = self._model_problem(settings)
         if problem is not None:  # checked at add; a job is never the way to a file
             raise ProviderError(problem)

@@ -8,10 +8,15 @@ from dataclasses import dataclass
 
 import torch
 
+MIN_TEMPERATURE = 1e-5
+"""Below it, sampling is greedy: what it tends to, and dividing the logits by less
+overflows them (1e-300 made every probability NaN)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Sampling:
-    """How one request picks its tokens; a temperature of 0 is greedy."""
+    """How one request picks its tokens; a temperature of 0 (below
+    :data:`MIN_TEMPERATURE`) is greedy."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -20,7 +25,7 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def sample(logits: torch.Tensor, sampling: Sampling) -> int:
