@@ -7,6 +7,7 @@ ended is a 400 that says where the log ends."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from llm_worker.client import Client, JobExpired, JobNotFound
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import StartWorker
 from tests.support.sse import all_events
@@ -66,6 +68,7 @@ async def test_an_expired_job_is_410_and_one_never_known_404(start_worker: Start
             assert never.json()["code"] == "job_not_found"
 
         await expired_on_the_websocket(worker.ws_url, job_id)
+        await expired_to_the_client(worker.ws_url, job_id)
 
         async def unknown() -> bool:
             return (await http.get(f"/v1/jobs/{job_id}")).status_code == 404
@@ -92,6 +95,19 @@ async def expired_on_the_websocket(url: str, job_id: str) -> None:
             "job_id": job_id,
             "message": f"unknown job_id {job_id!r}",
         }
+
+
+async def expired_to_the_client(url: str, job_id: str) -> None:
+    """The Python client ends a follow of an expired job with :class:`JobExpired` (a
+    :class:`JobNotFound`), not as news of a job that goes on."""
+    async with Client(url, give_up_after=5) as client:
+        with pytest.raises(JobExpired):
+            await asyncio.wait_for(client.job(job_id).text(), 10)
+        with pytest.raises(JobNotFound) as never:
+            await asyncio.wait_for(client.job(NEVER).text(), 10)
+        assert not isinstance(never.value, JobExpired)
+        with pytest.raises(JobExpired):
+            await client.status(job_id)
 
 
 async def test_an_expired_response_is_openai_not_found_with_code_expired(

@@ -48,6 +48,11 @@ class JobNotFound(RequestRefused):
     tenant's."""
 
 
+class JobExpired(JobNotFound):
+    """The job existed, and ended over ``JOB_TTL_SECONDS`` ago: its record and events
+    are gone (code ``expired``)."""
+
+
 class JobFailed(ClientError):
     """The job ended ``failed``; the message is the service's reason."""
 
@@ -58,12 +63,15 @@ class JobCancelled(ClientError):
 
 def refusal(frame: Mapping[str, Any]) -> RequestRefused:
     """The error an ``error`` frame stands for: :class:`JobNotFound` when its code is
-    ``job_not_found``, else :class:`RequestRefused`; either carries the frame's code."""
+    ``job_not_found``, :class:`JobExpired` when ``expired`` (both end a follow), else
+    :class:`RequestRefused`; each carries the frame's code."""
     message = str(frame.get("message", ""))
     code = frame.get("code")
     if not isinstance(code, str):
         # A service from before error frames carried a code: its refusal of an unknown
         # job is known by how its message begins, and no other refusal by anything.
         code = errors.JOB_NOT_FOUND if message.startswith(UNKNOWN_JOB) else None
-    kind = JobNotFound if code == errors.JOB_NOT_FOUND else RequestRefused
+    kind = {errors.JOB_NOT_FOUND: JobNotFound, errors.EXPIRED: JobExpired}.get(
+        code or "", RequestRefused
+    )
     return kind(message, code)

@@ -76,7 +76,7 @@ for (const [cls, name] of [
 
 /**
  * The error an HTTP answer stands for, with the server's message and code:
- * `JobNotFound` for the code `job_not_found`, `RequestRefused` for any other 4xx,
+ * `JobNotFound` for the codes `job_not_found` and `expired`, `RequestRefused` for any other 4xx,
  * else `ClientError` (or `Kind`).
  *
  * @param {Response} response
@@ -105,7 +105,9 @@ export async function errorFrom(response, Kind) {
     body !== null && typeof body === "object" && typeof body.code === "string" ? body.code : undefined;
   // A body without a code (a server from before codes, a proxy's page): a 404 is taken
   // for an unknown job, as the job routes are the only ones this client asks for.
-  const notFound = code === undefined ? response.status === 404 : code === "job_not_found";
+  // An expired job is gone as an unknown one is (410, code `expired`).
+  const notFound =
+    code === undefined ? response.status === 404 : code === "job_not_found" || code === "expired";
   Kind ??= notFound ? JobNotFound : response.status < 500 ? RequestRefused : ClientError;
   return new Kind(message, { status: response.status, code, body });
 }
