@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -416,7 +417,20 @@ async def test_named_local_models_from_the_providers_file(
     }
     _, messages = await client.run(query="hi", assistant=template)
     assert messages[-1]["type"] == "done"
-    assert text_of(messages) == reference(tiny_model, [{"role": "user", "content": "hi"}], 12)
+    expected = reference(tiny_model, [{"role": "user", "content": "hi"}], 12)
+    assert text_of(messages) == expected
+    # Through OpenAI's doors, as /v1/models lists it: its one model, asked for without a
+    # model setting (which a pinned provider refuses).
+    sdk = openai.AsyncOpenAI(base_url=worker.http_url + "/v1", api_key="k", max_retries=0)
+    async with sdk:
+        assert "tiny/tiny" in [model.id async for model in sdk.models.list()]
+        hi = [{"role": "user", "content": "hi"}]
+        reply = await sdk.chat.completions.create(model="tiny/tiny", messages=hi)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content == expected
+        response = await sdk.responses.create(model="tiny/tiny", input="hi")
+        assert response.output_text == expected
+        with pytest.raises(openai.BadRequestError):  # another model: refused, clearly
+            await sdk.chat.completions.create(model="tiny/other", messages=hi)  # type: ignore[arg-type]
 
 
 def local_template(model: str, **settings: Any) -> dict[str, Any]:

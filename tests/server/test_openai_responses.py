@@ -188,6 +188,35 @@ async def test_input_items_and_delete(client: AsyncOpenAI) -> None:
         await client.responses.retrieve(response.id)
 
 
+async def test_input_items_page_as_the_sdk_asks(client: AsyncOpenAI) -> None:
+    turns = [{"role": "user", "content": f"turn {n}"} for n in range(5)]
+    response = await client.responses.create(model="gpt-test", input=turns)  # type: ignore[arg-type]
+    first = await client.responses.input_items.list(response.id, limit=2, order="asc")
+    assert [item.content[0].text for item in first.data] == ["turn 0", "turn 1"]  # type: ignore[union-attr]
+    assert first.has_more
+    # The SDK's own paging (after= the last id) walks the rest, newest first by default.
+    every = [item async for item in client.responses.input_items.list(response.id, limit=2)]
+    assert [item.content[0].text for item in every] == [f"turn {n}" for n in range(4, -1, -1)]  # type: ignore[union-attr]
+    assert (await client.responses.input_items.list(response.id, after="in_x")).data == []
+    for bad in ({"order": "up"}, {"limit": 0}, {"limit": 101}):
+        with pytest.raises(openai.BadRequestError):
+            await client.responses.input_items.list(response.id, **bad)  # type: ignore[arg-type]
+    for query in ("stream=maybe", "starting_after=-1", "starting_after=x"):
+        with pytest.raises(openai.BadRequestError):
+            await client.get(f"/responses/{response.id}?{query}", cast_to=httpx.Response)
+
+
+async def test_a_provider_not_ready_is_named_as_the_chat_door_names_it(
+    upstream: OpenAIServer, client: AsyncOpenAI
+) -> None:
+    # anthropic has no key here: "anthropic/..." names it all the same (it was sent whole
+    # to the default provider, as a model called "anthropic/claude-x").
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model="anthropic/claude-x", input="Hi")
+    assert "anthropic" in refused.value.message
+    assert upstream.chat_requests == []
+
+
 async def test_an_unsupported_field_is_refused_naming_it(client: AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await client.responses.create(model="gpt-test", input="Hi", truncation="auto")

@@ -77,7 +77,7 @@ async def served_elsewhere(
 
     # A response made with store false keeps no request: its status and output only.
     assert (await client.responses.retrieve(unkept.id)).output_text == unkept.output_text
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.NotFoundError):  # as OpenAI answers for one not stored
         await client.responses.input_items.list(unkept.id)
     with pytest.raises(openai.BadRequestError):
         await client.responses.create(

@@ -322,6 +322,17 @@ def local_model_readings(providers: Registry[Provider]) -> dict[str, int]:
     }
 
 
+def pinned_to(provider: Provider, model: str) -> bool:
+    """Whether ``provider`` runs one model its deployment chose (its settings take no
+    ``model``: a pinned local provider) and ``model`` names it: a request for it is then
+    sent without a model setting."""
+    schema = provider.settings_schema()
+    takes_model = "model" in (schema.get("properties") or {}) or schema.get(
+        "additionalProperties", True
+    ) is not False
+    return not takes_model and model in provider_models(provider)
+
+
 def known_models(providers: Registry[Provider], also: str = "") -> set[str]:
     """The model names this deployment knows: its providers' default models, its local
     models' names, and ``also`` (``METRICS_MODELS``, comma-separated). Only these get

@@ -31,6 +31,8 @@ from starlette.routing import Route
 from llm_worker.aio.streams import with_idle_ticks
 from llm_worker.jobs.model import Event, EventKind, JobSpec
 from llm_worker.jobs.templates import Assistant
+from llm_worker.providers.base import Provider
+from llm_worker.running.catalog import pinned_to
 from llm_worker.server.access import Principal
 from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered, openai_error, openai_error_body
@@ -89,14 +91,17 @@ class ChatCompletions:
             return assistant_job(template, chat.messages, chat.openai_request(created), "messages")
         providers = self.gateway.runner.providers
         if chat.provider in providers:
-            chat = _fitted(chat, providers.get(chat.provider).settings_schema())
+            chat = _fitted(chat, providers.get(chat.provider))
         return chat.job_spec(created)
 
 
-def _fitted(chat: ChatRequest, schema: Mapping[str, Any]) -> ChatRequest:
-    """``chat`` with ``max_completion_tokens`` sent as ``max_tokens`` to a provider that
-    takes only that (Anthropic's)."""
-    properties = schema.get("properties") or {}
+def _fitted(chat: ChatRequest, provider: Provider) -> ChatRequest:
+    """``chat`` as ``provider`` takes it: no model for one pinned to the model asked,
+    ``max_completion_tokens`` sent as ``max_tokens`` to one that takes only that
+    (Anthropic's)."""
+    if pinned_to(provider, chat.upstream_model):
+        chat = dataclasses.replace(chat, upstream_model="")
+    properties = provider.settings_schema().get("properties") or {}
     settings = chat.settings
     if (
         "max_completion_tokens" in settings

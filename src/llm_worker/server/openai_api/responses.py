@@ -27,6 +27,7 @@ from starlette.routing import Route
 from llm_worker.aio.streams import with_idle_ticks
 from llm_worker.jobs.model import JobRecord, JobSpec, JobState
 from llm_worker.jobs.templates import Assistant
+from llm_worker.running.catalog import pinned_to
 from llm_worker.server.access import Principal
 from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered
@@ -102,10 +103,10 @@ class ResponsesAPI:
         if template is not None:
             refuse_settings(body["model"], [n for n in body if n in ASSISTANT_REFUSED])
             return assistant_job(template, kept.history, kept.request(), "input", store)
-        provider, model = resolve_model(
-            body["model"], self.gateway.runner.providers.usable(), self.default_provider
-        )
-        settings = {"model": model, **requests.settings(body)}
+        providers = self.gateway.runner.providers
+        provider, model = resolve_model(body["model"], providers, self.default_provider)
+        pinned = provider in providers and pinned_to(providers.get(provider), model)
+        settings = {**({} if pinned else {"model": model}), **requests.settings(body)}
         stream = {"provider": provider, "settings": settings, "messages": [{"insert": "history"}]}
         return JobSpec.model_validate(
             {
@@ -143,9 +144,11 @@ class ResponsesAPI:
         job_id = await self._job_id(principal, request.path_params["id"])
         if request.method == "DELETE":
             return await self._delete(principal, job_id)
+        query = request.query_params
+        stream = _choice(query, "stream", ("false", "true", "0", "1")) in ("true", "1")
+        after = _whole(query, "starting_after", 0, 10**18) if "starting_after" in query else -1
         kept = await self._kept(job_id)
-        if request.query_params.get("stream") in ("true", "1"):
-            after = _starting_after(request.query_params.get("starting_after"))
+        if stream:
             return ResponseStream(self.gateway, principal, job_id, _new_log(job_id, kept), after)
         log = await self._log_of(job_id, kept)
         if not log.ended:
@@ -156,24 +159,20 @@ class ResponsesAPI:
     async def input_items(self, request: Request) -> Response:
         principal = self.gateway.authenticate(request)
         job_id = await self._job_id(principal, request.path_params["id"])
+        query = request.query_params
+        order = _choice(query, "order", ("desc", "asc"))
+        limit = _whole(query, "limit", 1, 100) if "limit" in query else 20
         kept = await self._kept(job_id)
-        if kept is None:
+        if kept is None:  # as OpenAI answers for a response it did not store
             raise InvalidParam(
-                f"the input of {PREFIX}{job_id} is not kept "
-                "(made with store false, or not a response)"
+                f"the input of {PREFIX}{job_id} is not kept (made with store false)",
+                code="not_found",
+                status=404,
             )
-        data = [requests.listed_item(item, f"in_{job_id}_{n}") for n, item in enumerate(kept.items)]
-        if request.query_params.get("order", "desc") == "desc":
-            data.reverse()
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": data,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "has_more": False,
-            }
-        )
+        items = [
+            requests.listed_item(item, f"in_{job_id}_{n}") for n, item in enumerate(kept.items)
+        ]
+        return JSONResponse(requests.items_page(items, order, query.get("after"), limit))
 
     # -- cancel and delete -------------------------------------------------------
 
@@ -299,13 +298,20 @@ def _without_reasoning(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k not in ("reasoning", "reasoning_details")}
 
 
-def _starting_after(value: str | None) -> int:
-    if value is None:
-        return -1
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidParam("starting_after must be a number", "starting_after") from None
+def _choice(query: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """Query parameter ``name``: one of ``choices`` (the first when not given)."""
+    value = query.get(name, choices[0])
+    if value not in choices:
+        raise InvalidParam(f"{name} must be one of {', '.join(choices)}, not {value[:40]!r}", name)
+    return value
+
+
+def _whole(query: Mapping[str, str], name: str, low: int, high: int) -> int:
+    """Query parameter ``name``: a whole number from ``low`` to ``high``."""
+    value = query[name]
+    if not (value.isascii() and value.isdigit() and low <= int(value[:20]) <= high):
+        raise InvalidParam(f"{name} must be a whole number from {low} to {high}", name)
+    return int(value)
 
 
 def _sse(event: dict[str, Any]) -> bytes:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.templates import TemplateError
+from llm_worker.running.catalog import provider_models
 from llm_worker.server.openapi.requests import ref
 from llm_worker.wire.openai.assistants import PREFIX as ASSISTANT_PREFIX
 
@@ -203,9 +204,15 @@ def _closed(model: dict[str, Any], properties: dict[str, Any], required: list[st
 
 
 def _model_schema(provider: Provider) -> Any:
-    """What ``settings.model`` may be for ``provider``; ``False`` when it takes none (a
-    pinned model: a request naming any is refused)."""
-    return setting(provider.settings_schema(), "model")
+    """What a request's model may name of ``provider``: what its ``settings.model`` may
+    be; for one that takes none (a pinned local provider) the one model it runs, which
+    the doors ask for without a model setting (:func:`~llm_worker.running.catalog.
+    pinned_to`)."""
+    model = setting(provider.settings_schema(), "model")
+    if takes(model):
+        return model
+    pinned = sorted(provider_models(provider))
+    return {"enum": pinned} if pinned else False
 
 
 def _prefixed(name: str, model: Any) -> dict[str, Any] | None:

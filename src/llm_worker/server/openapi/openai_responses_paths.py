@@ -217,7 +217,7 @@ def responses_schemas(doors: Doors) -> dict[str, Any]:
     templates), the Response, its items and the other replies."""
     schemas: dict[str, Any] = {}
     branches = doors.provider_branches(
-        doors.runner.providers.usable(),
+        doors.runner.providers,
         lambda name, provider: _provider_properties(provider),
         _REQUIRED,
     )

@@ -233,15 +233,21 @@ def _retrieve(common: dict[str, Any]) -> dict[str, Any]:
     return {
         "operationId": "getResponse",
         "summary": "A response as it stands, or its events",
-        "description": "With `stream=true` (or `1`), its events; `&starting_after=N` then "
-        "resumes after the event numbered N, at any time while the job is kept.",
+        "description": "With `stream=true` (or `1`), its events; `starting_after=N` "
+        "resumes them after the event numbered N, at any time while the job is kept.",
         "parameters": [
             _RESPONSE_ID,
             {
                 "name": "stream",
                 "in": "query",
-                "schema": {"type": "string"},
-                "description": "`true` or `1`: the events; anything else: the Response.",
+                "schema": {"enum": ["true", "false", "1", "0"]},
+                "description": "`true` or `1`: the events; else the Response.",
+            },
+            {
+                "name": "starting_after",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 0, "maximum": 10**18},
+                "description": "With `stream`: the events after the one numbered this.",
             },
         ],
         "responses": {
@@ -249,7 +255,7 @@ def _retrieve(common: dict[str, Any]) -> dict[str, Any]:
                 "The response; or its events.",
                 _links("$response.body#/id", "cancelResponse", "listInputItems"),
             ),
-            "400": openai_error("starting_after, with stream, is not a number (bad_request)."),
+            "400": openai_error("stream or starting_after not one of their values (bad_request)."),
             "404": _NOT_FOUND,
             **common,
         },
@@ -282,9 +288,22 @@ def _input_items(common: dict[str, Any]) -> dict[str, Any]:
             {
                 "name": "order",
                 "in": "query",
+                "schema": {"enum": ["desc", "asc"]},
+                "description": "`desc` (the default): the last item first; `asc`: in the "
+                "input's order.",
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                "description": "Items on the page, 20 unless said.",
+            },
+            {
+                "name": "after",
+                "in": "query",
                 "schema": {"type": "string"},
-                "description": "`desc` (the default): the last item first; anything else: "
-                "in the input's order.",
+                "description": "The page after this item's id (`last_id` of the page before); "
+                "none follow an id that is not one of the response's items.",
             },
         ],
         "responses": {
@@ -293,8 +312,11 @@ def _input_items(common: dict[str, Any]) -> dict[str, Any]:
                 "Its items, all on one page.",
                 _links("$request.path.response_id", "deleteResponse"),
             ),
-            "400": openai_error("Made with store false: its input is not kept (bad_request)."),
-            "404": _NOT_FOUND,
+            "400": openai_error("order or limit not one of their values (bad_request)."),
+            "404": openai_error(
+                "No such response (job_not_found), or made with store false: its input is "
+                "not kept (not_found)."
+            ),
             **common,
         },
     }

@@ -51,7 +51,7 @@ class ChatRequest:
     provider: str
     """The provider that runs it."""
     upstream_model: str
-    """The model name the provider is asked for."""
+    """The model name the provider is asked for ("": none, the provider runs one)."""
     messages: list[Any]
     settings: dict[str, Any]
     stream: bool = False
@@ -65,7 +65,10 @@ class ChatRequest:
         openai_request = self.openai_request(created)
         stream = {
             "provider": self.provider,
-            "settings": {**self.settings, "model": self.upstream_model},
+            # No model for a provider pinned to one (upstream_model "").
+            "settings": {**self.settings, "model": self.upstream_model}
+            if self.upstream_model
+            else dict(self.settings),
             "messages": [{"insert": "history"}],
         }
         try:

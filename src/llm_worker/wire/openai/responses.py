@@ -324,3 +324,24 @@ def listed_item(item: dict[str, Any], item_id: str) -> dict[str, Any]:
             kind = "output_text" if item.get("role") == "assistant" else "input_text"
             listed["content"] = [{"type": kind, "text": item["content"]}]
     return listed
+
+
+def items_page(
+    items: list[dict[str, Any]], order: str, after: str | None, limit: int
+) -> dict[str, Any]:
+    """A page of listed ``items`` (in the input's order) as ``input_items`` answers it:
+    ``order`` ``asc`` or ``desc``, those after the item ``after`` (an id; none after
+    one that is not the response's, as after the last), ``limit`` of them at most, and
+    whether more follow."""
+    ordered = items if order == "asc" else items[::-1]
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    data = ordered[:limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(ordered) > limit,
+    }
