@@ -73,6 +73,10 @@ Role = Literal["all", "gateway", "worker"]
 ROLES: tuple[Role, ...] = ("all", "gateway", "worker")
 
 
+_SCHEDULE = r"^\s*[0-9]+(\.[0-9]+)?\s*(,\s*[0-9]+(\.[0-9]+)?\s*)*$"
+"""A list of seconds, comma-separated (``WEBHOOK_RETRY_SCHEDULE``)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -229,6 +233,23 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     """How long running jobs may go on after a stop is asked for."""
 
+    # -- webhooks -----------------------------------------------------------
+    webhook_url: str | None = None
+    """Where jobs that name no ``webhook`` (and whose tenant has none) report their end;
+    unset: only jobs that name one do (docs/webhooks.md)."""
+    webhook_secret: SecretStr | None = None
+    """The key webhooks are signed with, ``whsec_<base64>`` (Standard Webhooks); without
+    it (and a tenant's own), no webhook is sent and a job naming one is refused."""
+    webhook_retry_schedule: str = Field("5,300,1800,7200,18000,36000", pattern=_SCHEDULE)
+    """Seconds between a webhook's attempts, comma-separated, each give or take 10%: the
+    first attempt is at the job's end, and once the list is spent the delivery is given
+    up (the default: 7 attempts over about 17.6 hours)."""
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    """How long one attempt may take."""
+    webhook_allow_private_targets: bool = False
+    """Let webhooks go to loopback, link-local and private addresses (tests, an internal
+    receiver); off, such targets are refused at add and before each attempt."""
+
     @field_validator("echo_provider", mode="before")
     @classmethod
     def _lower_echo(cls, value: object) -> object:
@@ -264,6 +285,7 @@ class Settings(BaseSettings):
         "vllm_uri",
         "api_keys_file",
         "metrics_port",
+        "webhook_url",
         mode="before",
     )
     @classmethod
@@ -286,6 +308,7 @@ class Settings(BaseSettings):
         "anthropic_api_key",
         "token_secret",
         "metrics_key",
+        "webhook_secret",
         mode="before",
     )
     @classmethod

@@ -83,6 +83,10 @@ def test_json_examples_in_the_docs_are_valid_messages(example: str) -> None:
     if "streams" in message:  # a template shown on its own
         Assistant.model_validate(message)
         return
+    if message["type"].startswith("job."):  # a webhook's body (docs/webhooks.md)
+        assert set(message) == {"type", "timestamp", "data"}
+        assert message["data"]["state"] == message["type"].removeprefix("job.")
+        return
     if message["type"] in SERVER_TYPES:
         assert set(message) <= {
             "type",
@@ -104,6 +108,7 @@ def test_json_examples_in_the_docs_are_valid_messages(example: str) -> None:
             "index",
             "name",
             "arguments",
+            "webhook",
         }
         if message["type"] == "done" and "message" in message:
             ChatMessage.model_validate(message["message"])

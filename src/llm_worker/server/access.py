@@ -31,8 +31,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llm_worker.config import ConfigError, Settings, validation_problems
+from llm_worker.running.webhook_targets import NO_TENANT_WEBHOOK, TenantWebhook
 from llm_worker.store.limits import UNLIMITED, TenantLimits
-from llm_worker.wire import errors
+from llm_worker.wire import errors, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Access:
     """Origins allowed besides the worker's own; ``None``: any."""
     metrics_key: bytes | None = field(default=None, repr=False)
     """The key ``/metrics`` asks for (``METRICS_KEY``), if one is set."""
+    webhooks: dict[str, TenantWebhook] = field(default_factory=dict, repr=False)
+    """Tenants' own webhook URL and secret (``API_KEYS_FILE``)."""
 
     @property
     def enabled(self) -> bool:
@@ -116,6 +119,11 @@ class Access:
         holds this object sees them), keeping this one's token secret and origins."""
         self.keys, self.admins = other.keys, other.admins
         self.limits, self.default_limits = other.limits, other.default_limits
+        self.webhooks = other.webhooks
+
+    def webhook_of(self, tenant: str) -> TenantWebhook:
+        """``tenant``'s own webhook settings (none without keys)."""
+        return self.webhooks.get(tenant, NO_TENANT_WEBHOOK) if self.enabled else NO_TENANT_WEBHOOK
 
     def tenant_limits(self, tenant: str) -> TenantLimits:
         if not self.enabled:
@@ -186,6 +194,10 @@ class _TenantEntry(BaseModel):
     max_running_jobs: int | None = Field(None, ge=1)
     max_queued_jobs: int | None = Field(None, ge=0)
     adds_per_minute: int | None = Field(None, ge=1)
+    webhook_url: str | None = None
+    """Where this tenant's jobs that name no webhook report their end."""
+    webhook_secret: str | None = Field(None, repr=False)
+    """The key this tenant's webhooks are signed with, ``whsec_<base64>``."""
 
     @field_validator("keys")
     @classmethod
@@ -217,6 +229,7 @@ def load_access(settings: Settings) -> Access:
     )
     keys: dict[str, str] = {}
     limits: dict[str, TenantLimits] = {}
+    tenant_webhooks: dict[str, TenantWebhook] = {}
     # A setting that is there but names no key is a mistake, not a wish to run open.
     api_keys = settings.api_keys.get_secret_value()
     for key in filter(None, (k.strip() for k in api_keys.split(","))):
@@ -249,6 +262,8 @@ def load_access(settings: Settings) -> Access:
                 ),
                 adds_per_minute=entry.adds_per_minute or default_limits.adds_per_minute,
             )
+            if entry.webhook_url is not None or entry.webhook_secret is not None:
+                tenant_webhooks[tenant] = _tenant_webhook(tenant, entry, settings)
     secret = settings.token_secret.get_secret_value() if settings.token_secret else ""
     access = Access(
         keys=keys,
@@ -256,6 +271,7 @@ def load_access(settings: Settings) -> Access:
         limits=limits,
         default_limits=default_limits,
         origins=_origins(settings.allowed_origins),
+        webhooks=tenant_webhooks,
     )
     if settings.metrics_key is not None:
         access.metrics_key = _utf8(settings.metrics_key.get_secret_value())
@@ -329,6 +345,18 @@ def _admin_keys(listed: str, keys: dict[str, str]) -> frozenset[str]:
             )
         admins.add(digest)
     return frozenset(admins)
+
+
+def _tenant_webhook(tenant: str, entry: _TenantEntry, settings: Settings) -> TenantWebhook:
+    """A tenant's webhook settings, checked as ``WEBHOOK_URL`` and ``WEBHOOK_SECRET`` are."""
+    where = f"API_KEYS_FILE: tenant {tenant!r}"
+    try:
+        if entry.webhook_url is not None:
+            webhooks.check_url(entry.webhook_url, settings.webhook_allow_private_targets)
+        key = webhooks.secret_bytes(entry.webhook_secret) if entry.webhook_secret else None
+    except ValueError as exc:  # BadTarget included
+        raise ConfigError(f"{where}: {exc}") from None
+    return TenantWebhook(entry.webhook_url, key)
 
 
 def _read_keys_file(path: Path) -> _KeysFile:

@@ -34,6 +34,7 @@ from llm_worker.running.checks import RequestLimits
 from llm_worker.running.inserts import builtin_inserts
 from llm_worker.running.pipelines import builtin_pipelines
 from llm_worker.running.runner import RetryPolicy, Runner
+from llm_worker.running.webhooks import Deliverer, Webhooks, webhook_settings
 from llm_worker.running.worker import Worker
 from llm_worker.server import openai_api
 from llm_worker.server.access import load_access
@@ -44,6 +45,7 @@ from llm_worker.server.openapi import openapi_document
 from llm_worker.server.origins import origin_middleware
 from llm_worker.server.websocket import websocket_endpoint
 from llm_worker.store import JobStore, StoreError, open_store
+from llm_worker.store.delivery_stores import open_deliveries
 from llm_worker.wire import errors
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,13 @@ class Service:
             settings, self.access.tenant_limits, follows=role in ("all", "gateway")
         )
         self.store.report_commits(self.metrics.store_commit.observe)
+        targets, delivery_policy = webhook_settings(settings, self.access.webhook_of)
+        self.deliveries = open_deliveries(
+            settings.store_url,
+            prefix=settings.redis_prefix,
+            synchronous=settings.sqlite_synchronous,
+        )
+        self.webhooks = Webhooks(targets, self.deliveries)
         if role != "all" and not self.store.shared:
             raise ConfigError(
                 f"--role {role} needs a store shared between processes: STORE_URL "
@@ -141,6 +150,7 @@ class Service:
                     idempotency_window_seconds=settings.idempotency_window_seconds,
                 ),
                 metrics=self.metrics,
+                webhooks=self.webhooks,
             )
             if role in ("all", "gateway")
             else None
@@ -157,6 +167,11 @@ class Service:
             if role in ("all", "worker")
             else None
         )
+        self.deliverer = (
+            Deliverer(self.store, self.deliveries, targets, delivery_policy, self.metrics)
+            if self.worker is not None
+            else None
+        )
         # All could be built: what runs jobs says what it can run them with.
         if self.worker is not None:
             for ready, line in provider_readiness(self.runner.providers):
@@ -164,8 +179,11 @@ class Service:
 
     async def start(self) -> None:
         await self.store.start()
+        await self.deliveries.start()
         if self.worker is not None:
             self.worker.start()
+        if self.deliverer is not None:
+            self.deliverer.start()
         if self.gateway is not None:
             self.gateway.start()
 
@@ -190,6 +208,9 @@ class Service:
             await self.gateway.stop()
         if self.worker is not None:
             await self.worker.stop()
+        if self.deliverer is not None:
+            await self.deliverer.stop()
+        await self.deliveries.close()
         for _, provider in self.runner.providers.items():
             await provider.aclose()
         await self.clients.aclose()

@@ -26,6 +26,7 @@ from llm_worker.ops.metrics import CONTENT_TYPE, Metrics, Readings
 from llm_worker.running.catalog import local_model_readings
 from llm_worker.running.checks import RequestRefused
 from llm_worker.running.runner import Runner
+from llm_worker.running.webhooks import Webhooks
 from llm_worker.server import idempotent
 from llm_worker.server.access import Access, Principal
 from llm_worker.server.refusals import Refused, error_response
@@ -33,6 +34,7 @@ from llm_worker.store import JobStore, StoreError, StoreStats, UnknownJob
 from llm_worker.store.base import ExpiredJob, ListingKey, WorkerCensus
 from llm_worker.wire import errors, protocol
 from llm_worker.wire import events as event_frames
+from llm_worker.wire.webhooks import BadTarget
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,10 @@ class Gateway:
         access: Access | None = None,
         limits: GatewayLimits | None = None,
         metrics: Metrics | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.store = store
+        self.webhooks = webhooks
         self.runner = runner
         self.metrics = metrics or runner.metrics
         self.access = access or Access()
@@ -237,6 +241,7 @@ class Gateway:
         self,
         principal: Principal,
         spec: JobSpec,
+        webhook: object = None,
         once: idempotent.IdempotentAdd | None = None,
     ) -> tuple[JobRecord, str | None]:
         """Queue a job after checking it; the job and, with keys, its listen token. With
@@ -254,14 +259,34 @@ class Gateway:
             raise Refused(str(exc), errors.INVALID_JOB) from None
         except TemplateError as exc:
             raise Refused(f"invalid assistant template: {exc}", errors.INVALID_JOB) from None
+        url = await self._webhook_of(principal.tenant, webhook)
         window = self.limits.idempotency_window_seconds
         record = await idempotent.submit(self.store, spec, principal.tenant, once, window)
         if once is not None and once.replayed:  # the first add did the rest
             return record, self._listen_token(record)
+        if url is not None and self.webhooks is not None:
+            await self.webhooks.register(record.id, url, record.tenant)
         self.metrics.job_added(record.tenant)
         log.debug("job %s added", record.id, extra=about(record.id, record.tenant))
         token = self.access.listen_token(record.id, record.tenant) if self.access.enabled else None
         return record, token
+
+    async def _webhook_of(self, tenant: str, given: object) -> str | None:
+        """The webhook a new job will report its end to, checked (a job's own is
+        refused with the reason; a deployment's or tenant's default was checked at start
+        and is checked again before each attempt)."""
+        if given is not None and not isinstance(given, str):
+            raise Refused("webhook: an http:// or https:// URL, as a string", errors.INVALID_JOB)
+        if self.webhooks is None:
+            if given is not None:
+                raise Refused("webhook: this process sends no webhooks", errors.INVALID_JOB)
+            return None
+        try:
+            if given is None:
+                return self.webhooks.targets.url_for(tenant, None)
+            return await self.webhooks.target(tenant, given)
+        except BadTarget as exc:
+            raise Refused(str(exc), errors.INVALID_JOB) from None
 
     def _listen_token(self, record: JobRecord) -> str | None:
         return self.access.listen_token(record.id, record.tenant) if self.access.enabled else None
@@ -291,14 +316,20 @@ class Gateway:
             self.metrics.waiting_job_cancelled(record.tenant)
         return record
 
-    async def status_of(self, principal: Principal, job_id: str, typed: bool = False) -> str:
+    async def status_of(
+        self, principal: Principal, job_id: str, typed: bool = False, webhook: bool = True
+    ) -> str:
         """The ``status`` reply about the job; ``typed``, with the finished message and the
-        usage's details once it is done (:mod:`llm_worker.wire.events`)."""
+        usage's details once it is done (:mod:`llm_worker.wire.events`); ``webhook``, with
+        how its webhook's delivery goes, if it has one."""
         record = await self.visible(principal, job_id)
         position = await self.store.position(record.id)
         events = await self.store.read(record.id)
         summary = event_frames.summary_of(events[-1], typed) if events else None
-        return protocol.status(record, position, output_of(events), summary)
+        shown = None
+        if webhook and self.webhooks is not None:
+            shown = await self.webhooks.shown(record.id)
+        return protocol.status(record, position, output_of(events), summary, shown)
 
     async def recent_jobs(
         self,

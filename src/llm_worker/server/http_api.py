@@ -110,7 +110,9 @@ class JobsAPI:
             body = await read_body(request, self.gateway.limits.max_message_bytes)
             add = self._add_request(body)
             once = idempotent_add(request.headers.get(IDEMPOTENCY_HEADER, add.idempotency_key))
-            record, token = await self.gateway.add_job(principal, add.to_spec(), once=once)
+            record, token = await self.gateway.add_job(
+                principal, add.to_spec(), add.webhook, once=once
+            )
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
         reply: dict[str, Any] = {"job_id": record.id, "state": record.state.value}

@@ -215,10 +215,13 @@ class Connection:
             await self.refuse("add", request.id, refused, errors.TOO_MANY_FOLLOWED_JOBS)
             return
         try:
+            webhook = request.webhook if self.dialect is not Dialect.SEED else None
             once = None
             if self.dialect is not Dialect.SEED:
                 once = idempotent_add(request.idempotency_key, "idempotency_key")
-            record, token = await self.gateway.add_job(self.principal, request.to_spec(), once=once)
+            record, token = await self.gateway.add_job(
+                self.principal, request.to_spec(), webhook, once=once
+            )
         except Refused as exc:
             await self.refuse("add", request.id, exc.message, exc.code)
             return
@@ -274,7 +277,9 @@ class Connection:
             await self.send(protocol.cancelled(record.id))
 
     async def status(self, request: StatusRequest) -> None:
-        status = await self.gateway.status_of(self.principal, request.job_id, self.dialect.typed)
+        status = await self.gateway.status_of(
+            self.principal, request.job_id, self.dialect.typed, self.dialect is not Dialect.SEED
+        )
         await self.send(status)
 
     # -- following jobs -----------------------------------------------------

@@ -135,26 +135,3 @@ class MemoryDeliveries(DeliveryStore):
         for job_id in [j for j, at in self._expiry.items() if at <= now]:
             del self._expiry[job_id]
             self._entries.pop(job_id, None)
-
-
-def open_deliveries(
-    store_url: str, *, prefix: str = "llmw", synchronous: str = "FULL"
-) -> DeliveryStore:
-    """The deliveries of the store ``store_url`` names (which :func:`~llm_worker.store.open_store`
-    has checked): beside its jobs, as durable as they are."""
-    from pathlib import Path
-
-    scheme, _, rest = store_url.partition("://")
-    if scheme == "sqlite":
-        from llm_worker.store.sqlite_deliveries import SQLiteDeliveries, deliveries_path
-
-        return SQLiteDeliveries(deliveries_path(Path(rest[1:])), synchronous)
-    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-        from llm_worker.store.redis.deliveries import RedisDeliveries
-
-        return RedisDeliveries(
-            f"{scheme.removesuffix('+cluster')}://{rest}",
-            prefix=prefix,
-            cluster=scheme.endswith("+cluster"),
-        )
-    return MemoryDeliveries()

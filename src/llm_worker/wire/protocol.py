@@ -87,6 +87,9 @@ class AddRequest(_Request):
     assistant: Assistant
     history: list[ChatMessage] = Field(default_factory=list)
     variables: dict[str, VariableText] = Field(default_factory=dict)
+    webhook: Any = None
+    """Where to report the job's end (full protocol; checked by the gateway, so that a
+    seed client's stray field changes nothing)."""
 
     def to_spec(self) -> JobSpec:
         return JobSpec(
@@ -314,9 +317,14 @@ def cancelled(job_id: str) -> str:
 
 
 def status(
-    record: JobRecord, position: int | None, output: str, summary: dict[str, Any] | None = None
+    record: JobRecord,
+    position: int | None,
+    output: str,
+    summary: dict[str, Any] | None = None,
+    webhook: dict[str, Any] | None = None,
 ) -> str:
-    """The ``status`` reply; ``summary`` is what its ``done`` said (usage, finish_reason)."""
+    """The ``status`` reply; ``summary`` is what its ``done`` said (usage, finish_reason),
+    ``webhook`` how the delivery of its webhook goes (the full protocol's)."""
     body: dict[str, Any] = {"type": "status", "job_id": record.id, "state": record.state.value}
     if position is not None:
         body["position"] = position
@@ -325,6 +333,8 @@ def status(
         body["error"] = record.error
     if summary:
         body.update(summary)
+    if webhook is not None:
+        body["webhook"] = webhook
     return _frame(body)
 
 
