@@ -5,12 +5,14 @@ adds race with it and on however many gateways; the model is called once."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from llm_worker.testing.openai_server import OpenAIServer, Reply
+from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
 from tests.conftest import ConnectClient, RunningWorker, StartWorker
 from tests.support.sse import all_events
@@ -141,3 +143,31 @@ async def test_a_seed_client_is_unaffected_by_the_field(worker: RunningWorker) -
             done = await seed.wait_for("done")
             assert done["job_id"] == reply["job_id"]
         assert len(set(job_ids)) == 4  # the key is nothing to the seed's dialect
+
+
+async def test_a_key_outlives_a_kill_on_sqlite(upstream: OpenAIServer, tmp_path: Path) -> None:
+    """kill -9 after the first add's job ran: the restarted worker, on the same file,
+    answers a retry of the add with that job, and calls the model for nothing."""
+    env = clean_env(LISTEN_PORT="0", STORE_URL="sqlite:///jobs.db", OPENAI_API_KEY="k")
+    env["OPENAI_BASE_URL"] = upstream.base_url
+    async with processes() as started:
+        started.append(await WorkerProcess.start(env, tmp_path))
+        url = f"http://127.0.0.1:{started[-1].port}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            first = await post(http, job(), "crash-key")
+            assert first.status_code == 201
+            await all_events(http, first.json()["job_id"])  # it ran, and ended
+        started[-1].kill()
+        await started[-1].process.wait()
+
+        started.append(await WorkerProcess.start(env, tmp_path))
+        url = f"http://127.0.0.1:{started[-1].port}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            again = await post(http, job(), "crash-key")
+            assert again.status_code == 201
+            assert again.json() == first.json()
+            assert again.headers["idempotent-replayed"] == "true"
+            frames = [event["data"] for event in await all_events(http, first.json()["job_id"])]
+            assert frames[-1]["type"] == "done"
+            assert (await post(http, job("other"), "crash-key")).status_code == 409
+    assert len(upstream.chat_requests) == 1
