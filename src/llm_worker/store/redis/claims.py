@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llm_worker.aio.tasks import TaskSet
+from llm_worker.aio.tasks import TaskSet, cancel_requested
 from llm_worker.jobs.model import Claim, EventKind, JobSpec, JobState
 from llm_worker.ops.logs import about
 from llm_worker.store.redis.connection import Connection
@@ -354,6 +354,8 @@ class Claims:
                 self._conn.reach.went_down(exc)
             except Exception:
                 log.exception("heartbeat failed")
+            if cancel_requested():  # a stop's cancel that the Redis client swallowed
+                raise asyncio.CancelledError
 
     async def beat(self) -> None:
         """Keep this worker's claims fresh; jobs another worker took over are cancelled here."""

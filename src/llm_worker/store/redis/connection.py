@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from llm_worker.aio.tasks import cancel_requested
 from llm_worker.store.redis.layout import GROUP, Keys, decoded, encode_notice
 from llm_worker.store.redis.reachability import UNREACHABLE, Reachability
 from llm_worker.store.redis.scripts import Script, Scripts
@@ -250,6 +251,9 @@ class Connection:
                 log.exception("reading Redis notifications failed")
                 await asyncio.sleep(delay)
                 continue
+            finally:
+                if cancel_requested():  # a stop's cancel that the Redis client swallowed
+                    raise asyncio.CancelledError
             if delay > 0.05:
                 delay = 0.05
                 reconnected()

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 
+from llm_worker.aio.tasks import cancel_requested
 from llm_worker.jobs.model import JobRecord
 from llm_worker.store.base import ListingQuery
 from llm_worker.store.redis.connection import Connection
@@ -100,9 +101,11 @@ class RecentJobs:
                 removed = await self.sweep()
             except UNREACHABLE as exc:
                 self._conn.reach.went_down(exc)
-                continue
+                removed = 0
             except Exception:
                 log.exception("sweeping the index of recent jobs failed")
-                continue
+                removed = 0
+            if cancel_requested():  # a stop's cancel that the Redis client swallowed
+                raise asyncio.CancelledError
             if removed:
                 log.debug("dropped %d expired jobs from the index of recent jobs", removed)

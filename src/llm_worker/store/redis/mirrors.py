@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 
-from llm_worker.aio.tasks import TaskSet
+from llm_worker.aio.tasks import TaskSet, cancel_requested
 from llm_worker.jobs.model import Event, EventKind, stored_kind
 from llm_worker.ops.logs import about
 from llm_worker.store.base import UnknownJob
@@ -160,6 +160,8 @@ class Mirrors:
                 self._reach.went_down(exc)
             except Exception:
                 log.exception("checking the followed jobs failed")
+            if cancel_requested():  # a stop's cancel that the Redis client swallowed
+                raise asyncio.CancelledError
 
     async def check(self) -> None:
         """Refresh the logs of unfinished jobs; tell the listeners of jobs Redis lost."""

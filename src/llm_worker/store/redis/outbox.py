@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
+from llm_worker.aio.tasks import cancel_requested
 from llm_worker.jobs.model import Event, EventKind
 from llm_worker.store.base import NotOwner
 from llm_worker.store.redis.claims import Claims, Held
@@ -157,6 +158,8 @@ class Outbox:
                 return await self._conn.reach.retry(call)
             except ResponseError as exc:
                 log.error("Redis refused a write of job events: %s; retrying", exc)
+                if cancel_requested():  # a stop's cancel that the Redis client swallowed
+                    raise asyncio.CancelledError from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 

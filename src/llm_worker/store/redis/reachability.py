@@ -16,6 +16,7 @@ from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llm_worker.aio.tasks import cancel_requested
 from llm_worker.store.base import StoreUnavailable
 from llm_worker.store.waiters import Waiters
 
@@ -77,6 +78,8 @@ class Reachability:
                     result = await call()
             except UNREACHABLE as exc:
                 self.went_down(exc)
+                if cancel_requested():  # a stop's cancel that the Redis client swallowed
+                    raise asyncio.CancelledError from exc
                 if deadline is not None and time.monotonic() - started >= deadline:
                     raise StoreUnavailable(f"the job store (Redis) is unreachable: {exc}") from exc
                 await asyncio.sleep(delay)
