@@ -15,10 +15,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
+from llm_worker.config import ConfigError
+from llm_worker.running.webhooks import webhook_settings
+from llm_worker.server.access import key_hash, load_access
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import RunningWorker, StartWorker
+from tests.support.servers import make_settings
 from tests.support.webhook_receiver import Receiver, receiving
 from tests.support.wsclient import WSClient, assistant
 
@@ -251,3 +255,86 @@ async def test_the_docs_verifier_takes_a_real_delivery_and_refuses_a_forged_one(
         verify(SECRET, delivery.headers, delivery.body.replace(b"done", b"dona"))
     with pytest.raises(ValueError, match="too old"):
         verify(SECRET, delivery.headers, delivery.body, now=time.time() + 600)
+
+
+async def test_a_tenant_s_own_url_and_secret_win_over_the_deployment_s(
+    start_worker: StartWorker, receiver: Receiver, tmp_path: Path
+) -> None:
+    own = "whsec_" + base64.b64encode(b"acme-has-a-secret-of-its-own-32b").decode()
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[tenants.acme]\nkeys = ["sha256:{key_hash("acme-key-0123456789")}"]\n'
+        f'webhook_url = "{receiver.url}"\nwebhook_secret = "{own}"\n'
+        f'[tenants.other]\nkeys = ["sha256:{key_hash("other-key-0123456789")}"]\n'
+    )
+    worker = await start_worker(**FAST, api_keys_file=str(keys))
+    async with httpx.AsyncClient(base_url=worker.http_url, timeout=30) as http:
+        acme = {"authorization": "Bearer acme-key-0123456789"}
+        job_id = (await http.post("/v1/jobs", json=job(), headers=acme)).json()["job_id"]
+        (delivery,) = await receiver.wait_for(1)
+        assert Webhook(own).verify(delivery.body, delivery.headers)["data"]["job_id"] == job_id
+        with pytest.raises(WebhookVerificationError):
+            Webhook(SECRET).verify(delivery.body, delivery.headers)
+        # Another tenant has no default: its job sends nothing; what it names is signed
+        # with the deployment's secret.
+        other = {"authorization": "Bearer other-key-0123456789"}
+        await http.post("/v1/jobs", json=job(), headers=other)
+        await http.post("/v1/jobs", json=job(webhook=receiver.url), headers=other)
+        _, second = await receiver.wait_for(2)
+        Webhook(SECRET).verify(second.body, second.headers)
+        # Only acme sees its job's delivery.
+        assert (await http.get(f"/v1/jobs/{job_id}", headers=other)).status_code == 404
+        shown = (await http.get(f"/v1/jobs/{job_id}", headers=acme)).json()["webhook"]
+        assert shown["url"] == receiver.url
+    await asyncio.sleep(0.5)
+    assert len(receiver.received) == 2
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ('webhook_secret = "not-whsec"', "whsec_"),
+        ('webhook_url = "ftp://example.com/"', "http:// or https://"),
+    ],
+)
+def test_a_bad_tenant_webhook_stops_the_start(tmp_path: Path, entry: str, why: str) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'[tenants.acme]\nkeys = ["sha256:{key_hash("k" * 20)}"]\n{entry}\n')
+    with pytest.raises(ConfigError, match=f"tenant 'acme'.*{re.escape(why)}"):
+        load_access(make_settings(api_keys_file=str(keys)))
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [
+        ({"webhook_secret": "whsec_tooshort"}, "WEBHOOK_SECRET"),
+        ({"webhook_url": "http://10.0.0.1/hook"}, "WEBHOOK_URL"),
+    ],
+)
+def test_bad_webhook_settings_stop_the_start(settings: dict[str, Any], why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        webhook_settings(make_settings(**settings))
+
+
+async def test_the_openapi_document_describes_webhooks_where_they_are_sent(
+    start_worker: StartWorker, receiver: Receiver
+) -> None:
+    without = await start_worker()
+    with_secret = await start_worker(**FAST)
+    async with httpx.AsyncClient(timeout=30) as http:
+        off = (await http.get(f"{without.http_url}/openapi.json")).json()
+        on = (await http.get(f"{with_secret.http_url}/openapi.json")).json()
+        assert off["components"]["schemas"]["JobRequest"]["properties"]["webhook"] is False
+        described = on["components"]["schemas"]["JobRequest"]["properties"]["webhook"]
+        assert described["maxLength"] == 2048
+        pattern = re.compile(described["pattern"])
+        assert pattern.match(receiver.url) and not pattern.match("ftp://example.com/")
+        reply = await http.post(f"{with_secret.http_url}/v1/jobs", json=job(webhook=receiver.url))
+        job_id = reply.json()["job_id"]
+        await receiver.wait_for(1)
+    async with httpx.AsyncClient(base_url=with_secret.http_url, timeout=30) as http:
+        shown = await settled(http, job_id)
+    status = on["components"]["schemas"]["Status"]["properties"]
+    assert status["webhook"] == {"$ref": "#/components/schemas/WebhookDelivery"}
+    delivery = on["components"]["schemas"]["WebhookDelivery"]
+    assert set(shown["webhook"]) == set(delivery["properties"])

@@ -293,6 +293,7 @@ def openapi_route(service: Service) -> Callable[[Request], Awaitable[JSONRespons
         keys=service.access.enabled,
         openai_provider=service.settings.openai_api_provider,
         assistants=service.assistants,
+        webhooks=service.webhooks.targets.secret is not None or bool(service.access.webhooks),
     )
 
     async def openapi_json(request: Request) -> JSONResponse:

@@ -281,15 +281,16 @@ def openapi_document(
     keys: bool,
     openai_provider: str = "openai",
     assistants: Iterable[str] = (),
+    webhooks: bool = False,
 ) -> dict[str, Any]:
     """The document of the API as this deployment serves it: its providers, inserts,
     pipelines and limits (``runner``), with API keys or without (``keys``); OpenAI's
     API with the provider of its bare model names (``OPENAI_API_PROVIDER``) and the
-    names of its templates (``ASSISTANTS``)."""
+    names of its templates (``ASSISTANTS``); a job's ``webhook`` where it sends them."""
     common = _common(keys)
     doors = Doors(runner, openai_provider, tuple(sorted(assistants)))
     schemas = {
-        **job_schemas(runner),
+        **job_schemas(runner, webhooks),
         **event_schemas(),
         **RESOURCE_SCHEMAS,
         **openai_schemas(doors),

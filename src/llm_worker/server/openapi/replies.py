@@ -167,6 +167,28 @@ RESOURCE_SCHEMAS: dict[str, Any] = {
             "output": {"type": "string", "description": "The text so far."},
             "error": {"type": "string", "description": "Why it failed, if it did."},
             **_SUMMARY,
+            "webhook": ref("WebhookDelivery"),
+        },
+    },
+    "WebhookDelivery": {
+        "type": "object",
+        "description": "How the delivery of the job's webhook goes (docs/webhooks.md).",
+        "required": ["url", "webhook_id", "state", "attempts"],
+        "properties": {
+            "url": {"type": "string"},
+            "webhook_id": {"type": "string", "description": "The same on every attempt."},
+            "state": {"type": "string", "enum": ["waiting", "due", "delivered", "given_up"]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "next_attempt_at": {
+                "type": ["number", "null"],
+                "description": "Unix time, seconds, while an attempt is due.",
+            },
+            "last_status": {"type": ["integer", "null"]},
+            "last_error": {"type": ["string", "null"]},
+            "last_response": {
+                "type": ["string", "null"],
+                "description": "The start (200 bytes) of the last reply.",
+            },
         },
     },
     "JobSummary": {

@@ -198,7 +198,19 @@ def history_rules(runner: Runner) -> list[dict[str, Any]]:
     return rules
 
 
-def job_schemas(runner: Runner) -> dict[str, Any]:
+_WEBHOOK = {
+    "type": "string",
+    "pattern": "^https?://[^\\s/?#@]+([/?#][^\\s]*)?$",
+    "maxLength": 2048,
+    "description": "Where the job's end is posted, signed (docs/webhooks.md). Checked at "
+    "add: its host must resolve to public addresses only (unless "
+    "WEBHOOK_ALLOW_PRIVATE_TARGETS=1).",
+}
+
+
+def job_schemas(runner: Runner, webhooks: bool = False) -> dict[str, Any]:
+    """The schemas of a job's request; ``webhooks``: whether this deployment sends them
+    (a ``WEBHOOK_SECRET``), else a job may not name one."""
     limits = runner.limits
     schemas = _stream_schemas(runner)
     schemas["Assistant"] = {
@@ -233,6 +245,7 @@ def job_schemas(runner: Runner) -> dict[str, Any]:
                 "description": "Values for placeholders; query and previous_stream_output "
                 "are the worker's.",
             },
+            "webhook": _WEBHOOK if webhooks else False,
         },
         "description": "A job: what a WebSocket `add` carries, without `type` and `id`.",
     }
