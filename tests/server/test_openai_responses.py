@@ -201,7 +201,7 @@ async def test_input_items_page_as_the_sdk_asks(client: AsyncOpenAI) -> None:
     for bad in ({"order": "up"}, {"limit": 0}, {"limit": 101}):
         with pytest.raises(openai.BadRequestError):
             await client.responses.input_items.list(response.id, **bad)  # type: ignore[arg-type]
-    for query in ("stream=maybe", "starting_after=-1", "starting_after=x"):
+    for query in ("stream=maybe", "starting_after=-2", "starting_after=x"):
         with pytest.raises(openai.BadRequestError):
             await client.get(f"/responses/{response.id}?{query}", cast_to=httpx.Response)
 

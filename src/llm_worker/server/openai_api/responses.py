@@ -146,7 +146,9 @@ class ResponsesAPI:
             return await self._delete(principal, job_id)
         query = request.query_params
         stream = _choice(query, "stream", ("false", "true", "0", "1")) in ("true", "1")
-        after = _whole(query, "starting_after", 0, 10**18) if "starting_after" in query else -1
+        after = -1  # before the first event: all of them
+        if query.get("starting_after", "-1") != "-1":
+            after = _whole(query, "starting_after", 0, 10**18)
         kept = await self._kept(job_id)
         if stream:
             return ResponseStream(self.gateway, principal, job_id, _new_log(job_id, kept), after)

@@ -246,8 +246,9 @@ def _retrieve(common: dict[str, Any]) -> dict[str, Any]:
             {
                 "name": "starting_after",
                 "in": "query",
-                "schema": {"type": "integer", "minimum": 0, "maximum": 10**18},
-                "description": "With `stream`: the events after the one numbered this.",
+                "schema": {"type": "integer", "minimum": -1, "maximum": 10**18},
+                "description": "With `stream`: the events after the one numbered this "
+                "(-1, as not given: all).",
             },
         ],
         "responses": {
