@@ -149,7 +149,7 @@ async def test_resuming_past_the_end_of_a_job_that_ended_says_where_it_ends(
             await http.get(events, params={"after": last + 5}),
             await http.get(events, headers={"Last-Event-ID": str(last + 1)}),
         ):
-            assert beyond.status_code == 400
+            assert beyond.status_code == 409
             error = beyond.json()
             assert error["code"] == "after_beyond_end"
             assert f"at seq {last}" in error["message"]

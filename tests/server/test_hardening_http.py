@@ -217,7 +217,7 @@ async def test_resuming_past_the_end_of_a_running_job_still_ends_with_its_end(
         answer = await http.get(f"/v1/jobs/{job_id}/events", params={"after": str(last)})
         assert answer.status_code == 204
         answer = await http.get(f"/v1/jobs/{job_id}/events", params={"after": str(last + 5)})
-        assert (answer.status_code, answer.json()["code"]) == (400, "after_beyond_end")
+        assert (answer.status_code, answer.json()["code"]) == (409, "after_beyond_end")
 
 
 # -- row 17: an event stream whose path goes dark -----------------------------------

@@ -86,6 +86,10 @@ async def test_the_same_key_for_another_body_is_409_and_a_bad_key_400(
         # The key in the body, for a client that cannot set headers.
         in_body = await http.post("/v1/jobs", json=job("first") | {"idempotency_key": "k-1"})
         assert in_body.json() == first.json()
+        # Checked even where the header wins.
+        bad_body = await post(http, job("first") | {"idempotency_key": "caf\u00e9"}, "k-1")
+        assert (bad_body.status_code, bad_body.json()["code"]) == (400, "bad_request")
+        assert "idempotency_key" in bad_body.json()["message"]
 
 
 async def test_two_gateways_on_one_redis_make_one_job(

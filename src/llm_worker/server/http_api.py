@@ -24,7 +24,8 @@ sends a comment every ``SSE_KEEPALIVE_SECONDS``, which also finds a reader gone.
 Resuming after a seq past the end of a running job's log (never sent, or lost with
 a worker that died) resumes from the log's end: the stream still ends with the
 job's terminal event. Past the end of an ended job's log, nothing can have been
-lost: 400 ``after_beyond_end``, saying where the log ends.
+lost: 409 ``after_beyond_end`` (the request is sound, the job's state makes it
+wrong), saying where the log ends.
 
 ``POST /v1/jobs`` with ``Idempotency-Key`` adds its job once per key
 (:mod:`.idempotent`): a replay answers as the first add did, with
@@ -109,7 +110,9 @@ class JobsAPI:
             principal = self.gateway.authenticate(request)
             body = await read_body(request, self.gateway.limits.max_message_bytes)
             add = self._add_request(body)
-            once = idempotent_add(request.headers.get(IDEMPOTENCY_HEADER, add.idempotency_key))
+            # Each checked when given; the header wins.
+            in_body = idempotent_add(add.idempotency_key, "idempotency_key")
+            once = idempotent_add(request.headers.get(IDEMPOTENCY_HEADER)) or in_body
             record, token = await self.gateway.add_job(
                 principal, add.to_spec(), add.webhook, once=once
             )

@@ -11,11 +11,17 @@ first job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from llm_worker.jobs.model import JobRecord, JobSpec, spec_json
 from llm_worker.server.refusals import Refused
 from llm_worker.store import JobStore, Unstorable
-from llm_worker.store.idempotency import IdempotencyKey, key_problem, request_digest
+from llm_worker.store.idempotency import (
+    MAX_KEY_LENGTH,
+    IdempotencyKey,
+    key_problem,
+    request_digest,
+)
 from llm_worker.wire import errors
 
 HEADER = "idempotency-key"
@@ -55,3 +61,35 @@ async def submit(
     submitted = await store.submit_once(spec, tenant, IdempotencyKey(once.key, digest, window))
     once.replayed = submitted.replayed
     return submitted.record
+
+
+# -- as the OpenAPI document says it (:mod:`.openapi`) ------------------------------
+
+_PRINTABLE = "printable ASCII, 1 to 255 characters (a UUID does)"
+BODY_SCHEMA: dict[str, Any] = {
+    "type": ["string", "null"],
+    "minLength": 1,
+    "maxLength": MAX_KEY_LENGTH,
+    "pattern": "^[ -~]+$",
+    "description": f"An idempotency key ({_PRINTABLE}), for a client that cannot set the "
+    "Idempotency-Key header (which wins). docs/retries-and-retention.md",
+}
+HEADER_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    # HTTP drops a header value's leading and trailing blanks: the key has none.
+    "schema": {"type": "string", "maxLength": MAX_KEY_LENGTH, "pattern": "^[!-~]([ -~]*[!-~])?$"},
+    "description": f"Add the job once per key ({_PRINTABLE}): an add of the same key and "
+    "request within IDEMPOTENCY_WINDOW_SECONDS answers as the first did, with the first "
+    "job; docs/retries-and-retention.md.",
+}
+REPLAYED_HEADERS: dict[str, Any] = {
+    "Idempotent-Replayed": {
+        "description": "`true` when an earlier add of the Idempotency-Key made this job.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+REUSED = (
+    "The idempotency key was used, within its window, for another request (idempotency_key_reused)."
+)

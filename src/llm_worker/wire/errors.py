@@ -23,8 +23,6 @@ INVALID_JSON = "invalid_json"
 """A body that is not JSON, or not a JSON object."""
 INVALID_JOB = "invalid_job"
 """A job this deployment cannot run: its fields, template, providers, settings or size."""
-AFTER_BEYOND_END = "after_beyond_end"
-"""A resume point (``Last-Event-ID``, ``after``) past the last event of a job that ended."""
 UNKNOWN_PROTOCOL = "unknown_protocol"
 """A WebSocket asking for a dialect not spoken."""
 HOST_NOT_ALLOWED = "host_not_allowed"
@@ -55,6 +53,8 @@ JOB_ENDED = "job_ended"
 """A cancel of a job that had already ended."""
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 """An idempotency key used, within its window, for a different request."""
+AFTER_BEYOND_END = "after_beyond_end"
+"""A resume point (``Last-Event-ID``, ``after``) past the last event of a job that ended."""
 # 410
 EXPIRED = "expired"
 """A job that ended over ``JOB_TTL_SECONDS`` ago: its record and log are gone."""
@@ -90,7 +90,6 @@ CODES: dict[str, int] = {
     BAD_REQUEST: 400,
     INVALID_JSON: 400,
     INVALID_JOB: 400,
-    AFTER_BEYOND_END: 400,
     UNKNOWN_PROTOCOL: 400,
     HOST_NOT_ALLOWED: 400,
     UNAUTHORIZED: 401,
@@ -103,6 +102,7 @@ CODES: dict[str, int] = {
     REQUEST_TIMEOUT: 408,
     JOB_ENDED: 409,
     IDEMPOTENCY_KEY_REUSED: 409,
+    AFTER_BEYOND_END: 409,
     EXPIRED: 410,
     PAYLOAD_TOO_LARGE: 413,
     RATE_LIMITED: 429,

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from llm_worker import __version__
+from llm_worker.server import idempotent
 from llm_worker.server.openapi.openai_doors import Doors
 from llm_worker.server.openapi.openai_paths import openai_paths, openai_schemas
 from llm_worker.server.openapi.replies import RESOURCE_SCHEMAS, event_schemas
@@ -102,7 +103,13 @@ def _common(keys: bool) -> dict[str, Any]:
     return common
 
 
-_NOT_FOUND = _error("Unknown job: never added, expired, or another tenant's (job_not_found).")
+_NOT_FOUND = _error(
+    "Unknown job: never added, another tenant's, forgotten, or expired over "
+    "TOMBSTONE_SECONDS ago (job_not_found)."
+)
+_EXPIRED = _error(
+    "The job ended over JOB_TTL_SECONDS ago: its record and events are gone (expired)."
+)
 
 
 def _jobs_path(common: dict[str, Any], keys: bool) -> dict[str, Any]:
@@ -114,16 +121,20 @@ def _create_job(common: dict[str, Any]) -> dict[str, Any]:
     return {
         "operationId": "createJob",
         "summary": "Queue a job",
+        "parameters": [idempotent.HEADER_PARAMETER],
         "requestBody": {"required": True} | _json("The job.", "JobRequest"),
         "responses": {
             "201": _json(
-                "Queued.",
+                "Queued (or, for a key an add made a job with, that job).",
                 "JobCreated",
                 _links("getJob", "streamJobEvents", "cancelJob"),
-            ),
+            )
+            | {"headers": idempotent.REPLAYED_HEADERS},
+            "409": _error(idempotent.REUSED),
             "400": _error(
-                "Not JSON (invalid_json), or not a job this deployment can run "
-                "(invalid_job): the message says what is wrong."
+                "Not JSON (invalid_json), not a job this deployment can run "
+                "(invalid_job), or an idempotency key that is not one (bad_request): the "
+                "message says what is wrong."
             ),
             "413": _error("Larger than MAX_MESSAGE_BYTES (payload_too_large)."),
             "429": _error(
@@ -207,6 +218,7 @@ def _job_path(common: dict[str, Any]) -> dict[str, Any]:
                 "200": _json("The job.", "Status", _links("streamJobEvents", "cancelJob")),
                 "400": _error("`events` is neither `text` nor `typed` (bad_request)."),
                 "404": _NOT_FOUND,
+                "410": _EXPIRED,
                 **common,
             },
         }
@@ -252,6 +264,11 @@ def _events_path(common: dict[str, Any]) -> dict[str, Any]:
                     "`text` nor `typed` (bad_request)."
                 ),
                 "404": _NOT_FOUND,
+                "409": _error(
+                    "`after` or `Last-Event-ID` is past the last seq of a job that has "
+                    "ended (after_beyond_end): the message says where its log ends."
+                ),
+                "410": _EXPIRED,
                 **common,
             },
         }
@@ -269,6 +286,7 @@ def _cancel_path(common: dict[str, Any]) -> dict[str, Any]:
                 "200": _json("Cancelled.", "Cancelled", _links("getJob")),
                 "404": _NOT_FOUND,
                 "409": _error("The job had already ended (job_ended)."),
+                "410": _EXPIRED,
                 **common,
             },
         }

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_worker.jobs.messages import ChatMessage
 from llm_worker.jobs.templates import BUILTIN_PLACEHOLDERS, MAX_FALLBACKS, QUERY
+from llm_worker.server import idempotent
 
 if TYPE_CHECKING:
     from llm_worker.running.runner import Runner
@@ -232,6 +233,7 @@ def job_schemas(runner: Runner, webhooks: bool = False) -> dict[str, Any]:
         "required": ["query", "assistant"],
         "properties": {
             "query": {"type": "string"},
+            "idempotency_key": idempotent.BODY_SCHEMA,
             "assistant": ref("Assistant"),
             "history": {
                 "type": "array",
