@@ -22,6 +22,7 @@ from llm_worker.running.webhooks import webhook_settings
 from llm_worker.server.access import key_hash, load_access
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from tests.conftest import RunningWorker, StartWorker
+from tests.ops.test_metrics import promtool_lint
 from tests.support.servers import make_settings
 from tests.support.webhook_receiver import Receiver, receiving
 from tests.support.wsclient import WSClient, assistant
@@ -115,6 +116,8 @@ async def test_a_failing_receiver_gets_the_same_delivery_again(
             )
             metrics = (await http.get("/metrics")).text
             assert 'llm_worker_webhook_attempts_total{outcome="failed"} 2.0' in metrics
+            assert 'llm_worker_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
+            assert promtool_lint(metrics) == ""
         assert len(receiver.received) == 3
 
 

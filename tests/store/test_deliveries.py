@@ -43,10 +43,21 @@ async def open_deliveries(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
                 store = RedisDeliveries(cluster.url, prefix=prefix, cluster=True)
             await store.start()
             stack.push_async_callback(store.close)
+            if isinstance(store, RedisDeliveries):
+                # Leave nothing in the session's Redis: the cluster fixture's own test
+                # expects a slot it picks to hold only its key.
+                stack.push_async_callback(forget_keys, store, prefix)
             return store
 
         make.kind = kind  # type: ignore[attr-defined]
         yield make
+
+
+async def forget_keys(store: RedisDeliveries, prefix: str) -> None:
+    client = store._redis
+    if client is not None:
+        async for key in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(key)
 
 
 def entry(job_id: str, next_at: float = 100.0) -> Delivery:
