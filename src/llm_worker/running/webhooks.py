@@ -51,7 +51,8 @@ class DeliveryPolicy:
     """How long a settled delivery stays visible (the jobs' TTL)."""
     poll: float = 0.5
     """How often the deliverer looks for entries whose time has come."""
-    batch: int = 32
+    batch: int = 64
+    """Entries one round takes at most (their attempts run at once)."""
 
 
 def webhook_settings(
@@ -150,11 +151,13 @@ class Deliverer:
 
     async def _deliver_forever(self) -> None:
         while not cancel_requested():
+            handled = 0
             try:
-                await self.round()
+                handled = await self.round()
             except Exception:
                 log.exception("webhooks: a round of deliveries failed; trying again")
-            await asyncio.sleep(self.policy.poll)
+            if handled < self.policy.batch:  # a full batch: more may be due at once
+                await asyncio.sleep(self.policy.poll)
 
     async def round(self) -> int:
         """Handle every entry whose time has come; how many there were."""
