@@ -6,6 +6,7 @@ has not ended is waited for."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +17,8 @@ from llm_worker.running.webhook_targets import WebhookTargets
 from llm_worker.running.webhooks import Deliverer, DeliveryPolicy, new_delivery
 from llm_worker.store.deliveries import MemoryDeliveries
 from llm_worker.store.memory import MemoryStore
+from llm_worker.store.redis.deliveries import RedisDeliveries
+from llm_worker.testing.redis_server import RedisServer, unique_prefix
 from tests.support.webhook_receiver import Receiver, receiving
 from tests.support.wsclient import assistant
 
@@ -124,3 +127,35 @@ async def test_a_job_still_running_is_waited_for(jobs: MemoryStore, receiver: Re
         assert b'"type":"job.failed"' in delivery.body and b"it broke" in delivery.body
     finally:
         await deliverer.stop()
+
+
+async def test_redis_away_is_ridden_out_and_said_once(
+    jobs: MemoryStore, receiver: Receiver, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliveries = RedisDeliveries(own_redis.url, prefix=unique_prefix())
+    await deliveries.start()
+    job_id = await ended_job(jobs)
+    await deliveries.add(new_delivery(job_id, receiver.url, "", 0.0))
+    own_redis.stop()  # its append-only file keeps the entry
+    targets = WebhookTargets(secret=KEY, allow_private=True)
+    deliverer = Deliverer(jobs, deliveries, targets, DeliveryPolicy(poll=0.05))
+    caplog.set_level(logging.INFO, logger="llm_worker.running.webhooks")
+    deliverer.start()
+    try:
+        await asyncio.sleep(1.0)  # some twenty rounds fail meanwhile
+        own_redis.start()
+        (delivery,) = await receiver.wait_for(1)
+        assert b'"type":"job.done"' in delivery.body
+        for _ in range(100):
+            entry = await deliveries.get(job_id)
+            if entry is not None and entry.state == "delivered":
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # the round that delivered it has returned
+    finally:
+        await deliverer.stop()
+        await deliveries.close()
+    assert entry is not None and (entry.state, entry.attempts) == ("delivered", 1)
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("webhooks: a round of deliveries failed; trying again") == 1
+    assert "webhooks: deliveries go on" in said

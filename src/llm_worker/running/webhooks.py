@@ -150,12 +150,20 @@ class Deliverer:
         await self._http.aclose()
 
     async def _deliver_forever(self) -> None:
+        failing = False
         while not cancel_requested():
             handled = 0
             try:
                 handled = await self.round()
             except Exception:
-                log.exception("webhooks: a round of deliveries failed; trying again")
+                # Once per spell of failures (a store away): not twice a second.
+                if not failing:
+                    log.exception("webhooks: a round of deliveries failed; trying again")
+                failing = True
+            else:
+                if failing:
+                    log.info("webhooks: deliveries go on")
+                failing = False
             if handled < self.policy.batch:  # a full batch: more may be due at once
                 await asyncio.sleep(self.policy.poll)
 
