@@ -175,6 +175,7 @@ async def test_cancelled_and_failed_jobs_are_told_too(
     ("webhook", "why"),
     [
         ("ftp://example.com/", "http:// or https://"),
+        ("", "http:// or https://"),
         (5, "as a string"),
         ("https://" + "a" * 3000 + ".com/", "at most 2048"),
         ("http://127.0.0.1:9/hook", "loopback"),
@@ -216,6 +217,12 @@ async def test_the_full_protocol_names_a_webhook_and_the_seed_s_is_ignored(
         await full.send({"type": "status", "job_id": job_id})
         shown = await full.expect("status")
         assert shown["webhook"]["url"] == receiver.url
+        bad = {"query": "q", "assistant": assistant(), "webhook": "ftp://example.com/"}
+        await full.send({"type": "add", "id": "bad", **bad})
+        refused = await full.expect("error")
+        assert (refused["code"], refused["ref"]) == ("invalid_job", "bad")
+        assert "http:// or https://" in refused["message"]
+        await full.run(query="still served", assistant=assistant())
     async with WSClient(worker.ws_url, seed=True) as seed:
         # A seed client's stray field, even one the full protocol would refuse: ignored.
         await seed.run(query="seed", assistant=assistant(), webhook=5)

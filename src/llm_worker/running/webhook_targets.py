@@ -52,7 +52,7 @@ class WebhookTargets:
 
     def url_for(self, tenant: str, given: str | None) -> str | None:
         """The webhook of a new job of ``tenant``: the one it names, else a default."""
-        return given or self.tenants(tenant).url or self.default_url
+        return given if given is not None else self.tenants(tenant).url or self.default_url
 
     def key_for(self, tenant: str) -> bytes | None:
         """The key ``tenant``'s webhooks are signed with; ``None`` if it has none."""
