@@ -64,8 +64,14 @@ class SQLiteDeliveries(DeliveryStore):
 
     async def close(self) -> None:
         if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.to_thread(db.close)
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        # After the statement a cancelled call left running in its thread, if any.
+        with self._lock:
+            if self._db is not None:
+                db, self._db = self._db, None
+                db.close()
 
     async def _run(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return await asyncio.to_thread(self._execute, [(sql, params)])
