@@ -5,6 +5,7 @@ adds race with it and on however many gateways; the model is called once."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,22 @@ async def test_a_key_outlives_a_kill_on_sqlite(upstream: OpenAIServer, tmp_path:
             assert frames[-1]["type"] == "done"
             assert (await post(http, job("other"), "crash-key")).status_code == 409
     assert len(upstream.chat_requests) == 1
+
+
+async def test_another_webhook_with_the_same_key_is_another_request(
+    start_worker: StartWorker,
+) -> None:
+    """A job's webhook is kept beside its spec, and is part of what was asked: a retry
+    naming another is refused, one naming the same is the first job."""
+    secret = "whsec_" + base64.b64encode(b"idempotency-test-secret-32bytes!").decode()
+    worker = await start_worker(webhook_secret=secret, webhook_allow_private_targets=True)
+    hook = {"webhook": "http://127.0.0.1:9/first"}
+    async with httpx.AsyncClient(base_url=worker.http_url, timeout=30) as http:
+        first = await post(http, job() | hook, "hooked")
+        assert first.status_code == 201
+        again = await post(http, job() | hook, "hooked")
+        assert again.headers["idempotent-replayed"] == "true"
+        other = await post(http, job() | {"webhook": "http://127.0.0.1:9/other"}, "hooked")
+        assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
+        none = await post(http, job(), "hooked")
+        assert none.status_code == 409

@@ -261,7 +261,7 @@ class Gateway:
             raise Refused(f"invalid assistant template: {exc}", errors.INVALID_JOB) from None
         url = await self._webhook_of(principal.tenant, webhook)
         window = self.limits.idempotency_window_seconds
-        record = await idempotent.submit(self.store, spec, principal.tenant, once, window)
+        record = await idempotent.submit(self.store, spec, principal.tenant, once, window, url)
         if once is not None and once.replayed:  # the first add did the rest
             return record, self._listen_token(record)
         if url is not None and self.webhooks is not None:

@@ -48,16 +48,26 @@ def idempotent_add(key: object, where: str = "Idempotency-Key") -> IdempotentAdd
 
 
 async def submit(
-    store: JobStore, spec: JobSpec, tenant: str, once: IdempotentAdd | None, window: float
+    store: JobStore,
+    spec: JobSpec,
+    tenant: str,
+    once: IdempotentAdd | None,
+    window: float,
+    webhook: str | None = None,
 ) -> JobRecord:
     """The job ``spec`` makes for ``tenant``: added once per key within ``window``
-    seconds when ``once`` names one (which then says whether it was a replay)."""
+    seconds when ``once`` names one (which then says whether it was a replay). Where
+    the job reports its end (``webhook``, kept beside its spec) is part of the request:
+    the same key with another webhook is another request."""
     if once is None:
         return await store.submit(spec, tenant)
     try:
-        digest = request_digest(spec_json(spec))
+        text = spec_json(spec)
     except ValueError as exc:
         raise Unstorable(str(exc)) from None
+    if webhook is not None:
+        text += b"\0webhook " + webhook.encode()
+    digest = request_digest(text)
     submitted = await store.submit_once(spec, tenant, IdempotencyKey(once.key, digest, window))
     once.replayed = submitted.replayed
     return submitted.record
