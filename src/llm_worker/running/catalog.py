@@ -327,9 +327,10 @@ def pinned_to(provider: Provider, model: str) -> bool:
     ``model``: a pinned local provider) and ``model`` names it: a request for it is then
     sent without a model setting."""
     schema = provider.settings_schema()
-    takes_model = "model" in (schema.get("properties") or {}) or schema.get(
-        "additionalProperties", True
-    ) is not False
+    takes_model = (
+        "model" in (schema.get("properties") or {})
+        or schema.get("additionalProperties", True) is not False
+    )
     return not takes_model and model in provider_models(provider)
 
 
