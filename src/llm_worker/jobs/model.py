@@ -118,6 +118,9 @@ class JobSpec(BaseModel):
     query: str
     history: list[ChatMessage] = Field(default_factory=list)
     variables: dict[str, str] = Field(default_factory=dict)
+    run_at: float | None = None
+    """When the job may start (``time.time()``'s), ``None`` at once: it is scheduled
+    until then (:mod:`.schedule`)."""
     keep_request: bool = False
     """Keep this request with the job's record for its TTL (:meth:`JobStore.request`),
     not only until it ends: for a door that serves it back later (the Responses API's
@@ -138,6 +141,14 @@ class JobRecord:
     finished_at: float | None = None
     tenant: str = ""
     """Whose job it is: only that tenant's connections can see it ("" without keys)."""
+    run_at: float | None = None
+    """When the job may start, if it was scheduled (its request's ``run_at``)."""
+
+    def shown_state(self, now: float) -> str:
+        """The state a client is shown: ``scheduled`` for a waiting job not yet due."""
+        if self.state is JobState.PENDING and self.run_at is not None and self.run_at > now:
+            return "scheduled"
+        return self.state.value
 
 
 def has_text(events: list[Event]) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +20,7 @@ from starlette.requests import HTTPConnection
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 
+from llm_worker.jobs import schedule
 from llm_worker.jobs.model import JobRecord, JobSpec, JobState, output_of
 from llm_worker.jobs.templates import TemplateError
 from llm_worker.ops.logs import about
@@ -243,9 +245,12 @@ class Gateway:
         spec: JobSpec,
         webhook: object = None,
         once: idempotent.IdempotentAdd | None = None,
+        run_at: object = None,
+        delay: object = None,
     ) -> tuple[JobRecord, str | None]:
         """Queue a job after checking it; the job and, with keys, its listen token. With
         ``once``, the job of its idempotency key if an add of it made one (a replay).
+        With ``run_at`` or ``delay``, scheduled (:mod:`llm_worker.jobs.schedule`).
 
         :class:`Refused` for a request the gateway will not queue, the store's
         :class:`StoreError` for one it cannot."""
@@ -253,6 +258,7 @@ class Gateway:
             raise Refused(LISTEN_ONLY, errors.LISTEN_ONLY)
         if self.draining:
             raise Refused(SHUTTING_DOWN, errors.SHUTTING_DOWN)
+        spec = _scheduled(spec, run_at, delay)
         try:
             self.runner.check(spec)
         except RequestRefused as exc:
@@ -329,7 +335,7 @@ class Gateway:
         shown = None
         if webhook and self.webhooks is not None:
             shown = await self.webhooks.shown(record.id)
-        return protocol.status(record, position, output_of(events), summary, shown)
+        return protocol.status(record, position, output_of(events), summary, shown, time.time())
 
     async def recent_jobs(
         self,
@@ -460,3 +466,13 @@ def _unhealthy(code: str, status: str, message: str) -> JSONResponse:
     """A failing ``/healthz``: the error shape, with the ``status`` a probe reads."""
     body = {"type": "error", "code": code, "message": message, "status": status}
     return JSONResponse(body, status_code=errors.CODES[code])
+
+
+def _scheduled(spec: JobSpec, run_at: object, delay: object) -> JobSpec:
+    """``spec`` with the time it may start, if the add gave one (checked: refused if
+    it is no time, or too far ahead)."""
+    try:
+        start = schedule.start_time(run_at, delay, time.time())
+    except schedule.BadSchedule as exc:
+        raise Refused(str(exc), errors.INVALID_JOB) from None
+    return spec if start is None else spec.model_copy(update={"run_at": start})

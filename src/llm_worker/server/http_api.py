@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -114,11 +115,11 @@ class JobsAPI:
             in_body = idempotent_add(add.idempotency_key, "idempotency_key")
             once = idempotent_add(request.headers.get(IDEMPOTENCY_HEADER)) or in_body
             record, token = await self.gateway.add_job(
-                principal, add.to_spec(), add.webhook, once=once
+                principal, add.to_spec(), add.webhook, once=once, run_at=add.run_at, delay=add.delay
             )
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
-        reply: dict[str, Any] = {"job_id": record.id, "state": record.state.value}
+        reply: dict[str, Any] = {"job_id": record.id, "state": record.shown_state(time.time())}
         if token is not None:
             reply["listen_token"] = token
         headers = {"location": f"/v1/jobs/{record.id}"}
@@ -321,7 +322,7 @@ def _summary(record: JobRecord) -> dict[str, Any]:
     """A job as a listing shows it."""
     return {
         "job_id": record.id,
-        "state": record.state.value,
+        "state": record.shown_state(time.time()),
         "created_at": record.created_at,
         "finished_at": record.finished_at,
         "attempt": record.attempt,

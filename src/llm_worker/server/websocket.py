@@ -219,8 +219,14 @@ class Connection:
             once = None
             if self.dialect is not Dialect.SEED:
                 once = idempotent_add(request.idempotency_key, "idempotency_key")
+            seed = self.dialect is Dialect.SEED  # a seed client's stray fields change nothing
             record, token = await self.gateway.add_job(
-                self.principal, request.to_spec(), webhook, once=once
+                self.principal,
+                request.to_spec(),
+                webhook,
+                once=once,
+                run_at=None if seed else request.run_at,
+                delay=None if seed else request.delay,
             )
         except Refused as exc:
             await self.refuse("add", request.id, exc.message, exc.code)

@@ -92,8 +92,8 @@ class MemoryStore(JobStore):
         self._kept = KeptJobs(job_ttl, clock, tombstone_ttl, self.journal)
         self._jobs = self._kept.by_id
         """Every job by id, for the workers' calls (clients see :meth:`.KeptJobs.visible`)."""
-        self._queue = JobQueue(self.limits)
         self._tickets = itertools.count(1)
+        self._queue = JobQueue(self.limits, clock, lambda: next(self._tickets))
         self._rates = AddRates(clock)
         self._once = OnceKeys(clock, self.journal, self._new_job, self._queued)
         self._sweeper: asyncio.Task[None] | None = None
@@ -149,9 +149,8 @@ class MemoryStore(JobStore):
             wait = self._rates.take(tenant, limits.adds_per_minute)
             if wait:
                 raise RateLimited(tenant, limits.adds_per_minute, wait)
-        record = JobRecord(
-            id=str(uuid.uuid4()), state=JobState.PENDING, created_at=self._clock(), tenant=tenant
-        )
+        record = JobRecord(str(uuid.uuid4()), JobState.PENDING, self._clock(), tenant=tenant)
+        record.run_at = spec.run_at
         job = StoredJob(record, text, next(self._tickets))
         self.journal.add_job(record, text, job.ticket)
         self._kept.add(job)
@@ -229,7 +228,7 @@ class MemoryStore(JobStore):
         await self._queue.moved()
 
     async def stats(self) -> StoreStats:
-        return StoreStats(pending=len(self._queue), running=self._queue.running)
+        return StoreStats(pending=self._queue.ready, running=self._queue.running)
 
     async def _recent(self, query: ListingQuery) -> list[JobRecord]:
         # Every job this store knows is in memory (the SQLite store too: it restores

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
+
 from llm_worker.jobs.model import JobRecord
 from llm_worker.store.eventlog import EventLog
 from llm_worker.store.journal import Restored
@@ -46,6 +48,9 @@ class StoredJob:
     def restored(cls, kept: Restored) -> StoredJob:
         """The job as the journal kept it: saved, its log shown."""
         job = cls(kept.record, kept.spec, kept.ticket)
+        if not kept.record.state.finished and kept.spec and b'"run_at":null' not in kept.spec:
+            # A scheduled job: its time is in its request (the journal keeps no more).
+            kept.record.run_at = orjson.loads(kept.spec).get("run_at")
         job.saved = True
         job.reset_after = kept.reset_after
         for event in kept.events:

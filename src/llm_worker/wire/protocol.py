@@ -27,6 +27,7 @@ from pydantic import (
 
 from llm_worker.jobs.messages import CONTENT_TAGS, PART_TYPES, ChatMessage
 from llm_worker.jobs.model import JobRecord, JobSpec
+from llm_worker.jobs.schedule import rfc3339
 from llm_worker.jobs.templates import Assistant, text_value
 from llm_worker.wire import errors
 
@@ -90,6 +91,10 @@ class AddRequest(_Request):
     webhook: Any = None
     """Where to report the job's end (full protocol; checked by the gateway, so that a
     seed client's stray field changes nothing)."""
+    run_at: Any = None
+    """When the job may start, an RFC 3339 time; or ``delay``, in seconds from now (the
+    full protocol's; checked by the gateway, as ``webhook`` is)."""
+    delay: Any = None
 
     def to_spec(self) -> JobSpec:
         return JobSpec(
@@ -322,10 +327,15 @@ def status(
     output: str,
     summary: dict[str, Any] | None = None,
     webhook: dict[str, Any] | None = None,
+    now: float = 0.0,
 ) -> str:
     """The ``status`` reply; ``summary`` is what its ``done`` said (usage, finish_reason),
-    ``webhook`` how the delivery of its webhook goes (the full protocol's)."""
-    body: dict[str, Any] = {"type": "status", "job_id": record.id, "state": record.state.value}
+    ``webhook`` how the delivery of its webhook goes (the full protocol's). A job
+    scheduled (by ``now``) is shown ``scheduled``, with its ``run_at``."""
+    state = record.shown_state(now)
+    body: dict[str, Any] = {"type": "status", "job_id": record.id, "state": state}
+    if state == "scheduled":
+        body["run_at"] = rfc3339(record.run_at or 0.0)
     if position is not None:
         body["position"] = position
     body["output"] = output

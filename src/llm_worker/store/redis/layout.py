@@ -6,6 +6,8 @@ so each Lua script touches one slot):
 
 ``P:{queue}:jobs``      stream, one entry per queued job; consumer group ``workers``
 ``P:{queue}:pending``   sorted set of waiting job ids by ticket: positions
+``P:{queue}:scheduled`` sorted set of scheduled job ids by the time (ms) each is due:
+                        out of the stream until then (:mod:`.schedule`)
 ``P:{queue}:tickets``   counter: the order of submission
 ``P:{queue}:counts``    hash: bytes of waiting requests; per tenant ``q:T`` its waiting
                         jobs; per waiting job ``of:ID`` its tenant and size
@@ -56,6 +58,7 @@ class Keys:
         "pending_key",
         "prefix",
         "recent_key",
+        "scheduled_key",
         "tickets_key",
         "wake_channel",
         "workers_key",
@@ -65,6 +68,7 @@ class Keys:
         self.prefix = prefix
         self.jobs_key = f"{prefix}:{{queue}}:jobs"
         self.pending_key = f"{prefix}:{{queue}}:pending"
+        self.scheduled_key = f"{prefix}:{{queue}}:scheduled"
         self.tickets_key = f"{prefix}:{{queue}}:tickets"
         self.counts_key = f"{prefix}:{{queue}}:counts"
         self.recent_key = f"{prefix}:{{queue}}:recent"

@@ -19,7 +19,8 @@ from llm_worker.store.redis.connection import Connection
 from llm_worker.store.redis.idempotency import SUBMIT_ONCE, once_args
 from llm_worker.store.redis.layout import GROUP
 from llm_worker.store.redis.limits import FAST_TRY_SECONDS
-from llm_worker.store.redis.scripts import CANCEL, DEQUEUE, KEEP, RECORD, SUBMIT
+from llm_worker.store.redis.schedule import UNQUEUE, run_at_ms
+from llm_worker.store.redis.scripts import CANCEL, KEEP, RECORD, SUBMIT
 
 
 def dequeue_args(conn: Connection, job_id: str) -> dict[str, Any]:
@@ -58,11 +59,17 @@ class JobQueue:
         self.tombstone_ms = tombstone_ms
 
     async def add(
-        self, spec_text: str, tenant: str, limits: TenantLimits, once: IdempotencyKey | None = None
+        self,
+        spec_text: str,
+        tenant: str,
+        limits: TenantLimits,
+        once: IdempotencyKey | None = None,
+        run_at: float | None = None,
     ) -> JobRecord | FirstJob:
         """A new job, queued; :class:`QueueFull` if the queue, the tenant's share of
         it or its bytes are full. With ``once``, the job of that idempotency key of the
-        tenant instead, if it has one (:mod:`.idempotency`)."""
+        tenant instead, if it has one (:mod:`.idempotency`). With a ``run_at`` ahead,
+        scheduled (:mod:`.schedule`)."""
         reach = self._conn.reach
         job_id = str(uuid.uuid4())
         now = time.time()
@@ -78,6 +85,8 @@ class JobQueue:
             "size": len(spec_text),
             "created_at": repr(now),
         }
+        if run_at is not None:
+            fields["run_at"] = repr(run_at)
         # The record expires unless the submit below goes through. Fast when Redis is
         # known to be away: the client is told at once.
         await reach.unless_away(
@@ -96,7 +105,9 @@ class JobQueue:
             "tickets_key": self._keys.tickets_key,
             "counts_key": self._keys.counts_key,
             "recent_key": self._keys.recent_key,
+            "scheduled_key": self._keys.scheduled_key,
             "job_id": job_id,
+            "run_at_ms": run_at_ms(run_at),
             "queue_max": self.queue_max,
             "tenant": tenant,
             "tenant_max": -1 if max_queued is None else max_queued,
@@ -126,7 +137,7 @@ class JobQueue:
         )
         if not kept:  # Redis was away for longer than the record's TTL
             raise StoreUnavailable("the job store (Redis) lost the job while adding it")
-        return JobRecord(id=job_id, state=JobState.PENDING, created_at=now, tenant=tenant)
+        return JobRecord(job_id, JobState.PENDING, now, tenant=tenant, run_at=run_at)
 
     def _full(self, what: str, tenant: str, tenant_max: int) -> QueueFull:
         if what == "tenant":
@@ -155,8 +166,12 @@ class JobQueue:
         if before in (JobState.PENDING, JobState.RUNNING):
             await reach.for_client(lambda: self._conn.announce([[job_id, 0]]))
         if before in (JobState.PENDING, JobState.CANCELLED):
-            await reach.for_client(
-                lambda: self._conn.run(DEQUEUE, **dequeue_args(self._conn, job_id))
+            await reach.for_client(  # a scheduled job too
+                lambda: self._conn.run(
+                    UNQUEUE,
+                    **dequeue_args(self._conn, job_id),
+                    scheduled_key=self._keys.scheduled_key,
+                )
             )
         elif before is JobState.RUNNING:
             await reach.for_client(lambda: self._conn.publish(self._keys.cancel_channel, job_id))

@@ -14,7 +14,7 @@ from llm_worker.store.base import UnknownJob
 from llm_worker.store.redis.connection import Connection
 from llm_worker.store.redis.layout import decoded
 
-_RECORD_FIELDS = ("state", "created_at", "attempt", "error", "finished_at", "tenant")
+_RECORD_FIELDS = ("state", "created_at", "attempt", "error", "finished_at", "tenant", "run_at")
 
 
 def job_record(job_id: str, fields: dict[str, str]) -> JobRecord:
@@ -28,6 +28,7 @@ def job_record(job_id: str, fields: dict[str, str]) -> JobRecord:
         error=fields.get("error"),
         finished_at=float(finished_at) if finished_at else None,
         tenant=fields.get("tenant", ""),
+        run_at=float(fields["run_at"]) if fields.get("run_at") else None,
     )
 
 

@@ -171,9 +171,10 @@ def _entries(reply: Sequence[Any]) -> set[str]:
 
 SUBMIT = Script(
     "submit",
-    keys=("jobs_key", "pending_key", "tickets_key", "counts_key", "recent_key"),
+    keys=("jobs_key", "pending_key", "tickets_key", "counts_key", "recent_key", "scheduled_key"),
     args=(
         "job_id",
+        "run_at_ms",
         "queue_max",
         "tenant",
         "tenant_max",
@@ -188,8 +189,8 @@ SUBMIT = Script(
     # the queue, the tenant's share of it (tenant_max -1: no share) or its bytes are
     # full. A queued job joins the index of recent jobs; a refused one never does.
     body="""
-local queued = redis.call('ZSCORE', pending_key, job_id)
-if queued then return tonumber(queued) end
+local q = redis.call('ZSCORE', pending_key, job_id) or redis.call('ZSCORE', scheduled_key, job_id)
+if q then return tonumber(q) end
 if redis.call('ZCARD', pending_key) >= tonumber(queue_max) then return -1 end
 local share = tonumber(tenant_max)
 if share >= 0 and tonumber(redis.call('HGET', counts_key, 'q:' .. tenant) or 0) >= share
@@ -199,13 +200,14 @@ if tonumber(redis.call('HGET', counts_key, 'bytes') or 0) + bytes > tonumber(max
   return -4
 end
 local ticket = redis.call('INCR', tickets_key)
-redis.call('XADD', jobs_key, '*', 'job', job_id, 'tenant', tenant)
-redis.call('ZADD', pending_key, ticket, job_id)
+if tonumber(run_at_ms) > 0 then redis.call('ZADD', scheduled_key, run_at_ms, job_id) else
+  redis.call('XADD', jobs_key, '*', 'job', job_id, 'tenant', tenant)
+  redis.call('ZADD', pending_key, ticket, job_id) end
 redis.call('HINCRBY', counts_key, 'q:' .. tenant, 1)
 redis.call('HINCRBY', counts_key, 'bytes', bytes)
 redis.call('HSET', counts_key, 'of:' .. job_id, tenant .. ' ' .. bytes)
 redis.call('ZADD', recent_key, created_at, job_id)
-redis.call(publish, wake_channel, '')
+redis.call(publish, wake_channel, run_at_ms)
 return ticket
 """,
 )

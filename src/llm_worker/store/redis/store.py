@@ -59,6 +59,7 @@ from llm_worker.store.redis.presence import Presence
 from llm_worker.store.redis.queue import JobQueue
 from llm_worker.store.redis.reachability import Reachability
 from llm_worker.store.redis.records import JobRecords
+from llm_worker.store.redis.schedule import Scheduler, run_at_ms
 from llm_worker.store.tombstones import DEFAULT_TOMBSTONE_SECONDS, Tombstone
 from llm_worker.store.waiters import Waiters
 
@@ -122,6 +123,7 @@ class RedisStore(JobStore):
         )
         self._gates, self._claims, self._outbox, self._presence = self._worker_side(limits)
         self._records, self._listing, self._mirrors = self._gateway_side()
+        self._scheduler = Scheduler(self._conn)
 
     def _worker_side(
         self, limits: Callable[[str], TenantLimits] | None
@@ -185,6 +187,7 @@ class RedisStore(JobStore):
         self._tasks += [
             asyncio.create_task(self._claims.heartbeat_forever(), name="redis-heartbeat"),
             asyncio.create_task(self._mirrors.poll_forever(), name="redis-feed-poll"),
+            asyncio.create_task(self._scheduler.run_forever(), name="redis-scheduled-jobs"),
         ]
         if self.follows:  # gateways add to the index of recent jobs: they trim it too
             self._tasks.append(
@@ -235,8 +238,9 @@ class RedisStore(JobStore):
         except ValueError as exc:
             raise Unstorable(str(exc)) from None
         await self._gates.take_add(tenant)
-        record = await self._queue.add(text, tenant, self.limits(tenant))
+        record = await self._queue.add(text, tenant, self.limits(tenant), run_at=spec.run_at)
         assert isinstance(record, JobRecord)
+        self._scheduler.heard(str(run_at_ms(record.run_at)))
         return record
 
     async def submit_once(self, spec: JobSpec, tenant: str, key: IdempotencyKey) -> Submitted:
@@ -248,8 +252,9 @@ class RedisStore(JobStore):
         found = await first_job(self._conn, tenant, key.key)
         if found is None:
             await self._gates.take_add(tenant)
-            made = await self._queue.add(text, tenant, self.limits(tenant), key)
+            made = await self._queue.add(text, tenant, self.limits(tenant), key, spec.run_at)
             if isinstance(made, JobRecord):
+                self._scheduler.heard(str(run_at_ms(made.run_at)))
                 return Submitted(made, replayed=False)
             found = made
         if not found.matches(key):
@@ -318,6 +323,7 @@ class RedisStore(JobStore):
             self._claims.cancelled(decoded(data))
         elif channel == self.keys.wake_channel:
             self._claims.woke()
+            self._scheduler.heard(data)
         elif channel == self.keys.events_channel:
             self._mirrors.apply_notice(data)
 
@@ -327,6 +333,7 @@ class RedisStore(JobStore):
         self._reach.came_back()
         self._mirrors.check_soon()
         self._queue_waiters.wake(None)
+        self._scheduler.lost_notices()
         if self._claims.held:
             self._background.spawn(self._claims.check_held(), name="check-held-jobs")
 
