@@ -1,4 +1,4 @@
-"""A scheduled job outlives its worker: ``kill -9`` while it waits (``delay: 3``), the
+"""A scheduled job outlives its worker: ``kill -9`` while it waits (``delay: 4``), the
 worker started again on the same store runs it once it is due, not before; on SQLite
 and on Redis."""
 
@@ -47,7 +47,7 @@ async def test_a_delayed_job_survives_a_kill(
         url = f"http://127.0.0.1:{started[-1].port}"
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             posted_at = time.monotonic()
-            body = {"query": "q", "assistant": assistant(), "delay": 3}
+            body = {"query": "q", "assistant": assistant(), "delay": 4}
             created = await http.post("/v1/jobs", json=body)
             assert created.status_code == 201, created.text
             job_id = created.json()["job_id"]
@@ -58,9 +58,9 @@ async def test_a_delayed_job_survives_a_kill(
         url = f"http://127.0.0.1:{started[-1].port}"
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             status = (await http.get(f"/v1/jobs/{job_id}")).json()
-            assert time.monotonic() - posted_at < 2.8, "restarted too late to tell"
+            assert time.monotonic() - posted_at < 3.8, "restarted too late to tell"
             assert status["state"] == "scheduled"
             frames = [event["data"] for event in await all_events(http, job_id)]
             assert text_of(frames) == "".join(TOKENS)
     assert len(calls) == 1
-    assert 2.9 <= calls[0] - posted_at < 7.0, calls[0] - posted_at
+    assert 3.9 <= calls[0] - posted_at < 8.0, calls[0] - posted_at

@@ -11,8 +11,12 @@ import math
 from datetime import UTC, datetime
 
 MAX_DELAY_SECONDS = 30 * 24 * 3600.0
-"""How far ahead a job may be scheduled (30 days), by ``delay`` or by ``run_at``:
-further, and a mistake (milliseconds taken for seconds) is far likelier than a plan."""
+"""How far ahead a ``delay`` may go (30 days): further, and a mistake (milliseconds
+taken for seconds) is far likelier than a plan."""
+
+
+RUN_AT_MAX_LENGTH = 40
+"""The longest ``run_at`` read (an RFC 3339 time with nanoseconds is 35 characters)."""
 
 
 class BadSchedule(ValueError):
@@ -22,9 +26,10 @@ class BadSchedule(ValueError):
 def start_time(run_at: object, delay: object, now: float) -> float | None:
     """The time (``time.time()``'s) the job may start, ``None`` for at once.
 
-    ``run_at`` is an RFC 3339 date-time with its offset (``2026-12-08T09:30:00Z``);
-    ``delay``, seconds from ``now`` (0 to :data:`MAX_DELAY_SECONDS`). One or the other,
-    not both. A ``run_at`` already past is at once.
+    ``run_at`` is an RFC 3339 date-time with its offset (``2026-12-08T09:30:00Z``),
+    however far ahead (a date is a plan: it is taken as given); ``delay``, seconds
+    from ``now`` (0 to :data:`MAX_DELAY_SECONDS`). One or the other, not both; ``None``
+    is neither. A ``run_at`` already past is at once.
     """
     if run_at is not None and delay is not None:
         raise BadSchedule("give run_at or delay, not both")
@@ -37,8 +42,6 @@ def start_time(run_at: object, delay: object, now: float) -> float | None:
     if run_at is None:
         return None
     when = _rfc3339(run_at)
-    if when - now > MAX_DELAY_SECONDS:
-        raise BadSchedule("run_at: at most 30 days ahead")
     return when if when > now else None
 
 
@@ -46,7 +49,7 @@ def _rfc3339(value: object) -> float:
     """An RFC 3339 date-time as seconds since the epoch; :class:`BadSchedule` for
     anything else (a time without its offset is ambiguous: refused)."""
     problem = BadSchedule("run_at: an RFC 3339 date-time with its offset, as 2026-12-08T09:30:00Z")
-    if not isinstance(value, str) or len(value) > 40 or "T" not in value.upper():
+    if not isinstance(value, str) or len(value) > RUN_AT_MAX_LENGTH or "T" not in value.upper():
         raise problem
     try:
         parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))

@@ -101,7 +101,7 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "llm_worker_queue_wait_seconds",
-            "From a job's add to its start by a worker.",
+            "From a job's add (a scheduled job's time) to its start by a worker.",
             buckets=DURATION_BUCKETS,
             registry=r,
         )

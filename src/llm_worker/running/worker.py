@@ -168,7 +168,9 @@ class Worker:
         stop_watching = store.on_cancel(job_id, on_cancel)
         started = time.perf_counter()
         if attempt == 1 and claim.created_at:
-            self.metrics.queue_wait.observe(max(time.time() - claim.created_at, 0.0))
+            # A scheduled job waits in the queue from its time on, not from its add.
+            queued_at = max(claim.created_at, claim.spec.run_at or 0.0)
+            self.metrics.queue_wait.observe(max(time.time() - queued_at, 0.0))
         outcome: str | None = None
         log.debug("job %s started (attempt %d)", job_id, attempt)
         start = _StartEvent(store.append(job_id, attempt, EventKind.RUNNING))

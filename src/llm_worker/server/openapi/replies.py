@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_worker.server.openapi.requests import STATES, ref
+from llm_worker.server.openapi.requests import SHOWN_STATES, ref
 from llm_worker.wire import errors
 
 _COUNT = {"type": ["integer", "null"], "minimum": 0}
@@ -148,7 +148,7 @@ RESOURCE_SCHEMAS: dict[str, Any] = {
         "required": ["job_id", "state"],
         "properties": {
             "job_id": {"type": "string"},
-            "state": {"type": "string", "enum": STATES},
+            "state": {"type": "string", "enum": SHOWN_STATES},
             "listen_token": {
                 "type": "string",
                 "description": "With API keys only: lets whoever holds it follow "
@@ -162,8 +162,13 @@ RESOURCE_SCHEMAS: dict[str, Any] = {
         "properties": {
             "type": {"const": "status"},
             "job_id": {"type": "string"},
-            "state": {"type": "string", "enum": STATES},
+            "state": {"type": "string", "enum": SHOWN_STATES},
             "position": {"type": "integer", "minimum": 1, "description": "If pending."},
+            "run_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "If scheduled: when it may start (UTC).",
+            },
             "output": {"type": "string", "description": "The text so far."},
             "error": {"type": "string", "description": "Why it failed, if it did."},
             **_SUMMARY,
@@ -204,7 +209,7 @@ RESOURCE_SCHEMAS: dict[str, Any] = {
         ],
         "properties": {
             "job_id": {"type": "string"},
-            "state": {"type": "string", "enum": STATES},
+            "state": {"type": "string", "enum": SHOWN_STATES},
             "created_at": {"type": "number", "description": "Unix time, seconds."},
             "finished_at": {
                 "type": ["number", "null"],

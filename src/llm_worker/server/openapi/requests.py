@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llm_worker.jobs.messages import ChatMessage
+from llm_worker.jobs.schedule import MAX_DELAY_SECONDS, RUN_AT_MAX_LENGTH
 from llm_worker.jobs.templates import BUILTIN_PLACEHOLDERS, MAX_FALLBACKS, QUERY
 from llm_worker.server import idempotent
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
 
 _REF = "#/components/schemas/{model}"
 STATES = ["pending", "running", "done", "failed", "cancelled"]
+SHOWN_STATES = ["scheduled", *STATES]
+"""The states a job is shown in: ``scheduled`` is a waiting job not due yet."""
 # The most digits of a seq the server reads (http_api.SEQ_DIGITS).
 SEQ_DIGITS = 18
 LISTING_MAX = 500
@@ -209,6 +212,24 @@ _WEBHOOK = {
 }
 
 
+_SCHEDULE = {
+    "delay": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "maximum": MAX_DELAY_SECONDS,
+        "description": "Seconds from now: the job is `scheduled` until then "
+        "(docs/scheduling.md). Not with run_at.",
+    },
+    "run_at": {
+        "type": ["string", "null"],
+        "format": "date-time",
+        "maxLength": RUN_AT_MAX_LENGTH,
+        "description": "When the job may start (RFC 3339, with its offset; one past is "
+        "now): it is `scheduled` until then (docs/scheduling.md). Not with delay.",
+    },
+}
+
+
 def job_schemas(runner: Runner, webhooks: bool = False) -> dict[str, Any]:
     """The schemas of a job's request; ``webhooks``: whether this deployment sends them
     (a ``WEBHOOK_SECRET``), else a job may not name one."""
@@ -248,6 +269,11 @@ def job_schemas(runner: Runner, webhooks: bool = False) -> dict[str, Any]:
                 "are the worker's.",
             },
             "webhook": _WEBHOOK if webhooks else False,
+            **_SCHEDULE,
+        },
+        "not": {
+            "required": ["run_at", "delay"],
+            "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}},
         },
         "description": "A job: what a WebSocket `add` carries, without `type` and `id`.",
     }
