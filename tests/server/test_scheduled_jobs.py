@@ -91,6 +91,24 @@ async def test_a_scheduled_job_cancelled_before_it_starts_never_runs(
     assert len(model_calls) == 1
 
 
+async def test_an_idempotent_scheduled_add_answers_the_same_twice(
+    worker: RunningWorker, model_calls: list[float]
+) -> None:
+    body = job(run_at=rfc3339(1))
+    async with httpx.AsyncClient(base_url=worker.http_url, timeout=30) as http:
+        answers = [
+            await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "at-nine"})
+            for _ in range(2)
+        ]
+        assert [answer.status_code for answer in answers] == [201, 201]
+        assert answers[0].json() == answers[1].json()
+        assert answers[1].json()["state"] == "scheduled"
+        assert answers[1].headers["idempotent-replayed"] == "true"
+        frames = [event["data"] for event in await all_events(http, answers[0].json()["job_id"])]
+        assert text_of(frames) == "".join(TOKENS)
+    assert len(model_calls) == 1
+
+
 async def test_a_full_protocol_add_with_run_at(
     connect: ConnectClient, model_calls: list[float]
 ) -> None:

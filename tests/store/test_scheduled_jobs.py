@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from llm_worker.jobs.model import Assistant, JobSpec, JobState
+from llm_worker.jobs.model import Assistant, JobSpec, JobState, spec_json
 from llm_worker.store import JobStore
+from llm_worker.store.idempotency import IdempotencyKey, request_digest
 from llm_worker.store.limits import TenantLimits
 from tests.support.stores import (
     CONTRACT_STORE_KINDS,
@@ -96,6 +97,20 @@ async def test_a_claim_waits_for_the_earliest_scheduled_job(make_store: StoreFac
     assert claim is not None and claim.job_id == soon.id
     assert 0.5 <= waited < 1.6, waited
     assert (await store.stats()).pending == 0  # the one a month ahead does not wait to run
+
+
+async def test_a_scheduled_job_added_once_by_its_key(make_store: StoreFactory) -> None:
+    store = await make_store(queue_max=10, job_ttl=60)
+    spec = later(0.5)
+    key = IdempotencyKey("k", request_digest(spec_json(spec)), 60)
+    first = await store.submit_once(spec, "t", key)
+    again = await store.submit_once(spec, "t", key)
+    assert not first.replayed and again.replayed
+    assert again.record.id == first.record.id
+    assert await store.position(first.record.id) is None  # scheduled, not queued
+    claim = await store.claim(max_wait=3)
+    assert claim is not None and claim.job_id == first.record.id
+    assert await store.claim(max_wait=0.2) is None  # once
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -269,6 +269,7 @@ class Gateway:
         window = self.limits.idempotency_window_seconds
         record = await idempotent.submit(self.store, spec, principal.tenant, once, window, url)
         if once is not None and once.replayed:  # the first add did the rest
+            record.run_at = spec.run_at  # its time too: the same request (same digest)
             return record, self._listen_token(record)
         if url is not None and self.webhooks is not None:
             await self.webhooks.register(record.id, url, record.tenant)
