@@ -28,7 +28,7 @@ from llm_worker.config import ConfigError, Settings
 from llm_worker.jobs.model import output_of
 from llm_worker.ops.metrics import Metrics
 from llm_worker.running.webhook_targets import Target, TenantWebhook, WebhookTargets
-from llm_worker.store.base import JobStore
+from llm_worker.store.base import JobStore, StoreUnavailable
 from llm_worker.store.deliveries import Delivery, DeliveryStore
 from llm_worker.wire import webhooks
 from llm_worker.wire.events import summary_of
@@ -155,6 +155,10 @@ class Deliverer:
             handled = 0
             try:
                 handled = await self.round()
+            except StoreUnavailable as exc:  # a fault the store says: no traceback
+                if not failing:
+                    log.warning("webhooks: %s; deliveries wait for the store", exc)
+                failing = True
             except Exception:
                 # Once per spell of failures (a store away): not twice a second.
                 if not failing:

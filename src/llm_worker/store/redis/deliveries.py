@@ -14,12 +14,17 @@ A worker leases entries in one script (:data:`CLAIM`), which reads each as it le
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 
+from llm_worker.store.base import StoreUnavailable
 from llm_worker.store.deliveries import Delivery, DeliveryStore
+from llm_worker.store.redis.reachability import UNREACHABLE
+
+T = TypeVar("T")
 
 CLAIM = """
 local due, now, lease_until, limit = KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
@@ -71,16 +76,25 @@ class RedisDeliveries(DeliveryStore):
             await client.aclose()
 
     async def add(self, delivery: Delivery) -> None:
+        await _reaching(self._add(delivery))
+
+    async def _add(self, delivery: Delivery) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._entry + delivery.job_id, _dumps(delivery))
             pipe.zadd(self._due, {delivery.job_id: delivery.next_at or 0.0})
             await pipe.execute()
 
     async def get(self, job_id: str) -> Delivery | None:
+        return await _reaching(self._get(job_id))
+
+    async def _get(self, job_id: str) -> Delivery | None:
         raw = await self._redis.get(self._entry + job_id)
         return _loads(raw) if raw is not None else None
 
     async def claim(self, now: float, limit: int, lease: float) -> list[Delivery]:
+        return await _reaching(self._take(now, limit, lease))
+
+    async def _take(self, now: float, limit: int, lease: float) -> list[Delivery]:
         # The lease's end is its value, on the callers' clock; its expiry in Redis only
         # cleans up after a worker that died holding it.
         expiry_ms = int(max(lease, 1.0) * 2000)
@@ -92,6 +106,9 @@ class RedisDeliveries(DeliveryStore):
         return [entry for entry in taken if entry.open and (entry.next_at or 0.0) <= now]
 
     async def save(self, delivery: Delivery, keep: float) -> None:
+        await _reaching(self._save(delivery, keep))
+
+    async def _save(self, delivery: Delivery, keep: float) -> None:
         job_id = delivery.job_id
         async with self._redis.pipeline(transaction=True) as pipe:
             if delivery.open:
@@ -102,6 +119,16 @@ class RedisDeliveries(DeliveryStore):
                 pipe.zrem(self._due, job_id)
             pipe.delete(self._lease + job_id)
             await pipe.execute()
+
+
+async def _reaching(call: Awaitable[T]) -> T:
+    """``call``'s result; :class:`StoreUnavailable` when Redis cannot be reached (what
+    the store's other parts raise then: a 503 to a client, a quiet wait to the deliverer),
+    not redis-py's own errors."""
+    try:
+        return await call
+    except UNREACHABLE as exc:
+        raise StoreUnavailable(f"webhook deliveries: Redis is unreachable: {exc}") from exc
 
 
 def _dumps(delivery: Delivery) -> bytes:
