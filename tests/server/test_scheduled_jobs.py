@@ -142,6 +142,19 @@ async def test_a_seed_client_is_unaffected_by_the_fields(
     assert time.monotonic() - started < 10  # not 60 s later
 
 
+async def test_a_seed_listener_of_a_scheduled_job_just_waits(
+    connect: ConnectClient, worker: RunningWorker, model_calls: list[float]
+) -> None:
+    client = await connect()
+    job_id = await client.add(delay=1)
+    async with WSClient(worker.ws_url, seed=True) as seed:
+        await seed.send({"type": "listen", "job_id": job_id})
+        messages = await seed.job_messages(job_id)
+    assert {message["type"] for message in messages} <= {"running", "done"}
+    assert text_of(messages) == "".join(TOKENS)
+    assert len(model_calls) == 1
+
+
 @pytest.mark.parametrize("store_kind", ["memory"])
 @pytest.mark.parametrize(
     ("fields", "says"),
