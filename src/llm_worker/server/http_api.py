@@ -28,8 +28,8 @@ lost: 409 ``after_beyond_end`` (the request is sound, the job's state makes it
 wrong), saying where the log ends.
 
 ``POST /v1/jobs`` with ``Idempotency-Key`` adds its job once per key
-(:mod:`.idempotent`): a replay answers as the first add did, with
-``Idempotent-Replayed: true``.
+(:mod:`.idempotent`): a replay answers 201 naming the first add's job, its state as
+it stands now, with ``Idempotent-Replayed: true``.
 
 Errors are JSON, ``{"type": "error", "code": ..., "message": ...}``, with the
 WebSocket's messages, a stable ``code`` (:mod:`llm_worker.wire.errors`) and the status
@@ -117,6 +117,8 @@ class JobsAPI:
             record, token = await self.gateway.add_job(
                 principal, add.to_spec(), add.webhook, once=once, run_at=add.run_at, delay=add.delay
             )
+            if once is not None and once.replayed:  # the job as it stands now
+                record = await self.gateway.store.get(record.id) or record
         except (Refused, StoreError) as exc:
             return refusal_response(exc)
         reply: dict[str, Any] = {"job_id": record.id, "state": record.shown_state(time.time())}
