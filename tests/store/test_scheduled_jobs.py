@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from llm_worker.jobs.model import Assistant, JobSpec, JobState, spec_json
-from llm_worker.store import JobStore
+from llm_worker.store import JobStore, QueueFull
 from llm_worker.store.idempotency import IdempotencyKey, request_digest
 from llm_worker.store.limits import TenantLimits
 from tests.support.stores import (
@@ -97,6 +97,22 @@ async def test_a_claim_waits_for_the_earliest_scheduled_job(make_store: StoreFac
     assert claim is not None and claim.job_id == soon.id
     assert 0.5 <= waited < 1.6, waited
     assert (await store.stats()).pending == 0  # the one a month ahead does not wait to run
+
+
+async def test_scheduled_jobs_count_in_shares_not_in_queue_max(make_store: StoreFactory) -> None:
+    limits = TenantLimits(max_queued_jobs=2)
+    store = await make_store(queue_max=2, job_ttl=60, limits=lambda tenant: limits)
+    await store.submit(later(30), "t1")
+    await store.submit(later(30), "t1")
+    with pytest.raises(QueueFull) as full:
+        await store.submit(SPEC, "t1")  # the tenant's share counts its scheduled jobs
+    assert full.value.per_tenant
+    # QUEUE_MAX counts the jobs waiting to run now: two more fit, not three.
+    await store.submit(SPEC, "t2")
+    await store.submit(SPEC, "t3")
+    with pytest.raises(QueueFull) as full:
+        await store.submit(SPEC, "t4")
+    assert not full.value.per_tenant
 
 
 async def test_a_scheduled_job_added_once_by_its_key(make_store: StoreFactory) -> None:

@@ -134,7 +134,7 @@ class MemoryStore(JobStore):
     def _new_job(self, spec: JobSpec, tenant: str) -> JobRecord:
         """Write a new job, if the limits let it in: kept, not saved or queued yet."""
         limits = self.limits(tenant)
-        if len(self._queue) >= self.queue_max:
+        if self._queue.ready >= self.queue_max:  # scheduled jobs aside
             raise QueueFull.of_jobs(self.queue_max)
         queued = limits.max_queued_jobs
         if queued is not None and self._queue.waiting_of(tenant) >= queued:
