@@ -227,19 +227,9 @@ def load_access(settings: Settings) -> Access:
         max_queued_jobs=settings.tenant_max_queued_jobs,
         adds_per_minute=settings.tenant_adds_per_minute or None,
     )
-    keys: dict[str, str] = {}
+    keys = _plain_keys(settings.api_keys.get_secret_value())
     limits: dict[str, TenantLimits] = {}
     tenant_webhooks: dict[str, TenantWebhook] = {}
-    # A setting that is there but names no key is a mistake, not a wish to run open.
-    api_keys = settings.api_keys.get_secret_value()
-    for key in filter(None, (k.strip() for k in api_keys.split(","))):
-        digest = key_hash(key)
-        keys[digest] = f"key-{digest[:8]}"
-    if api_keys.strip() and not keys:
-        raise ConfigError(
-            "API_KEYS is set but names no key (only commas and spaces); unset it to run "
-            "without keys"
-        )
     if settings.api_keys_file is not None:
         tenants = _read_keys_file(settings.api_keys_file).tenants
         if not tenants:
@@ -253,15 +243,7 @@ def load_access(settings: Settings) -> Access:
                 if digest in keys and keys[digest] != tenant:
                     raise ConfigError(f"API_KEYS_FILE: a key of {tenant!r} is another tenant's too")
                 keys[digest] = tenant
-            limits[tenant] = TenantLimits(
-                max_running_jobs=entry.max_running_jobs or default_limits.max_running_jobs,
-                max_queued_jobs=(
-                    entry.max_queued_jobs
-                    if entry.max_queued_jobs is not None
-                    else default_limits.max_queued_jobs
-                ),
-                adds_per_minute=entry.adds_per_minute or default_limits.adds_per_minute,
-            )
+            limits[tenant] = _tenant_limits(entry, default_limits)
             if entry.webhook_url is not None or entry.webhook_secret is not None:
                 tenant_webhooks[tenant] = _tenant_webhook(tenant, entry, settings)
     secret = settings.token_secret.get_secret_value() if settings.token_secret else ""
@@ -283,6 +265,33 @@ def load_access(settings: Settings) -> Access:
             "own, valid on this process only until it stops"
         )
     return access
+
+
+def _plain_keys(api_keys: str) -> dict[str, str]:
+    """``API_KEYS``' keys, by their hash: each its own tenant, ``key-`` and its hash's
+    start. A setting that is there but names no key is a mistake, not a wish to run
+    open."""
+    keys = {}
+    for key in filter(None, (k.strip() for k in api_keys.split(","))):
+        digest = key_hash(key)
+        keys[digest] = f"key-{digest[:8]}"
+    if api_keys.strip() and not keys:
+        raise ConfigError(
+            "API_KEYS is set but names no key (only commas and spaces); unset it to run "
+            "without keys"
+        )
+    return keys
+
+
+def _tenant_limits(entry: _TenantEntry, default: TenantLimits) -> TenantLimits:
+    """A tenant's limits: its entry's in the keys file, the defaults where it names none."""
+    return TenantLimits(
+        max_running_jobs=entry.max_running_jobs or default.max_running_jobs,
+        max_queued_jobs=(
+            entry.max_queued_jobs if entry.max_queued_jobs is not None else default.max_queued_jobs
+        ),
+        adds_per_minute=entry.adds_per_minute or default.adds_per_minute,
+    )
 
 
 def reload_keys(access: Access, settings: Settings) -> str:

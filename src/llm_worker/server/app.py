@@ -137,36 +137,8 @@ class Service:
                 f"--role {role} needs a store shared between processes: STORE_URL "
                 f"{settings.store_url!r} keeps jobs in one process; use redis://"
             )
-        self.gateway = (
-            Gateway(
-                self.store,
-                self.runner,
-                access=self.access,
-                limits=GatewayLimits(
-                    max_message_bytes=settings.max_message_bytes,
-                    max_followed_jobs=settings.max_followed_jobs,
-                    slow_listener_seconds=settings.slow_listener_seconds,
-                    sse_keepalive_seconds=settings.sse_keepalive_seconds,
-                    idempotency_window_seconds=settings.idempotency_window_seconds,
-                ),
-                metrics=self.metrics,
-                webhooks=self.webhooks,
-            )
-            if role in ("all", "gateway")
-            else None
-        )
-        self.worker = (
-            Worker(
-                self.store,
-                self.runner,
-                concurrency=settings.worker_concurrency,
-                max_attempts=settings.job_max_attempts,
-                shutdown_grace=settings.shutdown_grace_seconds,
-                metrics=self.metrics,
-            )
-            if role in ("all", "worker")
-            else None
-        )
+        self.gateway = self._gateway() if role in ("all", "gateway") else None
+        self.worker = self._worker() if role in ("all", "worker") else None
         self.deliverer = (
             Deliverer(self.store, self.deliveries, targets, delivery_policy, self.metrics)
             if self.worker is not None
@@ -176,6 +148,36 @@ class Service:
         if self.worker is not None:
             for ready, line in provider_readiness(self.runner.providers):
                 log.log(logging.INFO if ready else logging.WARNING, "%s", line)
+
+    def _gateway(self) -> Gateway:
+        """What serves clients, on the store, with the settings' limits."""
+        settings = self.settings
+        return Gateway(
+            self.store,
+            self.runner,
+            access=self.access,
+            limits=GatewayLimits(
+                max_message_bytes=settings.max_message_bytes,
+                max_followed_jobs=settings.max_followed_jobs,
+                slow_listener_seconds=settings.slow_listener_seconds,
+                sse_keepalive_seconds=settings.sse_keepalive_seconds,
+                idempotency_window_seconds=settings.idempotency_window_seconds,
+            ),
+            metrics=self.metrics,
+            webhooks=self.webhooks,
+        )
+
+    def _worker(self) -> Worker:
+        """What runs jobs from the store."""
+        settings = self.settings
+        return Worker(
+            self.store,
+            self.runner,
+            concurrency=settings.worker_concurrency,
+            max_attempts=settings.job_max_attempts,
+            shutdown_grace=settings.shutdown_grace_seconds,
+            metrics=self.metrics,
+        )
 
     async def start(self) -> None:
         await self.store.start()

@@ -74,49 +74,9 @@ class JobQueue:
         job_id = str(uuid.uuid4())
         now = time.time()
         job_key = self._keys.job_key(job_id)
-        fields = {
-            "state": JobState.PENDING.value,
-            "attempt": 0,
-            "seq": 0,
-            "start": 0,
-            "op": 0,
-            "spec": spec_text,
-            "tenant": tenant,
-            "size": len(spec_text),
-            "created_at": repr(now),
-        }
-        if run_at is not None:
-            fields["run_at"] = repr(run_at)
-        # The record expires unless the submit below goes through. Fast when Redis is
-        # known to be away: the client is told at once.
-        await reach.unless_away(
-            lambda: self._conn.run(
-                RECORD,
-                job_key=job_key,
-                ttl_ms=self._unqueued_ttl_ms,
-                fields=[part for field in fields.items() for part in field],
-            ),
-            FAST_TRY_SECONDS,
-        )
+        await self._record(job_key, spec_text, tenant, now, run_at)
         max_queued = limits.max_queued_jobs
-        named = {
-            "jobs_key": self._keys.jobs_key,
-            "pending_key": self._keys.pending_key,
-            "tickets_key": self._keys.tickets_key,
-            "counts_key": self._keys.counts_key,
-            "recent_key": self._keys.recent_key,
-            "scheduled_key": self._keys.scheduled_key,
-            "job_id": job_id,
-            "run_at_ms": run_at_ms(run_at),
-            "queue_max": self.queue_max,
-            "tenant": tenant,
-            "tenant_max": -1 if max_queued is None else max_queued,
-            "size": len(spec_text),
-            "max_bytes": self.queue_max_bytes,
-            "created_at": repr(now),
-            "wake_channel": self._keys.wake_channel,
-            "publish": self._conn.publish_command,
-        }
+        named = self._submit_args(job_id, spec_text, tenant, max_queued, now, run_at)
         if once is None:
             submitted = await reach.for_client(lambda: self._conn.run(SUBMIT, **named))
         else:
@@ -138,6 +98,63 @@ class JobQueue:
         if not kept:  # Redis was away for longer than the record's TTL
             raise StoreUnavailable("the job store (Redis) lost the job while adding it")
         return JobRecord(job_id, JobState.PENDING, now, tenant=tenant, run_at=run_at)
+
+    async def _record(
+        self, job_key: str, spec_text: str, tenant: str, now: float, run_at: float | None
+    ) -> None:
+        """The new job's record, which expires unless the submit that follows goes
+        through. Fast when Redis is known to be away: the client is told at once."""
+        fields = {
+            "state": JobState.PENDING.value,
+            "attempt": 0,
+            "seq": 0,
+            "start": 0,
+            "op": 0,
+            "spec": spec_text,
+            "tenant": tenant,
+            "size": len(spec_text),
+            "created_at": repr(now),
+        }
+        if run_at is not None:
+            fields["run_at"] = repr(run_at)
+        await self._conn.reach.unless_away(
+            lambda: self._conn.run(
+                RECORD,
+                job_key=job_key,
+                ttl_ms=self._unqueued_ttl_ms,
+                fields=[part for field in fields.items() for part in field],
+            ),
+            FAST_TRY_SECONDS,
+        )
+
+    def _submit_args(
+        self,
+        job_id: str,
+        spec_text: str,
+        tenant: str,
+        max_queued: int | None,
+        now: float,
+        run_at: float | None,
+    ) -> dict[str, Any]:
+        """What the submit script is given for the job."""
+        return {
+            "jobs_key": self._keys.jobs_key,
+            "pending_key": self._keys.pending_key,
+            "tickets_key": self._keys.tickets_key,
+            "counts_key": self._keys.counts_key,
+            "recent_key": self._keys.recent_key,
+            "scheduled_key": self._keys.scheduled_key,
+            "job_id": job_id,
+            "run_at_ms": run_at_ms(run_at),
+            "queue_max": self.queue_max,
+            "tenant": tenant,
+            "tenant_max": -1 if max_queued is None else max_queued,
+            "size": len(spec_text),
+            "max_bytes": self.queue_max_bytes,
+            "created_at": repr(now),
+            "wake_channel": self._keys.wake_channel,
+            "publish": self._conn.publish_command,
+        }
 
     def _full(self, what: str, tenant: str, tenant_max: int) -> QueueFull:
         if what == "tenant":
