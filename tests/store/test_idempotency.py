@@ -19,7 +19,7 @@ from llm_worker.store.base import KeyReused
 from llm_worker.store.idempotency import IdempotencyKey, key_problem, request_digest
 from llm_worker.store.sqlite import SQLiteStore
 from tests.support.clock import ManualClock
-from tests.support.stores import CONTRACT_STORE_KINDS, StoreFactory, store_factory
+from tests.support.stores import CONTRACT_STORE_KINDS, StoreFactory
 from tests.support.waiting import eventually
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
@@ -34,11 +34,6 @@ def key_of(spec: JobSpec, key: str = "key-1", window: float = 60) -> Idempotency
 def store_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind
-
-
-@pytest.fixture
-def make_store(request: pytest.FixtureRequest, store_kind: str) -> StoreFactory:
-    return store_factory(request, store_kind)
 
 
 @pytest.fixture

@@ -35,11 +35,6 @@ def store_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-@pytest.fixture
-def make_store(request: pytest.FixtureRequest, store_kind: str) -> StoreFactory:
-    return store_factory(request, store_kind)
-
-
 async def test_a_scheduled_job_waits_apart_until_due(make_store: StoreFactory) -> None:
     store = await make_store(queue_max=10, job_ttl=60)
     record = await store.submit(later(1.0))

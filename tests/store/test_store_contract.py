@@ -32,11 +32,6 @@ def store_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-@pytest.fixture
-def make_store(request: pytest.FixtureRequest, store_kind: str) -> StoreFactory:
-    return store_factory(request, store_kind)
-
-
 @pytest.fixture(params=CONTRACT_DURABLE_STORE_KINDS)
 def make_durable_store(request: pytest.FixtureRequest) -> StoreFactory:
     return store_factory(request, request.param)

@@ -15,7 +15,7 @@ from llm_worker.store import JobStore, UnknownJob
 from llm_worker.store.base import ExpiredJob
 from llm_worker.store.sqlite import SQLiteStore
 from tests.support.clock import ManualClock
-from tests.support.stores import CONTRACT_STORE_KINDS, StoreFactory, store_factory
+from tests.support.stores import CONTRACT_STORE_KINDS, StoreFactory
 from tests.support.waiting import eventually
 
 SPEC = JobSpec(assistant=Assistant.model_validate({"streams": [{"pipeline": "echo"}]}), query="q")
@@ -44,11 +44,6 @@ class Timeline:
 def store_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind
-
-
-@pytest.fixture
-def make_store(request: pytest.FixtureRequest, store_kind: str) -> StoreFactory:
-    return store_factory(request, store_kind)
 
 
 @pytest.fixture

@@ -125,6 +125,23 @@ async def redis_cluster_store_factory(redis_cluster: RedisCluster) -> AsyncItera
         yield make
 
 
+@pytest.fixture
+def make_store(request: pytest.FixtureRequest, store_kind: str) -> StoreFactory:
+    """Makes started stores of the test's kind (``store_kind``: a module parametrizes it
+    over the kinds it runs on), closed after the test."""
+    return store_factory(request, store_kind)
+
+
+def store_settings(request: pytest.FixtureRequest, kind: str) -> dict[str, str]:
+    """The environment that points a worker process at a durable store of ``kind``
+    (``sqlite``: a file in its working directory; ``redis``: the session's private
+    Redis, under a prefix of its own)."""
+    if kind == "sqlite":
+        return {"STORE_URL": "sqlite:///jobs.db"}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"STORE_URL": server.url, "REDIS_PREFIX": unique_prefix()}
+
+
 def store_factory(request: pytest.FixtureRequest, kind: str) -> StoreFactory:
     """The factory of stores of ``kind``, set up now (from a fixture: not once a test runs)."""
     factory: StoreFactory = request.getfixturevalue(f"{kind.replace('-', '_')}_store_factory")

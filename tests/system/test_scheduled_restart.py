@@ -13,8 +13,8 @@ import pytest
 
 from llm_worker.testing.openai_server import OpenAIServer, Reply
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
-from llm_worker.testing.redis_server import RedisServer, unique_prefix
 from tests.support.sse import all_events
+from tests.support.stores import store_settings
 from tests.support.wsclient import assistant, text_of
 
 TOKENS = [" after", " the", " restart"]
@@ -22,11 +22,7 @@ TOKENS = [" after", " the", " restart"]
 
 @pytest.fixture(params=["sqlite", "redis"])
 def env(request: pytest.FixtureRequest, upstream: OpenAIServer) -> dict[str, str]:
-    if request.param == "sqlite":
-        store = {"STORE_URL": "sqlite:///jobs.db"}
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        store = {"STORE_URL": server.url, "REDIS_PREFIX": unique_prefix()}
+    store = store_settings(request, request.param)
     return clean_env(
         LISTEN_PORT="0", OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.base_url, **store
     )

@@ -20,6 +20,7 @@ from standardwebhooks import Webhook
 from llm_worker.testing.openai_server import OpenAIServer
 from llm_worker.testing.processes import WorkerProcess, clean_env, processes
 from llm_worker.testing.redis_server import RedisServer, unique_prefix
+from tests.support.stores import store_settings
 from tests.support.webhook_receiver import Receiver, receiving
 from tests.support.wsclient import assistant
 
@@ -34,11 +35,7 @@ def free_port() -> int:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def env(request: pytest.FixtureRequest, upstream: OpenAIServer) -> dict[str, str]:
-    if request.param == "sqlite":
-        store = {"STORE_URL": "sqlite:///jobs.db"}
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        store = {"STORE_URL": server.url, "REDIS_PREFIX": unique_prefix()}
+    store = store_settings(request, request.param)
     return clean_env(
         LISTEN_PORT="0",
         OPENAI_API_KEY="k",
