@@ -3,6 +3,8 @@ unchanged; the worker's ``openai`` provider is the loopback model server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -294,3 +296,28 @@ async def test_a_streaming_client_that_leaves_cancels_its_response(
     await stream.close()
     await eventually(lambda: upstream.chat_requests[-1].client_gone.is_set())
     assert (await client.responses.retrieve(response_id)).status == "cancelled"
+
+
+async def test_a_client_leaving_a_waited_for_response_cancels_it(
+    start_worker: StartWorker, upstream: OpenAIServer
+) -> None:
+    # As a stream left: the model stops (a background response is the way to leave).
+    upstream.handler = lambda body: Reply(tokens=[f" t{i}" for i in range(40)], delay=0.02)
+    worker = await start_worker()
+    client = AsyncOpenAI(base_url=worker.http_url + "/v1", api_key="unused", max_retries=0)
+    async with client:
+        asking = asyncio.create_task(client.responses.create(model="gpt-test", input="Hi"))
+        await eventually(lambda: upstream.chat_requests, what="the model asked")
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+    request = upstream.chat_requests[0]
+    await eventually(request.client_gone.is_set, what="the model's request cut")
+    assert request.tokens_sent < 40
+    async with httpx.AsyncClient(base_url=worker.http_url) as http:
+
+        async def cancelled() -> bool:
+            jobs = (await http.get("/v1/jobs")).json()["jobs"]
+            return [job["state"] for job in jobs] == ["cancelled"]
+
+        await eventually(cancelled, what="the job cancelled")

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from llm_worker.server.gateway import Gateway
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SSE_HEADERS = {
     "cache-control": "no-cache",
@@ -145,6 +146,25 @@ class JobStream(Response):
                 )
                 transport.abort()
                 return
+
+
+class ClientGone(Exception):
+    """The client went away before its answer was ready."""
+
+
+async def unless_gone(work: Awaitable[T], receive: Receive) -> T:
+    """What ``work`` comes to; :class:`ClientGone`, ``work`` cancelled, if the client
+    goes away first (a request waited for: a chat completion, a response not streamed)."""
+    doing = asyncio.ensure_future(work)
+    leaving = asyncio.ensure_future(disconnected(receive))
+    try:
+        await asyncio.wait({doing, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (doing, leaving):
+            task.cancel()
+    if not doing.done() or doing.cancelled():
+        raise ClientGone
+    return doing.result()
 
 
 async def disconnected(receive: Receive) -> None:

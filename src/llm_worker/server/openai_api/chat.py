@@ -15,7 +15,6 @@ its answer kept in the store for ``/v1/jobs/{id}``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -37,7 +36,7 @@ from llm_worker.server.access import Principal
 from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered, openai_error, openai_error_body
 from llm_worker.server.refusals import Refused
-from llm_worker.server.sse import KEEPALIVE, JobStream, disconnected
+from llm_worker.server.sse import KEEPALIVE, ClientGone, JobStream, unless_gone
 from llm_worker.store import StoreError
 from llm_worker.wire.openai.assistants import assistant_job, refuse_settings, template_for
 from llm_worker.wire.openai.chat_render import ChunkRenderer, completion, done_summary
@@ -146,17 +145,11 @@ class _Job:
 async def _completion(job: _Job, request: Request, model: str, created: int) -> Response:
     """The ``chat.completion`` once the job ends (an error in OpenAI's shape if it did
     not end done), or the job cancelled if the client leaves first."""
-    ending = asyncio.ensure_future(_last_event(job))
-    leaving = asyncio.ensure_future(disconnected(request.receive))
     try:
-        await asyncio.wait({ending, leaving}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (ending, leaving):
-            task.cancel()
-    if not ending.done() or ending.cancelled():
+        last = await unless_gone(_last_event(job), request.receive)
+    except ClientGone:
         await job.client_gone()
         return Response(status_code=499, headers=job.headers)
-    last = ending.result()
     if last.kind is EventKind.DONE:
         body = completion(job.id, model, created, done_summary(last))
         return JSONResponse(body, headers=job.headers)

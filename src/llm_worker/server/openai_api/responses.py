@@ -32,7 +32,7 @@ from llm_worker.server.access import Principal
 from llm_worker.server.openai_api.bodies import read_json
 from llm_worker.server.openai_api.errors import answered
 from llm_worker.server.refusals import Refused
-from llm_worker.server.sse import KEEPALIVE, JobStream
+from llm_worker.server.sse import KEEPALIVE, ClientGone, JobStream, unless_gone
 from llm_worker.store import JobStore, StoreError, UnknownJob
 from llm_worker.wire.openai import InvalidParam
 from llm_worker.wire.openai import responses as requests
@@ -92,7 +92,12 @@ class ResponsesAPI:
         if background:
             log.status = "queued"
             return JSONResponse(log.response())
-        await self._read_to_end(record.id, log)
+        try:
+            await unless_gone(self._read_to_end(record.id, log), request.receive)
+        except ClientGone:  # as a stream left: its job is cancelled, its model stopped
+            with contextlib.suppress(Refused, StoreError):
+                await self.gateway.cancel_job(principal, record.id)
+            return Response(status_code=499)
         return JSONResponse(log.response())
 
     def _job_spec(self, body: dict[str, Any], kept: ResponseRequest) -> JobSpec:
